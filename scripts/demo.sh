@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets everything up, starts the local stack with the demo shop database, makes a
+# few changes so Debezium has something to say, and prints how to look at it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/mallard stack up --demo
+.venv/bin/mallard demo changes --count 20
+.venv/bin/mallard stack status
+.venv/bin/mallard stack guide

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: system packages (apt, when root),
+# a virtual environment in .venv, and the project with its local-stack and test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing system packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # Debian's postgresql package starts a system cluster on 5432; mallard runs its own.
+    else
+        echo "setup: missing system packages: ${missing[*]}" >&2
+        echo "setup: run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+python3 - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"setup: mallard needs Python >= 3.11, found {sys.version.split()[0]}")
+PY
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+stamp=.venv/.mallard-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing mallard and its dependencies into .venv (first time: a few minutes)"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[local,test]'
+    touch "$stamp"
+fi
