@@ -1,0 +1,135 @@
+"""Kafka adapter (confluent-kafka: librdkafka's idempotent producer, fast consumer)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+log = logging.getLogger("mallard.kafka")
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered at the bootstrap servers in time."""
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
+
+
+def broker_metadata(bootstrap_servers: str, timeout: float = 5.0) -> ClusterMetadata:
+    """Cluster metadata, or BrokerUnavailable naming the servers."""
+    try:
+        return admin_client(bootstrap_servers).list_topics(timeout=timeout)
+    except KafkaException as e:
+        raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap_servers}: {e}") from None
+
+
+def wait_for_broker(bootstrap_servers: str, timeout: float, stop: Any = None) -> ClusterMetadata:
+    """Retry with backoff until the broker answers (transient at start-up); log once."""
+    deadline = time.monotonic() + timeout
+    delay, logged = 0.2, False
+    while True:
+        try:
+            return broker_metadata(bootstrap_servers, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        except BrokerUnavailable:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            if not logged:
+                log.warning("waiting for Kafka at %s", bootstrap_servers)
+                logged = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(bootstrap_servers: str, partitions_by_topic: dict[str, int], timeout: float = 15.0) -> list[str]:
+    """Create missing topics (replication factor 1 locally); return the ones created."""
+    admin = admin_client(bootstrap_servers)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions_by_topic.items() if t not in existing]
+    created = []
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items() if missing else []:
+        try:
+            future.result(timeout)
+            created.append(topic)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
+    """An idempotent, all-acks producer whose partitioner matches the Java client's
+    (murmur2), so a key lands on the same partition whether Kafka Connect or our
+    publisher wrote it."""
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
+    return (t for t in metadata.topics if not t.startswith("__"))
+
+
+def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[tuple[str, int, int]]:
+    """(topic, partitions, messages) per topic; messages = sum of high - low watermarks."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    metadata = broker_metadata(bootstrap_servers, timeout)
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "mallard-cli-inspect",
+                         "enable.auto.commit": False, "log_level": 3})
+    try:
+        out = []
+        for name in sorted(topic_names(metadata)):
+            parts = metadata.topics[name].partitions
+            total = 0
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
+                total += max(0, high - low)
+            out.append((name, len(parts), total))
+        return out
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    bootstrap_servers: str, topic: str, from_beginning: bool = True, limit: int | None = None,
+    idle_timeout: float = 5.0,
+) -> Iterable[Any]:
+    """Yield a topic's messages (all partitions) without joining a consumer group,
+    until ``limit`` messages or ``idle_timeout`` seconds without one."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    metadata = broker_metadata(bootstrap_servers)
+    if topic not in metadata.topics:
+        raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "mallard-cli-tail",
+                         "enable.auto.commit": False, "log_level": 3})
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
+    seen = 0
+    try:
+        last = time.monotonic()
+        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(msg.error())
+            last = time.monotonic()
+            seen += 1
+            yield msg
+    finally:
+        consumer.close()

@@ -1,0 +1,116 @@
+"""Postgres adapter (psycopg2): connections, and the publication and replication
+slot that Debezium streams from."""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from mallard.settings import PostgresSettings
+
+
+class SourceError(RuntimeError):
+    """The source Postgres cannot serve mallard as configured; the message says how to fix it."""
+
+
+def connect(settings: PostgresSettings, dbname: str | None = None, timeout: int = 5) -> psycopg2.extensions.connection:
+    try:
+        conn = psycopg2.connect(
+            host=settings.pg_host,
+            port=settings.pg_port,
+            user=settings.pg_user,
+            password=settings.pg_password.get_secret_value(),
+            dbname=dbname or settings.pg_database,
+            connect_timeout=timeout,
+            application_name="mallard",
+        )
+    except psycopg2.OperationalError as e:
+        # psycopg2's message never contains the password; the DSN we print must not either.
+        raise SourceError(f"cannot connect to Postgres {settings.pg_dsn(with_password=False)}: {str(e).strip()}") from None
+    conn.autocommit = True
+    return conn
+
+
+def scalar(conn: Any, query: str, *params: Any) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone()
+        return row[0] if row else None
+
+
+def require_logical_wal(conn: Any) -> None:
+    level = scalar(conn, "SHOW wal_level")
+    if level != "logical":
+        raise SourceError(
+            f"Postgres wal_level is '{level}', CDC needs 'logical': set wal_level = logical "
+            "in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+        )
+
+
+def existing_tables(conn: Any, streams: list[str]) -> tuple[list[str], list[str]]:
+    """Split '<schema>.<table>' names into (existing, missing)."""
+    found, missing = [], []
+    for stream in streams:
+        schema, _, table = stream.partition(".")
+        exists = scalar(
+            conn,
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s",
+            schema, table,
+        )
+        (found if exists else missing).append(stream)
+    return found, missing
+
+
+def ensure_publication(conn: Any, name: str, streams: list[str]) -> bool:
+    """Create the publication (for these tables, or all tables when none are named)
+    unless it exists. Must run before the slot is created: pgoutput looks the
+    publication up as of each change it decodes."""
+    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
+        return False
+    with conn.cursor() as cur:
+        if streams:
+            tables = sql.SQL(", ").join(sql.Identifier(*s.split(".", 1)) for s in streams)
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), tables))
+        else:
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(name)))
+    return True
+
+
+def ensure_slot(conn: Any, slot: str, plugin: str = "pgoutput") -> bool:
+    if scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot):
+        return False
+    scalar(conn, "SELECT pg_create_logical_replication_slot(%s, %s)", slot, plugin)
+    return True
+
+
+def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
+    """Whether the slot is being consumed, and how much WAL it holds back."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT active, confirmed_flush_lsn::text,
+                      pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = %s""",
+            (slot,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return {"active": row[0], "confirmed_flush_lsn": row[1], "retained_wal_bytes": row[2]}
+
+
+def drop_slot_and_publication(conn: Any, slot: str, publication: str) -> list[str]:
+    """Drop what the CDC publisher created, so Postgres stops retaining WAL for it."""
+    dropped = []
+    state = slot_state(conn, slot)
+    if state is not None:
+        if state["active"]:
+            raise SourceError(f"replication slot '{slot}' is still in use: stop the CDC publisher first")
+        scalar(conn, "SELECT pg_drop_replication_slot(%s)", slot)
+        dropped.append(f"replication slot {slot}")
+    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", publication):
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+        dropped.append(f"publication {publication}")
+    return dropped

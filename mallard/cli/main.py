@@ -1,0 +1,196 @@
+"""The ``mallard`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _stack_settings():
+    """Settings from the environment, then what ``up`` recorded in the home's stack.json
+    (so ``status`` and ``down`` talk to the stack ``up`` started, whatever the shell)."""
+    from mallard.stack.local import StackSettings
+
+    settings = StackSettings()
+    recorded = settings.home / "stack.json"
+    if recorded.exists():
+        settings = StackSettings(**{**json.loads(recorded.read_text()), "pg_password": settings.pg_password})
+    return settings
+
+
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack, StackSettings
+
+    stack = LocalStack(StackSettings())
+    print(f"mallard stack up ({stack.home})")
+    stack.up(demo=not args.no_demo)
+    print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+    return 0
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack
+
+    stack = LocalStack(_stack_settings())
+    print(f"mallard stack down ({stack.home})")
+    stack.down(purge=args.purge)
+    return 0
+
+
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack
+
+    status = LocalStack(_stack_settings()).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"local stack in {status['home']}")
+        for name, c in status["components"].items():
+            pid = c["pid"] or "-"
+            print(f"  {name:<14} {c['state']:<9} pid {pid!s:<8} port {c['port']:<6} log {c['log']}")
+        pg = status["postgres"]
+        print(f"  postgres DSN       postgresql://{pg['user']}:***@{pg['host']}:{pg['port']}/{pg['database']}")
+        print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
+        print(f"  duckdb file        {status['duckdb']['path']}")
+    running = all(c["state"] == "running" for c in status["components"].values())
+    return 0 if running else 3
+
+
+def cmd_stack_guide(args: argparse.Namespace) -> int:
+    from mallard.connector import load_connector_config_file
+
+    s = _stack_settings()
+    config = load_connector_config_file(s.connector_config)
+    topic = config.cdc_topic(config.tables[-1]) if config.tables else f"{config.topic_prefix}.<schema>.<table>"
+    home = s.home.resolve()
+    print(f"""
+How to look at the running stack:
+  Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
+  Transaction metadata:      .venv/bin/mallard tail {config.transaction_topic} --from-beginning --limit 4
+  Topics and message counts: .venv/bin/mallard topics
+  With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -f '%k\\n%s\\n\\n'
+  Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
+                             .venv/bin/mallard demo changes --count 10
+  Logs:                      {home / 'logs'}/  (Postgres: {home / 'postgres' / 'postgres.log'})
+  Machine-readable status:   .venv/bin/mallard stack status --json
+  Stop:                      .venv/bin/mallard stack down   (--purge also drops the replication slot and all local data)
+""")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from mallard.adapters.kafka import topic_summaries
+
+    s = _stack_settings() if args.bootstrap_servers is None else None
+    servers = args.bootstrap_servers or s.bootstrap_servers
+    for name, partitions, messages in topic_summaries(servers):
+        print(f"  {name:<40} partitions {partitions:<3} messages {messages}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from mallard.adapters.kafka import read_topic
+    from mallard.core.describe import describe
+
+    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
+    shown = 0
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning, limit=args.limit,
+                          idle_timeout=args.timeout):
+        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
+        shown += 1
+    print(f"({shown} message(s))", file=sys.stderr)
+    return 0
+
+
+def cmd_demo_changes(args: argparse.Namespace) -> int:
+    from mallard.adapters import postgres
+    from mallard.demo import make_changes
+
+    conn = postgres.connect(_stack_settings())
+    try:
+        done = make_changes(conn, args.count, seed=args.seed)
+    finally:
+        conn.close()
+    print("demo changes: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    return 0
+
+
+def cmd_connector_register(args: argparse.Namespace) -> int:
+    from mallard.connector import load_connector_config_file, register
+    from mallard.logs import configure
+
+    configure()
+    config = load_connector_config_file(args.config)
+    state = register(args.connect_url, config, timeout=args.timeout)
+    print(f"connector {config.name}: {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+
+    p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the local stack: Postgres, Kafka API broker, Debezium, services")
+    ssub = stack.add_subparsers(dest="stack_command", required=True)
+    up = ssub.add_parser("up", help="start every component (harmless when already running)")
+    up.add_argument("--no-demo", action="store_true", help="do not load the demo shop schema into a new database")
+    up.set_defaults(func=cmd_stack_up)
+    down = ssub.add_parser("down", help="stop what `up` started")
+    down.add_argument("--purge", action="store_true",
+                      help="also drop Debezium's replication slot and publication, and delete the stack's data")
+    down.set_defaults(func=cmd_stack_down)
+    st = ssub.add_parser("status", help="state and connection details of every component (exit 3 if any is not running)")
+    st.add_argument("--json", action="store_true", help="machine-readable, with the full Postgres DSN")
+    st.set_defaults(func=cmd_stack_status)
+    ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
+
+    topics = sub.add_parser("topics", help="list topics with partitions and message counts")
+    topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
+    topics.set_defaults(func=cmd_topics)
+
+    tail = sub.add_parser("tail", help="print a topic's messages, decoded")
+    tail.add_argument("topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--limit", type=int, default=None, help="stop after N messages")
+    tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
+    tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
+    tail.set_defaults(func=cmd_tail)
+
+    demo = sub.add_parser("demo", help="the demo shop database")
+    dsub = demo.add_subparsers(dest="demo_command", required=True)
+    changes = dsub.add_parser("changes", help="insert, update and delete some orders and customers")
+    changes.add_argument("--count", type=int, default=20)
+    changes.add_argument("--seed", type=int, default=None)
+    changes.set_defaults(func=cmd_demo_changes)
+
+    conn = sub.add_parser("connector", help="the Debezium connector config")
+    csub = conn.add_subparsers(dest="connector_command", required=True)
+    reg = csub.add_parser("register", help="register the connector with Kafka Connect and wait until it runs")
+    reg.add_argument("--connect-url", default="http://connect:8083")
+    reg.add_argument("--config", type=Path, default=DEFAULT_CONNECTOR_CONFIG)
+    reg.add_argument("--timeout", type=float, default=300.0)
+    reg.set_defaults(func=cmd_connector_register)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a user-facing command: one clear line, no traceback
+        from mallard.stack.local import StackError
+
+        known = (StackError, FileNotFoundError, ValueError, RuntimeError)
+        if isinstance(e, known):
+            print(f"mallard: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""A tiny HTTP health endpoint per service: GET /healthz -> 200 when ready, else 503.
+
+``python -m mallard.health URL`` exits 0 when the endpoint answers 200: the
+docker-compose health checks use it (the slim image has no curl).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class HealthServer:
+    """Serves ``state()`` (a dict with at least ``ready: bool``) as JSON."""
+
+    def __init__(self, host: str, port: int, state: Callable[[], dict[str, Any]]):
+        self._state = state
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.rstrip("/") not in ("/healthz", ""):
+                    self.send_error(404)
+                    return
+                body = outer._state()
+                data = json.dumps(body, default=str).encode()
+                self.send_response(200 if body.get("ready") else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:  # health probes are not operator news
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[bool, dict[str, Any] | None]:
+    """(ready, body) of a health endpoint; (False, None) when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return False, json.loads(e.read() or b"{}")
+        except ValueError:
+            return False, None
+    except (OSError, ValueError):
+        return False, None
+
+
+if __name__ == "__main__":
+    ok, _ = probe(sys.argv[1])
+    sys.exit(0 if ok else 1)

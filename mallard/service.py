@@ -1,0 +1,81 @@
+"""What every service shares: ``--help`` from its settings, logging, signals, health."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_settings import BaseSettings
+
+from mallard.health import HealthServer
+from mallard.logs import configure
+from mallard.settings import ServiceSettings
+
+
+def settings_help(settings_cls: type[BaseSettings]) -> str:
+    """One paragraph per field: env variable, default, description."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    lines = ["settings (environment variables):"]
+    for name, field in settings_cls.model_fields.items():
+        default = field.default
+        if hasattr(default, "get_secret_value"):
+            default = "***"
+        lines.append(f"  {prefix}{name.upper()}  (default: {default})")
+        lines.append(f"      {field.description}")
+    return "\n".join(lines)
+
+
+class Service:
+    """Base of a long-running service: ``run()`` blocks until ``stop()``."""
+
+    name = "service"
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.ready = False
+        self.log = logging.getLogger(f"mallard.{self.name}")
+
+    def state(self) -> dict[str, Any]:
+        return {"service": self.name, "ready": self.ready and not self.stopping.is_set()}
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def main(
+    prog: str,
+    summary: str,
+    settings_cls: type[ServiceSettings],
+    make_service: Callable[[Any], Service],
+    argv: list[str] | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=summary,
+        epilog=settings_help(settings_cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
+    settings = settings_cls()
+    configure(settings.log_level)
+    service = make_service(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    health = (
+        HealthServer(settings.health_host, settings.health_port, service.state).start()
+        if settings.health_port
+        else None
+    )
+    try:
+        service.run()
+    finally:
+        if health:
+            health.stop()
+    return 0

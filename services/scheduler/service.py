@@ -1,0 +1,6 @@
+from mallard.idle import KafkaService
+
+
+class SchedulerService(KafkaService):
+    name = "scheduler"
+    owned_topics = ("control_topic",)

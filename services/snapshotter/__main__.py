@@ -1,0 +1,16 @@
+"""python -m services.snapshotter"""
+import sys
+
+from mallard.service import main
+from services.snapshotter.config import SnapshotterSettings
+from services.snapshotter.service import SnapshotterService
+
+SUMMARY = """\
+mallard snapshotter: consumes resnapshot requests from the control topic and, for
+each requested stream, reads the table in one consistent REPEATABLE READ Postgres
+snapshot and publishes it to the snapshot topic as framed batches (begin with the
+cut, rows, end with the row count). Today it reaches Kafka, creates its topics and
+waits; the snapshot work arrives with the snapshotter issue."""
+
+if __name__ == "__main__":
+    sys.exit(main("python -m services.snapshotter", SUMMARY, SnapshotterSettings, SnapshotterService))
