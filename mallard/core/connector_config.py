@@ -59,8 +59,18 @@ class ConnectorConfig:
         raw = self.config.get("table.include.list", "")
         return [t.strip() for t in raw.split(",") if t.strip()]
 
-    @property
-    def topic_partitions(self) -> int:
+    def topic_partitions(self, topic: str) -> int:
+        """Partitions Kafka Connect would create ``topic`` with: the first group of
+        ``topic.creation.groups`` whose include regexes match (and excludes do not),
+        else the default. The transaction topic gets its own group with one
+        partition, so BEGIN and END events stay in commit order."""
+        groups = [g.strip() for g in self.config.get("topic.creation.groups", "").split(",") if g.strip()]
+        for group in groups:
+            include = _regexes(self.config.get(f"topic.creation.{group}.include", ""))
+            exclude = _regexes(self.config.get(f"topic.creation.{group}.exclude", ""))
+            if any(r.fullmatch(topic) for r in include) and not any(r.fullmatch(topic) for r in exclude):
+                return int(self.config.get(f"topic.creation.{group}.partitions",
+                                           self.config.get("topic.creation.default.partitions", "1")))
         return int(self.config.get("topic.creation.default.partitions", "1"))
 
     def cdc_topic(self, stream: str) -> str:
@@ -69,6 +79,10 @@ class ConnectorConfig:
     @property
     def transaction_topic(self) -> str:
         return transaction_topic(self.topic_prefix)
+
+
+def _regexes(spec: str) -> list[re.Pattern[str]]:
+    return [re.compile(r.strip()) for r in spec.split(",") if r.strip()]
 
 
 def cdc_topic(prefix: str, stream: str) -> str:

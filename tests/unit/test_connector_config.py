@@ -1,0 +1,117 @@
+import json
+
+import pytest
+
+from mallard.connector import load_connector_config_file
+from mallard.core.connector_config import (
+    REQUIRED,
+    ConnectorConfigError,
+    embedded_engine_properties,
+    parse_connector_config,
+    placeholders,
+    resolve_placeholders,
+)
+from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+
+
+def repo_config():
+    return load_connector_config_file(DEFAULT_CONNECTOR_CONFIG)
+
+
+def doc(**overrides):
+    config = dict(repo_config().config)
+    for k, v in overrides.items():
+        if v is None:
+            config.pop(k.replace("_", "."), None)
+        else:
+            config[k.replace("_", ".")] = v
+    return json.dumps({"name": "x", "config": config})
+
+
+def test_repo_config_meets_what_mallard_relies_on():
+    config = repo_config()
+    for key, value in REQUIRED.items():
+        assert config.config[key] == value
+    assert config.topic_prefix == "mallard"
+    assert config.tables == ["public.customers", "public.products", "public.orders"]
+    assert placeholders(config) == {
+        "MALLARD_PG_HOST", "MALLARD_PG_PORT", "MALLARD_PG_USER", "MALLARD_PG_PASSWORD", "MALLARD_PG_DATABASE",
+    }
+
+
+@pytest.mark.parametrize("key", sorted(REQUIRED))
+def test_each_required_setting_is_enforced_by_name(key):
+    config = dict(repo_config().config)
+    config[key] = "something-else"
+    with pytest.raises(ConnectorConfigError, match=key.replace(".", r"\.")):
+        parse_connector_config(json.dumps({"name": "x", "config": config}), source="f.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not JSON"),
+    ('{"config": {}}', "expected"),
+    ('["a"]', "expected"),
+])
+def test_malformed_files_are_named(text, message):
+    with pytest.raises(ConnectorConfigError, match=f"f.json: {message}"):
+        parse_connector_config(text, source="f.json")
+
+
+def test_topic_prefix_is_required():
+    with pytest.raises(ConnectorConfigError, match="topic.prefix"):
+        parse_connector_config(doc(topic_prefix=""), "f")
+
+
+def test_placeholders_resolve_like_connects_env_provider():
+    env = {"MALLARD_PG_HOST": "db", "MALLARD_PG_PORT": "5433", "MALLARD_PG_USER": "u",
+           "MALLARD_PG_PASSWORD": "s3cret", "MALLARD_PG_DATABASE": "shop"}
+    resolved = resolve_placeholders(repo_config(), env)
+    assert resolved.config["database.hostname"] == "db"
+    assert resolved.config["database.port"] == "5433"
+    assert resolved.config["database.password"] == "s3cret"
+    assert not placeholders(resolved)
+
+
+def test_missing_variables_are_all_named():
+    with pytest.raises(ConnectorConfigError, match="MALLARD_PG_DATABASE, MALLARD_PG_HOST"):
+        resolve_placeholders(repo_config(), {"MALLARD_PG_PORT": "1", "MALLARD_PG_USER": "u", "MALLARD_PG_PASSWORD": "p"})
+
+
+def test_embedded_properties_drop_connect_only_settings_and_keep_offsets_in_a_file():
+    props = embedded_engine_properties(repo_config(), "/x/offsets.dat", 1000)
+    assert not any(k.startswith(("key.converter", "value.converter", "topic.creation.")) for k in props)
+    assert "tasks.max" not in props
+    assert props["converter.schemas.enable"] == "true"
+    assert props["offset.storage"].endswith("FileOffsetBackingStore")
+    assert props["offset.storage.file.filename"] == "/x/offsets.dat"
+    assert props["name"] == "mallard-postgres"
+    assert props["snapshot.mode"] == "no_data"
+    assert props["decimal.handling.mode"] == "precise"
+
+
+def test_transaction_topic_gets_one_partition_and_tables_the_default():
+    config = repo_config()
+    assert config.topic_partitions("mallard.transaction") == 1
+    assert config.topic_partitions("mallard.public.orders") == 3
+    # Regexes match whole names, as in Connect.
+    assert config.topic_partitions("mallard.transaction.extra") == 3
+
+
+def test_topic_group_exclude_and_order():
+    config = parse_connector_config(doc(**{
+        "topic_creation_groups": "a,b",
+        "topic_creation_a_include": "mallard\\.public\\..*",
+        "topic_creation_a_exclude": "mallard\\.public\\.orders",
+        "topic_creation_a_partitions": "6",
+        "topic_creation_b_include": "mallard\\..*",
+        "topic_creation_b_partitions": "2",
+    }), "f")
+    assert config.topic_partitions("mallard.public.customers") == 6
+    assert config.topic_partitions("mallard.public.orders") == 2
+    assert config.topic_partitions("other") == 3
+
+
+def test_topic_names():
+    config = repo_config()
+    assert config.cdc_topic("public.orders") == "mallard.public.orders"
+    assert config.transaction_topic == "mallard.transaction"
