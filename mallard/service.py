@@ -75,6 +75,10 @@ def main(
     )
     try:
         service.run()
+    except Exception as e:  # terminal: one line an operator can act on, then exit non-zero
+        known = isinstance(e, (RuntimeError, ValueError, OSError))
+        logging.getLogger(f"mallard.{service.name}").error("%s stopped: %s", service.name, e, exc_info=not known)
+        return 1
     finally:
         if health:
             health.stop()

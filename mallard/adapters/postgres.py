@@ -63,18 +63,22 @@ def existing_tables(conn: Any, streams: list[str]) -> tuple[list[str], list[str]
     return found, missing
 
 
-def ensure_publication(conn: Any, name: str, streams: list[str]) -> bool:
-    """Create the publication (for these tables, or all tables when none are named)
-    unless it exists. Must run before the slot is created: pgoutput looks the
-    publication up as of each change it decodes."""
+def ensure_publication(conn: Any, name: str, include: list[str], existing: list[str]) -> bool:
+    """Create the publication unless it exists: for all tables when nothing is
+    included, else for the included tables that exist (possibly none yet).
+    Must run before the slot is created: pgoutput looks the publication up as
+    of each change it decodes."""
     if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
         return False
+    publication = sql.Identifier(name)
     with conn.cursor() as cur:
-        if streams:
-            tables = sql.SQL(", ").join(sql.Identifier(*s.split(".", 1)) for s in streams)
-            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), tables))
+        if not include:
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(publication))
+        elif existing:
+            tables = sql.SQL(", ").join(sql.Identifier(*s.split(".", 1)) for s in existing)
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(publication, tables))
         else:
-            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(publication))
     return True
 
 

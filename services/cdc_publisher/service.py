@@ -115,8 +115,9 @@ class CdcPublisherService(Service):
             tables, missing = postgres.existing_tables(conn, config.tables)
             if missing:
                 self.log.warning("tables in table.include.list not found in Postgres: %s", ", ".join(missing))
-            if postgres.ensure_publication(conn, config.publication_name, tables):
-                self.log.info("created publication %s for %s", config.publication_name, ", ".join(tables) or "all tables")
+            if postgres.ensure_publication(conn, config.publication_name, config.tables, tables):
+                what = ", ".join(tables) if config.tables else "all tables"
+                self.log.info("created publication %s for %s", config.publication_name, what or "no table yet")
             if postgres.ensure_slot(conn, config.slot_name):
                 self.log.info("created replication slot %s (pgoutput)", config.slot_name)
         finally:
@@ -165,5 +166,6 @@ class CdcPublisherService(Service):
             engine.close()
             thread.join(timeout=30)
         if failure or not self.stopping.is_set():
-            raise RuntimeError(f"Debezium engine stopped: {failure[0] if failure else 'unexpectedly'}")
+            reason = failure[0] if failure else "see Debezium's errors above in this log"
+            raise RuntimeError(f"Debezium engine stopped: {reason}")
         self.log.info("stopped after publishing %d event(s)", self.handler.published)

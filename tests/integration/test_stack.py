@@ -1,0 +1,112 @@
+"""`mallard stack up | down | status` against the real components."""
+import os
+import socket
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+
+from mallard.adapters.kafka import broker_metadata
+from mallard.stack.processes import is_alive
+
+pytestmark = pytest.mark.integration
+COMPONENTS = ["postgres", "broker", "cdc-publisher", "snapshotter", "applier", "scheduler"]
+
+
+def test_status_json_gives_every_component_and_connection_details(stack):
+    status = stack.status()
+    assert list(status["components"]) == COMPONENTS
+    for name, c in status["components"].items():
+        assert c["state"] == "running", (name, c)
+        assert is_alive(c["pid"]) and os.path.isabs(c["log"])
+    with psycopg2.connect(status["postgres"]["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute("SHOW wal_level")
+        assert cur.fetchone()[0] == "logical"
+        cur.execute("SELECT count(*) FROM orders")
+        assert cur.fetchone()[0] > 0
+    assert status["postgres"]["port"] == int(stack.ports["MALLARD_PG_PORT"])
+    assert broker_metadata(status["kafka"]["bootstrap_servers"]).topics is not None
+    assert status["duckdb"]["path"].startswith(str(stack.home))
+    human = stack.mallard("stack", "status").stdout
+    assert "mallard:***@" in human and ":mallard@" not in human  # no password on screen
+
+
+def test_up_twice_is_harmless(stack):
+    before = {n: c["pid"] for n, c in stack.status()["components"].items()}
+    out = stack.mallard("stack", "up").stdout
+    assert out.count("already running") == len(COMPONENTS)
+    assert {n: c["pid"] for n, c in stack.status()["components"].items()} == before
+
+
+def test_demo_schema_is_an_online_shop(stack):
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products)")
+        customers, products = cur.fetchone()
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'orders'")
+        columns = {r[0] for r in cur.fetchall()}
+    assert customers >= 1000 and products >= 100
+    assert {"order_date", "customer_id", "product_id", "total"} <= columns
+
+
+def test_up_fails_fast_naming_the_port_and_component_when_the_broker_port_is_taken(make_stack):
+    stack = make_stack()
+    port = int(stack.ports["MALLARD_KAFKA_PORT"])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        out = stack.mallard("stack", "up", check=False, timeout=60)
+    assert out.returncode == 1
+    assert f"broker: port {port}" in out.stderr and "MALLARD_KAFKA_PORT" in out.stderr
+    assert "Traceback" not in out.stderr
+    # Checked before anything started: nothing is running, not even Postgres.
+    assert all(c["state"] == "stopped" for c in stack.status()["components"].values())
+    assert not (stack.home / "postgres").exists()
+
+
+def test_a_component_that_fails_to_start_is_named_and_nothing_is_left_running(make_stack, tmp_path):
+    config = tmp_path / "broken-connector.json"
+    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+
+    config.write_text(DEFAULT_CONNECTOR_CONFIG.read_text().replace('"mallard_debezium"', '"Not A Valid Slot!"'))
+    stack = make_stack(MALLARD_CONNECTOR_CONFIG=str(config))
+    out = stack.mallard("stack", "up", check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cdc-publisher: exited during start-up" in out.stderr
+    assert str(stack.home / "logs" / "cdc-publisher.log") in out.stderr
+    started = [line.split()[0] for line in out.stdout.splitlines() if " started (pid " in line]
+    assert started == ["postgres", "broker"]
+    pids = [int(line.split("(pid ")[1].split(")")[0]) for line in out.stdout.splitlines() if " started (pid " in line]
+    assert not any(is_alive(p) for p in pids), "components started by a failed `up` must be stopped"
+    assert all(c["state"] == "stopped" for c in stack.status()["components"].values())
+
+
+def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_stack):
+    stack = make_stack()
+    stack.mallard("stack", "up", "--no-demo")
+    status = stack.status()
+    with psycopg2.connect(status["postgres"]["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT slot_name FROM pg_replication_slots")
+        assert [r[0] for r in cur.fetchall()] == ["mallard_debezium"]
+    conn.close()
+    pids = [c["pid"] for c in status["components"].values()]
+    out = stack.mallard("stack", "down", "--purge").stdout
+    assert "dropped replication slot mallard_debezium" in out
+    assert "dropped publication mallard_publication" in out
+    assert not any(is_alive(p) for p in pids)
+    assert not (stack.home / "postgres").exists() and not (stack.home / "run").exists()
+
+
+def test_down_leaves_processes_it_did_not_start_alone(make_stack):
+    stack = make_stack()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        run = stack.home / "run"
+        run.mkdir()
+        # A stale pid file naming a process `up` never started (pid reuse): same pid, other start time.
+        (run / "applier.pid").write_text(f'{{"pid": {bystander.pid}, "start_time": 1}}')
+        stack.mallard("stack", "down")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
