@@ -130,7 +130,12 @@ class CdcPublisherService(Service):
         config = load_connector_config(s)
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
         self._prepare_source(config)
-        Path(s.offsets_file).parent.mkdir(parents=True, exist_ok=True)
+        offsets = Path(s.offsets_file)
+        offsets.parent.mkdir(parents=True, exist_ok=True)
+        self.log.info(
+            "starting Debezium engine: %s", f"resuming from offsets in {offsets}" if offsets.exists()
+            else f"no offsets yet, streaming from slot {config.slot_name}'s position",
+        )
         props = embedded_engine_properties(config, str(Path(s.offsets_file).resolve()), s.offset_flush_interval_ms)
         self.handler = KafkaPublishingHandler(s, config, self.log)
         engine = DebeziumJsonEngine(
