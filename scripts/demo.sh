@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/mallard stack up --demo
+.venv/bin/mallard stack up
 .venv/bin/mallard demo changes --count 20
+echo
+echo "The first change events Debezium published (decoded):"
+.venv/bin/mallard tail mallard.public.orders --from-beginning --limit 2 --timeout 15
+echo
 .venv/bin/mallard stack status
 .venv/bin/mallard stack guide

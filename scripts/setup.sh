@@ -38,6 +38,10 @@ fi
 stamp=.venv/.mallard-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing mallard and its dependencies into .venv (first time: a few minutes)"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[local,test]'
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[local,test]' > .venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2
+        echo "setup: pip install failed (log: .venv/pip-install.log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
