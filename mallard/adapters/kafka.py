@@ -110,9 +110,11 @@ def read_topic(
     until ``limit`` messages or ``idle_timeout`` seconds without one."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-    metadata = broker_metadata(bootstrap_servers)
-    if topic not in metadata.topics:
-        raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+    deadline = time.monotonic() + idle_timeout
+    while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
+        if time.monotonic() > deadline:
+            raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+        time.sleep(0.5)
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "mallard-cli-tail",
                          "enable.auto.commit": False, "log_level": 3})
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
