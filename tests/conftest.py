@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -87,7 +88,8 @@ def make_stack():
 @pytest.fixture(scope="session")
 def stack():
     """One running local stack for the integration tests that only read or add data."""
-    s = Stack(new_home())
+    # A password of its own, so a test can prove it never reaches a log.
+    s = Stack(new_home(), MALLARD_PG_PASSWORD=f"pw-{secrets.token_hex(8)}")
     try:
         s.mallard("stack", "up")
         yield s

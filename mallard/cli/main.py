@@ -82,8 +82,7 @@ How to look at the running stack:
 def cmd_topics(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import topic_summaries
 
-    s = _stack_settings() if args.bootstrap_servers is None else None
-    servers = args.bootstrap_servers or s.bootstrap_servers
+    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
     for name, partitions, messages in topic_summaries(servers):
         print(f"  {name:<40} partitions {partitions:<3} messages {messages}")
     return 0

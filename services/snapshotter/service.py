@@ -3,6 +3,6 @@ from mallard.idle import KafkaService
 
 class SnapshotterService(KafkaService):
     name = "snapshotter"
-    # The snapshot topic must be one partition per stream ordering: framing (begin,
-    # rows, end) is keyed by stream so any partition count keeps a snapshot in order.
+    # A snapshot's framing (begin, rows, end) is keyed by stream, so it stays in
+    # order in one partition whatever the partition count.
     owned_topics = ("control_topic", "snapshot_topic")

@@ -110,3 +110,13 @@ def test_down_leaves_processes_it_did_not_start_alone(make_stack):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_postgres_password_never_reaches_a_log_or_the_stack_record(stack):
+    stack.mallard("demo", "changes", "--count", "3")
+    password = stack.env["MALLARD_PG_PASSWORD"]
+    assert password in stack.dsn  # status --json gives a usable DSN ...
+    files = [p for p in stack.home.rglob("*") if p.is_file() and (p.suffix in (".log", ".json") or p.name == "stack.json")]
+    assert any(p.name == "cdc-publisher.log" for p in files)
+    leaks = [str(p) for p in files if password in p.read_text(errors="replace")]
+    assert not leaks  # ... but no log and no file the stack writes holds the password
