@@ -84,7 +84,8 @@ class Component:
     port_hint: str
     log: Path
     pid_file: PidFile
-    check: Callable[[], tuple[bool, str]]
+    check: Callable[[], tuple[bool, Any]]
+    """(healthy, detail): detail is a sentence, or a service's /healthz body."""
     launch: Callable[[], int]
     stop_fn: Callable[[int], bool] = field(default=terminate)
 
@@ -139,9 +140,9 @@ class LocalStack:
             (self.home / "duckdb").mkdir(parents=True, exist_ok=True)
             return spawn([sys.executable, "-m", module], log, self.service_env(port), cwd=self.home).pid
 
-        def check() -> tuple[bool, str]:
+        def check() -> tuple[bool, Any]:
             ok, body = probe(f"http://127.0.0.1:{port}/healthz")
-            return ok, "healthy" if ok else f"not ready ({'no answer' if body is None else body})"
+            return ok, body if body is not None else "no answer on its health port"
 
         return Component(name, port, hint, log, PidFile(self.pids / f"{name}.pid"), check, launch)
 

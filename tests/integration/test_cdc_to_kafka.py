@@ -163,3 +163,50 @@ def test_changes_arrive_as_debezium_envelopes_and_survive_a_publisher_sigkill(st
     finally:
         reader.close()
         conn.close()
+
+
+def test_a_batch_kafka_did_not_take_is_published_again_after_a_restart(make_stack):
+    """Never an offset ahead of Kafka: with the broker gone, the publisher stops
+    without committing, and the change reaches Kafka once both are back."""
+    stack = make_stack(MALLARD_FLUSH_TIMEOUT_S="3")
+    stack.mallard("stack", "up")
+    conn = psycopg2.connect(stack.dsn)
+    try:
+        tx_before, [(first_id,)] = write(conn, INSERT, (1, Decimal("1.00")))
+        reader = TopicReader(stack.bootstrap_servers, TOPIC)
+        seen = reader.read_until(lambda ms: (tx_before, "c") in {(t, op) for t, op, _, _ in events(ms)})
+        reader.close()
+        lsn = next(v["payload"]["source"]["lsn"] for t, op, _, v in events(seen) if t == tx_before)
+        # Debezium confirms an LSN to the slot when it commits the offsets of what Kafka has.
+        deadline = time.monotonic() + 30
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots",
+                            (f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}",))
+                if cur.fetchone()[0]:
+                    break
+                assert time.monotonic() < deadline, "Debezium never committed the offset of an acknowledged event"
+                time.sleep(0.2)
+        conn.commit()
+
+        components = stack.status()["components"]
+        os.kill(components["broker"]["pid"], signal.SIGKILL)
+        tx_lost, [(lost_id,)] = write(conn, INSERT, (2, Decimal("2.00")))
+        deadline = time.monotonic() + 60
+        while is_alive(components["cdc-publisher"]["pid"]):
+            assert time.monotonic() < deadline, "the publisher kept running without Kafka"
+            time.sleep(0.2)
+        log = (stack.home / "logs" / "cdc-publisher.log").read_text()
+        assert "did not acknowledge" in log and "cdc-publisher stopped: Debezium engine stopped" in log
+
+        # The local broker keeps nothing across a restart: the new one starts empty, so
+        # whatever arrives now was re-read from Debezium's committed offsets.
+        stack.mallard("stack", "up")
+        reader = TopicReader(stack.bootstrap_servers, TOPIC)
+        seen = reader.read_until(lambda ms: (tx_lost, "c") in {(t, op) for t, op, _, _ in events(ms)})
+        reader.close()
+        ids = {k for t, op, k, _ in events(seen) if op == "c"}
+        assert lost_id in ids
+        assert first_id not in ids, "Debezium resumed after what Kafka had acknowledged, not from the start"
+    finally:
+        conn.close()
