@@ -37,6 +37,7 @@ class Stack:
 
     def __init__(self, home: Path, **extra_env: str):
         self.home = home
+        self.folder = home  # removed at teardown, whatever home a test moves the stack to
         self.ports = dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES))))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
         self.env.update({k: str(v) for k, v in self.ports.items()})
@@ -62,7 +63,7 @@ class Stack:
 
     def teardown(self) -> None:
         self.mallard("stack", "down", "--purge", check=False, timeout=120)
-        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def new_home() -> Path:

@@ -60,10 +60,13 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
 def cmd_stack_guide(args: argparse.Namespace) -> int:
     from mallard.connector import load_connector_config_file
 
+    from mallard.stack.local import LocalStack
+
     s = _stack_settings()
+    stack = LocalStack(s)
     config = load_connector_config_file(s.connector_config)
     topic = config.cdc_topic(config.tables[-1]) if config.tables else f"{config.topic_prefix}.<schema>.<table>"
-    home = s.home.resolve()
+    home = stack.home
     print(f"""
 How to look at the running stack:
   Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
@@ -72,7 +75,7 @@ How to look at the running stack:
   With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -f '%k\\n%s\\n\\n'
   Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
                              .venv/bin/mallard demo changes --count 10
-  Logs:                      {home / 'logs'}/  (Postgres: {home / 'postgres' / 'postgres.log'})
+  Logs:                      {home / 'logs'}/  (Postgres: {stack.components[0].log})
   Machine-readable status:   .venv/bin/mallard stack status --json
   Stop:                      .venv/bin/mallard stack down   (--purge also drops the replication slot and all local data)
 """)

@@ -7,6 +7,7 @@ in that call. ``down`` stops only processes its pid files name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,22 @@ def _as_postgres_user() -> dict[str, Any]:
     return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
 
 
+def postgres_dir(home: Path) -> Path:
+    """The cluster's folder: ``<home>/postgres``, unless we are root and the 'postgres'
+    user cannot reach the project (cloned under /root, say); then a folder of its own
+    under /var/lib/mallard, named after the home so every command finds it again."""
+    local = home / "postgres"
+    if os.geteuid() != 0:
+        return local
+    try:
+        reachable = subprocess.run(["test", "-x", str(home.parent)], **_as_postgres_user()).returncode == 0
+    except (KeyError, OSError):  # no 'postgres' user yet: postgres_bin() will say what is missing
+        return local
+    if reachable:
+        return local
+    return Path("/var/lib/mallard") / f"postgres-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
+
+
 @dataclass
 class Component:
     name: str
@@ -97,7 +114,7 @@ class LocalStack:
     def __init__(self, settings: StackSettings):
         self.s = settings
         self.home = settings.home.resolve()
-        self.pg_dir = self.home / "postgres"
+        self.pg_dir = postgres_dir(self.home)
         self.logs = self.home / "logs"
         self.pids = self.home / "run"
         self.components = self._components()
@@ -153,10 +170,11 @@ class LocalStack:
     def _launch_postgres(self) -> int:
         data = self.pg_dir / "data"
         fresh = not (data / "PG_VERSION").exists()
-        self.pg_dir.mkdir(parents=True, exist_ok=True)
+        self.pg_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         (self.pg_dir / "socket").mkdir(exist_ok=True)
         if os.geteuid() == 0:
-            self.home.chmod(self.home.stat().st_mode | 0o011)  # let 'postgres' traverse to its folder
+            if self.pg_dir.parent == self.home:
+                self.home.chmod(self.home.stat().st_mode | 0o011)  # let 'postgres' traverse to its folder
             shutil.chown(self.pg_dir, "postgres", "postgres")
             shutil.chown(self.pg_dir / "socket", "postgres", "postgres")
         if fresh:
@@ -310,8 +328,7 @@ class LocalStack:
             c.pid_file.remove()
             report(f"  {c.name:<14} stopped (pid {pid})")
         if purge:
-            for sub in ("postgres", "debezium", "duckdb", "logs", "run", "stack.json"):
-                path = self.home / sub
+            for path in (self.pg_dir, *(self.home / sub for sub in ("debezium", "duckdb", "logs", "run", "stack.json"))):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
@@ -354,6 +371,7 @@ class LocalStack:
             "postgres": {
                 "dsn": s.pg_dsn(),
                 "host": s.pg_host, "port": s.pg_port, "user": s.pg_user, "database": s.pg_database,
+                "data_dir": str(self.pg_dir / "data"),
                 "socket_dir": str(self.pg_dir / "socket"),
             },
             "kafka": {"bootstrap_servers": s.bootstrap_servers},

@@ -120,3 +120,18 @@ def test_the_postgres_password_never_reaches_a_log_or_the_stack_record(stack):
     assert any(p.name == "cdc-publisher.log" for p in files)
     leaks = [str(p) for p in files if password in p.read_text(errors="replace")]
     assert not leaks  # ... but no log and no file the stack writes holds the password
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another user")
+def test_as_root_a_project_the_postgres_user_cannot_reach_still_gets_a_cluster(make_stack):
+    stack = make_stack()
+    private = stack.home / "private"
+    private.mkdir(mode=0o700)  # like a clone under /root
+    stack.home = private / ".mallard"
+    stack.env["MALLARD_HOME"] = str(stack.home)
+    stack.mallard("stack", "up", "--no-demo")
+    data_dir = stack.status()["postgres"]["data_dir"]
+    assert data_dir.startswith("/var/lib/mallard/postgres-")
+    assert all(c["state"] == "running" for c in stack.status()["components"].values())
+    stack.mallard("stack", "down", "--purge")
+    assert not os.path.exists(data_dir)
