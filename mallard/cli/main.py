@@ -53,6 +53,12 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
         print(f"  postgres DSN       postgresql://{pg['user']}:***@{pg['host']}:{pg['port']}/{pg['database']}")
         print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
         print(f"  duckdb file        {status['duckdb']['path']}")
+        publisher = status["components"]["cdc-publisher"]["detail"]
+        if isinstance(publisher, dict) and publisher.get("slot"):
+            slot = publisher["slot"]
+            print(f"  replication slot   {'active' if slot['active'] else 'INACTIVE'}, confirmed up to "
+                  f"{slot['confirmed_flush_lsn']}, retaining {slot['retained_wal_bytes'] / 1024:.0f} KiB of WAL; "
+                  f"{publisher['events_published']} event(s) published since start")
     running = all(c["state"] == "running" for c in status["components"].values())
     return 0 if running else 3
 

@@ -44,10 +44,6 @@ class StackSettings(PostgresSettings):
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
-    @property
-    def duckdb_path(self) -> Path:
-        return self.home / "duckdb" / "mallard.duckdb"
-
 
 class StackError(RuntimeError):
     """A component could not be started or stopped; the message names it and its log."""
@@ -117,6 +113,8 @@ class LocalStack:
         self.pg_dir = postgres_dir(self.home)
         self.logs = self.home / "logs"
         self.pids = self.home / "run"
+        self.duckdb_path = self.home / "duckdb" / "mallard.duckdb"
+        self.offsets_file = self.home / "debezium" / "offsets.dat"
         self.components = self._components()
 
     # -- the components ---------------------------------------------------------
@@ -142,9 +140,9 @@ class LocalStack:
             **s.pg_env(),
             "MALLARD_KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
             "MALLARD_HEALTH_PORT": str(health_port),
-            "MALLARD_DUCKDB_PATH": str(self.home / "duckdb" / "mallard.duckdb"),
+            "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
             "MALLARD_CONNECTOR_CONFIG": str(s.connector_config.resolve()),
-            "MALLARD_OFFSETS_FILE": str(self.home / "debezium" / "offsets.dat"),
+            "MALLARD_OFFSETS_FILE": str(self.offsets_file),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -154,7 +152,7 @@ class LocalStack:
         log = self.logs / f"{name}.log"
 
         def launch() -> int:
-            (self.home / "duckdb").mkdir(parents=True, exist_ok=True)
+            self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
             return spawn([sys.executable, "-m", module], log, self.service_env(port), cwd=self.home).pid
 
         def check() -> tuple[bool, Any]:
@@ -198,9 +196,7 @@ class LocalStack:
                           "-o", options, "-w", "-t", "60", check=False)
         if result.returncode != 0:
             raise StackError(f"postgres: pg_ctl start failed: {(result.stderr or result.stdout).strip()}")
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        self._create_database()
-        return pid
+        return int((data / "postmaster.pid").read_text().split()[0])
 
     def _create_database(self) -> None:
         from mallard.adapters import postgres
@@ -231,7 +227,7 @@ class LocalStack:
         from mallard.adapters import postgres
 
         try:
-            postgres.connect(self.s, timeout=2).close()
+            postgres.connect(self.s, dbname="postgres", timeout=2).close()
             return True, "accepting connections"
         except postgres.SourceError as e:
             return False, str(e)
@@ -257,9 +253,6 @@ class LocalStack:
 
     # -- up / down / status -----------------------------------------------------
 
-    def _component(self, name: str) -> Component:
-        return next(c for c in self.components if c.name == name)
-
     def up(self, demo: bool = True, report: Callable[[str], None] = print) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         # Fail fast, before starting anything: a port taken by a process that is not ours.
@@ -277,10 +270,12 @@ class LocalStack:
                     report(f"  {c.name:<14} already running (pid {c.running_pid()})")
                     continue
                 t0 = time.monotonic()
+                started.append(c)  # before it is healthy: a failed start is stopped too
                 self._start(c)
-                started.append(c)
-                if c.name == "postgres" and demo and self.load_demo():
-                    report(f"  {'demo':<14} loaded the shop schema and rows into '{self.s.pg_database}'")
+                if c.name == "postgres":
+                    self._create_database()
+                    if demo and self.load_demo():
+                        report(f"  {'demo':<14} loaded the shop schema and rows into '{self.s.pg_database}'")
                 report(f"  {c.name:<14} started (pid {c.running_pid()}) in {time.monotonic() - t0:.1f}s")
         except BaseException:
             for c in reversed(started):
@@ -318,7 +313,10 @@ class LocalStack:
     def down(self, purge: bool = False, report: Callable[[str], None] = print) -> None:
         for c in reversed(self.components):
             if purge and c.name == "postgres" and c.running_pid() is not None:
-                self._drop_slot_and_publication(report)
+                try:
+                    self._drop_slot_and_publication(report)
+                except Exception as e:  # the cluster is deleted below, and its slot with it
+                    report(f"  could not drop the replication slot and publication ({e}); deleting the cluster")
             pid = c.running_pid()
             if pid is None:
                 c.pid_file.remove()
@@ -375,7 +373,7 @@ class LocalStack:
                 "socket_dir": str(self.pg_dir / "socket"),
             },
             "kafka": {"bootstrap_servers": s.bootstrap_servers},
-            "duckdb": {"path": str(s.duckdb_path.resolve())},
+            "duckdb": {"path": str(self.duckdb_path)},
             "debezium": {"connector_config": str(s.connector_config.resolve()),
-                         "offsets_file": str(self.home / "debezium" / "offsets.dat")},
+                         "offsets_file": str(self.offsets_file)},
         }

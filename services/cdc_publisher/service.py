@@ -136,7 +136,7 @@ class CdcPublisherService(Service):
             "starting Debezium engine: %s", f"resuming from offsets in {offsets}" if offsets.exists()
             else f"no offsets yet, streaming from slot {config.slot_name}'s position",
         )
-        props = embedded_engine_properties(config, str(Path(s.offsets_file).resolve()), s.offset_flush_interval_ms)
+        props = embedded_engine_properties(config, str(offsets.resolve()), s.offset_flush_interval_ms)
         self.handler = KafkaPublishingHandler(s, config, self.log)
         engine = DebeziumJsonEngine(
             properties=props,
@@ -155,18 +155,25 @@ class CdcPublisherService(Service):
         thread = threading.Thread(target=run_engine, name="debezium", daemon=True)
         thread.start()
         self.log.info(
-            "Debezium %s streaming slot %s to Kafka %s (topics %s.*)",
+            "Debezium %s started: slot %s -> Kafka %s (topics %s.*)",
             config.name, config.slot_name, s.kafka_bootstrap_servers, config.topic_prefix,
         )
-        monitor = postgres.connect(s)
+        monitor = None
         try:
             while not self.stopping.is_set() and thread.is_alive():
-                self.slot = postgres.slot_state(monitor, config.slot_name)
+                try:
+                    monitor = monitor or postgres.connect(s)
+                    self.slot = postgres.slot_state(monitor, config.slot_name)
+                except Exception as e:  # transient: health says not ready until Postgres answers again
+                    if self.slot is not None or monitor is not None:
+                        self.log.warning("cannot read the slot's state from Postgres: %s", e)
+                    monitor, self.slot = None, None
                 # Ready once Debezium really consumes the slot: from then on no change is missed.
                 self.ready = bool(self.slot and self.slot["active"])
                 self.stopping.wait(1.0)
         finally:
-            monitor.close()
+            if monitor is not None:
+                monitor.close()
             self.ready = False
             engine.close()
             thread.join(timeout=30)
