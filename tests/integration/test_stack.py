@@ -99,7 +99,7 @@ def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_sta
 
 def test_down_leaves_processes_it_did_not_start_alone(make_stack):
     stack = make_stack()
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         run = stack.home / "run"
         run.mkdir()

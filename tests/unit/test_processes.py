@@ -6,7 +6,7 @@ from mallard.stack.processes import PidFile, is_alive, port_in_use, terminate
 
 
 def test_pid_file_names_exactly_one_process(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         pid_file = PidFile(tmp_path / "x.pid")
         pid_file.write(proc.pid)
