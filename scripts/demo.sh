@@ -7,7 +7,7 @@ bash scripts/setup.sh
 .venv/bin/mallard stack up
 .venv/bin/mallard demo changes --count 20
 echo
-echo "The first change events Debezium published (decoded):"
+echo "A sample of the change events Debezium published (decoded):"
 .venv/bin/mallard tail mallard.public.orders --from-beginning --limit 2 --timeout 15
 echo
 .venv/bin/mallard stack status
