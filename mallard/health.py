@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,20 +17,30 @@ from typing import Any
 
 
 class HealthServer:
-    """Serves ``state()`` (a dict with at least ``ready: bool``) as JSON."""
+    """Serves ``state()`` (a dict with at least ``ready: bool``) as JSON on /healthz, and
+    any extra ``routes``: path -> handler(query parameters) -> (status, JSON body)."""
 
-    def __init__(self, host: str, port: int, state: Callable[[], dict[str, Any]]):
+    def __init__(self, host: str, port: int, state: Callable[[], dict[str, Any]],
+                 routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] | None = None):
         self._state = state
         outer = self
+        extra = routes or {}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.rstrip("/") not in ("/healthz", ""):
+                url = urllib.parse.urlsplit(self.path)
+                path = url.path.rstrip("/")
+                if path in extra:
+                    params = dict(urllib.parse.parse_qsl(url.query))
+                    code, body = extra[path](params)
+                elif path in ("/healthz", ""):
+                    body = outer._state()
+                    code = 200 if body.get("ready") else 503
+                else:
                     self.send_error(404)
                     return
-                body = outer._state()
                 data = json.dumps(body, default=str).encode()
-                self.send_response(200 if body.get("ready") else 503)
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -42,6 +42,10 @@ class Service:
     def state(self) -> dict[str, Any]:
         return {"service": self.name, "ready": self.ready and not self.stopping.is_set()}
 
+    def routes(self) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
+        """Extra HTTP endpoints beside /healthz."""
+        return {}
+
     def run(self) -> None:
         raise NotImplementedError
 
@@ -69,7 +73,7 @@ def main(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
     health = (
-        HealthServer(settings.health_host, settings.health_port, service.state).start()
+        HealthServer(settings.health_host, settings.health_port, service.state, service.routes()).start()
         if settings.health_port
         else None
     )

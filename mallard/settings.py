@@ -31,6 +31,9 @@ class KafkaSettings(MallardSettings):
     )
     control_topic: str = Field("mallard.control", description="Topic of resnapshot requests (schemas/control.py).")
     snapshot_topic: str = Field("mallard.snapshots", description="Topic of framed snapshot batches (schemas/snapshot.py).")
+    dead_letter_topic: str = Field(
+        "mallard.dead-letter", description="Where messages that cannot be applied go, with the reason (schemas/deadletter.py)."
+    )
 
 
 class PostgresSettings(MallardSettings):

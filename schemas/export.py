@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from schemas.control import ResnapshotRequest
+from schemas.deadletter import DeadLetter
 from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
 from schemas.snapshot import SnapshotMessage
 
@@ -19,6 +20,7 @@ CONTRACTS = {
     "debezium.transaction_event.v1": TransactionEvent,
     "snapshot.message.v1": SnapshotMessage,
     "control.resnapshot_request.v1": ResnapshotRequest,
+    "deadletter.v1": DeadLetter,
 }
 
 

@@ -26,6 +26,7 @@ REQUIRED = {
     "skipped.operations": "none",
     "provide.transaction.metadata": "true",
     "decimal.handling.mode": "precise",
+    "interval.handling.mode": "string",
     "key.converter.schemas.enable": "true",
     "value.converter.schemas.enable": "true",
 }

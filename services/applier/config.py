@@ -4,6 +4,15 @@ from mallard.settings import ServiceSettings
 
 
 class ApplierSettings(ServiceSettings):
-    health_port: int = Field(18082, description="Port of the applier's HTTP health endpoint (/healthz); 0 disables it.")
+    health_port: int = Field(18082, description="Port of the applier's HTTP endpoint: /healthz, /tables, /query; 0 disables it.")
     duckdb_path: str = Field(".mallard/duckdb/mallard.duckdb", description="The DuckDB file the applier alone writes.")
     consumer_group: str = Field("mallard-applier", description="Kafka consumer group; its committed offsets are the replication state.")
+    max_batch_events: int = Field(
+        50_000, description="Upper bound of events per DuckDB transaction (whole Postgres transactions only; bounds memory)."
+    )
+    poll_messages: int = Field(10_000, description="Messages fetched from Kafka per poll.")
+    max_buffered_events: int = Field(
+        500_000, description="Events held while waiting for their transactions to complete before the applier pauses fetching."
+    )
+    session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
+    topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")

@@ -1,0 +1,76 @@
+"""Reduce a run of whole transactions to one final state per key and table. Pure.
+
+DuckDB checks keys eagerly and set-based statements want one row per key, so
+what reaches DuckDB is, per table: whether it was truncated, and per key the
+last state (a row, or deleted) with the position of the write that made it.
+Columns Debezium did not send (unchanged TOAST) are filled from an earlier
+state in the same run, else left for the adapter to keep from the stored row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mallard.core.changes import ChangeEvent, TableSchema
+from mallard.core.transactions import Transaction, position
+
+
+@dataclass(slots=True)
+class RowState:
+    row: tuple | None
+    """None: the key was deleted."""
+    position: int
+    tx_id: int
+    committed_at_ms: int
+    unavailable: frozenset[int] = frozenset()
+
+
+@dataclass
+class TableChanges:
+    schema: TableSchema
+    truncated: bool = False
+    states: dict[tuple, RowState] = field(default_factory=dict)
+    events: int = 0
+
+
+def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
+    """Fold one event into a table's pending state (events arrive in commit order)."""
+    changes.events += 1
+    if event.op == "t":
+        changes.truncated = True
+        changes.states.clear()
+        return
+    key = event.key
+    previous = changes.states.get(key)
+    if previous is not None and pos <= previous.position:
+        return  # a replay of something already folded in
+    if event.op == "d":
+        changes.states[key] = RowState(None, pos, event.tx_id, event.committed_at_ms)
+        return
+    row, unavailable = event.row, event.unavailable
+    if unavailable and previous is not None and previous.row is not None:
+        filled = list(row)
+        still = set()
+        for i in unavailable:
+            if i in previous.unavailable:
+                still.add(i)
+            else:
+                filled[i] = previous.row[i]
+        row, unavailable = tuple(filled), frozenset(still)
+    changes.states[key] = RowState(row, pos, event.tx_id, event.committed_at_ms, unavailable)
+
+
+def reduce(transactions: list[Transaction]) -> list[dict[str, TableChanges]]:
+    """Final state per table and key, as a list of steps to apply in order (in one
+    DuckDB transaction): a new step starts where a table's schema changes, so each
+    step holds rows of one layout per table and the table evolves between steps."""
+    steps: list[dict[str, TableChanges]] = [{}]
+    for tx in transactions:
+        for event in tx.events:
+            changes = steps[-1].get(event.stream)
+            if changes is not None and changes.schema != event.schema:
+                steps.append({})
+                changes = None
+            if changes is None:
+                changes = steps[-1][event.stream] = TableChanges(event.schema)
+            apply_event(changes, event, position(tx.commit_lsn, event.total_order))
+    return [step for step in steps if step]

@@ -1,0 +1,249 @@
+"""Debezium (Kafka Connect JSON) column schemas -> DuckDB types, and JSON values ->
+the exact values Postgres holds. Pure: a lookup table and small decoders.
+
+Every column has a *transport*: the plain Python value a decoder produces and the
+DuckDB adapter loads column-wise (via Arrow), plus, for a few types, a SQL cast.
+A value that does not fit its declared type raises ``ValueError`` (the applier
+dead-letters that event); an unknown type is kept as text.
+"""
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+UNAVAILABLE = "__debezium_unavailable_value"
+# The same placeholder as Debezium sends it for bytea columns (the string's bytes, base64).
+UNAVAILABLE_B64 = binascii.b2a_base64(UNAVAILABLE.encode(), newline=False).decode()
+
+MAX_DECIMAL_PRECISION = 38  # DuckDB's limit
+UNCONSTRAINED_NUMERIC = (38, 18)  # numeric without typmod: 20 integer and 18 fractional digits, exactly
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    duckdb: str
+    """DuckDB column type, e.g. DECIMAL(12,2)."""
+    transport: str
+    """How decoded values travel to DuckDB: int16/32/64, float32/64, bool, string, date32,
+    time_us/ms/ns, ts_us/ms/ns, tstz_us, binary, decimal, interval, list:<transport>."""
+    decode: Callable[[Any], Any] = field(compare=False, repr=False)
+    sql_cast: bool = False
+    """True when the transport is text that DuckDB casts (uuid, json, time with time zone)."""
+    toastable: bool = False
+    """Can arrive as Debezium's 'unavailable' placeholder (unchanged TOASTed value)."""
+    known: bool = True
+    precision: tuple[int, int] | None = None
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise ValueError(f"expected an integer, got {v!r:.60}")
+    return v
+
+
+def _float(v: Any) -> float:
+    if type(v) is float or type(v) is int:
+        return float(v)
+    if v in ("NaN", "Infinity", "-Infinity"):  # how JSON carries IEEE specials
+        return float(v.replace("Infinity", "inf"))
+    raise ValueError(f"expected a number, got {v!r:.60}")
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ValueError(f"expected a boolean, got {v!r:.60}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str:
+        raise ValueError(f"expected a string, got {v!r:.60}")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    try:
+        return binascii.a2b_base64(_str(v))
+    except binascii.Error as e:
+        raise ValueError(f"bytes not in base64: {e}") from None
+
+
+def _unscaled(raw: bytes) -> int:
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def _fit_decimal(value: Decimal, precision: int, scale: int) -> Decimal:
+    """The value exactly, or ValueError: never round to make it fit."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > scale and value != value.quantize(Decimal(1).scaleb(-scale)):
+        raise ValueError(f"{value} has more than {scale} decimal places for DECIMAL({precision},{scale})")
+    if value.is_finite() and value.adjusted() + 1 > precision - scale:
+        raise ValueError(f"{value} has more than {precision - scale} integer digits for DECIMAL({precision},{scale})")
+    return value.quantize(Decimal(1).scaleb(-scale))
+
+
+def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[Any], Decimal]:
+    def decode(v: Any) -> Decimal:
+        return _fit_decimal(Decimal(_unscaled(_bytes(v))).scaleb(-wire_scale), precision, scale)
+
+    return decode
+
+
+def _variable_decimal(v: Any) -> Decimal:
+    if not isinstance(v, dict) or "scale" not in v or "value" not in v:
+        raise ValueError(f"expected a VariableScaleDecimal struct, got {v!r:.60}")
+    value = Decimal(_unscaled(_bytes(v["value"]))).scaleb(-_int(v["scale"]))
+    return _fit_decimal(value, *UNCONSTRAINED_NUMERIC)
+
+
+def _zoned_timestamp(v: Any) -> int:
+    """ISO-8601 with offset (Debezium sends UTC, 'Z') -> microseconds since the epoch."""
+    try:
+        dt = datetime.fromisoformat(_str(v))
+    except ValueError:
+        raise ValueError(f"not an ISO timestamp with time zone: {v!r:.60}") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamp without time zone offset: {v!r:.60}")
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_ISO_DURATION = re.compile(
+    r"^P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
+    r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def _interval(v: Any) -> tuple[int, int, int]:
+    """ISO-8601 duration (interval.handling.mode=string) -> (months, days, nanoseconds), exactly
+    as Postgres keeps an interval: months and days are not converted to time."""
+    m = _ISO_DURATION.match(_str(v))
+    if not m:
+        raise ValueError(f"not an ISO-8601 duration: {v!r:.60}")
+    y, mo, w, d, h, mi, s = m.groups()
+    months = int(y or 0) * 12 + int(mo or 0)
+    days = int(w or 0) * 7 + int(d or 0)
+    seconds = Decimal(s or 0)
+    nanos = (int(h or 0) * 3600 + int(mi or 0) * 60) * 1_000_000_000 + int(seconds * 1_000_000_000)
+    return months, days, nanos
+
+
+def _list(element: ColumnType) -> Callable[[Any], list]:
+    def decode(v: Any) -> list:
+        if type(v) is not list:
+            raise ValueError(f"expected an array, got {v!r:.60}")
+        return [None if x is None else element.decode(x) for x in v]
+
+    return decode
+
+
+def _as_text(v: Any) -> str:
+    return v if type(v) is str else orjson.dumps(v).decode()
+
+
+_SIMPLE = {
+    "int8": ("TINYINT", "int8", _int),
+    "int16": ("SMALLINT", "int16", _int),
+    "int32": ("INTEGER", "int32", _int),
+    "int64": ("BIGINT", "int64", _int),
+    "float32": ("REAL", "float32", _float),
+    "float64": ("DOUBLE", "float64", _float),
+    "boolean": ("BOOLEAN", "bool", _bool),
+    "string": ("VARCHAR", "string", _str),
+    "bytes": ("BLOB", "binary", _bytes),
+}
+
+_LOGICAL = {
+    "io.debezium.time.Date": ("DATE", "date32", _int, False),
+    "org.apache.kafka.connect.data.Date": ("DATE", "date32", _int, False),
+    "io.debezium.time.Time": ("TIME", "time_ms", _int, False),
+    "io.debezium.time.MicroTime": ("TIME", "time_us", _int, False),
+    "io.debezium.time.NanoTime": ("TIME", "time_ns", _int, False),
+    "io.debezium.time.Timestamp": ("TIMESTAMP", "ts_ms", _int, False),
+    "io.debezium.time.MicroTimestamp": ("TIMESTAMP", "ts_us", _int, False),
+    "io.debezium.time.NanoTimestamp": ("TIMESTAMP_NS", "ts_ns", _int, False),
+    "io.debezium.time.ZonedTimestamp": ("TIMESTAMPTZ", "tstz_us", _zoned_timestamp, False),
+    "io.debezium.time.ZonedTime": ("TIMETZ", "string", _str, True),
+    "io.debezium.time.Interval": ("INTERVAL", "interval", _interval, False),
+    "io.debezium.data.Uuid": ("UUID", "string", _str, True),
+    "io.debezium.data.Json": ("JSON", "string", _str, True),
+    "io.debezium.data.Enum": ("VARCHAR", "string", _str, False),
+    "io.debezium.data.Xml": ("VARCHAR", "string", _str, False),
+    "io.debezium.data.Ltree": ("VARCHAR", "string", _str, False),
+}
+
+TOASTABLE_TRANSPORTS = ("string", "binary")
+
+
+def column_type(schema: dict[str, Any]) -> ColumnType:
+    """DuckDB type and decoder for one Connect schema node (a struct member)."""
+    name = schema.get("name")
+    ctype = schema.get("type")
+    params = schema.get("parameters") or {}
+    if name == "org.apache.kafka.connect.data.Decimal":
+        wire_scale = int(params.get("scale", 0))
+        precision = int(params.get("connect.decimal.precision", MAX_DECIMAL_PRECISION))
+        precision = min(max(precision, wire_scale, 1), MAX_DECIMAL_PRECISION)
+        scale = min(wire_scale, precision)
+        return ColumnType(f"DECIMAL({precision},{scale})", "decimal", _decimal(precision, scale, wire_scale),
+                          precision=(precision, scale))
+    if name == "io.debezium.data.VariableScaleDecimal":
+        p, s = UNCONSTRAINED_NUMERIC
+        return ColumnType(f"DECIMAL({p},{s})", "decimal", _variable_decimal, precision=(p, s))
+    if name in _LOGICAL:
+        duck, transport, decode, cast = _LOGICAL[name]
+        return ColumnType(duck, transport, decode, sql_cast=cast, toastable=transport == "string")
+    if ctype == "array" and schema.get("items"):
+        element = column_type(schema["items"])
+        if element.known and not element.sql_cast and not element.transport.startswith("list"):
+            return ColumnType(f"{element.duckdb}[]", f"list:{element.transport}", _list(element), toastable=True)
+        return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)
+    if name is None and ctype in _SIMPLE:
+        duck, transport, decode = _SIMPLE[ctype]
+        return ColumnType(duck, transport, decode, toastable=transport in TOASTABLE_TRANSPORTS)
+    # Geometry structs, hstore maps, ranges, ...: kept as text, not dropped.
+    return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)
+
+
+def is_unavailable(ct: ColumnType, value: Any) -> bool:
+    """Debezium's placeholder for an unchanged TOASTed column: keep the stored value."""
+    if not ct.toastable:
+        return False
+    if ct.transport == "binary":
+        return value == UNAVAILABLE_B64
+    if ct.transport.startswith("list"):
+        return type(value) is list and len(value) == 1 and value[0] in (UNAVAILABLE, UNAVAILABLE_B64)
+    return value == UNAVAILABLE
+
+
+_INT_RANK = {"TINYINT": 0, "SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
+_DECIMAL = re.compile(r"^DECIMAL\((\d+),(\d+)\)$")
+
+
+def widens(old: str, new: str) -> bool:
+    """Whether a column of DuckDB type ``old`` can become ``new`` in place without
+    losing or changing any stored value."""
+    if old == new:
+        return True
+    if old in _INT_RANK and new in _INT_RANK:
+        return _INT_RANK[new] > _INT_RANK[old]
+    if old == "REAL" and new == "DOUBLE":
+        return True
+    if old in _INT_RANK and (m := _DECIMAL.match(new)):
+        digits = {"TINYINT": 3, "SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}[old]
+        return int(m.group(1)) - int(m.group(2)) >= digits
+    mo, mn = _DECIMAL.match(old), _DECIMAL.match(new)
+    if mo and mn:
+        p1, s1, p2, s2 = (int(x) for x in (*mo.groups(), *mn.groups()))
+        return s2 >= s1 and p2 - s2 >= p1 - s1
+    if old == "TIMESTAMP" and new == "TIMESTAMP_NS":
+        return True
+    return False

@@ -1,0 +1,127 @@
+"""Hold change events until their whole Postgres transaction has arrived, across
+topics and partitions, and release transactions in commit order. Pure.
+
+Debezium's transaction topic (one partition) carries BEGIN/END in commit order;
+END names the commit LSN and how many events the transaction wrote. A
+transaction is complete when END has come and that many distinct events
+(by ``total_order``) have come; complete transactions at the head of the
+commit order are released. Kafka offsets are tracked per partition so that
+only what has been applied is ever committed.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from mallard.core.changes import ChangeEvent, TransactionMarker
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class Transaction:
+    tx_id: int
+    commit_lsn: int
+    committed_at_ms: int
+    events: list[ChangeEvent]
+    dead: int = 0
+    """Events of this transaction that were dead-lettered (counted, never applied)."""
+    offsets: list[tuple[TopicPartition, int]] = field(default_factory=list)
+
+
+def position(commit_lsn: int, total_order: int) -> int:
+    """A write's place in commit order: broker-independent, stable across replays."""
+    return (commit_lsn << 32) | total_order
+
+
+class TransactionAssembler:
+    def __init__(self, applied_lsn: int = 0, recent: dict[int, int] | None = None, recent_limit: int = 100_000):
+        self.applied_lsn = applied_lsn
+        """Commit LSN of the last transaction applied (persisted with the data)."""
+        self.recent: OrderedDict[int, int] = OrderedDict(recent or {})
+        """tx_id -> commit LSN of recently applied transactions, to drop their replayed events."""
+        self.recent_limit = recent_limit
+        self._events: dict[int, dict[int, ChangeEvent | None]] = {}
+        self._event_offsets: dict[int, list[tuple[TopicPartition, int]]] = {}
+        self._ends: deque[TransactionMarker] = deque()
+        self._ended: set[int] = set()
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self.buffered_events = 0
+
+    # -- input -------------------------------------------------------------------
+
+    def _seen(self, tp: TopicPartition, offset: int, pending: bool) -> None:
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+        if pending:
+            self._pending.setdefault(tp, set()).add(offset)
+
+    def is_applied(self, tx_id: int) -> bool:
+        return tx_id in self.recent
+
+    def add_event(self, event: ChangeEvent | None, tx_id: int, total_order: int, tp: TopicPartition, offset: int) -> None:
+        """A data event (``event`` None: dead-lettered, but it still counts toward its transaction)."""
+        if self.is_applied(tx_id):
+            self._seen(tp, offset, pending=False)
+            return
+        slot = self._events.setdefault(tx_id, {})
+        self._event_offsets.setdefault(tx_id, []).append((tp, offset))
+        self._seen(tp, offset, pending=True)
+        if total_order not in slot:  # a duplicate delivery counts once
+            slot[total_order] = event
+            self.buffered_events += 1
+
+    def add_marker(self, marker: TransactionMarker) -> None:
+        tp = (marker.topic, marker.partition)
+        if marker.status != "END" or marker.lsn <= self.applied_lsn or self.is_applied(marker.tx_id) \
+                or marker.tx_id in self._ended:
+            self._seen(tp, marker.offset, pending=False)
+            return
+        self._seen(tp, marker.offset, pending=True)
+        self._ends.append(marker)
+        self._ended.add(marker.tx_id)
+
+    def add_done(self, tp: TopicPartition, offset: int) -> None:
+        """A message that needs nothing more (tombstone, BEGIN, dead-lettered garbage)."""
+        self._seen(tp, offset, pending=False)
+
+    # -- output ------------------------------------------------------------------
+
+    def take_ready(self, max_events: int) -> list[Transaction]:
+        """Complete transactions at the head of commit order, up to ~max_events (at least one)."""
+        ready: list[Transaction] = []
+        taken = 0
+        while self._ends:
+            end = self._ends[0]
+            got = self._events.get(end.tx_id, {})
+            if len(got) < end.event_count or (ready and taken + end.event_count > max_events):
+                break
+            self._ends.popleft()
+            self._ended.discard(end.tx_id)
+            events = self._events.pop(end.tx_id, {})
+            self.buffered_events -= len(events)
+            offsets = self._event_offsets.pop(end.tx_id, []) + [((end.topic, end.partition), end.offset)]
+            ordered = [events[k] for k in sorted(events)]
+            ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms,
+                                     [e for e in ordered if e is not None],
+                                     dead=sum(e is None for e in ordered), offsets=offsets))
+            taken += end.event_count
+        return ready
+
+    def mark_applied(self, transactions: list[Transaction]) -> None:
+        """After the DuckDB commit that holds them: their offsets may be committed."""
+        for tx in transactions:
+            for tp, offset in tx.offsets:
+                self._pending.get(tp, set()).discard(offset)
+            self.recent[tx.tx_id] = tx.commit_lsn
+            self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
+        while len(self.recent) > self.recent_limit:
+            self.recent.popitem(last=False)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset to commit: the first not yet applied, else the next one."""
+        return {tp: min(self._pending[tp]) if self._pending.get(tp) else nxt for tp, nxt in self._next.items()}
+
+    @property
+    def waiting_transactions(self) -> int:
+        return len(self._ends)

@@ -1,0 +1,127 @@
+from decimal import Decimal
+
+import pytest
+
+from mallard.core.pgtypes import UNAVAILABLE, UNAVAILABLE_B64, column_type, is_unavailable, widens
+
+
+def b64_unscaled(n: int) -> str:
+    import base64
+
+    return base64.b64encode(n.to_bytes((n.bit_length() + 8) // 8 or 1, "big", signed=True)).decode()
+
+
+@pytest.mark.parametrize("schema, duck", [
+    ({"type": "int16"}, "SMALLINT"),
+    ({"type": "int32"}, "INTEGER"),
+    ({"type": "int64"}, "BIGINT"),
+    ({"type": "float32"}, "REAL"),
+    ({"type": "float64"}, "DOUBLE"),
+    ({"type": "boolean"}, "BOOLEAN"),
+    ({"type": "string"}, "VARCHAR"),
+    ({"type": "bytes"}, "BLOB"),
+    ({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+      "parameters": {"scale": "2", "connect.decimal.precision": "12"}}, "DECIMAL(12,2)"),
+    ({"type": "struct", "name": "io.debezium.data.VariableScaleDecimal"}, "DECIMAL(38,18)"),
+    ({"type": "int32", "name": "io.debezium.time.Date"}, "DATE"),
+    ({"type": "int64", "name": "io.debezium.time.MicroTime"}, "TIME"),
+    ({"type": "int64", "name": "io.debezium.time.MicroTimestamp"}, "TIMESTAMP"),
+    ({"type": "int64", "name": "io.debezium.time.Timestamp"}, "TIMESTAMP"),
+    ({"type": "string", "name": "io.debezium.time.ZonedTimestamp"}, "TIMESTAMPTZ"),
+    ({"type": "string", "name": "io.debezium.time.Interval"}, "INTERVAL"),
+    ({"type": "string", "name": "io.debezium.data.Uuid"}, "UUID"),
+    ({"type": "string", "name": "io.debezium.data.Json"}, "JSON"),
+    ({"type": "string", "name": "io.debezium.data.Enum", "parameters": {"allowed": "a,b"}}, "VARCHAR"),
+    ({"type": "array", "items": {"type": "int32"}}, "INTEGER[]"),
+    ({"type": "array", "items": {"type": "string"}}, "VARCHAR[]"),
+    ({"type": "struct", "name": "io.debezium.data.geometry.Point"}, "VARCHAR"),
+])
+def test_type_map(schema, duck):
+    assert column_type(schema).duckdb == duck
+
+
+def test_unknown_types_are_text_and_flagged():
+    ct = column_type({"type": "struct", "name": "io.debezium.data.geometry.Point"})
+    assert not ct.known
+    assert ct.decode({"x": 1.5, "y": 2}) == '{"x":1.5,"y":2}'
+
+
+def test_decimals_are_exact_or_refused():
+    ct = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                      "parameters": {"scale": "2", "connect.decimal.precision": "5"}})
+    assert ct.decode(b64_unscaled(-99999)) == Decimal("-999.99")
+    assert ct.decode(b64_unscaled(12)) == Decimal("0.12")
+
+
+def test_decimal_that_does_not_fit_raises():
+    ct = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                      "parameters": {"scale": "2", "connect.decimal.precision": "4"}})
+    with pytest.raises(ValueError, match="integer digits"):
+        ct.decode(b64_unscaled(123456))  # 1234.56 in DECIMAL(4,2)
+
+
+def test_variable_scale_numeric():
+    ct = column_type({"type": "struct", "name": "io.debezium.data.VariableScaleDecimal"})
+    assert ct.decode({"scale": 3, "value": b64_unscaled(-12345)}) == Decimal("-12.345")
+    with pytest.raises(ValueError, match="decimal places"):
+        ct.decode({"scale": 20, "value": b64_unscaled(1)})
+    with pytest.raises(ValueError):
+        ct.decode("nope")
+
+
+@pytest.mark.parametrize("iso, expected", [
+    ("P1Y2M3DT4H5M6.78S", (14, 3, (4 * 3600 + 5 * 60) * 10**9 + 6_780_000_000)),
+    ("P-1Y-2M3DT-4H-5M-6.78S", (-14, 3, -(4 * 3600 + 5 * 60) * 10**9 - 6_780_000_000)),
+    ("PT0S", (0, 0, 0)),
+    ("P2W", (0, 14, 0)),
+])
+def test_intervals_keep_months_days_and_time_apart(iso, expected):
+    assert column_type({"type": "string", "name": "io.debezium.time.Interval"}).decode(iso) == expected
+
+
+def test_zoned_timestamps_become_utc_microseconds():
+    ct = column_type({"type": "string", "name": "io.debezium.time.ZonedTimestamp"})
+    assert ct.decode("1970-01-01T00:00:01.000001Z") == 1_000_001
+    assert ct.decode("2025-06-01T08:00:00.000000Z") == 1748764800 * 1_000_000
+    with pytest.raises(ValueError):
+        ct.decode("yesterday")
+
+
+@pytest.mark.parametrize("schema, value", [
+    ({"type": "int32"}, "12"),
+    ({"type": "boolean"}, 1),
+    ({"type": "string"}, 5),
+    ({"type": "bytes"}, "!!not base64!!"),
+    ({"type": "array", "items": {"type": "int32"}}, "[1]"),
+])
+def test_values_that_do_not_fit_their_type_raise(schema, value):
+    with pytest.raises(ValueError):
+        column_type(schema).decode(value)
+
+
+def test_toast_placeholder_per_type():
+    assert is_unavailable(column_type({"type": "string"}), UNAVAILABLE)
+    assert is_unavailable(column_type({"type": "bytes"}), UNAVAILABLE_B64)
+    assert is_unavailable(column_type({"type": "array", "items": {"type": "string"}}), [UNAVAILABLE])
+    assert is_unavailable(column_type({"type": "string", "name": "io.debezium.data.Json"}), UNAVAILABLE)
+    assert not is_unavailable(column_type({"type": "int32"}), UNAVAILABLE)
+    assert not is_unavailable(column_type({"type": "string"}), "text")
+
+
+@pytest.mark.parametrize("old, new, ok", [
+    ("INTEGER", "BIGINT", True), ("SMALLINT", "INTEGER", True), ("BIGINT", "INTEGER", False),
+    ("REAL", "DOUBLE", True), ("DOUBLE", "REAL", False),
+    ("DECIMAL(10,2)", "DECIMAL(12,2)", True), ("DECIMAL(10,2)", "DECIMAL(12,4)", True),
+    ("DECIMAL(10,2)", "DECIMAL(10,4)", False), ("DECIMAL(10,2)", "DECIMAL(10,1)", False),
+    ("INTEGER", "DECIMAL(12,2)", True), ("INTEGER", "DECIMAL(5,0)", False),
+    ("VARCHAR", "VARCHAR", True), ("INTEGER", "VARCHAR", False), ("VARCHAR", "INTEGER", False),
+])
+def test_widening(old, new, ok):
+    assert widens(old, new) is ok
+
+
+def test_zero_fits_a_decimal_without_integer_digits():
+    ct = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                      "parameters": {"scale": "2", "connect.decimal.precision": "2"}})
+    assert ct.decode(b64_unscaled(0)) == Decimal("0.00")
+    assert ct.decode(b64_unscaled(-5)) == Decimal("-0.05")
