@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import secrets
 import shutil
 import socket
@@ -57,6 +58,45 @@ class Stack:
     def dsn(self) -> str:
         return self.status()["postgres"]["dsn"]
 
+    def query(self, sql: str, timeout: float = 10) -> list[list]:
+        """Read the replica through the applier (it alone may open the DuckDB file)."""
+        import urllib.parse
+        import urllib.request
+
+        port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
+        url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return json.loads(resp.read())["rows"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"query failed: {e.read().decode()}") from None
+
+    def applier_state(self) -> dict:
+        import urllib.request
+
+        port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
+
+    def wait_for(self, sql: str, expected, timeout: float = 90.0) -> list[list]:
+        """Poll the replica until ``sql`` returns ``expected`` (or a predicate holds)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        rows = None
+        while time.monotonic() < deadline:
+            try:
+                rows = self.query(sql)
+            except (AssertionError, OSError):
+                rows = None  # table not created yet, or applier restarting
+            if rows is not None and (expected(rows) if callable(expected) else rows == expected):
+                return rows
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {sql!r} to give {expected}; last: {rows}")
+
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.ports['MALLARD_KAFKA_PORT']}"
@@ -91,6 +131,30 @@ def stack():
     """One running local stack for the integration tests that only read or add data."""
     # A password of its own, so a test can prove it never reaches a log.
     s = Stack(new_home(), MALLARD_PG_PASSWORD=f"pw-{secrets.token_hex(8)}")
+    try:
+        s.mallard("stack", "up")
+        yield s
+    finally:
+        s.teardown()
+
+
+def all_tables_connector_config(folder: Path) -> Path:
+    """The repo's connector config, capturing every table (tests create their own)."""
+    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+
+    doc = json.loads(DEFAULT_CONNECTOR_CONFIG.read_text())
+    doc["config"].pop("table.include.list")
+    doc["config"]["publication.autocreate.mode"] = "all_tables"
+    path = folder / "connector-all-tables.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cdc_stack():
+    """A running stack whose Debezium captures every table, for the applier tests."""
+    home = new_home()
+    s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)))
     try:
         s.mallard("stack", "up")
         yield s

@@ -201,7 +201,7 @@ class Decoder:
             return None
         try:
             return ct.decode(v)
-        except ValueError as e:
+        except (ValueError, TypeError, ArithmeticError) as e:
             raise PoisonMessage(f"column {column!r} ({ct.duckdb}): {e}") from None
 
     def decode_transaction(self, topic: str, partition: int, offset: int, value_raw: bytes) -> TransactionMarker:

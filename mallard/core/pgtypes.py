@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import orjson
@@ -23,6 +23,7 @@ UNAVAILABLE = "__debezium_unavailable_value"
 UNAVAILABLE_B64 = binascii.b2a_base64(UNAVAILABLE.encode(), newline=False).decode()
 
 MAX_DECIMAL_PRECISION = 38  # DuckDB's limit
+_EXACT = Context(prec=100)  # wide enough that no decimal arithmetic here ever rounds
 UNCONSTRAINED_NUMERIC = (38, 18)  # numeric without typmod: 20 integer and 18 fractional digits, exactly
 
 
@@ -82,16 +83,17 @@ def _unscaled(raw: bytes) -> int:
 def _fit_decimal(value: Decimal, precision: int, scale: int) -> Decimal:
     """The value exactly, or ValueError: never round to make it fit."""
     exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > scale and value != value.quantize(Decimal(1).scaleb(-scale)):
+    quantum = Decimal(1).scaleb(-scale, context=_EXACT)
+    if isinstance(exponent, int) and -exponent > scale and value != value.quantize(quantum, context=_EXACT):
         raise ValueError(f"{value} has more than {scale} decimal places for DECIMAL({precision},{scale})")
     if value.is_finite() and value.adjusted() + 1 > precision - scale:
         raise ValueError(f"{value} has more than {precision - scale} integer digits for DECIMAL({precision},{scale})")
-    return value.quantize(Decimal(1).scaleb(-scale))
+    return value.quantize(quantum, context=_EXACT)
 
 
 def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[Any], Decimal]:
     def decode(v: Any) -> Decimal:
-        return _fit_decimal(Decimal(_unscaled(_bytes(v))).scaleb(-wire_scale), precision, scale)
+        return _fit_decimal(Decimal(_unscaled(_bytes(v))).scaleb(-wire_scale, context=_EXACT), precision, scale)
 
     return decode
 
@@ -99,7 +101,7 @@ def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[Any], Dec
 def _variable_decimal(v: Any) -> Decimal:
     if not isinstance(v, dict) or "scale" not in v or "value" not in v:
         raise ValueError(f"expected a VariableScaleDecimal struct, got {v!r:.60}")
-    value = Decimal(_unscaled(_bytes(v["value"]))).scaleb(-_int(v["scale"]))
+    value = Decimal(_unscaled(_bytes(v["value"]))).scaleb(-_int(v["scale"]), context=_EXACT)
     return _fit_decimal(value, *UNCONSTRAINED_NUMERIC)
 
 
@@ -156,6 +158,8 @@ _SIMPLE = {
     "int64": ("BIGINT", "int64", _int),
     "float32": ("REAL", "float32", _float),
     "float64": ("DOUBLE", "float64", _float),
+    "float": ("REAL", "float32", _float),  # JsonConverter's names for float32/float64
+    "double": ("DOUBLE", "float64", _float),
     "boolean": ("BOOLEAN", "bool", _bool),
     "string": ("VARCHAR", "string", _str),
     "bytes": ("BLOB", "binary", _bytes),

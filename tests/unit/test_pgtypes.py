@@ -17,6 +17,8 @@ def b64_unscaled(n: int) -> str:
     ({"type": "int64"}, "BIGINT"),
     ({"type": "float32"}, "REAL"),
     ({"type": "float64"}, "DOUBLE"),
+    ({"type": "float"}, "REAL"),
+    ({"type": "double"}, "DOUBLE"),
     ({"type": "boolean"}, "BOOLEAN"),
     ({"type": "string"}, "VARCHAR"),
     ({"type": "bytes"}, "BLOB"),
@@ -125,3 +127,12 @@ def test_zero_fits_a_decimal_without_integer_digits():
                       "parameters": {"scale": "2", "connect.decimal.precision": "2"}})
     assert ct.decode(b64_unscaled(0)) == Decimal("0.00")
     assert ct.decode(b64_unscaled(-5)) == Decimal("-0.05")
+
+
+def test_wide_decimals_are_not_rounded():
+    ct = column_type({"type": "struct", "name": "io.debezium.data.VariableScaleDecimal"})
+    value = ct.decode({"scale": 18, "value": b64_unscaled(-98765432109876543210_000000000000000001)})
+    assert value == Decimal("-98765432109876543210.000000000000000001")
+    ct38 = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                        "parameters": {"scale": "0", "connect.decimal.precision": "38"}})
+    assert ct38.decode(b64_unscaled(10**37 + 1)) == Decimal(10**37 + 1)

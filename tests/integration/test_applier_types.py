@@ -1,0 +1,144 @@
+"""Every supported Postgres type, written in Postgres, read back from DuckDB: the same value."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import time
+import uuid
+from decimal import Decimal
+
+import duckdb
+import psycopg2
+import pytest
+
+from mallard.stack.processes import is_alive
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = {
+    "c_smallint": "smallint", "c_int": "integer", "c_bigint": "bigint",
+    "c_numeric": "numeric(12,2)", "c_numeric_free": "numeric",
+    "c_real": "real", "c_double": "double precision", "c_bool": "boolean",
+    "c_text": "text", "c_varchar": "varchar(20)", "c_char": "char(4)",
+    "c_date": "date", "c_time": "time", "c_timestamp": "timestamp", "c_timestamptz": "timestamptz",
+    "c_interval": "interval", "c_uuid": "uuid", "c_json": "json", "c_jsonb": "jsonb", "c_bytea": "bytea",
+    "c_int_array": "integer[]", "c_text_array": "text[]", "c_enum": "mood", "c_point": "point",
+}
+ROWS = {
+    1: ["-32768", "2147483647", "-9223372036854775808", "1234567890.12", "12.345", "3.14", "2.718281828459045",
+        "true", "héllo ☃ \"quoted\"", "varchar", "ab", "2024-02-29", "13:45:56.123456",
+        "2024-02-29 13:45:56.123456", "2025-06-01 10:00:00.5+02", "1 year 2 mons 3 days 04:05:06.78",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", '{"b": [1, 2], "a": null}', '{"b": [1, 2], "a": {"x": 1.5}}',
+        "\\x00ff10", "{1,NULL,3}", '{"a","b c",NULL}', "happy", "(1.5,2)"],
+    3: ["0", "-1", "0", "-0.01", "-98765432109876543210.000000000000000001", "-0", "NaN",
+        "false", "", "", "", "1970-01-01", "00:00:00", "1970-01-01 00:00:00", "1969-12-31 23:59:59.999999+00",
+        "-1 mons +2 days -00:00:01", "00000000-0000-0000-0000-000000000000", "[]", "{}",
+        "\\x", "{}", "{}", "sad", "(0,0)"],
+}
+INTERVAL_PG = ("(extract(year from c_interval) * 12 + extract(month from c_interval))::int, "
+               "extract(day from c_interval)::int, (extract(hour from c_interval) * 3600000000 + "
+               "extract(minute from c_interval) * 60000000 + extract(microseconds from c_interval))::bigint")
+INTERVAL_DUCK = ("datepart('year', c_interval) * 12 + datepart('month', c_interval), datepart('day', c_interval), "
+                 "datepart('hour', c_interval) * 3600000000::BIGINT + datepart('minute', c_interval) * 60000000::BIGINT"
+                 " + datepart('microseconds', c_interval)")
+
+
+@pytest.fixture(scope="module")
+def both_sides(cdc_stack):
+    """(Postgres rows, DuckDB rows, DuckDB column types), read after the applier caught up."""
+    conn = psycopg2.connect(cdc_stack.dsn)
+    conn.autocommit = True
+    cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
+    with conn.cursor() as cur:
+        cur.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        cur.execute(f"CREATE TABLE type_probe (id integer PRIMARY KEY, {cols})")
+        for key, values in ROWS.items():
+            cur.execute(f"INSERT INTO type_probe VALUES (%s, {', '.join(['%s'] * len(values))})", [key, *values])
+        cur.execute("INSERT INTO type_probe (id) VALUES (2)")  # NULL in every column
+        cur.execute(f"SELECT id, {', '.join(COLUMNS)} FROM type_probe ORDER BY id")
+        pg = {r[0]: dict(zip(COLUMNS, r[1:])) for r in cur.fetchall()}
+        cur.execute(f"SELECT id, {INTERVAL_PG} FROM type_probe ORDER BY id")
+        pg_intervals = {r[0]: r[1:] for r in cur.fetchall()}
+    conn.close()
+    cdc_stack.wait_for("SELECT count(*) FROM type_probe", [[3]])
+    log = (cdc_stack.home / "logs" / "applier.log").read_text()
+    # Stop the applier to open its DuckDB file here, then start it again.
+    pid = cdc_stack.status()["components"]["applier"]["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    db = duckdb.connect(str(cdc_stack.home / "duckdb" / "mallard.duckdb"), read_only=True)
+    try:
+        rows = db.execute(f"SELECT id, {', '.join(COLUMNS)} FROM type_probe ORDER BY id").fetchall()
+        duck = {r[0]: dict(zip(COLUMNS, r[1:])) for r in rows}
+        duck_intervals = {r[0]: r[1:] for r in db.execute(f"SELECT id, {INTERVAL_DUCK} FROM type_probe ORDER BY id").fetchall()}
+        types = dict(db.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                "WHERE table_name = 'type_probe'").fetchall())
+    finally:
+        db.close()
+        cdc_stack.mallard("stack", "up")
+    return pg, duck, types, pg_intervals, duck_intervals, log
+
+
+def normalise(column: str, value):
+    if value is None:
+        return None
+    if column == "c_real":
+        return struct.unpack("f", struct.pack("f", value))[0]  # Postgres real is binary32
+    if column in ("c_json", "c_jsonb"):
+        return json.loads(value) if isinstance(value, str) else value
+    if column == "c_uuid":
+        return str(uuid.UUID(str(value)))
+    if column == "c_bytea":
+        return bytes(value)
+    return value
+
+
+EXPECTED_TYPES = {
+    "c_smallint": "SMALLINT", "c_int": "INTEGER", "c_bigint": "BIGINT", "c_numeric": "DECIMAL(12,2)",
+    "c_numeric_free": "DECIMAL(38,18)", "c_real": "FLOAT", "c_double": "DOUBLE", "c_bool": "BOOLEAN",
+    "c_text": "VARCHAR", "c_varchar": "VARCHAR", "c_char": "VARCHAR", "c_date": "DATE", "c_time": "TIME",
+    "c_timestamp": "TIMESTAMP", "c_timestamptz": "TIMESTAMP WITH TIME ZONE", "c_interval": "INTERVAL",
+    "c_uuid": "UUID", "c_json": "JSON", "c_jsonb": "JSON", "c_bytea": "BLOB", "c_int_array": "INTEGER[]",
+    "c_text_array": "VARCHAR[]", "c_enum": "VARCHAR", "c_point": "VARCHAR",
+}
+
+
+@pytest.mark.parametrize("column", [c for c in COLUMNS if c not in ("c_interval", "c_point")])
+def test_value_is_exactly_what_postgres_holds(both_sides, column):
+    pg, duck, types, *_ = both_sides
+    assert types[column] == EXPECTED_TYPES[column]
+    for key in (1, 2, 3):
+        p, d = normalise(column, pg[key][column]), normalise(column, duck[key][column])
+        if isinstance(p, float) and math.isnan(p):
+            assert isinstance(d, float) and math.isnan(d)
+            continue
+        assert d == p, f"row {key}: DuckDB {d!r} != Postgres {p!r}"
+        assert type(d) is type(p) or p is None, f"row {key}: {type(d)} vs {type(p)}"
+    assert duck[2][column] is None
+
+
+def test_decimals_stay_decimals_and_timestamptz_is_an_instant(both_sides):
+    pg, duck, *_ = both_sides
+    assert duck[1]["c_numeric"] == Decimal("1234567890.12") and isinstance(duck[1]["c_numeric"], Decimal)
+    assert duck[3]["c_numeric_free"] == Decimal("-98765432109876543210.000000000000000001")
+    assert duck[1]["c_timestamptz"].utcoffset() is not None
+    assert duck[1]["c_timestamptz"] == pg[1]["c_timestamptz"]  # 10:00:00.5+02 is 08:00:00.5 UTC
+
+
+def test_interval_keeps_months_days_and_time(both_sides):
+    *_, pg_intervals, duck_intervals, _ = both_sides
+    assert duck_intervals == pg_intervals
+    assert duck_intervals[1] == (14, 3, 14_706_780_000)
+
+
+def test_unknown_type_is_kept_as_text_with_a_warning(both_sides):
+    pg, duck, types, *_, log = both_sides
+    assert types["c_point"] == "VARCHAR"
+    point = json.loads(duck[1]["c_point"])
+    assert (point["x"], point["y"]) == (1.5, 2.0)
+    assert "columns of unknown type kept as text: c_point" in log
