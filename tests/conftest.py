@@ -154,7 +154,7 @@ def all_tables_connector_config(folder: Path) -> Path:
 def cdc_stack():
     """A running stack whose Debezium captures every table, for the applier tests."""
     home = new_home()
-    s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)))
+    s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)), MALLARD_TOPIC_REFRESH_MS="1000")
     try:
         s.mallard("stack", "up")
         yield s

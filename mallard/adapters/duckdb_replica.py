@@ -39,6 +39,7 @@ META_COLUMNS = [
 RECENT_TRANSACTIONS = 100_000
 
 OK, NEEDS_RESNAPSHOT, REFUSED = "ok", "needs_resnapshot", "refused"
+ABSENT = "absent"  # a truncate of a table DuckDB never had: nothing to do
 
 
 def q(name: str) -> str:
@@ -152,6 +153,8 @@ class DuckDBReplica:
     def ensure_table(self, schema: TableSchema) -> TableState:
         """Create the table on its first event, or evolve it; returns its state."""
         state = self.tables.get(schema.stream)
+        if not schema.key_known:  # a truncate: it changes no schema
+            return state or TableState(schema.stream, target_name(schema.stream), ABSENT, None, [], [])
         fingerprint = schema.fingerprint
         if state is not None and fingerprint in state.fingerprints:
             return state

@@ -111,6 +111,48 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applier_get(path: str, **params: str) -> dict:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    s = _stack_settings()
+    url = f"http://127.0.0.1:{s.applier_health_port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+        raise RuntimeError(body.get("error") or f"applier answered {e.code}") from None
+    except OSError as e:
+        raise RuntimeError(f"the applier does not answer at {url} ({e}); is the stack up?") from None
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    tables = _applier_get("/tables")["tables"]
+    if args.json:
+        print(json.dumps(tables, indent=2))
+        return 0
+    for t in sorted(tables, key=lambda t: t["stream"]):
+        extra = []
+        if t["reason"]:
+            extra.append(t["reason"])
+        if t["dropped_columns"]:
+            extra.append("dropped in Postgres, kept: " + ", ".join(t["dropped_columns"]))
+        if t["unknown_type_columns"]:
+            extra.append("unknown types kept as text: " + ", ".join(t["unknown_type_columns"]))
+        print(f"  {t['stream']:<32} -> {t['target']:<28} {t['status']:<17} {'; '.join(extra)}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    result = _applier_get("/query", sql=args.sql)
+    print("\t".join(result["columns"]))
+    for row in result["rows"]:
+        print("\t".join("NULL" if v is None else str(v) for v in row))
+    return 0
+
+
 def cmd_demo_changes(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
     from mallard.demo import make_changes
@@ -166,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
     tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     tail.set_defaults(func=cmd_tail)
+
+    tables = sub.add_parser("tables", help="replicated tables: status, why one needs a re-snapshot, dropped columns")
+    tables.add_argument("--json", action="store_true")
+    tables.set_defaults(func=cmd_tables)
+
+    query = sub.add_parser("query", help="run a read-only SQL query on the replica, through the running applier")
+    query.add_argument("sql")
+    query.set_defaults(func=cmd_query)
 
     demo = sub.add_parser("demo", help="the demo shop database")
     dsub = demo.add_subparsers(dest="demo_command", required=True)

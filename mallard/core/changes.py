@@ -29,6 +29,8 @@ class TableSchema:
     types: tuple[ColumnType, ...]
     key_columns: tuple[str, ...]
     """Primary-key columns (empty: the table has no primary key)."""
+    key_known: bool = True
+    """False for a truncate, which carries no key: its schema says nothing about the key."""
 
     @property
     def fingerprint(self) -> str:
@@ -98,6 +100,7 @@ class Decoder:
         self._value_schemas: dict[bytes, tuple[str, tuple[str, ...], tuple[ColumnType, ...]]] = {}
         self._key_schemas: dict[bytes, tuple[tuple[str, ...], tuple[ColumnType, ...]]] = {}
         self._tables: dict[tuple[bytes, bytes], TableSchema] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}
 
     # -- schemas ---------------------------------------------------------------
 
@@ -162,11 +165,15 @@ class Decoder:
             raise PoisonMessage("change event without transaction metadata (provide.transaction.metadata=true?)")
         stream = f"{source.get('schema')}.{source.get('table')}"
         key_schema_raw, key_cols, key_types, key_payload = self._key_schema(key_raw)
-        table = self._tables.get((schema_raw or b"", key_schema_raw))
-        if table is None or table.stream != stream:
-            table = TableSchema(stream, columns, types, key_cols)
-            if schema_raw is not None:
-                self._tables[(schema_raw, key_schema_raw)] = table
+        if op == "t":  # no key: the table's key is whatever its other events say
+            table = TableSchema(stream, columns, types, self._keys.get(stream, ()), key_known=stream in self._keys)
+        else:
+            table = self._tables.get((schema_raw or b"", key_schema_raw))
+            if table is None or table.stream != stream:
+                table = TableSchema(stream, columns, types, key_cols)
+                if schema_raw is not None:
+                    self._tables[(schema_raw, key_schema_raw)] = table
+            self._keys[stream] = key_cols
         try:
             tx_id = int(source["txId"])
             total_order = int(tx["total_order"])

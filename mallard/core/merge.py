@@ -67,7 +67,7 @@ def reduce(transactions: list[Transaction]) -> list[dict[str, TableChanges]]:
     for tx in transactions:
         for event in tx.events:
             changes = steps[-1].get(event.stream)
-            if changes is not None and changes.schema != event.schema:
+            if changes is not None and event.op != "t" and changes.schema != event.schema:
                 steps.append({})
                 changes = None
             if changes is None:
