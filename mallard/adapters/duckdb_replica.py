@@ -264,7 +264,9 @@ class DuckDBReplica:
             data["pos_hi"] = pa.array([s.position >> 32 for _, s in deletes], pa.int64())
             data["pos_lo"] = pa.array([s.position & 0xFFFFFFFF for _, s in deletes], pa.int64())
             self.con.register("_mallard_deletes", pa.table(data))
-            match = " AND ".join(f"{target}.{q(schema.columns[i])} = d.k{j}" for j, i in enumerate(key_idx))
+            match = " AND ".join(
+                f"{target}.{q(schema.columns[i])} = " + (f"d.k{j}" if t.sql is None else t.sql.format(f"d.k{j}"))
+                for j, (i, t) in enumerate(zip(key_idx, key_types)))
             self.con.execute(f"""DELETE FROM {target} USING _mallard_deletes d WHERE {match}
                 AND {target}._mallard_position < (d.pos_hi::HUGEINT << 32) + d.pos_lo""")
             self.con.unregister("_mallard_deletes")
@@ -286,9 +288,7 @@ class DuckDBReplica:
         self.con.register("_mallard_upserts", pa.table(data))
         exprs = []
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
-            e = f"b.c{i}"
-            if ct.sql_cast:
-                e = f"CAST({e} AS {ct.duckdb})"
+            e = f"b.c{i}" if ct.sql is None else ct.sql.format(f"b.c{i}")
             if i in toasted:
                 e = f"CASE WHEN b.u{i} THEN t.{q(name)} ELSE {e} END"
             exprs.append(e)
@@ -297,7 +297,7 @@ class DuckDBReplica:
         key_cols = [q(c) for c in schema.key_columns]
         join = ""
         if toasted:
-            on = " AND ".join(f"t.{q(c)} = b.c{schema.columns.index(c)}" for c in schema.key_columns)
+            on = " AND ".join(f"t.{q(schema.columns[i])} = {exprs[i]}" for i in schema.key_indexes)
             join = f"LEFT JOIN {target} t ON {on}"
         updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in schema.key_columns)
         table_ref = target.split(".")[-1]

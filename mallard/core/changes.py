@@ -93,126 +93,162 @@ def split_envelope(raw: bytes) -> tuple[bytes | None, bytes]:
     return None, raw
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What one schema text says: the columns and how to decode them."""
+
+    columns: tuple[str, ...]
+    types: tuple[ColumnType, ...]
+    pairs: tuple[tuple[str, Any], ...]
+    toastable: tuple[int, ...]
+
+
+def _layout(fields: list[dict]) -> _Layout:
+    columns = tuple(f["field"] for f in fields)
+    types = tuple(column_type(f) for f in fields)
+    return _Layout(columns, types, tuple((c, t.decode) for c, t in zip(columns, types)),
+                   tuple(i for i, t in enumerate(types) if t.toastable))
+
+
 class Decoder:
-    """Turns raw Kafka messages into ChangeEvents / TransactionMarkers."""
+    """Turns raw Kafka messages into ChangeEvents / TransactionMarkers.
+
+    A message starts with its schema; the bytes up to the payload are remembered per
+    topic, so the common case is one prefix comparison and a parse of the payload."""
 
     def __init__(self) -> None:
-        self._value_schemas: dict[bytes, tuple[str, tuple[str, ...], tuple[ColumnType, ...]]] = {}
-        self._key_schemas: dict[bytes, tuple[tuple[str, ...], tuple[ColumnType, ...]]] = {}
-        self._tables: dict[tuple[bytes, bytes], TableSchema] = {}
+        self._value_prefixes: dict[str, list[tuple[bytes, _Layout]]] = {}
+        self._key_prefixes: dict[str, list[tuple[bytes, _Layout]]] = {}
+        self._tables: dict[tuple[int, int, str], TableSchema] = {}
         self._keys: dict[str, tuple[str, ...]] = {}
+        self._tx_prefix: bytes | None = None
 
-    # -- schemas ---------------------------------------------------------------
+    @staticmethod
+    def _cached(cache: list[tuple[bytes, _Layout]], raw: bytes) -> tuple[_Layout, bytes] | None:
+        for prefix, layout in cache:
+            if raw.startswith(prefix) and raw.endswith(b"}"):
+                return layout, raw[len(prefix):-1]
+        return None
 
-    def _value_schema(self, schema_raw: bytes | None, envelope: dict) -> tuple[str, tuple, tuple]:
-        cached = self._value_schemas.get(schema_raw) if schema_raw is not None else None
-        if cached:
-            return cached
-        schema = _loads(schema_raw) if schema_raw is not None else envelope.get("schema")
+    def _value(self, topic: str, raw: bytes) -> tuple[_Layout, Any]:
+        cache = self._value_prefixes.setdefault(topic, [])
+        hit = self._cached(cache, raw)
+        if hit is not None:
+            return hit[0], _loads(hit[1])
+        schema_raw, payload_raw = split_envelope(raw)
+        doc = _loads(raw) if schema_raw is None else None
+        schema = doc.get("schema") if isinstance(doc, dict) else (_loads(schema_raw) if schema_raw else None)
         if not isinstance(schema, dict) or schema.get("type") != "struct":
             raise PoisonMessage("unknown envelope: no struct schema (is schemas.enable=true?)")
         fields = {f.get("field"): f for f in schema.get("fields") or []}
         row = fields.get("after") or fields.get("before")
         if not {"source", "op"} <= set(fields) or row is None or row.get("type") != "struct":
             raise PoisonMessage("unknown envelope: expected a Debezium change event (before/after/source/op)")
-        name = str(schema.get("name") or "")
-        columns = tuple(f["field"] for f in row["fields"])
-        types = tuple(column_type(f) for f in row["fields"])
-        result = (name, columns, types)
+        layout = _layout(row["fields"])
         if schema_raw is not None:
-            self._value_schemas[schema_raw] = result
-        return result
+            cache.insert(0, (raw[: len(raw) - len(payload_raw) - 1], layout))
+            del cache[8:]  # a table's schema changes rarely; keep the latest few
+        payload = doc["payload"] if doc is not None else _loads(payload_raw)
+        return layout, payload
 
-    def _key_schema(self, key_raw: bytes | None) -> tuple[bytes, tuple[str, ...], tuple[ColumnType, ...], Any]:
-        if key_raw is None:
-            return b"", (), (), None
-        schema_raw, payload_raw = split_envelope(key_raw)
-        if schema_raw is not None and schema_raw in self._key_schemas:
-            cols, types = self._key_schemas[schema_raw]
-            return schema_raw, cols, types, _loads(payload_raw)
-        doc = _loads(key_raw)
+    def _key(self, topic: str, raw: bytes | None) -> tuple[_Layout | None, Any]:
+        if raw is None:
+            return None, None
+        cache = self._key_prefixes.setdefault(topic, [])
+        hit = self._cached(cache, raw)
+        if hit is not None:
+            return hit[0], _loads(hit[1])
+        schema_raw, payload_raw = split_envelope(raw)
+        doc = _loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("schema"), dict):
             raise PoisonMessage("unknown key envelope: expected {schema, payload}")
-        fields = doc["schema"].get("fields") or []
-        cols = tuple(f["field"] for f in fields)
-        types = tuple(column_type(f) for f in fields)
-        schema_raw = schema_raw if schema_raw is not None else orjson.dumps(doc["schema"])
-        self._key_schemas[schema_raw] = (cols, types)
-        return schema_raw, cols, types, doc.get("payload")
+        layout = _layout(doc["schema"].get("fields") or [])
+        if schema_raw is not None:
+            cache.insert(0, (raw[: len(raw) - len(payload_raw) - 1], layout))
+            del cache[8:]
+        return layout, doc.get("payload")
+
+    def _table(self, stream: str, value: _Layout, key: _Layout | None) -> TableSchema:
+        ident = (id(value), id(key), stream)
+        table = self._tables.get(ident)
+        if table is None:
+            table = self._tables[ident] = TableSchema(stream, value.columns, value.types,
+                                                      key.columns if key else ())
+        return table
 
     # -- messages --------------------------------------------------------------
 
     def decode_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None,
                       value_raw: bytes) -> ChangeEvent:
-        schema_raw, payload_raw = split_envelope(value_raw)
-        envelope = None
-        if schema_raw is None:
-            envelope = _loads(value_raw)
-            if not isinstance(envelope, dict) or "payload" not in envelope:
-                raise PoisonMessage("unknown envelope: expected {schema, payload}")
-            payload = envelope["payload"]
-        else:
-            payload = _loads(payload_raw)
+        layout, payload = self._value(topic, value_raw)
         if not isinstance(payload, dict):
             raise PoisonMessage("unknown envelope: payload is not an object")
         op = payload.get("op")
         if op not in OPS:
             raise PoisonMessage(f"unknown op {op!r}")
-        _, columns, types = self._value_schema(schema_raw, envelope or {})
-        source = payload.get("source") or {}
+        source = payload.get("source")
         tx = payload.get("transaction")
-        if not isinstance(tx, dict) or "total_order" not in tx:
+        if not isinstance(tx, dict) or not isinstance(source, dict):
             raise PoisonMessage("change event without transaction metadata (provide.transaction.metadata=true?)")
-        stream = f"{source.get('schema')}.{source.get('table')}"
-        key_schema_raw, key_cols, key_types, key_payload = self._key_schema(key_raw)
-        if op == "t":  # no key: the table's key is whatever its other events say
-            table = TableSchema(stream, columns, types, self._keys.get(stream, ()), key_known=stream in self._keys)
-        else:
-            table = self._tables.get((schema_raw or b"", key_schema_raw))
-            if table is None or table.stream != stream:
-                table = TableSchema(stream, columns, types, key_cols)
-                if schema_raw is not None:
-                    self._tables[(schema_raw, key_schema_raw)] = table
-            self._keys[stream] = key_cols
         try:
+            stream = source["schema"] + "." + source["table"]
             tx_id = int(source["txId"])
             total_order = int(tx["total_order"])
             committed_at = int(source.get("ts_ms") or payload.get("ts_ms") or 0)
         except (KeyError, TypeError, ValueError):
-            raise PoisonMessage("source.txId or transaction.total_order missing") from None
+            raise PoisonMessage("source.schema/table/txId or transaction.total_order missing") from None
+        key_layout, key_payload = self._key(topic, key_raw)
+        if op == "t":  # no key: the table's key is whatever its other events say
+            table = TableSchema(stream, layout.columns, layout.types, self._keys.get(stream, ()),
+                                key_known=stream in self._keys)
+            return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
+                               None, None, frozenset(), table)
+        table = self._table(stream, layout, key_layout)
+        self._keys[stream] = table.key_columns
         key = None
-        if op != "t" and key_cols:
+        if key_layout is not None and key_layout.columns:
             if not isinstance(key_payload, dict):
                 raise PoisonMessage("key payload missing")
-            key = tuple(self._decode(c, t, key_payload.get(c)) for c, t in zip(key_cols, key_types))
+            key = tuple(self._row(key_layout, key_payload))
         row, unavailable = None, frozenset()
-        if op in "cur":
+        if op != "d":
             after = payload.get("after")
             if not isinstance(after, dict):
                 raise PoisonMessage(f"op {op!r} without an after image")
-            values, missing = [], []
-            for i, (c, t) in enumerate(zip(columns, types)):
-                v = after.get(c)
-                if v is not None and t.toastable and is_unavailable(t, v):
-                    missing.append(i)
-                    values.append(None)
-                else:
-                    values.append(self._decode(c, t, v))
+            values = self._row(layout, after)
+            missing = [i for i in layout.toastable
+                       if (v := after.get(layout.columns[i])) is not None and is_unavailable(layout.types[i], v)]
+            for i in missing:
+                values[i] = None
             row, unavailable = tuple(values), frozenset(missing)
         return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                            key, row, unavailable, table)
 
     @staticmethod
-    def _decode(column: str, ct: ColumnType, v: Any) -> Any:
-        if v is None:
-            return None
+    def _row(layout: _Layout, image: dict) -> list:
         try:
-            return ct.decode(v)
-        except (ValueError, TypeError, ArithmeticError) as e:
-            raise PoisonMessage(f"column {column!r} ({ct.duckdb}): {e}") from None
+            return [None if (v := image.get(c)) is None else decode(v) for c, decode in layout.pairs]
+        except Exception:  # noqa: BLE001 - find the column, keeping placeholders out of decoders
+            values = []
+            for c, t in zip(layout.columns, layout.types):
+                v = image.get(c)
+                if v is None or (t.toastable and is_unavailable(t, v)):
+                    values.append(None)
+                    continue
+                try:
+                    values.append(t.decode(v))
+                except (ValueError, TypeError, ArithmeticError) as e:
+                    raise PoisonMessage(f"column {c!r} ({t.duckdb}): {e}") from None
+            return values
 
     def decode_transaction(self, topic: str, partition: int, offset: int, value_raw: bytes) -> TransactionMarker:
-        _, payload_raw = split_envelope(value_raw)
+        prefix = self._tx_prefix
+        if prefix is not None and value_raw.startswith(prefix) and value_raw.endswith(b"}"):
+            payload_raw = value_raw[len(prefix):-1]
+        else:
+            schema_raw, payload_raw = split_envelope(value_raw)
+            if schema_raw is not None:
+                self._tx_prefix = value_raw[: len(value_raw) - len(payload_raw) - 1]
         payload = _loads(payload_raw)
         if isinstance(payload, dict) and "schema" in payload and "payload" in payload:
             payload = payload["payload"]

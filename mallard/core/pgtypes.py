@@ -35,8 +35,9 @@ class ColumnType:
     """How decoded values travel to DuckDB: int16/32/64, float32/64, bool, string, date32,
     time_us/ms/ns, ts_us/ms/ns, tstz_us, binary, decimal, interval, list:<transport>."""
     decode: Callable[[Any], Any] = field(compare=False, repr=False)
-    sql_cast: bool = False
-    """True when the transport is text that DuckDB casts (uuid, json, time with time zone)."""
+    sql: str | None = None
+    """SQL that turns the loaded transport value ``{}`` into the DuckDB value, when it is
+    not loaded as is (text cast to uuid/json/timetz, unscaled integers to decimals)."""
     toastable: bool = False
     """Can arrive as Debezium's 'unavailable' placeholder (unchanged TOASTed value)."""
     known: bool = True
@@ -94,6 +95,19 @@ def _fit_decimal(value: Decimal, precision: int, scale: int) -> Decimal:
 def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[Any], Decimal]:
     def decode(v: Any) -> Decimal:
         return _fit_decimal(Decimal(_unscaled(_bytes(v))).scaleb(-wire_scale, context=_EXACT), precision, scale)
+
+    return decode
+
+
+def _unscaled_decimal(precision: int) -> Callable[[Any], int]:
+    """The fast path for DECIMAL(p<=18, s): the unscaled integer, scaled in SQL (exactly)."""
+    bound = 10**precision
+
+    def decode(v: Any) -> int:
+        unscaled = _unscaled(_bytes(v))
+        if not -bound < unscaled < bound:
+            raise ValueError(f"{unscaled} (unscaled) has more than {precision} digits for its DECIMAL")
+        return unscaled
 
     return decode
 
@@ -197,17 +211,22 @@ def column_type(schema: dict[str, Any]) -> ColumnType:
         precision = int(params.get("connect.decimal.precision", MAX_DECIMAL_PRECISION))
         precision = min(max(precision, wire_scale, 1), MAX_DECIMAL_PRECISION)
         scale = min(wire_scale, precision)
-        return ColumnType(f"DECIMAL({precision},{scale})", "decimal", _decimal(precision, scale, wire_scale),
-                          precision=(precision, scale))
+        duck = f"DECIMAL({precision},{scale})"
+        if precision <= 18 and scale == wire_scale:
+            quantum = f" * {Decimal(1).scaleb(-scale)}" if scale else ""  # a DECIMAL literal: exact
+            return ColumnType(duck, "int64", _unscaled_decimal(precision),
+                              sql=f"CAST(CAST({{}} AS DECIMAL(18,0)){quantum} AS {duck})", precision=(precision, scale))
+        return ColumnType(duck, "decimal", _decimal(precision, scale, wire_scale), precision=(precision, scale))
     if name == "io.debezium.data.VariableScaleDecimal":
         p, s = UNCONSTRAINED_NUMERIC
         return ColumnType(f"DECIMAL({p},{s})", "decimal", _variable_decimal, precision=(p, s))
     if name in _LOGICAL:
         duck, transport, decode, cast = _LOGICAL[name]
-        return ColumnType(duck, transport, decode, sql_cast=cast, toastable=transport == "string")
+        return ColumnType(duck, transport, decode, sql=f"CAST({{}} AS {duck})" if cast else None,
+                          toastable=transport == "string")
     if ctype == "array" and schema.get("items"):
         element = column_type(schema["items"])
-        if element.known and not element.sql_cast and not element.transport.startswith("list"):
+        if element.known and element.sql is None and not element.transport.startswith("list"):
             return ColumnType(f"{element.duckdb}[]", f"list:{element.transport}", _list(element), toastable=True)
         return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)
     if name is None and ctype in _SIMPLE:

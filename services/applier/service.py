@@ -9,6 +9,7 @@ transactions DuckDB already has are recognised by their commit LSN and skipped.
 from __future__ import annotations
 
 import base64
+import gc
 import re
 import threading
 import time
@@ -106,12 +107,19 @@ class ApplierService(Service):
             "auto.offset.reset": "earliest",
             "session.timeout.ms": s.session_timeout_ms,
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
+            # Fetch big: change events are a few kB each and arrive in bursts.
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
             "log_level": 3,
         })
         consumer.subscribe([self.cdc_pattern, self.tx_topic])
         self.log.info("applier up: %s <- topics %s and %s (group %s), applied up to %s",
                       s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group,
                       (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
+        # Batches create many short-lived objects and few cycles: collect cycles rarely.
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         self.ready = True
         last_commit = time.monotonic()
         try:
