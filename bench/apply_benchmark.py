@@ -191,14 +191,21 @@ def preload(bootstrap: str, n: int) -> list[tuple]:
     return kept
 
 
-def run_applier(bootstrap: str, n: int, workdir: Path) -> dict:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     port = free_port()
     env = {**os.environ, "MALLARD_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MALLARD_TOPIC_PREFIX": PREFIX,
            "MALLARD_DUCKDB_PATH": str(workdir / f"bench-{n}.duckdb"), "MALLARD_HEALTH_PORT": str(port),
            "MALLARD_CONSUMER_GROUP": f"bench-{n}", "MALLARD_DEAD_LETTER_TOPIC": "bench.dead-letter",
            "MALLARD_LOG_LEVEL": "WARNING", "MALLARD_TOPIC_REFRESH_MS": "1000"}
-    profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
-    proc = subprocess.Popen([sys.executable, *profile, "-m", "services.applier"], env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "services.applier"], env=env, cwd=REPO)
+    if os.environ.get("BENCH_PROFILE"):  # py-spy flame data of the applier, for tuning
+        subprocess.Popen(["py-spy", "record", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
     applied = 0
     try:
@@ -212,10 +219,12 @@ def run_applier(bootstrap: str, n: int, workdir: Path) -> dict:
             now = time.monotonic()
             if applied and first is None:
                 first = (now, applied)
+                cpu_first = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
             if proc.poll() is not None:
                 raise RuntimeError("the applier exited")
-            time.sleep(0.05)
+            time.sleep(0.25)
         last = (time.monotonic(), applied)
+        cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
         peak_rss_kb = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                                if line.startswith("VmHWM")))
     finally:
@@ -225,7 +234,9 @@ def run_applier(bootstrap: str, n: int, workdir: Path) -> dict:
     con = duckdb.connect(str(workdir / f"bench-{n}.duckdb"), read_only=True)
     rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
     con.close()
-    return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss_kb / 1024, "rows": rows}
+    wall = last[0] - first[0]
+    return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss_kb / 1024, "rows": rows,
+            "applier_cpu": (cpu_last[0] - cpu_first[0]) / wall, "broker_cpu": (cpu_last[1] - cpu_first[1]) / wall}
 
 
 def naive(events: list[tuple], workdir: Path) -> dict:
@@ -270,10 +281,10 @@ def main() -> None:
                 t0 = time.monotonic()
                 events = preload(bootstrap, n)
                 print(f"preloaded {n:,} change events (+ transaction metadata, tombstones) in {time.monotonic() - t0:.1f}s")
-                r = run_applier(bootstrap, n, workdir)
+                r = run_applier(bootstrap, n, workdir, broker.pid)
                 results.append(r)
                 print(f"mallard applier  N={n:>9,}  {r['events_per_s']:>9,.0f} events/s   peak RSS {r['peak_rss_mb']:.0f} MB"
-                      f"   rows in DuckDB {r['rows']:,}")
+                      f"   rows in DuckDB {r['rows']:,}   CPU: applier {r['applier_cpu']:.2f}, broker {r['broker_cpu']:.2f} cores")
                 if n == args.events[0]:
                     nv = naive(events[: args.naive_events], workdir)
                     print(f"naive upsert     N={nv['events']:>9,}  {nv['events_per_s']:>9,.0f} events/s   "

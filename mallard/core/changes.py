@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -32,12 +33,12 @@ class TableSchema:
     key_known: bool = True
     """False for a truncate, which carries no key: its schema says nothing about the key."""
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         text = "|".join(f"{c}:{t.duckdb}" for c, t in zip(self.columns, self.types)) + "#" + ",".join(self.key_columns)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    @property
+    @cached_property
     def key_indexes(self) -> tuple[int, ...]:
         return tuple(self.columns.index(c) for c in self.key_columns)
 
@@ -151,13 +152,14 @@ class Decoder:
         payload = doc["payload"] if doc is not None else _loads(payload_raw)
         return layout, payload
 
-    def _key(self, topic: str, raw: bytes | None) -> tuple[_Layout | None, Any]:
+    def _key(self, topic: str, raw: bytes | None, parse: bool) -> tuple[_Layout | None, Any]:
+        """The key's layout, and its payload when ``parse`` (or the layout is new)."""
         if raw is None:
             return None, None
         cache = self._key_prefixes.setdefault(topic, [])
         hit = self._cached(cache, raw)
         if hit is not None:
-            return hit[0], _loads(hit[1])
+            return hit[0], _loads(hit[1]) if parse else None
         schema_raw, payload_raw = split_envelope(raw)
         doc = _loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc.get("schema"), dict):
@@ -197,7 +199,7 @@ class Decoder:
             committed_at = int(source.get("ts_ms") or payload.get("ts_ms") or 0)
         except (KeyError, TypeError, ValueError):
             raise PoisonMessage("source.schema/table/txId or transaction.total_order missing") from None
-        key_layout, key_payload = self._key(topic, key_raw)
+        key_layout, key_payload = self._key(topic, key_raw, parse=op == "t")
         if op == "t":  # no key: the table's key is whatever its other events say
             table = TableSchema(stream, layout.columns, layout.types, self._keys.get(stream, ()),
                                 key_known=stream in self._keys)
@@ -205,12 +207,7 @@ class Decoder:
                                None, None, frozenset(), table)
         table = self._table(stream, layout, key_layout)
         self._keys[stream] = table.key_columns
-        key = None
-        if key_layout is not None and key_layout.columns:
-            if not isinstance(key_payload, dict):
-                raise PoisonMessage("key payload missing")
-            key = tuple(self._row(key_layout, key_payload))
-        row, unavailable = None, frozenset()
+        row, unavailable, key = None, frozenset(), None
         if op != "d":
             after = payload.get("after")
             if not isinstance(after, dict):
@@ -221,6 +218,22 @@ class Decoder:
             for i in missing:
                 values[i] = None
             row, unavailable = tuple(values), frozenset(missing)
+        if table.key_columns:
+            # The key columns are in the row image (a delete's before image holds at least them),
+            # so the key's own payload need not be parsed.
+            if row is not None:
+                key = tuple(row[i] for i in table.key_indexes)
+            else:
+                before = payload.get("before")
+                if not isinstance(before, dict):
+                    if not isinstance(key_payload, dict):
+                        key_payload = self._key(topic, key_raw, parse=True)[1]
+                    before = key_payload
+                if not isinstance(before, dict):
+                    raise PoisonMessage("a delete without its key")
+                key = tuple(self._row(key_layout, before))
+            if None in key:
+                raise PoisonMessage(f"primary key {table.key_columns} has a NULL")
         return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                            key, row, unavailable, table)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import queue
 import re
 import threading
 import time
@@ -121,21 +122,33 @@ class ApplierService(Service):
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         self.ready = True
+        # DuckDB work runs in a thread of its own (it releases the GIL) while the next
+        # batch is fetched and decoded; at most one batch waits for it.
+        self._to_apply: queue.Queue = queue.Queue(maxsize=1)
+        self._applied: queue.Queue = queue.Queue()
+        applier = threading.Thread(target=self._apply_loop, name="duckdb-apply", daemon=True)
+        applier.start()
         last_commit = time.monotonic()
         try:
             while not self.stopping.is_set():
                 if self.assembler.buffered_events < s.max_buffered_events:
-                    messages = consumer.consume(num_messages=s.poll_messages, timeout=0.2)
-                    for msg in messages:
+                    for msg in consumer.consume(num_messages=s.poll_messages, timeout=0.2):
                         self._route(msg)
-                applied = self._apply_ready()
-                if applied or time.monotonic() - last_commit > 5:
+                if not self._to_apply.full():
+                    ready = self.assembler.take_ready(s.max_batch_events)
+                    if ready:
+                        self._to_apply.put(ready)
+                if self._collect_applied() or time.monotonic() - last_commit > 5:
                     self._commit_offsets(consumer)
                     last_commit = time.monotonic()
         finally:
             self.ready = False
+            self._to_apply.put(None)
+            applier.join(timeout=120)
             try:
-                consumer.close()  # leaves the group without committing anything more
+                if self._collect_applied():  # what DuckDB committed meanwhile: commit its offsets too
+                    self._commit_offsets(consumer)
+                consumer.close()
             finally:
                 with self.lock:
                     self.replica.close()
@@ -181,31 +194,43 @@ class ApplierService(Service):
         self.counts["dead_letters"] += 1
         self.log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
 
-    def _apply_ready(self) -> bool:
-        transactions = self.assembler.take_ready(self.settings.max_batch_events)
-        if not transactions:
-            return False
-        started = time.monotonic()
-        steps = reduce(transactions)
-        with self.lock:
-            stats = self.replica.apply(steps, transactions)
-            if self.counts["batches"] % 100 == 99:
-                self.replica.prune_recent()
-        self.assembler.mark_applied(transactions)
-        elapsed = time.monotonic() - started
-        self.counts["events_applied"] += stats.events
-        self.counts["transactions_applied"] += stats.transactions
-        self.counts["batches"] += 1
-        last = transactions[-1]
-        lag = time.time() - last.committed_at_ms / 1000
-        self.log.info(
-            "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead) "
-            "in %.0f ms (%.0f events/s); at LSN %X/%X, committed %.1fs ago",
-            stats.transactions, stats.events, stats.upserts, stats.deletes, stats.truncates, stats.skipped,
-            stats.dead, elapsed * 1000, stats.events / elapsed if elapsed else 0,
-            last.commit_lsn >> 32, last.commit_lsn & 0xFFFFFFFF, lag,
-        )
-        return True
+    def _apply_loop(self) -> None:
+        while (transactions := self._to_apply.get()) is not None:
+            try:
+                started = time.monotonic()
+                steps = reduce(transactions)
+                with self.lock:
+                    stats = self.replica.apply(steps, transactions)
+                    if self.counts["batches"] % 100 == 99:
+                        self.replica.prune_recent()
+                self._applied.put((transactions, stats, time.monotonic() - started))
+            except BaseException as e:  # terminal: surfaced on the main thread, nothing committed
+                self._applied.put(e)
+                return
+
+    def _collect_applied(self) -> bool:
+        """Account for batches DuckDB has committed; True if there were any."""
+        any_applied = False
+        while not self._applied.empty():
+            item = self._applied.get()
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"applying to DuckDB failed: {item}") from item
+            transactions, stats, elapsed = item
+            self.assembler.mark_applied(transactions)
+            self.counts["events_applied"] += stats.events
+            self.counts["transactions_applied"] += stats.transactions
+            self.counts["batches"] += 1
+            last = transactions[-1]
+            lag = time.time() - last.committed_at_ms / 1000
+            self.log.info(
+                "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead) "
+                "in %.0f ms (%.0f events/s); at LSN %X/%X, committed %.1fs ago",
+                stats.transactions, stats.events, stats.upserts, stats.deletes, stats.truncates, stats.skipped,
+                stats.dead, elapsed * 1000, stats.events / elapsed if elapsed else 0,
+                last.commit_lsn >> 32, last.commit_lsn & 0xFFFFFFFF, lag,
+            )
+            any_applied = True
+        return any_applied
 
     def _commit_offsets(self, consumer: Consumer) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.assembler.committable().items()]
