@@ -191,6 +191,11 @@ def preload(bootstrap: str, n: int) -> list[tuple]:
     return kept
 
 
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -208,6 +213,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
     applied = 0
+    rss_at: dict[float, float] = {}
     try:
         deadline = time.monotonic() + 1800
         while applied < n and time.monotonic() < deadline:
@@ -222,6 +228,9 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
                 cpu_first = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
             if proc.poll() is not None:
                 raise RuntimeError("the applier exited")
+            for q in (0.25, 0.5, 0.75):
+                if q not in rss_at and applied >= q * n:
+                    rss_at[q] = rss_mb(proc.pid)
             time.sleep(0.25)
         last = (time.monotonic(), applied)
         cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
@@ -236,6 +245,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     con.close()
     wall = last[0] - first[0]
     return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss_kb / 1024, "rows": rows,
+            "rss_mb_at_25_50_75_pct": [round(rss_at.get(q, float("nan"))) for q in (0.25, 0.5, 0.75)],
             "applier_cpu": (cpu_last[0] - cpu_first[0]) / wall, "broker_cpu": (cpu_last[1] - cpu_first[1]) / wall}
 
 
@@ -284,7 +294,8 @@ def main() -> None:
                 r = run_applier(bootstrap, n, workdir, broker.pid)
                 results.append(r)
                 print(f"mallard applier  N={n:>9,}  {r['events_per_s']:>9,.0f} events/s   peak RSS {r['peak_rss_mb']:.0f} MB"
-                      f"   rows in DuckDB {r['rows']:,}   CPU: applier {r['applier_cpu']:.2f}, broker {r['broker_cpu']:.2f} cores")
+                      f" (RSS at 25/50/75% {r['rss_mb_at_25_50_75_pct']} MB)   rows in DuckDB {r['rows']:,}"
+                      f"   CPU: applier {r['applier_cpu']:.2f}, broker {r['broker_cpu']:.2f} cores")
                 if n == args.events[0]:
                     nv = naive(events[: args.naive_events], workdir)
                     print(f"naive upsert     N={nv['events']:>9,}  {nv['events_per_s']:>9,.0f} events/s   "

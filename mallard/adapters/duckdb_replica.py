@@ -95,9 +95,11 @@ class ApplyStats:
 
 
 class DuckDBReplica:
-    def __init__(self, path: str):
+    def __init__(self, path: str, memory_limit: str | None = None):
         self.path = path
         self.con = duckdb.connect(path)
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
         self._bootstrap()
 

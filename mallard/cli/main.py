@@ -53,6 +53,11 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
         print(f"  postgres DSN       postgresql://{pg['user']}:***@{pg['host']}:{pg['port']}/{pg['database']}")
         print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
         print(f"  duckdb file        {status['duckdb']['path']}")
+        applier = status["components"]["applier"]["detail"]
+        if isinstance(applier, dict) and applier.get("progress"):
+            p = applier["progress"]
+            print(f"  applied up to      LSN {p['commit_lsn']} (tx {p['tx_id']}, committed {p['committed_at']}); "
+                  f"{applier['events_applied']} event(s) since start, {applier['dead_letters']} dead-lettered")
         publisher = status["components"]["cdc-publisher"]["detail"]
         if isinstance(publisher, dict) and publisher.get("slot"):
             slot = publisher["slot"]

@@ -53,6 +53,9 @@ def describe(topic: str, partition: int, offset: int, key: bytes | None, value: 
         return f"{where} snapshot ROWS {v.get('stream')} id={v.get('snapshot_id')} batch={v.get('batch')} rows={len(v.get('rows', []))}"
     if kind == "end":
         return f"{where} snapshot END {v.get('stream')} id={v.get('snapshot_id')} rows={v.get('row_count')} batches={v.get('batches')}"
+    if kind == "dead_letter":
+        return (f"{where} dead letter from {v.get('source_topic')}[{v.get('source_partition')}]@{v.get('source_offset')}"
+                f" by {v.get('service')}: {v.get('error')}")
     if kind == "resnapshot":
         return (f"{where} resnapshot request id={v.get('request_id')} streams={v.get('streams')} "
                 f"reason={v.get('reason')!r} by={v.get('requested_by')}")

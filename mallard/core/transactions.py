@@ -122,6 +122,13 @@ class TransactionAssembler:
         """Per partition, the offset to commit: the first not yet applied, else the next one."""
         return {tp: min(self._pending[tp]) if self._pending.get(tp) else nxt for tp, nxt in self._next.items()}
 
+    def head_complete(self) -> bool:
+        """Whether the next transaction in commit order could be released now."""
+        if not self._ends:
+            return False
+        end = self._ends[0]
+        return len(self._events.get(end.tx_id, ())) >= end.event_count
+
     @property
     def waiting_transactions(self) -> int:
         return len(self._ends)

@@ -12,7 +12,9 @@ class ApplierSettings(ServiceSettings):
     )
     poll_messages: int = Field(10_000, description="Messages fetched from Kafka per poll.")
     max_buffered_events: int = Field(
-        500_000, description="Events held while waiting for their transactions to complete before the applier pauses fetching."
+        60_000, description="Decoded events held (waiting for their transaction or for DuckDB) before the applier "
+        "pauses fetching while DuckDB catches up: bounds memory (a larger Postgres transaction is still read whole)."
     )
+    duckdb_memory_limit: str = Field("1GB", description="DuckDB's memory limit (its page cache): keeps the applier's memory flat.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")

@@ -96,7 +96,7 @@ class ApplierService(Service):
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
         kafka.ensure_topics(s.kafka_bootstrap_servers, {s.dead_letter_topic: 1})
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
-        self.replica = DuckDBReplica(s.duckdb_path)
+        self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit)
         applied_lsn, recent = self.replica.applied_position()
         self.assembler = TransactionAssembler(applied_lsn, recent)
         self.decoder = Decoder()
@@ -131,9 +131,14 @@ class ApplierService(Service):
         last_commit = time.monotonic()
         try:
             while not self.stopping.is_set():
-                if self.assembler.buffered_events < s.max_buffered_events:
+                # Memory stays bounded: with enough events held, let DuckDB catch up first —
+                # unless the next transaction is still incomplete (then it must be read on).
+                if self.assembler.buffered_events < s.max_buffered_events or not (
+                        self.assembler.head_complete() or self._to_apply.full()):
                     for msg in consumer.consume(num_messages=s.poll_messages, timeout=0.2):
                         self._route(msg)
+                else:
+                    time.sleep(0.005)
                 if not self._to_apply.full():
                     ready = self.assembler.take_ready(s.max_batch_events)
                     if ready:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from mallard.core.describe import describe
 from schemas.control import ResnapshotRequest
+from schemas.deadletter import DeadLetter
 from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows
 
 EVENTS = json.loads((Path(__file__).parent.parent / "fixtures" / "debezium" / "orders_events.json").read_text())
@@ -31,6 +32,10 @@ def test_mallard_messages_are_rendered():
                           columns=[{"name": "id", "pg_type": "bigint"}], started_at=NOW)
     rows = SnapshotRows(snapshot_id="s1", stream="public.orders", batch=1, rows=[[1], [2]])
     end = SnapshotEnd(snapshot_id="s1", stream="public.orders", batches=1, row_count=2, finished_at=NOW)
+    letter = DeadLetter(error="not JSON", service="applier", source_topic="mallard.public.t", source_partition=1,
+                        source_offset=7, value="x", failed_at=NOW)
+    assert describe("mallard.dead-letter", 0, 3, None, letter.model_dump_json().encode()) == \
+        "mallard.dead-letter[0]@3 dead letter from mallard.public.t[1]@7 by applier: not JSON"
     req = ResnapshotRequest(request_id="r1", streams=["public.orders"], reason="repair", requested_by="cli:me",
                             requested_at=NOW)
     out = [describe("t", 0, i, b"k", m.model_dump_json().encode()) for i, m in enumerate((begin, rows, end, req))]
