@@ -122,6 +122,13 @@ class TransactionAssembler:
         """Per partition, the offset to commit: the first not yet applied, else the next one."""
         return {tp: min(self._pending[tp]) if self._pending.get(tp) else nxt for tp, nxt in self._next.items()}
 
+    def head(self) -> tuple[int, int, int] | None:
+        """(tx_id, events received, events expected) of the next transaction in commit order."""
+        if not self._ends:
+            return None
+        end = self._ends[0]
+        return end.tx_id, len(self._events.get(end.tx_id, ())), end.event_count
+
     def head_complete(self) -> bool:
         """Whether the next transaction in commit order could be released now."""
         if not self._ends:

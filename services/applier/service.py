@@ -62,6 +62,7 @@ class ApplierService(Service):
         self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = f"{settings.topic_prefix}.transaction"
+        self._stuck: tuple[int, float, bool] | None = None
         self.cdc_pattern = "^" + re.escape(settings.topic_prefix) + r"\.[^.]+\.[^.]+$"
 
     # -- what the HTTP endpoint shows -------------------------------------------------
@@ -146,6 +147,7 @@ class ApplierService(Service):
                 if self._collect_applied() or time.monotonic() - last_commit > 5:
                     self._commit_offsets(consumer)
                     last_commit = time.monotonic()
+                    self._warn_if_stuck()
         finally:
             self.ready = False
             self._to_apply.put(None)
@@ -198,6 +200,22 @@ class ApplierService(Service):
             raise RuntimeError(f"dead-letter topic {self.settings.dead_letter_topic} did not take a message")
         self.counts["dead_letters"] += 1
         self.log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+
+    def _warn_if_stuck(self) -> None:
+        """Transactions apply in commit order: one whose events never all arrive holds back
+        every later one. Say so (once per transaction) rather than guess."""
+        head = self.assembler.head()
+        if head is None or head[1] >= head[2]:
+            self._stuck = None
+            return
+        now = time.monotonic()
+        if self._stuck is None or self._stuck[0] != head[0]:
+            self._stuck = (head[0], now, False)
+        elif now - self._stuck[1] > 60 and not self._stuck[2]:
+            self.log.warning("transaction %d has %d of its %d events after %.0fs; %d later transaction(s) wait "
+                             "behind it (are all CDC topics readable?)", head[0], head[1], head[2],
+                             now - self._stuck[1], self.assembler.waiting_transactions - 1)
+            self._stuck = (head[0], self._stuck[1], True)
 
     def _apply_loop(self) -> None:
         while (transactions := self._to_apply.get()) is not None:
