@@ -209,7 +209,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
            "MALLARD_LOG_LEVEL": "WARNING", "MALLARD_TOPIC_REFRESH_MS": "1000"}
     proc = subprocess.Popen([sys.executable, "-m", "services.applier"], env=env, cwd=REPO)
     if os.environ.get("BENCH_PROFILE"):  # py-spy flame data of the applier, for tuning
-        subprocess.Popen(["py-spy", "record", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
+        subprocess.Popen(["py-spy", "record", "-r", "400", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
     applied = 0
