@@ -77,6 +77,25 @@ def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     return Producer(config)
 
 
+def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
+    """A consumer that commits only when told (offsets are replication state) and
+    fetches big (change events are a few kB each and arrive in bursts)."""
+    from confluent_kafka import Consumer
+
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Consumer(config)
+
+
 def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
     return (t for t in metadata.topics if not t.startswith("__"))
 

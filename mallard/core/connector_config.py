@@ -95,6 +95,12 @@ def transaction_topic(prefix: str) -> str:
     return f"{prefix}.transaction"
 
 
+def cdc_topic_pattern(prefix: str) -> str:
+    """A Kafka regex subscription to every table topic of the prefix (not the transaction
+    topic, which has one dot fewer), so new tables are picked up without a restart."""
+    return "^" + re.escape(prefix) + r"\.[^.]+\.[^.]+$"
+
+
 def parse_connector_config(text: str, source: str = "connector config") -> ConnectorConfig:
     """Parse the Kafka Connect REST form ``{"name": ..., "config": {...}}`` and check it."""
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import gc
 import queue
-import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from mallard.adapters import kafka
 from mallard.adapters.duckdb_replica import DuckDBReplica
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
+from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
 from mallard.core.merge import reduce
 from mallard.core.transactions import TransactionAssembler
 from mallard.service import Service
@@ -58,12 +58,13 @@ class ApplierService(Service):
     def __init__(self, settings: ApplierSettings):
         super().__init__(settings)
         self.replica: DuckDBReplica | None = None
-        self.lock = threading.Lock()  # DuckDB connection: the apply loop and HTTP reads
+        self.lock = threading.Lock()  # the DuckDB connection: applying, pruning, closing
         self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0}
         self.assembler: TransactionAssembler | None = None
-        self.tx_topic = f"{settings.topic_prefix}.transaction"
+        self.tx_topic = transaction_topic(settings.topic_prefix)
+        self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
+        self.decoder = Decoder()
         self._stuck: tuple[int, float, bool] | None = None
-        self.cdc_pattern = "^" + re.escape(settings.topic_prefix) + r"\.[^.]+\.[^.]+$"
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -100,20 +101,10 @@ class ApplierService(Service):
         self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit)
         applied_lsn, recent = self.replica.applied_position()
         self.assembler = TransactionAssembler(applied_lsn, recent)
-        self.decoder = Decoder()
         self.dlq = kafka.producer(s.kafka_bootstrap_servers)
-        consumer = Consumer({
-            "bootstrap.servers": s.kafka_bootstrap_servers,
-            "group.id": s.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+        consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": s.session_timeout_ms,
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
-            # Fetch big: change events are a few kB each and arrive in bursts.
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
-            "log_level": 3,
         })
         consumer.subscribe([self.cdc_pattern, self.tx_topic])
         self.log.info("applier up: %s <- topics %s and %s (group %s), applied up to %s",

@@ -115,3 +115,15 @@ def test_topic_names():
     config = repo_config()
     assert config.cdc_topic("public.orders") == "mallard.public.orders"
     assert config.transaction_topic == "mallard.transaction"
+
+
+def test_the_applier_subscribes_to_table_topics_only():
+    import re
+
+    from mallard.core.connector_config import cdc_topic_pattern
+
+    pattern = re.compile(cdc_topic_pattern("mallard"))
+    assert pattern.match("mallard.public.orders") and pattern.match("mallard.sales.new_table")
+    assert not pattern.match("mallard.transaction")
+    assert not pattern.match("__debezium-heartbeat.mallard") and not pattern.match("mallardx.public.t")
+    assert not pattern.match("mallard.dead-letter")
