@@ -121,3 +121,14 @@ def test_the_image_contains_every_package():
     assert packages <= copied
     assert "debezium" in copied
     assert all(svc.get("build") == "." for n, svc in SERVICES.items() if n in MALLARD_SERVICES or n == "connector-init")
+
+
+def test_no_other_topic_looks_like_a_table_topic_to_the_applier():
+    import re
+
+    from mallard.core.connector_config import cdc_topic_pattern
+
+    pattern = re.compile(cdc_topic_pattern(CONNECTOR.topic_prefix))
+    topics = [v for svc in SERVICES.values() for k, v in (svc.get("environment") or {}).items()
+              if k.endswith("_TOPIC") and isinstance(v, str)]
+    assert topics and not [t for t in topics if pattern.match(t)]
