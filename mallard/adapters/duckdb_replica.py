@@ -129,9 +129,12 @@ class DuckDBReplica:
         return (row[0] if row else 0), recent
 
     def progress(self) -> dict[str, Any] | None:
-        row = self.con.cursor().execute(
-            "SELECT commit_lsn, tx_id, committed_at, applied_at, transactions, events FROM _mallard.progress WHERE id = 1"
-        ).fetchone()
+        cur = self.con.cursor()  # its own connection: callable from any thread
+        try:
+            row = cur.execute("SELECT commit_lsn, tx_id, committed_at, applied_at, transactions, events "
+                              "FROM _mallard.progress WHERE id = 1").fetchone()
+        finally:
+            cur.close()
         if not row:
             return None
         lsn = row[0]

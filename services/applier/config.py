@@ -15,6 +15,10 @@ class ApplierSettings(ServiceSettings):
         60_000, description="Decoded events held (waiting for their transaction or for DuckDB) before the applier "
         "pauses fetching while DuckDB catches up: bounds memory (a larger Postgres transaction is still read whole)."
     )
+    fetch_queue_kb: int = Field(
+        256 * 1024, description="Kilobytes of messages prefetched (librdkafka queued.max.messages.kbytes): "
+        "fetching ahead is what keeps the applier busy."
+    )
     duckdb_memory_limit: str = Field("1GB", description="DuckDB's memory limit (its page cache): keeps the applier's memory flat.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")

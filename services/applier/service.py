@@ -105,6 +105,7 @@ class ApplierService(Service):
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": s.session_timeout_ms,
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
+            "queued.max.messages.kbytes": s.fetch_queue_kb,
         })
         consumer.subscribe([self.cdc_pattern, self.tx_topic])
         self.log.info("applier up: %s <- topics %s and %s (group %s), applied up to %s",
