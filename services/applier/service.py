@@ -65,6 +65,7 @@ class ApplierService(Service):
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
         self.decoder = Decoder()
         self._stuck: tuple[int, float, bool] | None = None
+        self._warned_old = False
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -140,6 +141,7 @@ class ApplierService(Service):
                     self._commit_offsets(consumer)
                     last_commit = time.monotonic()
                     self._warn_if_stuck()
+                    self._warn_about_the_source()
         finally:
             self.ready = False
             self._to_apply.put(None)
@@ -192,6 +194,14 @@ class ApplierService(Service):
             raise RuntimeError(f"dead-letter topic {self.settings.dead_letter_topic} did not take a message")
         self.counts["dead_letters"] += 1
         self.log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+
+    def _warn_about_the_source(self) -> None:
+        if self.assembler.unknown_old_transactions and not self._warned_old:
+            self.log.error("%d transaction(s) older than the replica's position (LSN %X/%X) that it never applied were "
+                           "skipped: has the source been re-created behind this replica? Re-snapshot it if so.",
+                           self.assembler.unknown_old_transactions, self.assembler.applied_lsn >> 32,
+                           self.assembler.applied_lsn & 0xFFFFFFFF)
+            self._warned_old = True
 
     def _warn_if_stuck(self) -> None:
         """Transactions apply in commit order: one whose events never all arrive holds back

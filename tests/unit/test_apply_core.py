@@ -206,3 +206,11 @@ def test_dead_lettered_events_still_complete_their_transaction():
 def test_position_orders_by_commit_then_event():
     assert position(100, 2) > position(100, 1)
     assert position(101, 1) > position(100, 10_000)
+
+
+def test_transactions_behind_the_replica_that_it_never_applied_are_counted():
+    assembler = TransactionAssembler(applied_lsn=1000, recent={7: 1000})
+    assembler.add_marker(TransactionMarker(*TX_TOPIC, 0, "END", 7, 1000, 1, 0))  # a replay: fine
+    assert assembler.unknown_old_transactions == 0
+    assembler.add_marker(TransactionMarker(*TX_TOPIC, 1, "END", 3, 500, 1, 0))  # LSNs went backwards
+    assert assembler.unknown_old_transactions == 1 and assembler.waiting_transactions == 0
