@@ -118,3 +118,25 @@ def drop_slot_and_publication(conn: Any, slot: str, publication: str) -> list[st
             cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
         dropped.append(f"publication {publication}")
     return dropped
+
+
+def table_columns(conn: Any, stream: str) -> list:
+    """The columns of '<schema>.<table>' as the snapshot encoder needs them, in order."""
+    from mallard.core.snapshot_encoding import PgColumn
+
+    schema, _, table = stream.partition(".")
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname, t.typname, a.atttypmod, t.typtype = 'e', e.typname
+               FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_type t ON t.oid = a.atttypid
+               LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+               WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+               ORDER BY a.attnum""",
+            (schema, table),
+        )
+        rows = cur.fetchall()
+    if not rows:
+        raise SourceError(f"table {stream} not found in Postgres")
+    return [PgColumn(name, typname, typmod, is_enum, element) for name, typname, typmod, is_enum, element in rows]
