@@ -51,6 +51,21 @@ def target_name(stream: str) -> str:
     return f"{q('main' if schema == 'public' else schema)}.{q(table)}"
 
 
+def value_sql(ct: ColumnType, ref: str) -> str:
+    """SQL turning a loaded transport column into the DuckDB value."""
+    return ref if ct.sql is None else ct.sql.format(ref)
+
+
+def position_arrays(positions: list[int]) -> dict[str, pa.Array]:
+    """Positions exceed 64 bits: they travel as two halves (see ``position_sql``)."""
+    return {"pos_hi": pa.array([p >> 32 for p in positions], pa.int64()),
+            "pos_lo": pa.array([p & 0xFFFFFFFF for p in positions], pa.int64())}
+
+
+def position_sql(alias: str) -> str:
+    return f"(({alias}.pos_hi::HUGEINT << 32) + {alias}.pos_lo)"
+
+
 def arrow_type(ct: ColumnType) -> pa.DataType:
     t = ct.transport
     if t.startswith("list:"):
@@ -266,14 +281,12 @@ class DuckDBReplica:
         if deletes:
             key_types = [schema.types[i] for i in key_idx]
             data = {f"k{j}": pa.array([k[j] for k, _ in deletes], arrow_type(t)) for j, t in enumerate(key_types)}
-            data["pos_hi"] = pa.array([s.position >> 32 for _, s in deletes], pa.int64())
-            data["pos_lo"] = pa.array([s.position & 0xFFFFFFFF for _, s in deletes], pa.int64())
+            data.update(position_arrays([s.position for _, s in deletes]))
             self.con.register("_mallard_deletes", pa.table(data))
-            match = " AND ".join(
-                f"{target}.{q(schema.columns[i])} = " + (f"d.k{j}" if t.sql is None else t.sql.format(f"d.k{j}"))
-                for j, (i, t) in enumerate(zip(key_idx, key_types)))
+            match = " AND ".join(f"{target}.{q(schema.columns[i])} = {value_sql(t, f'd.k{j}')}"
+                                 for j, (i, t) in enumerate(zip(key_idx, key_types)))
             self.con.execute(f"""DELETE FROM {target} USING _mallard_deletes d WHERE {match}
-                AND {target}._mallard_position < (d.pos_hi::HUGEINT << 32) + d.pos_lo""")
+                AND {target}._mallard_position < {position_sql('d')}""")
             self.con.unregister("_mallard_deletes")
             stats.deletes += len(deletes)
 
@@ -283,8 +296,7 @@ class DuckDBReplica:
         data: dict[str, pa.Array] = {}
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
             data[f"c{i}"] = pa.array(columns[i], arrow_type(ct))
-        data["pos_hi"] = pa.array([s.position >> 32 for s in states], pa.int64())
-        data["pos_lo"] = pa.array([s.position & 0xFFFFFFFF for s in states], pa.int64())
+        data.update(position_arrays([s.position for s in states]))
         data["tx_id"] = pa.array([s.tx_id for s in states], pa.int64())
         data["committed_at"] = pa.array([s.committed_at_ms for s in states], pa.timestamp("ms", tz="UTC"))
         toasted = sorted({i for s in states for i in s.unavailable})
@@ -293,11 +305,11 @@ class DuckDBReplica:
         self.con.register("_mallard_upserts", pa.table(data))
         exprs = []
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
-            e = f"b.c{i}" if ct.sql is None else ct.sql.format(f"b.c{i}")
+            e = value_sql(ct, f"b.c{i}")
             if i in toasted:
                 e = f"CASE WHEN b.u{i} THEN t.{q(name)} ELSE {e} END"
             exprs.append(e)
-        exprs += ["(b.pos_hi::HUGEINT << 32) + b.pos_lo", "b.tx_id", "'cdc'", "b.committed_at", "?::TIMESTAMPTZ"]
+        exprs += [position_sql("b"), "b.tx_id", "'cdc'", "b.committed_at", "?::TIMESTAMPTZ"]
         names = [*schema.columns, *(c for c, _ in META_COLUMNS)]
         key_cols = [q(c) for c in schema.key_columns]
         join = ""
