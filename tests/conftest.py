@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
+import urllib.parse
+import urllib.request
 import secrets
 import shutil
 import socket
@@ -60,9 +63,6 @@ class Stack:
 
     def query(self, sql: str, timeout: float = 10) -> list[list]:
         """Read the replica through the applier (it alone may open the DuckDB file)."""
-        import urllib.parse
-        import urllib.request
-
         port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
         url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
         try:
@@ -72,8 +72,6 @@ class Stack:
             raise AssertionError(f"query failed: {e.read().decode()}") from None
 
     def applier_state(self) -> dict:
-        import urllib.request
-
         port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
@@ -83,8 +81,6 @@ class Stack:
 
     def wait_for(self, sql: str, expected, timeout: float = 90.0) -> list[list]:
         """Poll the replica until ``sql`` returns ``expected`` (or a predicate holds)."""
-        import time
-
         deadline = time.monotonic() + timeout
         rows = None
         while time.monotonic() < deadline:
