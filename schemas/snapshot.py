@@ -44,6 +44,9 @@ class SnapshotColumn(BaseModel):
     pg_type: str = Field(description="Postgres type as format_type() prints it, e.g. numeric(12,2).")
     nullable: bool = True
     primary_key_position: int | None = Field(None, ge=1, description="1-based position in the primary key; None if not a key column.")
+    connect_schema: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The Kafka Connect field schema Debezium declares for this column: how its values are encoded.")
 
 
 class SnapshotBegin(_Message):

@@ -89,6 +89,10 @@ def ensure_slot(conn: Any, slot: str, plugin: str = "pgoutput") -> bool:
     return True
 
 
+def slot_exists(conn: Any, slot: str) -> bool:
+    return bool(scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot))
+
+
 def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
     """Whether the slot is being consumed, and how much WAL it holds back."""
     with conn.cursor() as cur:
@@ -140,3 +144,20 @@ def table_columns(conn: Any, stream: str) -> list:
     if not rows:
         raise SourceError(f"table {stream} not found in Postgres")
     return [PgColumn(name, typname, typmod, is_enum, element) for name, typname, typmod, is_enum, element in rows]
+
+
+def primary_key(conn: Any, stream: str) -> list[str]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+               WHERE i.indrelid = %s::regclass AND i.indisprimary
+               ORDER BY array_position(i.indkey::int2[], a.attnum)""",
+            (quote_stream(stream),),
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def quote_stream(stream: str) -> str:
+    """'<schema>.<table>' as a quoted SQL name."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in stream.split(".", 1))

@@ -158,6 +158,28 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resnapshot(args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from mallard.adapters import kafka
+    from mallard.settings import KafkaSettings
+    from schemas.control import ResnapshotRequest
+
+    s = _stack_settings()
+    control_topic = KafkaSettings().control_topic
+    request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=args.streams, reason=args.reason,
+                                requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
+                                where=args.where)
+    producer = kafka.producer(s.bootstrap_servers)
+    producer.produce(control_topic, key=request.request_id.encode(), value=request.model_dump_json().encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
+    print(f"requested {request.request_id}: {', '.join(args.streams)}")
+    return 0
+
+
 def cmd_demo_changes(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
     from mallard.demo import make_changes
@@ -221,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run a read-only SQL query on the replica, through the running applier")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
+
+    res = sub.add_parser("resnapshot", help="ask the snapshotter for a full refresh of streams ('<schema>.<table>')")
+    res.add_argument("streams", nargs="+")
+    res.add_argument("--where", help="SQL filter: snapshot only part of the table")
+    res.add_argument("--reason", default="ad hoc")
+    res.set_defaults(func=cmd_resnapshot)
 
     demo = sub.add_parser("demo", help="the demo shop database")
     dsub = demo.add_subparsers(dest="demo_command", required=True)

@@ -18,8 +18,8 @@ SERVICES = COMPOSE["services"]
 MALLARD_SERVICES = {"snapshotter": SnapshotterSettings, "applier": ApplierSettings, "scheduler": SchedulerSettings}
 ALL_SETTINGS = [*MALLARD_SERVICES.values(), CdcPublisherSettings]
 CONNECTOR = load_connector_config_file(DEFAULT_CONNECTOR_CONFIG)
-# Local-stack only: the embedded publisher's files; in compose, Kafka Connect does that job.
-LOCAL_ONLY = {"MALLARD_CONNECTOR_CONFIG", "MALLARD_OFFSETS_FILE"}
+# Local-stack only: the embedded publisher's offsets; in compose, Kafka Connect keeps them.
+LOCAL_ONLY = {"MALLARD_OFFSETS_FILE"}
 
 
 def env_names(settings_cls) -> set[str]:
@@ -132,3 +132,8 @@ def test_no_other_topic_looks_like_a_table_topic_to_the_applier():
     topics = [v for svc in SERVICES.values() for k, v in (svc.get("environment") or {}).items()
               if k.endswith("_TOPIC") and isinstance(v, str)]
     assert topics and not [t for t in topics if pattern.match(t)]
+
+
+def test_the_snapshotter_reads_the_repo_connector_config_in_its_container():
+    path = SERVICES["snapshotter"]["environment"]["MALLARD_CONNECTOR_CONFIG"]
+    assert container_path_to_repo(path).resolve() == DEFAULT_CONNECTOR_CONFIG.resolve()
