@@ -70,3 +70,21 @@ def test_a_filtered_snapshot_holds_only_its_subset(stack):
     assert sorted(r[0] for b in batches for r in b.rows) == list(range(1, 26))
     state = json.loads(stack.mallard("stack", "status", "--json").stdout)["components"]["snapshotter"]["detail"]
     assert state["snapshots"] >= 1 and state["failed"] == 0
+
+
+def test_no_cut_is_taken_while_the_replication_slot_does_not_exist(stack):
+    from datetime import datetime, timezone
+
+    from schemas.control import ResnapshotRequest
+    from services.snapshotter.config import SnapshotterSettings
+    from services.snapshotter.service import SnapshotError, SnapshotterService
+
+    settings = SnapshotterSettings(pg_port=int(stack.ports["MALLARD_PG_PORT"]),
+                                   pg_password=stack.env["MALLARD_PG_PASSWORD"],
+                                   kafka_bootstrap_servers=stack.bootstrap_servers)
+    service = SnapshotterService(settings)
+    service.slot_name = "no_such_slot"  # as if Debezium had not created its slot yet
+    request = ResnapshotRequest(request_id="r", streams=["public.customers"], reason="test", requested_by="test",
+                                requested_at=datetime.now(timezone.utc))
+    with pytest.raises(SnapshotError, match="replication slot 'no_such_slot' does not exist.*start the CDC publisher"):
+        service.snapshot("public.customers", request)
