@@ -102,23 +102,22 @@ def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
 
 def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[tuple[str, int, int]]:
     """(topic, partitions, messages) per topic; messages = sum of high - low watermarks."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     metadata = broker_metadata(bootstrap_servers, timeout)
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "mallard-cli-inspect",
-                         "enable.auto.commit": False, "log_level": 3})
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect")
     try:
         out = []
         for name in sorted(topic_names(metadata)):
             parts = metadata.topics[name].partitions
             total = 0
             for p in parts:
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
+                low, high = reader.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
                 total += max(0, high - low)
             out.append((name, len(parts), total))
         return out
     finally:
-        consumer.close()
+        reader.close()
 
 
 def read_topic(
@@ -127,22 +126,21 @@ def read_topic(
 ) -> Iterable[Any]:
     """Yield a topic's messages (all partitions) without joining a consumer group,
     until ``limit`` messages or ``idle_timeout`` seconds without one."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
     deadline = time.monotonic() + idle_timeout
     while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
         if time.monotonic() > deadline:
             raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
         time.sleep(0.5)
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "mallard-cli-tail",
-                         "enable.auto.commit": False, "log_level": 3})
+    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024})
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
+    reader.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
     seen = 0
     try:
         last = time.monotonic()
         while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout:
-            msg = consumer.poll(0.2)
+            msg = reader.poll(0.2)
             if msg is None:
                 continue
             if msg.error():
@@ -153,4 +151,4 @@ def read_topic(
             seen += 1
             yield msg
     finally:
-        consumer.close()
+        reader.close()

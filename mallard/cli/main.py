@@ -49,8 +49,7 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
         for name, c in status["components"].items():
             pid = c["pid"] or "-"
             print(f"  {name:<14} {c['state']:<9} pid {pid!s:<8} port {c['port']:<6} log {c['log']}")
-        pg = status["postgres"]
-        print(f"  postgres DSN       postgresql://{pg['user']}:***@{pg['host']}:{pg['port']}/{pg['database']}")
+        print(f"  postgres DSN       {_stack_settings().pg_dsn(with_password=False)}")
         print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
         print(f"  duckdb file        {status['duckdb']['path']}")
         applier = status["components"]["applier"]["detail"]
