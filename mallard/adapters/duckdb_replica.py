@@ -4,11 +4,17 @@ Naming convention (documented in the README):
 - A Postgres table ``public.t`` is ``main.t`` in DuckDB; ``s.t`` is ``s.t``.
 - Every replicated row carries ``_mallard_position`` (HUGEINT: commit LSN << 32 |
   event order — where in Postgres' commit order the write happened),
-  ``_mallard_tx_id`` (Postgres xid), ``_mallard_source`` ('cdc'),
-  ``_mallard_committed_at`` (commit time in Postgres) and ``_mallard_applied_at``.
+  ``_mallard_tx_id`` (Postgres xid; NULL for a snapshot row), ``_mallard_source``
+  ('cdc' or 'snapshot'), ``_mallard_snapshot_id`` (the snapshot that wrote it),
+  ``_mallard_committed_at`` (commit time in Postgres, or the snapshot's start) and
+  ``_mallard_applied_at``.
 - Schema ``_mallard`` holds ``tables`` (per stream: status, columns, dropped and
-  unknown columns, why a re-snapshot is needed), ``progress`` (the last applied
-  Postgres transaction: commit LSN, xid, commit time) and ``recent_transactions``.
+  unknown columns, why a re-snapshot is needed, the last full snapshot's cut),
+  ``progress`` (the last applied Postgres transaction: commit LSN, xid, commit
+  time), ``recent_transactions``, ``snapshots`` (every snapshot seen and what came
+  of it), ``"deleted:<stream>"`` (keys CDC deleted, with the xid: a snapshot taken
+  before the delete must not bring them back) and ``"staging:<snapshot id>"``
+  (rows of a snapshot whose end has not been merged yet).
 """
 from __future__ import annotations
 
@@ -22,9 +28,11 @@ import duckdb
 import pyarrow as pa
 
 from mallard.core.changes import TableSchema
+from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
 from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff
+from mallard.core.snapshots import SnapshotFrame
 from mallard.core.transactions import Transaction
 
 log = logging.getLogger("mallard.duckdb")
@@ -35,7 +43,9 @@ META_COLUMNS = [
     ("_mallard_source", "VARCHAR"),
     ("_mallard_committed_at", "TIMESTAMPTZ"),
     ("_mallard_applied_at", "TIMESTAMPTZ"),
+    ("_mallard_snapshot_id", "VARCHAR"),
 ]
+_HALF, _EPOCH = 1 << 31, 1 << 32
 RECENT_TRANSACTIONS = 100_000
 
 OK, NEEDS_RESNAPSHOT, REFUSED = "ok", "needs_resnapshot", "refused"
@@ -54,6 +64,24 @@ def target_name(stream: str) -> str:
 def value_sql(ct: ColumnType, ref: str) -> str:
     """SQL turning a loaded transport column into the DuckDB value."""
     return ref if ct.sql is None else ct.sql.format(ref)
+
+
+def tombstones_name(stream: str) -> str:
+    return f"_mallard.{q('deleted:' + stream)}"
+
+
+def staging_name(snapshot_id: str) -> str:
+    return f"_mallard.{q('staging:' + snapshot_id)}"
+
+
+def covered_sql(cut: Cut, tx: str) -> str:
+    """SQL: whether the transaction whose 32-bit xid is ``tx`` is visible to ``cut``
+    (mallard.core.cut.Cut.covers, with the xid widened to the cut's epoch)."""
+    base = cut.xmax & ~0xFFFFFFFF
+    w = (f"(CASE WHEN {base} + {tx} > {cut.xmax + _HALF} THEN {base} + {tx} - {_EPOCH} "
+         f"WHEN {base} + {tx} < {cut.xmax - _HALF} THEN {base} + {tx} + {_EPOCH} ELSE {base} + {tx} END)")
+    in_progress = f" AND {w} NOT IN ({', '.join(str(x) for x in sorted(cut.xip))})" if cut.xip else ""
+    return f"({tx} IS NOT NULL AND ({w} < {cut.xmin} OR ({w} < {cut.xmax}{in_progress})))"
 
 
 def position_arrays(positions: list[int]) -> dict[str, pa.Array]:
@@ -96,6 +124,23 @@ class TableState:
     dropped: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     fingerprints: set[str] = field(default_factory=set)
+    snapshot_cut: Cut | None = None
+    """Cut of the last full snapshot merged: CDC events it covers are older than the table."""
+    truncated_tx_id: int | None = None
+    """xid of the last truncate CDC applied."""
+    held_back_tx_id: int | None = None
+    """xid of the last CDC transaction held back while the table needed a re-snapshot."""
+
+
+@dataclass
+class SnapshotResult:
+    staged: int = 0
+    applied: int = 0
+    deleted: int = 0
+    status: str = "merged"
+    resnapshot_again: bool = False
+    """The table still misses changes (held back before the snapshot's cut... or after it):
+    another snapshot is needed."""
 
 
 @dataclass
@@ -106,6 +151,7 @@ class ApplyStats:
     deletes: int = 0
     truncates: int = 0
     skipped: int = 0
+    covered: int = 0
     dead: int = 0
 
 
@@ -130,11 +176,37 @@ class DuckDBReplica:
             applied_at TIMESTAMPTZ, transactions BIGINT, events BIGINT)""")
         self.con.execute("""CREATE TABLE IF NOT EXISTS _mallard.recent_transactions (
             tx_id BIGINT PRIMARY KEY, commit_lsn BIGINT)""")
+        for column, duck_type in (("snapshot_cut", "JSON"), ("truncated_tx_id", "BIGINT"), ("held_back_tx_id", "BIGINT")):
+            self.con.execute(f"ALTER TABLE _mallard.tables ADD COLUMN IF NOT EXISTS {column} {duck_type}")
+        self.con.execute("""CREATE TABLE IF NOT EXISTS _mallard.snapshots (
+            snapshot_id VARCHAR PRIMARY KEY, stream VARCHAR, request_id VARCHAR, where_sql VARCHAR, cut VARCHAR,
+            started_at TIMESTAMPTZ, status VARCHAR, reason VARCHAR, rows_staged BIGINT, rows_applied BIGINT,
+            rows_deleted BIGINT, finished_at TIMESTAMPTZ)""")
         for row in self.con.execute(
-            "SELECT stream, target, status, reason, columns, key_columns, dropped_columns, unknown_columns FROM _mallard.tables"
+            "SELECT stream, target, status, reason, columns, key_columns, dropped_columns, unknown_columns, "
+            "snapshot_cut, truncated_tx_id, held_back_tx_id FROM _mallard.tables"
         ).fetchall():
-            self.tables[row[0]] = TableState(row[0], row[1], row[2], row[3], [tuple(c) for c in json.loads(row[4])],
-                                             json.loads(row[5]), json.loads(row[6] or "[]"), json.loads(row[7] or "[]"))
+            cut = json.loads(row[8]) if row[8] else None
+            self.tables[row[0]] = TableState(
+                row[0], row[1], row[2], row[3], [tuple(c) for c in json.loads(row[4])], json.loads(row[5]),
+                json.loads(row[6] or "[]"), json.loads(row[7] or "[]"),
+                snapshot_cut=Cut(cut["xmin"], cut["xmax"], frozenset(cut["xip"])) if cut else None,
+                truncated_tx_id=row[9], held_back_tx_id=row[10])
+        existing = {r[0] for r in self.con.execute(
+            "SELECT '\"' || schema_name || '\".\"' || table_name || '\"' FROM duckdb_tables()").fetchall()}
+        for state in self.tables.values():
+            if state.target in existing:  # a replica from before snapshots
+                self.con.execute(f"ALTER TABLE {state.target} ADD COLUMN IF NOT EXISTS _mallard_snapshot_id VARCHAR")
+                if state.key_columns:
+                    self._create_tombstones(state)
+        # Staging of snapshots whose end was not merged before a stop: the snapshot topic's
+        # offsets were held at their begin, so they are re-read and staged again.
+        for (name,) in self.con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = '_mallard' "
+                                        "AND table_name LIKE 'staging:%'").fetchall():
+            self.con.execute(f"DROP TABLE _mallard.{q(name)}")
+        self.con.execute("UPDATE _mallard.snapshots SET status = 'interrupted' WHERE status = 'staging'")
+        self.merged_snapshots = {r[0] for r in self.con.execute(
+            "SELECT snapshot_id FROM _mallard.snapshots WHERE status = 'merged'").fetchall()}
 
     def applied_position(self) -> tuple[int, dict[int, int]]:
         """(commit LSN of the last applied transaction, recent tx_id -> commit LSN)."""
@@ -158,11 +230,20 @@ class DuckDBReplica:
                 "applied_at": row[3].isoformat() if row[3] else None, "transactions": row[4], "events": row[5]}
 
     def _save_table(self, t: TableState) -> None:
+        cut = t.snapshot_cut
         self.con.execute(
-            "INSERT OR REPLACE INTO _mallard.tables VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+            "INSERT OR REPLACE INTO _mallard.tables (stream, target, status, reason, columns, key_columns, "
+            "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
             [t.stream, t.target, t.status, t.reason, json.dumps(t.columns), json.dumps(t.key_columns),
-             json.dumps(t.dropped), json.dumps(t.unknown)],
+             json.dumps(t.dropped), json.dumps(t.unknown),
+             json.dumps({"xmin": cut.xmin, "xmax": cut.xmax, "xip": sorted(cut.xip)}) if cut else None,
+             t.truncated_tx_id, t.held_back_tx_id],
         )
+
+    def snapshot_cuts(self) -> dict[str, Cut]:
+        """Per stream, the cut of the last full snapshot merged (see merge.reduce)."""
+        return {s: t.snapshot_cut for s, t in self.tables.items() if t.snapshot_cut is not None and t.status == OK}
 
     def table_report(self) -> list[dict[str, Any]]:
         return [{"stream": t.stream, "target": t.target, "status": t.status, "reason": t.reason,
@@ -221,12 +302,22 @@ class DuckDBReplica:
         return state
 
     def _create(self, state: TableState) -> None:
+        """The table (with its primary key, if it has one) and its deleted keys."""
         schema = state.target.split(".")[0]
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         cols = ", ".join(f"{q(c)} {t}" for c, t in [*state.columns, *META_COLUMNS])
         key = ", ".join(q(c) for c in state.key_columns)
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS {state.target} ({cols}, PRIMARY KEY ({key}))")
-        log.info("created %s for %s (%d columns, key %s)", state.target, state.stream, len(state.columns), key)
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {state.target} ({cols}{f', PRIMARY KEY ({key})' if key else ''})")
+        if key:
+            self._create_tombstones(state)
+        log.info("created %s for %s (%d columns, key %s)", state.target, state.stream, len(state.columns), key or "none")
+
+    def _create_tombstones(self, state: TableState) -> None:
+        types = dict(state.columns)
+        cols = ", ".join(f"{q(c)} {types[c]}" for c in state.key_columns)
+        self.con.execute(f"""CREATE TABLE IF NOT EXISTS {tombstones_name(state.stream)} ({cols},
+            _mallard_tx_id BIGINT, _mallard_position HUGEINT, _mallard_deleted_at TIMESTAMPTZ,
+            PRIMARY KEY ({', '.join(q(c) for c in state.key_columns)}))""")
 
     # -- applying --------------------------------------------------------------------
 
@@ -240,8 +331,12 @@ class DuckDBReplica:
                 for stream, changes in step.items():
                     state = self.ensure_table(changes.schema)
                     stats.events += changes.events
+                    stats.covered += changes.covered
                     if state.status != OK:
                         stats.skipped += changes.events
+                        if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
+                            state.held_back_tx_id = changes.last_tx_id
+                            self._save_table(state)
                         continue
                     self._apply_table(state, changes, now, stats)
             last = transactions[-1]
@@ -271,6 +366,8 @@ class DuckDBReplica:
         target, schema = state.target, changes.schema
         if changes.truncated:
             self.con.execute(f"DELETE FROM {target}")
+            state.truncated_tx_id = changes.truncated_tx_id
+            self._save_table(state)
             stats.truncates += 1
         upserts = [(k, s) for k, s in changes.states.items() if s.row is not None]
         deletes = [(k, s) for k, s in changes.states.items() if s.row is None]
@@ -282,11 +379,15 @@ class DuckDBReplica:
             key_types = [schema.types[i] for i in key_idx]
             data = {f"k{j}": pa.array([k[j] for k, _ in deletes], arrow_type(t)) for j, t in enumerate(key_types)}
             data.update(position_arrays([s.position for _, s in deletes]))
+            data["tx_id"] = pa.array([s.tx_id for _, s in deletes], pa.int64())
             self.con.register("_mallard_deletes", pa.table(data))
-            match = " AND ".join(f"{target}.{q(schema.columns[i])} = {value_sql(t, f'd.k{j}')}"
-                                 for j, (i, t) in enumerate(zip(key_idx, key_types)))
+            keys = [value_sql(t, f"d.k{j}") for j, t in enumerate(key_types)]
+            match = " AND ".join(f"{target}.{q(schema.columns[i])} = {k}" for i, k in zip(key_idx, keys))
             self.con.execute(f"""DELETE FROM {target} USING _mallard_deletes d WHERE {match}
                 AND {target}._mallard_position < {position_sql('d')}""")
+            # Remembered so that a snapshot taken before the delete cannot bring the key back.
+            self.con.execute(f"""INSERT OR REPLACE INTO {tombstones_name(state.stream)}
+                SELECT {', '.join(keys)}, d.tx_id, {position_sql('d')}, ?::TIMESTAMPTZ FROM _mallard_deletes d""", [now])
             self.con.unregister("_mallard_deletes")
             stats.deletes += len(deletes)
 
@@ -309,7 +410,7 @@ class DuckDBReplica:
             if i in toasted:
                 e = f"CASE WHEN b.u{i} THEN t.{q(name)} ELSE {e} END"
             exprs.append(e)
-        exprs += [position_sql("b"), "b.tx_id", "'cdc'", "b.committed_at", "?::TIMESTAMPTZ"]
+        exprs += [position_sql("b"), "b.tx_id", "'cdc'", "b.committed_at", "?::TIMESTAMPTZ", "NULL"]
         names = [*schema.columns, *(c for c, _ in META_COLUMNS)]
         key_cols = [q(c) for c in schema.key_columns]
         join = ""
@@ -326,6 +427,182 @@ class DuckDBReplica:
             [now],
         )
         self.con.unregister("_mallard_upserts")
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def begin_snapshot(self, frame: SnapshotFrame) -> None:
+        """Stage a snapshot's rows apart from the table until its end has arrived."""
+        if frame.snapshot_id in self.merged_snapshots:
+            return  # re-read after a restart: already merged
+        schema = frame.schema
+        cols = ", ".join(f"{q(c)} {t.duckdb}" for c, t in zip(schema.columns, schema.types))
+        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame.snapshot_id)}")
+        self.con.execute(f"CREATE TABLE {staging_name(frame.snapshot_id)} ({cols})")
+        cut = frame.cut
+        self.con.execute(
+            "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
+            [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
+             f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at])
+
+    def stage_rows(self, frame: SnapshotFrame, columns: list[list[Any]]) -> None:
+        if frame.snapshot_id in self.merged_snapshots or not columns or not columns[0]:
+            return
+        schema = frame.schema
+        data = {f"c{i}": pa.array(values, arrow_type(ct)) for i, (values, ct) in enumerate(zip(columns, schema.types))}
+        self.con.register("_mallard_snapshot_rows", pa.table(data))
+        try:
+            self.con.execute(f"""INSERT INTO {staging_name(frame.snapshot_id)} SELECT
+                {', '.join(value_sql(ct, f'c{i}') for i, ct in enumerate(schema.types))} FROM _mallard_snapshot_rows""")
+        finally:
+            self.con.unregister("_mallard_snapshot_rows")
+
+    def has_snapshot(self, stream: str) -> bool:
+        """Whether a snapshot of the stream was ever merged or is on its way."""
+        return bool(self.con.execute("SELECT count(*) FROM _mallard.snapshots WHERE stream = ? AND status <> 'abandoned'",
+                                     [stream]).fetchone()[0])
+
+    def abandon_snapshot(self, frame: SnapshotFrame, reason: str) -> None:
+        if frame.snapshot_id in self.merged_snapshots:
+            return
+        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame.snapshot_id)}")
+        self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
+                         "WHERE snapshot_id = ?", [reason, frame.snapshot_id])
+
+    def finish_snapshot(self, frame: SnapshotFrame) -> SnapshotResult:
+        """Merge a complete snapshot into its table with the cut rule, in one DuckDB
+        transaction: a reader sees the table before or after, never in between."""
+        if frame.snapshot_id in self.merged_snapshots:
+            return SnapshotResult(status="already merged")
+        staging = staging_name(frame.snapshot_id)
+        now = datetime.now(timezone.utc)
+        state = self.tables.get(frame.stream)
+        # Checked outside the transaction: a failed statement would abort it.
+        subset = self._subset_sql(state, frame.where) if frame.where is not None and state is not None else ""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            result = SnapshotResult(staged=self.con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0])
+            state = self._table_for_snapshot(frame)
+            if not state.key_columns:
+                # Full refresh only: the snapshot is the table's new content, whole.
+                self.con.execute(f"DELETE FROM {state.target}")
+                result.applied = self._insert_snapshot_rows(state, frame, now)
+            else:
+                self._merge_keyed(state, frame, now, result, subset)
+            if frame.full and state.key_columns:
+                state.snapshot_cut = frame.cut
+                self.con.execute(f"DELETE FROM {tombstones_name(state.stream)} "
+                                 f"WHERE {covered_sql(frame.cut, '_mallard_tx_id')}")
+                if state.truncated_tx_id is not None and frame.cut.covers(state.truncated_tx_id):
+                    state.truncated_tx_id = None
+            if state.held_back_tx_id is not None:
+                # CDC changes were held back while the table needed a re-snapshot: those the cut
+                # did not see are missing still, and only another snapshot can bring them.
+                result.resnapshot_again = not frame.cut.covers(state.held_back_tx_id)
+                state.held_back_tx_id = None
+            self._save_table(state)
+            self.con.execute(f"DROP TABLE {staging}")
+            self.con.execute("UPDATE _mallard.snapshots SET status = 'merged', rows_staged = ?, rows_applied = ?, "
+                             "rows_deleted = ?, finished_at = ? WHERE snapshot_id = ?",
+                             [result.staged, result.applied, result.deleted, now, frame.snapshot_id])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.merged_snapshots.add(frame.snapshot_id)
+        return result
+
+    def _table_for_snapshot(self, frame: SnapshotFrame) -> TableState:
+        """The table as the snapshot describes it: created, evolved, or rebuilt when it
+        needed a re-snapshot or no longer fits the snapshot's columns."""
+        schema = frame.schema
+        state = self.tables.get(frame.stream)
+        if state is not None and state.status == OK and state.key_columns:
+            state = self.ensure_table(schema)  # evolves in place, or marks it for a rebuild
+            if state.status == OK:
+                return state
+        columns = [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)]
+        if state is not None and state.status == REFUSED and state.columns == columns \
+                and state.key_columns == list(schema.key_columns) and self._exists(state.target):
+            return state
+        if state is not None:
+            log.warning("%s: rebuilding %s from snapshot %s (%s)", frame.stream, state.target, frame.snapshot_id,
+                        state.reason or "its columns changed")
+            self.con.execute(f"DROP TABLE IF EXISTS {state.target}")
+            self.con.execute(f"DROP TABLE IF EXISTS {tombstones_name(frame.stream)}")
+        rebuilt = TableState(frame.stream, target_name(frame.stream), OK, None, columns, list(schema.key_columns),
+                             unknown=[c for c, t in zip(schema.columns, schema.types) if not t.known],
+                             held_back_tx_id=state.held_back_tx_id if state else None)
+        if not schema.key_columns:
+            rebuilt.status, rebuilt.reason = REFUSED, (
+                "no primary key: replicated by full refresh only (each snapshot replaces the table); "
+                "CDC changes are not applied")
+        self._create(rebuilt)
+        self.tables[frame.stream] = rebuilt
+        if rebuilt.status == OK:
+            rebuilt.fingerprints.add(schema.fingerprint)
+        return rebuilt
+
+    def _exists(self, target: str) -> bool:
+        schema, table = (part.strip('"') for part in target.split(".", 1))
+        return bool(self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+                                     [schema, table]).fetchone()[0])
+
+    def _snapshot_select(self, frame: SnapshotFrame) -> tuple[list[str], list[str]]:
+        """(column names, select expressions) writing staged rows ``x`` as snapshot rows."""
+        names = [*frame.schema.columns, *(c for c, _ in META_COLUMNS)]
+        exprs = [f"x.{q(c)}" for c in frame.schema.columns]
+        # Position 0: any CDC write the cut did not see is newer than a snapshot row.
+        exprs += ["0", "NULL", "'snapshot'", "$started", "$now", "$snapshot_id"]
+        return names, exprs
+
+    def _insert_snapshot_rows(self, state: TableState, frame: SnapshotFrame, now: datetime) -> int:
+        names, exprs = self._snapshot_select(frame)
+        return self.con.execute(
+            f"INSERT INTO {state.target} ({', '.join(q(c) for c in names)}) "
+            f"SELECT {', '.join(exprs)} FROM {staging_name(frame.snapshot_id)} x",
+            {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}).fetchone()[0]
+
+    def _merge_keyed(self, state: TableState, frame: SnapshotFrame, now: datetime, result: SnapshotResult,
+                     subset: str | None) -> None:
+        """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
+        deletion) stays; anything older gives way to the snapshot's row, or, for a key the
+        snapshot does not hold, is deleted (inside the snapshot's subset only)."""
+        target, cut, staging = state.target, frame.cut, staging_name(frame.snapshot_id)
+        table_ref = target.split(".")[-1]
+        keys = [q(c) for c in state.key_columns]
+        newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"
+        params = {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}
+        if state.truncated_tx_id is None or cut.covers(state.truncated_tx_id):
+            names, exprs = self._snapshot_select(frame)
+            key_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
+            updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in state.key_columns)
+            result.applied = self.con.execute(
+                f"""INSERT INTO {target} ({', '.join(q(c) for c in names)})
+                    SELECT {', '.join(exprs)} FROM {staging} x
+                    WHERE NOT EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
+                                      WHERE {key_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})
+                    ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}
+                    WHERE NOT {newer_row}""", params).fetchone()[0]
+        # else: truncated after the cut — every row the snapshot holds was removed since.
+        if subset is None:
+            return
+        gone = " AND ".join(f"x.{k} = {table_ref}.{k}" for k in keys)
+        result.deleted = self.con.execute(
+            f"""DELETE FROM {target} WHERE NOT EXISTS (SELECT 1 FROM {staging} x WHERE {gone})
+                AND NOT {newer_row}{subset}""").fetchone()[0]
+
+    def _subset_sql(self, state: TableState, where: str) -> str | None:
+        """The subset filter as DuckDB evaluates it on the table, or None (and no
+        end-of-snapshot delete) when DuckDB cannot evaluate that Postgres SQL."""
+        if not self._exists(state.target):
+            return ""
+        try:
+            self.con.execute(f"SELECT count(*) FROM {state.target} WHERE ({where}) LIMIT 0")
+        except duckdb.Error as e:
+            log.warning("%s: the snapshot's filter %r does not run on DuckDB (%s); rows the subset no longer "
+                        "holds are not deleted", state.stream, where, str(e).splitlines()[0])
+            return None
+        return f" AND ({where})"
 
     # -- reading -------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mallard.core.changes import ChangeEvent, TableSchema
+from mallard.core.cut import Cut
 from mallard.core.transactions import Transaction, position
 
 
@@ -28,15 +29,22 @@ class RowState:
 class TableChanges:
     schema: TableSchema
     truncated: bool = False
+    truncated_tx_id: int | None = None
     states: dict[tuple, RowState] = field(default_factory=dict)
     events: int = 0
+    covered: int = 0
+    last_tx_id: int | None = None
+    """xid of the last event folded in (commit order)."""
+    """Events skipped because a completed snapshot of the table already holds them."""
 
 
 def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
     """Fold one event into a table's pending state (events arrive in commit order)."""
     changes.events += 1
+    changes.last_tx_id = event.tx_id
     if event.op == "t":
         changes.truncated = True
+        changes.truncated_tx_id = event.tx_id
         changes.states.clear()
         return
     key = event.key
@@ -59,11 +67,17 @@ def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
     changes.states[key] = RowState(row, pos, event.tx_id, event.committed_at_ms, unavailable)
 
 
-def reduce(transactions: list[Transaction]) -> list[dict[str, TableChanges]]:
+def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None = None) -> list[dict[str, TableChanges]]:
     """Final state per table and key, as a list of steps to apply in order (in one
     DuckDB transaction): a new step starts where a table's schema changes, so each
-    step holds rows of one layout per table and the table evolves between steps."""
+    step holds rows of one layout per table and the table evolves between steps.
+
+    ``snapshot_cuts``: per stream, the cut of the last full snapshot merged into the
+    table. An event that cut covers is older than the table's content (the snapshot
+    already holds its effect): it is counted and skipped, whatever the key's state,
+    so a lagging CDC stream never briefly brings back an older state."""
     steps: list[dict[str, TableChanges]] = [{}]
+    cuts = snapshot_cuts or {}
     for tx in transactions:
         for event in tx.events:
             changes = steps[-1].get(event.stream)
@@ -72,5 +86,10 @@ def reduce(transactions: list[Transaction]) -> list[dict[str, TableChanges]]:
                 changes = None
             if changes is None:
                 changes = steps[-1][event.stream] = TableChanges(event.schema)
+            cut = cuts.get(event.stream)
+            if cut is not None and cut.covers(tx.tx_id):
+                changes.events += 1
+                changes.covered += 1
+                continue
             apply_event(changes, event, position(tx.commit_lsn, event.total_order))
     return [step for step in steps if step]

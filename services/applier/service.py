@@ -5,6 +5,10 @@ them until their transactions are complete, reduce complete transactions to one
 state per key, apply them in one DuckDB transaction, then commit Kafka offsets
 up to what is applied. A crash anywhere replays from the committed offsets;
 transactions DuckDB already has are recognised by their commit LSN and skipped.
+
+Snapshots (the snapshot topic) are staged in DuckDB as their batches arrive and
+merged into the table with the cut rule when their end arrives; the snapshot
+topic's offsets are committed only past merged snapshots.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import gc
 import queue
 import threading
 import time
+import uuid
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,12 +28,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
 from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
 from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
+from mallard.core.cut import Cut
 from mallard.core.merge import reduce
+from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
 from mallard.core.transactions import TransactionAssembler
 from mallard.service import Service
+from schemas.control import ResnapshotRequest
 from schemas.deadletter import DeadLetter
+from schemas.snapshot import SnapshotBegin, SnapshotEnd, snapshot_message_adapter
 from services.applier.config import ApplierSettings
 
 
@@ -59,11 +70,16 @@ class ApplierService(Service):
         super().__init__(settings)
         self.replica: DuckDBReplica | None = None
         self.lock = threading.Lock()  # the DuckDB connection: applying, pruning, closing
-        self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0}
+        self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0,
+                       "snapshots_merged": 0, "snapshots_abandoned": 0, "snapshot_rows_staged": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
         self.decoder = Decoder()
+        self.snapshots = SnapshotTracker()
+        self._snapshot_work: deque[SnapshotWork] = deque()
+        self._snapshot_rows_waiting = 0
+        self._snapshot_turn = False
         self._stuck: tuple[int, float, bool] | None = None
         self._warned_old = False
 
@@ -108,7 +124,8 @@ class ApplierService(Service):
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
             "queued.max.messages.kbytes": s.fetch_queue_kb,
         })
-        consumer.subscribe([self.cdc_pattern, self.tx_topic])
+        consumer.subscribe([self.cdc_pattern, self.tx_topic, s.snapshot_topic])
+        self._request_first_snapshots()
         self.log.info("applier up: %s <- topics %s and %s (group %s), applied up to %s",
                       s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group,
                       (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
@@ -127,16 +144,23 @@ class ApplierService(Service):
             while not self.stopping.is_set():
                 # Memory stays bounded: with enough events held, let DuckDB catch up first —
                 # unless the next transaction is still incomplete (then it must be read on).
-                if self.assembler.buffered_events < s.max_buffered_events or not (
-                        self.assembler.head_complete() or self._to_apply.full()):
+                # Snapshot rows waiting for DuckDB bound it too (they never wait for anything).
+                if self._snapshot_rows_waiting < s.max_buffered_events and (
+                        self.assembler.buffered_events < s.max_buffered_events or not (
+                        self.assembler.head_complete() or self._to_apply.full())):
                     for msg in consumer.consume(num_messages=s.poll_messages, timeout=0.2):
                         self._route(msg)
                 else:
                     time.sleep(0.005)
                 if not self._to_apply.full():
-                    ready = self.assembler.take_ready(s.max_batch_events)
+                    # CDC and snapshot work take turns; each alone keeps its own order.
+                    self._snapshot_turn = not self._snapshot_turn
+                    ready = None if self._snapshot_work and self._snapshot_turn \
+                        else self.assembler.take_ready(s.max_batch_events)
                     if ready:
-                        self._to_apply.put(ready)
+                        self._to_apply.put(("cdc", ready))
+                    elif self._snapshot_work:
+                        self._to_apply.put(("snapshot", self._take_snapshot_work(s.max_batch_events)))
                 if self._collect_applied() or time.monotonic() - last_commit > 5:
                     self._commit_offsets(consumer)
                     last_commit = time.monotonic()
@@ -162,6 +186,9 @@ class ApplierService(Service):
             if msg.error().code() != KafkaError._PARTITION_EOF:
                 self.log.warning("consumer: %s", msg.error())
             return
+        if msg.topic() == self.settings.snapshot_topic:
+            self._route_snapshot(msg, tp)
+            return
         value = msg.value()
         try:
             if msg.topic() == self.tx_topic:
@@ -181,6 +208,142 @@ class ApplierService(Service):
                 self.assembler.add_event(None, position[0], position[1], tp, msg.offset())
             else:
                 self.assembler.add_done(tp, msg.offset())
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def _route_snapshot(self, msg: Any, tp: tuple[str, int]) -> None:
+        offset = msg.offset()
+        try:
+            raw = orjson.loads(msg.value() or b"null")
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if kind == "rows":  # the bulk: validated by hand, decoded column-wise
+                frame = self.snapshots.frame(str(raw.get("stream")), str(raw.get("snapshot_id")))
+                if frame is None:
+                    self.snapshots.skip(tp, offset)  # of a snapshot abandoned or begun before our offsets
+                    return
+                rows, batch = raw.get("rows"), raw.get("batch")
+                if not isinstance(rows, list) or type(batch) is not int:
+                    raise PoisonMessage("snapshot rows message without a rows list and a batch number")
+                try:
+                    columns = decode_columns(frame.schema.types, rows)
+                except PoisonMessage as e:
+                    self._queue_snapshot_work([self.snapshots.abandon(frame, f"batch {batch}: {e}")])
+                    self.snapshots.skip(tp, offset)
+                    raise
+                self._queue_snapshot_work(self.snapshots.rows(frame, batch, columns, tp, offset))
+                return
+            message = snapshot_message_adapter.validate_python(raw)
+        except (ValueError, orjson.JSONDecodeError) as e:  # pydantic's ValidationError is a ValueError
+            self._dead_letter(msg, f"snapshot message: {str(e).splitlines()[0]}")
+            self.snapshots.skip(tp, offset)
+            return
+        if isinstance(message, SnapshotBegin):
+            columns = [c.model_dump() for c in message.columns]
+            frame = SnapshotFrame(message.snapshot_id, message.stream,
+                                  Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
+                                  frame_schema(message.stream, columns), message.where, message.started_at,
+                                  message.request_id)
+            self._queue_snapshot_work(self.snapshots.begin(frame, tp, offset))
+        elif isinstance(message, SnapshotEnd):
+            frame = self.snapshots.frame(message.stream, message.snapshot_id)
+            if frame is None:
+                self.snapshots.skip(tp, offset)
+            else:
+                self._queue_snapshot_work(self.snapshots.end(frame, message.batches, message.row_count, tp, offset))
+
+    def _queue_snapshot_work(self, work: list[SnapshotWork]) -> None:
+        for w in work:
+            self._snapshot_work.append(w)
+            self._snapshot_rows_waiting += w.row_count if w.kind == "rows" else 0
+
+    def _take_snapshot_work(self, max_rows: int) -> list[SnapshotWork]:
+        taken, rows = [], 0
+        while self._snapshot_work and (not taken or rows + self._snapshot_work[0].row_count <= max_rows):
+            w = self._snapshot_work.popleft()
+            if w.kind == "rows":
+                rows += w.row_count
+                self._snapshot_rows_waiting -= w.row_count
+            taken.append(w)
+        return taken
+
+    def _apply_snapshot_work(self, work: list[SnapshotWork]) -> list[tuple[SnapshotWork, Any, float]]:
+        done = []
+        for w in work:
+            started = time.monotonic()
+            result = None
+            if w.kind == "begin":
+                self.replica.begin_snapshot(w.frame)
+            elif w.kind == "rows":
+                self.replica.stage_rows(w.frame, w.columns)
+            elif w.kind == "end":
+                result = self.replica.finish_snapshot(w.frame)
+            else:
+                self.replica.abandon_snapshot(w.frame, w.reason or "abandoned")
+            done.append((w, result, time.monotonic() - started))
+        return done
+
+    def _account_snapshot_work(self, done: list[tuple[SnapshotWork, Any, float]]) -> None:
+        staged, elapsed, frame = 0, 0.0, None
+
+        def log_staged() -> None:  # one line per chunk of rows
+            if staged:
+                self.counts["snapshot_rows_staged"] += staged
+                self.log.info("snapshot %s of %s: staged %d rows (%d so far) in %.0f ms (%.0f rows/s)",
+                              frame.snapshot_id, frame.stream, staged, frame.rows, elapsed * 1000,
+                              staged / elapsed if elapsed else 0)
+
+        for w, result, seconds in done:
+            self.snapshots.done(w)
+            f = w.frame
+            if w.kind == "rows":
+                if frame is not None and frame is not f:
+                    log_staged()
+                    staged, elapsed = 0, 0.0
+                staged += w.row_count
+                elapsed += seconds
+                frame = f
+                continue
+            log_staged()
+            staged, elapsed = 0, 0.0
+            if w.kind == "begin":
+                self.log.info("snapshot %s of %s: staging (cut %d:%d, %d in progress%s)", f.snapshot_id, f.stream,
+                              f.cut.xmin, f.cut.xmax, len(f.cut.xip), f", where {f.where}" if f.where else "")
+            elif w.kind == "end":
+                self.counts["snapshots_merged"] += 1
+                self.log.info("snapshot %s of %s merged: %d rows staged, %d applied, %d kept (newer CDC changes), "
+                              "%d deleted (gone from Postgres) in %.0f ms", f.snapshot_id, f.stream, result.staged,
+                              result.applied, result.staged - result.applied, result.deleted, seconds * 1000)
+                if result.resnapshot_again:
+                    self._request_snapshot([f.stream], "changes were held back after the last snapshot's cut")
+            else:
+                self.counts["snapshots_abandoned"] += 1
+                self.log.error("snapshot %s of %s abandoned: %s; the table keeps its content, and the snapshot "
+                               "must be taken again (mallard resnapshot %s)", f.snapshot_id, f.stream, w.reason,
+                               f.stream)
+        log_staged()
+
+    def _request_snapshot(self, streams: list[str], reason: str) -> None:
+        request = ResnapshotRequest(request_id=f"applier-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
+                                    requested_by="applier", requested_at=datetime.now(timezone.utc))
+        self.dlq.produce(self.settings.control_topic, key=request.request_id.encode(),
+                         value=request.model_dump_json().encode())
+        if self.dlq.flush(30) != 0:
+            self.log.error("could not request a snapshot of %s (control topic %s unreachable)",
+                           ", ".join(streams), self.settings.control_topic)
+            return
+        self.log.info("requested a snapshot of %s: %s", ", ".join(streams), reason)
+
+    def _request_first_snapshots(self) -> None:
+        """A configured stream the replica has never had a snapshot of gets its first one."""
+        try:
+            streams = load_connector_config_file(self.settings.connector_config).tables
+        except Exception as e:  # noqa: BLE001 - the publisher validates the file; say why and go on
+            self.log.warning("cannot read the connector config %s for the configured streams: %s",
+                             self.settings.connector_config, e)
+            return
+        never = [s for s in streams if not self.replica.has_snapshot(s)]
+        if never:
+            self._request_snapshot(never, "first snapshot of an empty replica")
 
     def _dead_letter(self, msg: Any, error: str) -> None:
         key, key_utf8 = _text(msg.key())
@@ -220,10 +383,16 @@ class ApplierService(Service):
             self._stuck = (head[0], self._stuck[1], True)
 
     def _apply_loop(self) -> None:
-        while (transactions := self._to_apply.get()) is not None:
+        while (item := self._to_apply.get()) is not None:
             try:
+                kind, work = item
+                if kind == "snapshot":
+                    with self.lock:
+                        self._applied.put(("snapshot", self._apply_snapshot_work(work)))
+                    continue
+                transactions = work
                 started = time.monotonic()
-                steps = reduce(transactions)
+                steps = reduce(transactions, self.replica.snapshot_cuts())
                 with self.lock:
                     stats = self.replica.apply(steps, transactions)
                     if self.counts["batches"] % 100 == 99:
@@ -240,6 +409,10 @@ class ApplierService(Service):
             item = self._applied.get()
             if isinstance(item, BaseException):
                 raise RuntimeError(f"applying to DuckDB failed: {item}") from item
+            if item[0] == "snapshot":
+                self._account_snapshot_work(item[1])
+                any_applied = True
+                continue
             transactions, stats, elapsed = item
             self.assembler.mark_applied(transactions)
             self.counts["events_applied"] += stats.events
@@ -248,17 +421,19 @@ class ApplierService(Service):
             last = transactions[-1]
             lag = time.time() - last.committed_at_ms / 1000
             self.log.info(
-                "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead) "
+                "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead, "
+                "%d older than a snapshot) "
                 "in %.0f ms (%.0f events/s); at LSN %X/%X, committed %.1fs ago",
                 stats.transactions, stats.events, stats.upserts, stats.deletes, stats.truncates, stats.skipped,
-                stats.dead, elapsed * 1000, stats.events / elapsed if elapsed else 0,
+                stats.dead, stats.covered, elapsed * 1000, stats.events / elapsed if elapsed else 0,
                 last.commit_lsn >> 32, last.commit_lsn & 0xFFFFFFFF, lag,
             )
             any_applied = True
         return any_applied
 
     def _commit_offsets(self, consumer: Consumer) -> None:
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.assembler.committable().items()]
+        committable = {**self.assembler.committable(), **self.snapshots.committable()}
+        offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
         if offsets:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
