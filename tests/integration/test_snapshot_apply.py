@@ -1,0 +1,116 @@
+"""The applier merges snapshots into DuckDB with the cut rule: first copies, repairs,
+subsets, tables without a primary key."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import duckdb
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ORDERS = "SELECT id, customer_id, product_id, quantity, total::text, status, order_date::text FROM orders ORDER BY id"
+ORDERS_DUCK = ("SELECT id, customer_id, product_id, quantity, total::VARCHAR, status, order_date::VARCHAR "
+               "FROM orders ORDER BY id")
+
+
+def pg_rows(stack, sql: str) -> list[list]:
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return [list(r) for r in cur.fetchall()]
+
+
+def merged_snapshots(stack, stream: str) -> int:
+    return stack.query(f"SELECT count(*) FROM _mallard.snapshots WHERE stream = '{stream}' AND status = 'merged'")[0][0]
+
+
+def resnapshot_and_wait(stack, stream: str, *args: str, timeout: float = 90) -> None:
+    before = merged_snapshots(stack, stream)
+    stack.mallard("resnapshot", stream, "--reason", "test", *args)
+    stack.wait_for(f"SELECT count(*) FROM _mallard.snapshots WHERE stream = '{stream}' AND status = 'merged'",
+                   lambda rows: rows[0][0] > before, timeout=timeout)
+
+
+def edit_replica_behind_the_applier(stack, *statements: str) -> None:
+    """Stop the applier, change its DuckDB file directly, start it again."""
+    status = stack.status()
+    pid = status["components"]["applier"]["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while stack.status()["components"]["applier"]["state"] == "running":
+        assert time.monotonic() < deadline, "the applier did not stop"
+        time.sleep(0.2)
+    con = duckdb.connect(status["duckdb"]["path"])
+    try:
+        for sql in statements:
+            con.execute(sql)
+    finally:
+        con.close()
+    stack.mallard("stack", "up")
+
+
+def test_the_first_snapshot_of_every_configured_stream_fills_an_empty_replica(stack):
+    source = pg_rows(stack, ORDERS)
+    assert len(source) > 1000
+    stack.wait_for(ORDERS_DUCK, source, timeout=120)
+    for table in ("customers", "products"):
+        count = pg_rows(stack, f"SELECT count(*) FROM {table}")[0][0]
+        stack.wait_for(f"SELECT count(*) FROM {table}", [[count]])
+    sources = stack.query("SELECT DISTINCT _mallard_source FROM customers WHERE _mallard_snapshot_id IS NOT NULL")
+    assert sources == [["snapshot"]]
+
+
+def test_a_snapshot_repairs_the_replica_and_a_subset_deletes_only_inside_itself(stack):
+    stack.wait_for(ORDERS_DUCK, pg_rows(stack, ORDERS), timeout=120)
+    copy = "INSERT INTO orders SELECT * REPLACE ({id} AS id) FROM orders WHERE id = 1"
+    edit_replica_behind_the_applier(
+        stack,
+        copy.format(id=-1),  # a row Postgres never had, inside the subset below
+        copy.format(id=-2),  # and one outside it
+        "UPDATE orders SET status = 'tampered' WHERE id IN (2, 3)",
+    )
+    assert stack.query("SELECT count(*) FROM orders WHERE id < 0 OR status = 'tampered'") == [[4]]
+
+    resnapshot_and_wait(stack, "public.orders", "--where", "id >= -1 AND id <= 2")
+    assert stack.query("SELECT id FROM orders WHERE id < 0 OR status = 'tampered' ORDER BY id") == [[-2], [3]]
+
+    resnapshot_and_wait(stack, "public.orders")
+    stack.wait_for(ORDERS_DUCK, pg_rows(stack, ORDERS))
+    assert stack.query("SELECT count(*) FROM orders WHERE _mallard_source = 'snapshot'")[0][0] > 0
+
+
+def test_changes_after_a_snapshot_keep_flowing(stack):
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO customers (email, full_name, country, created_at) "
+                    "VALUES ('gone@example.com', 'Gone', 'NL', now()) "
+                    "RETURNING id")
+        (gone,) = cur.fetchone()
+    resnapshot_and_wait(stack, "public.customers")
+    assert stack.query(f"SELECT _mallard_source FROM customers WHERE id = {gone}") == [["snapshot"]]
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE customers SET full_name = 'After Snapshot' WHERE id = 7")
+        cur.execute("DELETE FROM customers WHERE id = %s", (gone,))
+    both = f"SELECT full_name, _mallard_source FROM customers WHERE id IN (7, {gone}) ORDER BY id"
+    stack.wait_for(both, [["After Snapshot", "cdc"]])
+    resnapshot_and_wait(stack, "public.customers")  # the delete stays deleted, the update stays
+    assert stack.query(both) == [["After Snapshot", "snapshot"]]
+
+
+def test_a_table_without_primary_key_is_replaced_whole_by_each_snapshot(stack):
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS audit_log (at timestamptz, what text)")
+        cur.execute("INSERT INTO audit_log SELECT now(), 'event ' || g FROM generate_series(1, 300) g")
+    resnapshot_and_wait(stack, "public.audit_log")
+    assert stack.query("SELECT count(*), count(DISTINCT what) FROM audit_log") == [[300, 300]]
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM audit_log WHERE what < 'event 2'")
+        cur.execute("SELECT count(*) FROM audit_log")
+        (left,) = cur.fetchone()
+    resnapshot_and_wait(stack, "public.audit_log")
+    assert stack.query("SELECT count(*) FROM audit_log") == [[left]]
+    tables = {t["stream"]: t for t in stack.applier_state()["tables"]}
+    assert tables["public.audit_log"]["status"] == "refused"
+    assert "full refresh" in tables["public.audit_log"]["reason"]
