@@ -403,6 +403,10 @@ class DuckDBReplica:
         toasted = sorted({i for s in states for i in s.unavailable})
         for i in toasted:  # keep the stored value where Debezium did not send one
             data[f"u{i}"] = pa.array([i in s.unavailable for s in states], pa.bool_())
+        if toasted:  # ... from the row's own key, or the old key of a primary-key update
+            for j, i in enumerate(schema.key_indexes):
+                data[f"s{j}"] = pa.array([s.row[i] if s.source_key is None else s.source_key[j] for s in states],
+                                         arrow_type(schema.types[i]))
         self.con.register("_mallard_upserts", pa.table(data))
         exprs = []
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
@@ -415,7 +419,8 @@ class DuckDBReplica:
         key_cols = [q(c) for c in schema.key_columns]
         join = ""
         if toasted:
-            on = " AND ".join(f"t.{q(schema.columns[i])} = {exprs[i]}" for i in schema.key_indexes)
+            on = " AND ".join(f"t.{q(schema.columns[i])} = {value_sql(schema.types[i], f'b.s{j}')}"
+                              for j, i in enumerate(schema.key_indexes))
             join = f"LEFT JOIN {target} t ON {on}"
         updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in schema.key_columns)
         table_ref = target.split(".")[-1]

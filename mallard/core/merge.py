@@ -23,6 +23,9 @@ class RowState:
     tx_id: int
     committed_at_ms: int
     unavailable: frozenset[int] = frozenset()
+    source_key: tuple | None = None
+    """Where the stored values of ``unavailable`` columns are: another key's row (the old
+    key of a primary-key update); None: this key's own row."""
 
 
 @dataclass
@@ -33,9 +36,12 @@ class TableChanges:
     states: dict[tuple, RowState] = field(default_factory=dict)
     events: int = 0
     covered: int = 0
+    """Events skipped because a completed snapshot of the table already holds them."""
     last_tx_id: int | None = None
     """xid of the last event folded in (commit order)."""
-    """Events skipped because a completed snapshot of the table already holds them."""
+    last_delete: tuple | None = None
+    """(tx_id, total_order, key, state before) of the last delete: the first half of a
+    primary-key update, whose second half may need the old row's values."""
 
 
 def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
@@ -53,8 +59,19 @@ def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
         return  # a replay of something already folded in
     if event.op == "d":
         changes.states[key] = RowState(None, pos, event.tx_id, event.committed_at_ms)
+        changes.last_delete = (event.tx_id, event.total_order, key, previous)
         return
-    row, unavailable = event.row, event.unavailable
+    row, unavailable, source_key = event.row, event.unavailable, None
+    previous_key = key
+    if unavailable and event.op == "c" and (previous is None or previous.row is None):
+        # An insert never lacks a value: this is the new key of a primary-key update, which
+        # Debezium sends as a delete of the old key right before it. Unchanged TOASTed
+        # values are the old row's.
+        last = changes.last_delete
+        if last is not None and last[0] == event.tx_id and last[1] == event.total_order - 1:
+            previous_key, previous = last[2], last[3]
+            if previous is None or previous.row is None:
+                source_key = previous_key  # the old row is stored, not in this batch
     if unavailable and previous is not None and previous.row is not None:
         filled = list(row)
         still = set()
@@ -64,7 +81,10 @@ def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
             else:
                 filled[i] = previous.row[i]
         row, unavailable = tuple(filled), frozenset(still)
-    changes.states[key] = RowState(row, pos, event.tx_id, event.committed_at_ms, unavailable)
+        if still:
+            source_key = previous.source_key if previous.source_key is not None else \
+                (previous_key if previous_key != key else None)
+    changes.states[key] = RowState(row, pos, event.tx_id, event.committed_at_ms, unavailable, source_key)
 
 
 def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None = None) -> list[dict[str, TableChanges]]:
