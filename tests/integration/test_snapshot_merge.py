@@ -1,0 +1,127 @@
+"""The DuckDB adapter's set-based snapshot merge against a simulated Postgres:
+concurrent transactions (some begin before a snapshot's cut and commit after it),
+CDC that lags or leads the snapshot, and a replica that may hold older snapshot rows
+already. Whatever the interleaving, once CDC has passed a point at or after the
+snapshot, the replica equals Postgres at that point — and stays equal after."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.core.changes import ChangeEvent, TableSchema
+from mallard.core.cut import Cut
+from mallard.core.merge import reduce
+from mallard.core.pgtypes import column_type
+from mallard.core.snapshots import SnapshotFrame
+from mallard.core.transactions import Transaction
+
+STREAM = "public.t"
+SCHEMA = TableSchema(STREAM, ("id", "v"), (column_type({"type": "int32"}), column_type({"type": "int32"})), ("id",))
+KEYS = st.integers(0, 5)
+WRITE = st.tuples(st.sampled_from("uud"), KEYS)  # upsert twice as often as delete
+
+
+@st.composite
+def histories(draw):
+    """Steps of a simulated Postgres: start / write / commit of transactions, and one snapshot."""
+    steps, open_txs, next_xid = [], [], 100
+    for _ in range(draw(st.integers(4, 30))):
+        choice = draw(st.integers(0, 3)) if open_txs else 0
+        if choice == 0 and len(open_txs) < 3:
+            steps.append(("start", next_xid))
+            open_txs.append(next_xid)
+            next_xid += 1
+        elif choice in (1, 2):
+            tx = draw(st.sampled_from(open_txs))
+            steps.append(("write", tx, *draw(WRITE)))
+        else:
+            tx = draw(st.sampled_from(open_txs))
+            steps.append(("commit", tx))
+            open_txs.remove(tx)
+    steps += [("commit", tx) for tx in open_txs]
+    steps.insert(draw(st.integers(0, len(steps))), ("snapshot",))
+    return steps, draw(st.integers(0, 100)), draw(st.booleans())
+
+
+def simulate(steps):
+    """Commit-ordered transactions (xid, writes, state after), the snapshot's cut and rows,
+    and how many transactions had committed when it was taken."""
+    table: dict[int, int] = {}
+    pending: dict[int, list] = {}
+    committed, snapshot = [], None
+    value = 0
+    next_xid = 100
+    for step in steps:
+        if step[0] == "start":
+            pending[step[1]] = []
+            next_xid = step[1] + 1
+        elif step[0] == "write":
+            value += 1
+            pending[step[1]].append((step[2], step[3], value))
+        elif step[0] == "commit":
+            writes = pending.pop(step[1])
+            for op, key, v in writes:
+                if op == "u":
+                    table[key] = v
+                else:
+                    table.pop(key, None)
+            committed.append((step[1], writes, dict(table)))
+        else:
+            xip = frozenset(pending)
+            cut = Cut(min(xip) if xip else next_xid, next_xid, xip)
+            snapshot = (cut, dict(table), len(committed))
+    return committed, snapshot
+
+
+def transaction(n: int, xid: int, writes: list) -> Transaction:
+    events = []
+    for order, (op, key, v) in enumerate(writes, start=1):
+        events.append(ChangeEvent("t", 0, 0, STREAM, "c" if op == "u" else "d", xid, order, 0, (key,),
+                                  (key, v) if op == "u" else None, frozenset(), SCHEMA))
+    return Transaction(xid, 1000 + n, 0, events)
+
+
+def replica_rows(replica: DuckDBReplica) -> dict[int, int]:
+    return dict(replica.con.execute("SELECT id, v FROM t").fetchall())
+
+
+def apply_cdc(replica: DuckDBReplica, txs: list[Transaction]) -> None:
+    if txs:
+        replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+
+
+def merge_snapshot(replica: DuckDBReplica, snapshot_id: str, cut: Cut, rows: dict[int, int]) -> None:
+    frame = SnapshotFrame(snapshot_id, STREAM, cut, SCHEMA, None, datetime.now(timezone.utc))
+    replica.begin_snapshot(frame)
+    if rows:
+        replica.stage_rows(frame, [list(rows), list(rows.values())])
+    replica.finish_snapshot(frame)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_the_merge_converges_to_postgres_whatever_the_order(tmp_path_factory, history):
+    steps, lag_pct, older_snapshot_first = history
+    committed, (cut, rows, at) = simulate(steps)
+    txs = [transaction(n, xid, writes) for n, (xid, writes, _) in enumerate(committed)]
+    replica = DuckDBReplica(str(tmp_path_factory.mktemp("merge") / "r.duckdb"))
+    try:
+        if older_snapshot_first:  # the replica already holds an older full snapshot (of nothing yet)
+            merge_snapshot(replica, "s0", Cut(100, 100), {})
+        # CDC has applied some prefix when the snapshot's end is merged: behind or past the cut.
+        applied = len(txs) * lag_pct // 100
+        apply_cdc(replica, txs[:applied])
+        merge_snapshot(replica, "s1", cut, rows)
+        expected_at = max(applied, at)
+        if expected_at == applied:
+            assert replica_rows(replica) == (committed[applied - 1][2] if applied else {}), \
+                f"right after the merge (cut {cut}, CDC at {applied}/{len(txs)})"
+        for n in range(applied, len(txs)):
+            apply_cdc(replica, [txs[n]])
+            if n + 1 >= expected_at:
+                assert replica_rows(replica) == committed[n][2], f"after tx {n + 1} (cut {cut}, merged at {applied})"
+    finally:
+        replica.close()
