@@ -209,7 +209,9 @@ def json_expression(col: PgColumn) -> str:
         if col.element is not None and not supported(col):
             return f"to_json({c}::text)::text"
         return f"to_json({c})::text"  # arrays of ints/text; floats print NaN and ±Infinity quoted, like encode
-    if col.is_enum or not supported(col) or t in ("text", "varchar", "bpchar", "name", "uuid", "json", "jsonb"):
+    if t == "bpchar":
+        return f"to_json({c})::text"  # bpchar::text would drop the padding encode keeps
+    if col.is_enum or not supported(col) or t in ("text", "varchar", "name", "uuid", "json", "jsonb"):
         return f"to_json({c}::text)::text"
     if t in ("int2", "int4", "int8"):
         return f"{c}::text"
