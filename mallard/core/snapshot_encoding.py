@@ -153,3 +153,117 @@ def encode(col: PgColumn, value: Any) -> Any:
     return value
 
 
+
+
+# --- The same encoding, done by Postgres ------------------------------------------------
+#
+# ``json_expression`` is SQL that makes Postgres produce, as JSON text, exactly what
+# ``encode`` produces in Python (same text for every type but floats, which Postgres
+# and Python both print as their shortest round-trip form). A whole row is then one
+# JSON array of text, which the snapshotter frames into batch messages without
+# parsing it. Needs Postgres 14+ (extract() returning numeric, exact). Numerics whose
+# unscaled value does not fit 127 bits are handed back as their text, marked, and
+# encoded in Python (``fix_marked``): rare, and exact either way.
+
+PY_MARKER = "$mallard_py"
+_MARKER_BYTES = b'"' + PY_MARKER.encode() + b'"'
+
+
+def _ident(col: PgColumn) -> str:
+    return '"' + col.name.replace('"', '""') + '"'
+
+
+def _min_bytes(value: str, limit_bytes: int, array_type: str) -> str:
+    """SQL: how many bytes ``encode`` uses for the unscaled integer ``value``: the least n
+    with |value| < 2**(8n - 1) (one binary search, ``value`` evaluated once)."""
+    bounds = ", ".join(str(2 ** (8 * n - 1)) for n in range(1, limit_bytes))
+    return f"1 + width_bucket(abs({value}), ARRAY[{bounds}]::{array_type}[])"
+
+
+def _b64_int8(value: str) -> str:
+    """SQL: base64 of the minimal two's-complement bytes of an int8 expression (|v| < 2**63)."""
+    return f"encode(substr(int8send({value}), 9 - ({_min_bytes(value, 8, 'int8')})), 'base64')"
+
+
+def _b64_int128(value: str) -> str:
+    """SQL: the same for an integral numeric expression with |v| < 2**127, as two int8 limbs."""
+    hi = f"floor(({value}) / 18446744073709551616::numeric)"
+    lo = f"(({value}) - {hi} * 18446744073709551616::numeric)"  # 0 <= lo < 2**64
+    lo_signed = f"(CASE WHEN {lo} >= 9223372036854775808::numeric THEN {lo} - 18446744073709551616::numeric ELSE {lo} END)"
+    raw = f"int8send({hi}::int8) || int8send({lo_signed}::int8)"
+    return f"encode(substr({raw}, 17 - ({_min_bytes(value, 16, 'numeric')})), 'base64')"
+
+
+def _quoted(expr: str) -> str:
+    return f"'\"' || {expr} || '\"'"
+
+
+def _marked(expr_text: str) -> str:
+    return f"'{{\"{PY_MARKER}\":\"' || {expr_text} || '\"}}'"
+
+
+def json_expression(col: PgColumn) -> str:
+    """SQL giving the column's value as the JSON text ``encode`` would give (NULL for NULL)."""
+    c, t = _ident(col), col.type_name
+    if col.element is not None or t in ("float4", "float8", "bool"):
+        if col.element is not None and not supported(col):
+            return f"to_json({c}::text)::text"
+        return f"to_json({c})::text"  # arrays of ints/text; floats print NaN and ±Infinity quoted, like encode
+    if t == "bpchar":
+        return f"to_json({c})::text"  # bpchar::text would drop the padding encode keeps
+    if col.is_enum or not supported(col) or t in ("text", "varchar", "name", "uuid", "json", "jsonb"):
+        return f"to_json({c}::text)::text"
+    if t in ("int2", "int4", "int8"):
+        return f"{c}::text"
+    if t == "bytea":
+        return _quoted(f"translate(encode({c}, 'base64'), E'\\n', '')")
+    if t == "date":
+        return f"({c} - DATE '1970-01-01')::text"
+    if t == "time":
+        return (f"(extract(epoch FROM {c}) * 1000)::int8::text" if col.time_precision <= 3 else
+                f"(extract(epoch FROM {c}) * 1000000)::int8::text")
+    if t == "timestamp":
+        return (f"floor(extract(epoch FROM {c}) * 1000)::int8::text" if col.time_precision <= 3 else
+                f"(extract(epoch FROM {c}) * 1000000)::int8::text")
+    if t == "timestamptz":
+        return _quoted(f"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    if t == "interval":
+        months = f"(extract(year FROM {c}) * 12 + extract(month FROM {c}))::int8"
+        micros = (f"(extract(hour FROM {c}) * 3600000000 + extract(minute FROM {c}) * 60000000 + "
+                  f"extract(microseconds FROM {c}))::int8")
+        return (f"CASE WHEN {c} IS NULL THEN NULL ELSE '\"P' || {months} || 'M' || extract(day FROM {c})::int8 "
+                f"|| 'DT' || ({micros}::numeric * 0.000001)::text || 'S\"' END")
+    if t == "numeric":
+        p_s = col.numeric_precision
+        if p_s is not None:
+            precision, scale = p_s
+            unscaled = f"({c} * 1{'0' * scale})" if scale else c
+            if precision <= 18:
+                return _quoted(_b64_int8(f"{unscaled}::int8"))
+            return (f"CASE WHEN abs({unscaled}) < {2 ** 127} THEN {_quoted(_b64_int128(unscaled))} "
+                    f"ELSE {_marked(f'{c}::text')} END")
+        unscaled = f"({c} * power(10::numeric, scale({c})))"
+        return (f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} = 'NaN' OR abs({unscaled}) >= {2 ** 127} "
+                f"THEN {_marked(f'{c}::text')} "
+                f"ELSE '{{\"scale\":' || scale({c}) || ',\"value\":\"' || {_b64_int128(unscaled)} || '\"}}' END")
+    raise AssertionError(f"no SQL encoding for {t}")  # every supported type is handled above
+
+
+def row_json_expression(columns: list[PgColumn]) -> str:
+    """SQL giving one row as the JSON array of its encoded values (text)."""
+    return "'[' || " + " || ',' || ".join(f"coalesce({json_expression(c)}, 'null')" for c in columns) + " || ']'"
+
+
+def fix_marked(columns: list[PgColumn], rows_json: bytes) -> bytes:
+    """Encode in Python the values Postgres handed back as marked text (huge numerics):
+    ``rows_json`` is a JSON array of rows; returns it with those values encoded."""
+    if _MARKER_BYTES not in rows_json:
+        return rows_json
+    import orjson
+
+    rows = orjson.loads(rows_json)
+    for row in rows:
+        for i, (col, value) in enumerate(zip(columns, row)):
+            if col.type_name == "numeric" and isinstance(value, dict) and set(value) == {PY_MARKER}:
+                row[i] = encode(col, Decimal(value[PY_MARKER]))
+    return orjson.dumps(rows)

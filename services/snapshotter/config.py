@@ -10,3 +10,11 @@ class SnapshotterSettings(ServiceSettings, PostgresSettings):
     consumer_group: str = Field("mallard-snapshotter", description="Kafka consumer group reading the control topic.")
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),
                                   description="Debezium connector config: names the replication slot that must exist before a cut.")
+    parallel_readers: int = Field(2, ge=1, description="Connections reading one large table at once (disjoint ctid page "
+                                  "ranges, all in the one exported snapshot of the cut).")
+    parallel_min_rows: int = Field(500_000, ge=0, description="Tables estimated at fewer rows are read by one connection.")
+    sql_encoding: bool = Field(True, description="Let Postgres (14+) encode rows as Debezium does, as JSON text; false: "
+                               "encode in Python (slower; also used on older servers).")
+    producer_queue_kb: int = Field(32_768, description="Bound of the Kafka producer's queue (kB): readers wait when it is full, "
+                                   "so memory stays flat whatever the table's size.")
+    progress_interval_s: float = Field(2.0, description="Seconds between progress log lines of a running snapshot.")

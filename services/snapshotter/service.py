@@ -6,9 +6,24 @@ exactly as Debezium encodes them (mallard/core/snapshot_encoding.py) and sent
 keyed by stream, so a snapshot's begin, rows and end stay in order. The cut is
 taken only once Debezium's replication slot exists: changes between the cut and
 the slot would otherwise be lost.
+
+Speed: Postgres encodes each row as the JSON array of its Debezium values
+(``row_json_expression``) and streams it with COPY; the snapshotter only joins
+rows into batch messages (framing bytes built by hand, never parsed). A large
+table is read by several connections at once, each on a disjoint ctid page range,
+all in the coordinator's exported snapshot (``pg_export_snapshot``), so it is
+still one cut. Memory is flat: COPY streams, and readers wait while the
+producer's bounded queue is full. No lock beyond ACCESS SHARE is taken.
+
+The control topic's offset is committed only after the snapshot's end has been
+flushed to Kafka: a snapshotter killed mid-snapshot redoes the request on
+restart (under a new snapshot_id; the applier never acts on a snapshot without
+its end).
 """
 from __future__ import annotations
 
+import re
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -20,15 +35,79 @@ import psycopg2
 from mallard.adapters import kafka, postgres
 from mallard.connector import load_connector_config_file
 from mallard.core.cut import Cut
-from mallard.core.snapshot_encoding import connect_schema, encode, select_expression
+from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
+                                            select_expression)
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
-from schemas.snapshot import SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd, SnapshotRows
+from schemas.snapshot import SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
 from services.snapshotter.config import SnapshotterSettings
+
+_STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
+# COPY's CSV form with quote and delimiter characters JSON text never holds raw: each
+# row comes out as its JSON text and a newline, unescaped.
+_COPY_OPTIONS = "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
 
 
 class SnapshotError(RuntimeError):
     """A snapshot cannot be taken; the message says why and what to do."""
+
+
+class KafkaFailure(RuntimeError):
+    """Kafka did not take a snapshot: fatal, so the request is not committed and is redone."""
+
+
+class SnapshotAborted(RuntimeError):
+    """The service is stopping: the snapshot is left without its end (the request is redone)."""
+
+
+class _Batcher:
+    """Numbers and frames rows into SnapshotRows messages and produces them, in
+    numbering order, whichever reader thread hands them in."""
+
+    def __init__(self, service: SnapshotterService, stream: str, snapshot_id: str, columns: list[PgColumn],
+                 estimate: int, fix_numerics: bool):
+        self.service, self.stream, self.columns = service, stream, columns
+        self.estimate, self.fix_numerics = estimate, fix_numerics
+        self.prefix = (b'{"schema_version":' + str(SNAPSHOT_SCHEMA_VERSION).encode() + b',"kind":"rows","snapshot_id":'
+                       + orjson.dumps(snapshot_id) + b',"stream":' + orjson.dumps(stream) + b',"batch":')
+        self.lock = threading.Lock()
+        self.batches = self.rows = 0
+        self.started = self.last_log = time.monotonic()
+
+    def emit(self, rows: list[bytes]) -> None:
+        body = b",".join(rows)  # each row is JSON text (a trailing newline is JSON whitespace)
+        if self.fix_numerics:
+            body = fix_marked(self.columns, b"[" + body + b"]")[1:-1]
+        with self.lock:
+            if self.service.stopping.is_set():
+                raise SnapshotAborted(f"snapshot of {self.stream} interrupted: the service is stopping")
+            self.batches += 1
+            self.rows += len(rows)
+            self.service._send(self.stream, b"".join((self.prefix, str(self.batches).encode(), b',"rows":[', body, b"]}")))
+            now = time.monotonic()
+            if now - self.last_log >= self.service.settings.progress_interval_s:
+                self.last_log = now
+                self.service._progress(self.stream, self.rows, self.estimate, self.started)
+
+
+class _RowSink:
+    """A file for COPY TO (one ``write`` per row) or for encoded rows: cuts batches."""
+
+    def __init__(self, batcher: _Batcher, max_rows: int, max_bytes: int):
+        self.batcher, self.max_rows, self.max_bytes = batcher, max_rows, max_bytes
+        self.rows: list[bytes] = []
+        self.size = 0
+
+    def write(self, row: bytes) -> None:
+        self.rows.append(row)
+        self.size += len(row)
+        if self.size >= self.max_bytes or len(self.rows) >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.batcher.emit(self.rows)
+            self.rows, self.size = [], 0
 
 
 class SnapshotterService(Service):
@@ -38,18 +117,31 @@ class SnapshotterService(Service):
         super().__init__(settings)
         self.counts = {"snapshots": 0, "rows": 0, "failed": 0}
         self.current: dict[str, Any] | None = None
+        self.delivery_errors: list[str] = []
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), **self.counts, "current": self.current}
 
+    def open(self) -> None:
+        """Topics, the slot to check before a cut, and a producer with a bounded queue."""
+        s = self.settings
+        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1})
+        self.slot_name = load_connector_config_file(s.connector_config).slot_name
+        self.producer = kafka.producer(s.kafka_bootstrap_servers, **{
+            "linger.ms": 20, "compression.type": "none", "queue.buffering.max.kbytes": s.producer_queue_kb,
+            "delivery.report.only.error": True, "on_delivery": self._delivered})
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors.append(str(err))
+
     def run(self) -> None:
         s = self.settings
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
-        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1})
-        self.slot_name = load_connector_config_file(s.connector_config).slot_name
-        self.producer = kafka.producer(s.kafka_bootstrap_servers, **{"linger.ms": 50, "compression.type": "none"})
+        self.open()
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
-            "session.timeout.ms": 6000, "queued.max.messages.kbytes": 1024})
+            "session.timeout.ms": 6000, "queued.max.messages.kbytes": 1024,
+            "max.poll.interval.ms": 86_400_000})  # a snapshot may take long; the offset waits for it
         consumer.subscribe([s.control_topic])
         self.log.info("snapshotter up: requests from %s, snapshots to %s", s.control_topic, s.snapshot_topic)
         self.ready = True
@@ -58,47 +150,77 @@ class SnapshotterService(Service):
                 messages = [m for m in consumer.consume(num_messages=100, timeout=0.5) if not m.error()]
                 if not messages:
                     continue
-                # One snapshot per stream at a time: requests waiting together are coalesced.
-                todo: dict[str, ResnapshotRequest] = {}
-                for msg in messages:
-                    try:
-                        request = ResnapshotRequest.model_validate_json(msg.value() or b"")
-                    except ValueError as e:
-                        self.log.error("ignored a malformed request at %s[%d]@%d: %s", msg.topic(), msg.partition(),
-                                       msg.offset(), str(e).splitlines()[0])
-                        continue
-                    for stream in request.streams:
-                        todo.setdefault(stream, request)
-                for stream, request in todo.items():
+                for stream, request in self.coalesce(messages):
                     try:
                         self.snapshot(stream, request)
-                    except (SnapshotError, postgres.SourceError, psycopg2.Error) as e:
+                    except SnapshotAborted:
+                        return  # stopping: nothing committed, the request is redone on restart
+                    except (SnapshotError, postgres.SourceError, psycopg2.Error, ValueError) as e:
                         self.counts["failed"] += 1
                         self.log.error("snapshot of %s (request %s) failed: %s", stream, request.request_id,
                                        str(e).strip())
+                # Only now, every snapshot's end being in Kafka, are the requests done.
                 consumer.commit(asynchronous=False)
         finally:
             self.ready = False
             consumer.close()
 
+    def coalesce(self, messages: list[Any]) -> list[tuple[str, ResnapshotRequest]]:
+        """One snapshot per stream (and subset) for requests waiting together; a full
+        snapshot of a stream covers the subsets asked for it."""
+        todo: dict[tuple[str, str | None], ResnapshotRequest] = {}
+        for msg in messages:
+            try:
+                request = ResnapshotRequest.model_validate_json(msg.value() or b"")
+            except ValueError as e:
+                self.log.error("ignored a malformed request at %s[%d]@%d: %s", msg.topic(), msg.partition(),
+                               msg.offset(), str(e).splitlines()[0])
+                continue
+            for stream in request.streams:
+                if (stream, None) in todo:
+                    continue
+                if request.where is None:
+                    for k in [k for k in todo if k[0] == stream]:
+                        del todo[k]
+                todo.setdefault((stream, request.where), request)
+        return [(stream, request) for (stream, _), request in todo.items()]
+
     def snapshot(self, stream: str, request: ResnapshotRequest) -> SnapshotEnd:
         s = self.settings
+        if not _STREAM.match(stream):
+            raise SnapshotError(f"bad stream name {stream!r}: expected '<schema>.<table>'")
         snapshot_id = f"{stream}@{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        table = postgres.quote_stream(stream)
         conn = postgres.connect(s)
         try:
             if not postgres.slot_exists(conn, self.slot_name):
                 raise SnapshotError(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
                                     "the changes made before the slot exists; start the CDC publisher first")
+            if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", table) is not True:
+                raise SnapshotError(f"table {stream} does not exist in Postgres")
+            if request.where is not None:
+                if not postgres.primary_key(conn, stream):
+                    raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "
+                                        "the applier replaces such a table whole; ask for a full snapshot")
+                try:
+                    postgres.scalar(conn, f"EXPLAIN SELECT 1 FROM {table} WHERE ({request.where})")
+                except psycopg2.Error as e:
+                    raise SnapshotError(f"bad --where for {stream} ({request.where!r}): "
+                                        f"{(e.pgerror or str(e)).strip()}") from None
+            use_sql = s.sql_encoding and conn.server_version >= 140000
             conn.autocommit = False
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with conn.cursor() as cur:  # the first statement fixes the transaction's snapshot: the cut
-                cur.execute("SELECT pg_current_snapshot()::text, "
-                            "(SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass)",
-                            (postgres.quote_stream(stream),))
-                cut_text, estimate = cur.fetchone()
+                cur.execute("SELECT pg_current_snapshot()::text, c.reltuples::bigint, "
+                            "pg_relation_size(c.oid) / current_setting('block_size')::bigint "
+                            "FROM pg_class c WHERE c.oid = %s::regclass", (table,))
+                cut_text, reltuples, pages = cur.fetchone()
             cut = Cut.parse(cut_text)
             columns = postgres.table_columns(conn, stream)
             key = postgres.primary_key(conn, stream)
+            estimate = reltuples if reltuples >= 0 else pages * 50  # never analyzed: a guess from its size
+            readers = s.parallel_readers if estimate >= s.parallel_min_rows and pages >= 2 * s.parallel_readers else 1
+            exported = postgres.scalar(conn, "SELECT pg_export_snapshot()") if readers > 1 else None
             begin = SnapshotBegin(
                 snapshot_id=snapshot_id, stream=stream, request_id=request.request_id, where=request.where,
                 cut=SnapshotCut(xmin=cut.xmin, xmax=cut.xmax, xip=sorted(cut.xip)),
@@ -107,60 +229,117 @@ class SnapshotterService(Service):
                                         connect_schema=connect_schema(c)) for c in columns],
                 started_at=datetime.now(timezone.utc))
             self._send(stream, begin.model_dump_json().encode())
-            self.current = {"stream": stream, "snapshot_id": snapshot_id, "rows": 0, "estimate": estimate}
-            end = self._stream_rows(conn, stream, snapshot_id, columns, request.where, max(estimate or 0, 0))
+            self.current = {"stream": stream, "snapshot_id": snapshot_id, "rows": 0, "estimate": estimate,
+                            "readers": readers}
+            fix = use_sql and any(c.type_name == "numeric" and (c.numeric_precision or (99, 0))[0] > 18
+                                  for c in columns)
+            batcher = _Batcher(self, stream, snapshot_id, columns, max(estimate, 0), fix)
+            bounds = [None] + [pages * i // readers for i in range(1, readers)] + [None]
+            ranges = list(zip(bounds, bounds[1:]))
+            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s encoding", snapshot_id, stream,
+                          cut_text, estimate, readers, "SQL" if use_sql else "Python")
+            if readers == 1:
+                self._read(conn, table, columns, request.where, ranges[0], use_sql, batcher)
+            else:
+                self._read_parallel(exported, table, columns, request.where, ranges, use_sql, batcher)
+            end = SnapshotEnd(snapshot_id=snapshot_id, stream=stream, batches=batcher.batches,
+                              row_count=batcher.rows, finished_at=datetime.now(timezone.utc))
+            self._send(stream, end.model_dump_json().encode())
+            self._flush(snapshot_id)
             conn.rollback()
         finally:
             conn.close()
             self.current = None
+        elapsed = time.monotonic() - batcher.started
+        self.log.info("snapshot %s of %s done: %d rows in %d batches, %.1fs (%.0f rows/s)", snapshot_id, stream,
+                      end.row_count, end.batches, elapsed, end.row_count / elapsed if elapsed else 0)
         self.counts["snapshots"] += 1
         self.counts["rows"] += end.row_count
         return end
 
-    def _stream_rows(self, conn: Any, stream: str, snapshot_id: str, columns: list, where: str | None,
-                     estimate: int) -> SnapshotEnd:
-        s = self.settings
-        query = f"SELECT {', '.join(select_expression(c) for c in columns)} FROM {postgres.quote_stream(stream)}"
+    def _query(self, table: str, columns: list[PgColumn], where: str | None, pages: tuple[int | None, int | None],
+               use_sql: bool) -> str:
+        select = row_json_expression(columns) if use_sql else ", ".join(select_expression(c) for c in columns)
+        conditions = []
+        if pages[0] is not None:
+            conditions.append(f"ctid >= '({pages[0]},0)'::tid")
+        if pages[1] is not None:
+            conditions.append(f"ctid < '({pages[1]},0)'::tid")
         if where:
-            query += f" WHERE {where}"
-        started = time.monotonic()
-        batch, size, batches, rows = [], 0, 0, 0
-        with conn.cursor(name=f"snapshot_{uuid.uuid4().hex[:8]}") as cur:  # server-side: memory stays flat
-            cur.itersize = s.batch_rows
-            cur.execute(query)
-            for record in cur:
-                encoded = [encode(c, v) for c, v in zip(columns, record)]
-                batch.append(encoded)
-                size += len(orjson.dumps(encoded))
-                if len(batch) >= s.batch_rows or size >= s.batch_bytes:
-                    batches += 1
-                    rows += len(batch)
-                    self._send(stream, SnapshotRows(snapshot_id=snapshot_id, stream=stream, batch=batches,
-                                                    rows=batch).model_dump_json().encode())
-                    self._progress(stream, rows, estimate, started)
-                    batch, size = [], 0
-        if batch:
-            batches += 1
-            rows += len(batch)
-            self._send(stream, SnapshotRows(snapshot_id=snapshot_id, stream=stream, batch=batches,
-                                            rows=batch).model_dump_json().encode())
-        end = SnapshotEnd(snapshot_id=snapshot_id, stream=stream, batches=batches, row_count=rows,
-                          finished_at=datetime.now(timezone.utc))
-        self._send(stream, end.model_dump_json().encode())
-        if self.producer.flush(60) != 0:
-            raise SnapshotError(f"Kafka did not take snapshot {snapshot_id} in 60s")
-        elapsed = time.monotonic() - started
-        self.log.info("snapshot %s of %s done: %d rows in %d batches, %.1fs (%.0f rows/s)",
-                      snapshot_id, stream, rows, batches, elapsed, rows / elapsed if elapsed else 0)
-        return end
+            conditions.append(f"({where})")
+        return f"SELECT {select} FROM {table}" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+
+    def _read(self, conn: Any, table: str, columns: list[PgColumn], where: str | None,
+              pages: tuple[int | None, int | None], use_sql: bool, batcher: _Batcher) -> None:
+        s = self.settings
+        sink = _RowSink(batcher, s.batch_rows, s.batch_bytes)
+        query = self._query(table, columns, where, pages, use_sql)
+        if use_sql:
+            with conn.cursor() as cur:  # COPY streams: memory stays flat
+                cur.copy_expert(f"COPY ({query}) TO STDOUT {_COPY_OPTIONS}", sink)
+        else:
+            dumps = orjson.dumps
+            with conn.cursor(name=f"snapshot_{uuid.uuid4().hex[:8]}") as cur:  # server-side: memory stays flat
+                cur.itersize = s.batch_rows
+                cur.execute(query)
+                for record in cur:
+                    sink.write(dumps([encode(c, v) for c, v in zip(columns, record)]))
+        sink.flush()
+
+    def _read_parallel(self, exported: str, table: str, columns: list[PgColumn], where: str | None,
+                       ranges: list[tuple[int | None, int | None]], use_sql: bool, batcher: _Batcher) -> None:
+        """One connection per page range, each in the coordinator's exported snapshot."""
+        conns = []
+        try:
+            for _ in ranges:
+                c = postgres.connect(self.settings)
+                c.autocommit = False
+                c.set_session(isolation_level="REPEATABLE READ", readonly=True)
+                with c.cursor() as cur:
+                    cur.execute("SET TRANSACTION SNAPSHOT %s", (exported,))
+                conns.append(c)
+            errors: list[BaseException] = []
+
+            def work(c: Any, pages: tuple[int | None, int | None]) -> None:
+                try:
+                    self._read(c, table, columns, where, pages, use_sql, batcher)
+                except BaseException as e:  # noqa: BLE001 - handed to the coordinator
+                    if not errors:
+                        errors.append(e)
+                    for other in conns:  # the snapshot has failed: stop the other readers' queries
+                        if other is not c:
+                            try:
+                                other.cancel()
+                            except psycopg2.Error:
+                                pass
+
+            threads = [threading.Thread(target=work, args=(c, r), name=f"snapshot-reader-{i}", daemon=True)
+                       for i, (c, r) in enumerate(zip(conns, ranges))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+        finally:
+            for c in conns:
+                c.close()
 
     def _send(self, stream: str, value: bytes) -> None:
         while True:
             try:
                 self.producer.produce(self.settings.snapshot_topic, key=stream.encode(), value=value)
                 return
-            except BufferError:
-                self.producer.poll(0.1)
+            except BufferError:  # the bounded queue is full: wait for Kafka to take some
+                self.producer.poll(0.05)
+                if self.delivery_errors:
+                    raise KafkaFailure(f"Kafka refused snapshot messages: {self.delivery_errors[0]}")
+
+    def _flush(self, snapshot_id: str) -> None:
+        if self.producer.flush(60) != 0:
+            raise KafkaFailure(f"Kafka did not take snapshot {snapshot_id} in 60s")
+        if self.delivery_errors:
+            raise KafkaFailure(f"Kafka refused messages of snapshot {snapshot_id}: {self.delivery_errors[0]}")
 
     def _progress(self, stream: str, rows: int, estimate: int, started: float) -> None:
         elapsed = time.monotonic() - started

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import orjson
 import psycopg2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -13,7 +14,8 @@ from confluent_kafka import Consumer, TopicPartition
 from mallard.adapters.postgres import table_columns
 from mallard.core.changes import Decoder
 from mallard.core.pgtypes import column_type
-from mallard.core.snapshot_encoding import connect_schema, encode, select_expression
+from mallard.core.snapshot_encoding import (connect_schema, encode, fix_marked, json_expression, row_json_expression,
+                                            select_expression)
 from tests.integration.test_applier_types import COLUMNS, ROWS
 
 pytestmark = pytest.mark.integration
@@ -35,6 +37,9 @@ def test_snapshot_and_cdc_encode_every_supported_type_alike(cdc_stack):
     with conn.cursor() as cur:
         cur.execute(f"SELECT {', '.join(select_expression(c) for c in columns)} FROM snap_types ORDER BY id")
         snapshot = {r[0]: r for r in cur.fetchall()}
+        # the same rows encoded by Postgres (the snapshotter's fast path), as JSON text
+        cur.execute(f"SELECT id, {row_json_expression(columns)} FROM snap_types ORDER BY id")
+        by_sql = {r[0]: orjson.loads(fix_marked(columns, f"[{r[1]}]".encode()))[0] for r in cur.fetchall()}
     conn.close()
 
     topic = "mallard.public.snap_types"
@@ -59,15 +64,72 @@ def test_snapshot_and_cdc_encode_every_supported_type_alike(cdc_stack):
         snap_type = column_type(connect_schema(col))
         assert snap_type.duckdb == schema.types[i].duckdb, col.name
         for key in (1, 2, 3):
-            from_snapshot = snap_type.decode(encode(col, snapshot[key][i])) if snapshot[key][i] is not None else None
-            from_cdc = cdc[key].row[i]
-            if isinstance(from_cdc, float) and from_cdc != from_cdc:  # NaN
-                assert isinstance(from_snapshot, float) and from_snapshot != from_snapshot
-                continue
-            if col.type_name == "float4" and from_cdc is not None:  # both become binary32 in DuckDB
-                import struct
-                from_cdc, from_snapshot = (struct.unpack("f", struct.pack("f", v))[0] for v in (from_cdc, from_snapshot))
-            if col.type_name in ("json", "jsonb") and from_cdc is not None:
-                assert json.loads(from_snapshot) == json.loads(from_cdc), (col.name, key)
-                continue
-            assert from_snapshot == from_cdc, (col.name, key, from_snapshot, from_cdc)
+            python = encode(col, snapshot[key][i])
+            assert by_sql[key][i] == python, (col.name, key, by_sql[key][i], python)  # the very same JSON value
+            for encoded in (python, by_sql[key][i]):
+                check_alike(col, snap_type, encoded, cdc[key].row[i], key)
+
+
+def check_alike(col, snap_type, encoded, from_cdc, key) -> None:
+    """What the applier decodes from a snapshot value equals what it decodes from Debezium's."""
+    from_snapshot = snap_type.decode(encoded) if encoded is not None else None
+    if isinstance(from_cdc, float) and from_cdc != from_cdc:  # NaN
+        assert isinstance(from_snapshot, float) and from_snapshot != from_snapshot
+        return
+    if col.type_name == "float4" and from_cdc is not None:  # both become binary32 in DuckDB
+        import struct
+        from_cdc, from_snapshot = (struct.unpack("f", struct.pack("f", v))[0] for v in (from_cdc, from_snapshot))
+    if col.type_name in ("json", "jsonb") and from_cdc is not None:
+        assert json.loads(from_snapshot) == json.loads(from_cdc), (col.name, key)
+        return
+    assert from_snapshot == from_cdc, (col.name, key, from_snapshot, from_cdc)
+
+
+EDGES = {  # column type -> values (SQL literals) at the edges of each encoding
+    "numeric(12,2)": ["1.27", "1.28", "-1.28", "-1.29", "327.67", "327.68", "-327.68", "-327.69", "9999999999.99",
+                      "-9999999999.99", "0", "-0.01", "0.01"],
+    "numeric(18,0)": ["999999999999999999", "-999999999999999999", "36028797018963967", "-36028797018963968"],
+    "numeric(38,18)": ["99999999999999999999.999999999999999999", "-99999999999999999999.999999999999999999",
+                       "0.000000000000000001", "-9223372036854775808.5", "18446744073709551616"],
+    "numeric": ["0", "-0.0", "12.340", "1e-30", "-170141183460469231731687303715884105727",
+                "170141183460469231731687303715884105728", "-170141183460469231731687303715884105728",
+                "123456789012345678901234567890123456789012345678901234567890.5", "-1e100"],
+    "timestamp(3)": ["'1969-12-31 23:59:59.999'", "'2024-02-29 13:45:56.5'", "'1900-01-01'"],
+    "timestamp": ["'1969-12-31 23:59:59.999999'", "'0001-01-01'", "'9999-12-31 23:59:59.999999'"],
+    "timestamptz": ["'2024-01-01 00:00:00+14'", "'1901-12-13 20:45:52.000001+00'", "'2000-02-29 12:00:00-03:30'"],
+    "time(3)": ["'23:59:59.999'", "'00:00:00.001'"],
+    "time": ["'23:59:59.999999'"],
+    "date": ["'1969-12-31'", "'0001-01-01'", "'9999-12-31'"],
+    "interval": ["'-178000000 years'", "'1 day -00:00:00.000001'", "'00:00:00.5'", "'-2 mons -3 days -04:05:06.7'"],
+    "bytea": ["decode(repeat('00ff7f80', 100), 'hex')"],
+    "text": ["E'tab\\there\\nnewline \\\\ backslash \\\" \\x01 \\x02 \\x1f \u00e9 \U0001F600'", "''"],
+    "double precision": ["'Infinity'", "'-Infinity'", "1e308", "5e-324", "-0.0", "0.1"],
+    "real": ["'Infinity'", "3.4028235e38", "1e-45", "0.1"],
+    "varchar[]": ["ARRAY['a\"b', NULL, E'c\\\\d']"],
+    "bigint[]": ["ARRAY[[1,2],[3,NULL]]"],
+}
+
+
+def test_postgres_encodes_edge_values_as_the_python_encoder_does(cdc_stack):
+    """The snapshotter's SQL encoding gives the same JSON value as encode() at every edge:
+    numeric byte lengths and the 127-bit limit (beyond it, the marked Python fallback), negative
+    and millisecond times, long bytea, control characters, special floats, nested arrays."""
+    conn = psycopg2.connect(cdc_stack.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for i, (pg_type, values) in enumerate(EDGES.items()):
+            table = f"snap_edges_{i}"
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, v {pg_type})")
+            for v in values + ["NULL"]:
+                cur.execute(f"INSERT INTO {table} (v) VALUES ({v})")
+            columns = table_columns(conn, f"public.{table}")
+            col = columns[1]
+            cur.execute(f"SELECT {select_expression(col)}, {json_expression(col)}, {row_json_expression(columns)} "
+                        f"FROM {table} ORDER BY id")
+            for raw, by_sql, row in cur.fetchall():
+                python = encode(col, raw)
+                assert orjson.loads(fix_marked(columns, f"[{row}]".encode()))[0][1] == python, (pg_type, raw, row)
+                if by_sql is None or "$mallard_py" not in by_sql:
+                    assert (orjson.loads(by_sql) if by_sql is not None else None) == python, (pg_type, raw, by_sql)
+    conn.close()

@@ -88,3 +88,154 @@ def test_no_cut_is_taken_while_the_replication_slot_does_not_exist(stack):
                                 requested_at=datetime.now(timezone.utc))
     with pytest.raises(SnapshotError, match="replication slot 'no_such_slot' does not exist.*start the CDC publisher"):
         service.snapshot("public.customers", request)
+
+
+def direct_service(stack, topic: str, **overrides):
+    """The snapshotter's snapshot function, run here against the stack (its own topic)."""
+    from services.snapshotter.config import SnapshotterSettings
+    from services.snapshotter.service import SnapshotterService
+
+    settings = SnapshotterSettings(pg_port=int(stack.ports["MALLARD_PG_PORT"]), pg_password=stack.env["MALLARD_PG_PASSWORD"],
+                                   kafka_bootstrap_servers=stack.bootstrap_servers, snapshot_topic=topic, health_port=0,
+                                   **overrides)
+    service = SnapshotterService(settings)
+    service.open()
+    return service
+
+
+def topic_messages(stack, topic: str, idle: float = 3.0) -> list:
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-test-read",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            msg = consumer.poll(0.3)
+            if msg is None or msg.error():
+                continue
+            last = time.monotonic()
+            out.append(snapshot_message_adapter.validate_json(msg.value()))
+        return out
+    finally:
+        consumer.close()
+
+
+def request_for(stream: str, where: str | None = None):
+    from datetime import datetime, timezone
+
+    from schemas.control import ResnapshotRequest
+
+    return ResnapshotRequest(request_id=f"test-{time.monotonic_ns()}", streams=[stream], reason="test",
+                             requested_by="test", requested_at=datetime.now(timezone.utc), where=where)
+
+
+def test_parallel_readers_share_one_cut_under_concurrent_writes(stack):
+    """Three connections read disjoint page ranges of one exported snapshot while a writer
+    inserts and deletes rows: the snapshot holds exactly the rows of the cut, in one frame."""
+    import threading
+
+    conn = psycopg2.connect(stack.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS par_rows")
+        cur.execute("CREATE TABLE par_rows (id bigint PRIMARY KEY, pad text)")
+        cur.execute("INSERT INTO par_rows SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g")
+        cur.execute("ANALYZE par_rows")
+    initial = set(range(1, 60001))
+    done, log = threading.Event(), []
+
+    def writer():
+        w = psycopg2.connect(stack.dsn)
+        next_id, gone = 100_000, 1
+        while not done.is_set():
+            with w, w.cursor() as cur:  # one transaction: insert one row, delete one, note the xid
+                cur.execute("INSERT INTO par_rows VALUES (%s, 'new') RETURNING pg_current_xact_id()::text::bigint",
+                            (next_id,))
+                xid = cur.fetchone()[0]
+                cur.execute("DELETE FROM par_rows WHERE id = %s", (gone,))
+            log.append((xid, next_id, gone))
+            next_id, gone = next_id + 1, gone + 7
+        w.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(log) < 20 and time.monotonic() < deadline:  # writes before the cut too
+        time.sleep(0.05)
+    try:
+        service = direct_service(stack, "test.parallel", parallel_readers=3, parallel_min_rows=0, batch_rows=1000)
+        end = service.snapshot("public.par_rows", request_for("public.par_rows"))
+    finally:
+        done.set()
+        t.join()
+    messages = topic_messages(stack, "test.parallel")
+    begin = messages[0]
+    assert isinstance(begin, SnapshotBegin) and isinstance(messages[-1], SnapshotEnd)
+    rows = [m for m in messages if isinstance(m, SnapshotRows)]
+    assert {m.snapshot_id for m in messages} == {begin.snapshot_id}
+    assert [m.batch for m in rows] == list(range(1, len(rows) + 1)) and end.batches == len(rows)
+    cut = Cut(begin.cut.xmin, begin.cut.xmax, frozenset(begin.cut.xip))
+    expected = set(initial)
+    for xid, inserted, deleted in log:
+        if cut.covers(xid):
+            expected.add(inserted)
+            expected.discard(deleted)
+    ids = [r[0] for m in rows for r in m.rows]
+    assert len(ids) == len(set(ids)) == end.row_count
+    assert set(ids) == expected
+    assert log, "no concurrent writes"
+    assert any(cut.covers(x) for x, _, _ in log) and not all(cut.covers(x) for x, _, _ in log)  # writes on both sides
+
+
+def test_bad_requests_are_refused_by_name_and_the_service_goes_on(stack):
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS no_key; CREATE TABLE no_key (a int); INSERT INTO no_key VALUES (1), (2)")
+    stack.mallard("resnapshot", "public.no_key", "--where", "a = 1")
+    stack.mallard("resnapshot", "public.no_such_table")
+    stack.mallard("resnapshot", "public.products", "--where", "id <<>> 3")
+    stack.mallard("resnapshot", "public.no_key")  # a full snapshot of a table without a key is fine
+    begin, batches, end = read_snapshot(stack, "public.no_key")
+    assert begin.where is None and end.row_count == 2
+    log = (stack.home / "logs" / "snapshotter.log").read_text()
+    assert "table public.no_key has no primary key: a subset (--where) cannot be snapshotted" in log
+    assert "table public.no_such_table does not exist in Postgres" in log
+    assert "bad --where for public.products ('id <<>> 3')" in log
+    state = json.loads(stack.mallard("stack", "status", "--json").stdout)["components"]["snapshotter"]
+    assert state["state"] == "running"
+
+
+def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(stack):
+    import os
+    import signal
+
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS big_orders")
+        cur.execute("CREATE TABLE big_orders (id bigint PRIMARY KEY, total numeric(12,2), note text, "
+                    "created_at timestamptz)")
+        cur.execute("INSERT INTO big_orders SELECT g, g / 100.0, md5(g::text), now() FROM generate_series(1, 1500000) g")
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("ANALYZE big_orders")
+    pid = stack.status()["components"]["snapshotter"]["pid"]
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-kill", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("mallard.snapshots", 0, 0)])
+    low, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
+    consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
+    stack.mallard("resnapshot", "public.big_orders", "--reason", "kill test")
+    killed_id, deadline = None, time.monotonic() + 120
+    try:
+        while killed_id is None and time.monotonic() < deadline:  # kill once the first rows are out
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error() and msg.key() == b"public.big_orders":
+                m = snapshot_message_adapter.validate_json(msg.value())
+                if isinstance(m, SnapshotRows):
+                    os.kill(pid, signal.SIGKILL)
+                    killed_id = m.snapshot_id
+                assert not isinstance(m, SnapshotEnd), "the snapshot finished before it could be killed"
+    finally:
+        consumer.close()
+    assert killed_id
+    stack.mallard("stack", "up")  # restarts the dead snapshotter; the request was not committed
+    begin, batches, end = read_snapshot(stack, "public.big_orders", timeout=180)
+    assert begin.snapshot_id != killed_id
+    assert end.row_count == 1_500_000 == sum(len(b.rows) for b in batches)
+    assert [b.batch for b in batches] == list(range(1, len(batches) + 1))

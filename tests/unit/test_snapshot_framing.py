@@ -1,0 +1,130 @@
+"""The snapshotter's hand-built batch messages are valid SnapshotRows, and requests
+waiting together are coalesced per stream."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from mallard.core.snapshot_encoding import PY_MARKER, PgColumn, encode
+from schemas.control import ResnapshotRequest
+from schemas.snapshot import SnapshotRows, snapshot_message_adapter
+from services.snapshotter.config import SnapshotterSettings
+from services.snapshotter.service import SnapshotAborted, SnapshotterService, _Batcher, _RowSink
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def produce(self, topic, key, value):
+        self.sent.append((topic, key, value))
+
+
+def service() -> SnapshotterService:
+    svc = SnapshotterService(SnapshotterSettings(health_port=0, progress_interval_s=0))
+    svc.producer = FakeProducer()
+    return svc
+
+
+COLUMNS = [PgColumn("id", "int8"), PgColumn("note", "text"), PgColumn("n", "numeric")]
+
+
+def test_batches_are_valid_snapshot_rows_numbered_in_send_order():
+    svc = service()
+    batcher = _Batcher(svc, "public.t", 'id "quoted" \\ é', COLUMNS, 1000, fix_numerics=False)
+    sink = _RowSink(batcher, max_rows=3, max_bytes=10_000)
+    rows = [orjson.dumps([i, f'n{i} "x"', None]) + b"\n" for i in range(7)]
+    for r in rows:  # as COPY hands them over: JSON text and a newline
+        sink.write(r)
+    sink.flush()
+    messages = [snapshot_message_adapter.validate_json(v) for _, _, v in svc.producer.sent]
+    assert all(isinstance(m, SnapshotRows) for m in messages)
+    assert [m.batch for m in messages] == [1, 2, 3] and [len(m.rows) for m in messages] == [3, 3, 1]
+    assert messages[0].snapshot_id == 'id "quoted" \\ é' and messages[0].stream == "public.t"
+    assert [r for m in messages for r in m.rows] == [[i, f'n{i} "x"', None] for i in range(7)]
+    assert {k for _, k, _ in svc.producer.sent} == {b"public.t"} and batcher.rows == 7 and batcher.batches == 3
+
+
+def test_batches_are_cut_by_bytes_too():
+    svc = service()
+    sink = _RowSink(_Batcher(svc, "public.t", "s", COLUMNS, 0, False), max_rows=1000, max_bytes=25)
+    for i in range(10):
+        sink.write(b'[1,"0123456789",null]\n')
+    sink.flush()
+    assert [len(snapshot_message_adapter.validate_json(v).rows) for _, _, v in svc.producer.sent] == [2] * 5
+
+
+def test_marked_numerics_are_encoded_in_python():
+    svc = service()
+    batcher = _Batcher(svc, "public.t", "s", COLUMNS, 0, fix_numerics=True)
+    huge = "123456789012345678901234567890123456789012345678901234567890.5"
+    batcher.emit([b'[1,"a",{"' + PY_MARKER.encode() + b'":"' + huge.encode() + b'"}]\n', b'[2,"b",null]\n'])
+    m = snapshot_message_adapter.validate_json(svc.producer.sent[0][2])
+    assert m.rows[0][2] == encode(COLUMNS[2], Decimal(huge)) and m.rows[0][2]["scale"] == 1
+    assert m.rows[1] == [2, "b", None]
+
+
+def test_parallel_readers_get_unique_increasing_batch_numbers():
+    svc = service()
+    batcher = _Batcher(svc, "public.t", "s", COLUMNS, 0, False)
+
+    def reader(k):
+        sink = _RowSink(batcher, max_rows=5, max_bytes=10**6)
+        for i in range(500):
+            sink.write(f'[{k * 1000 + i},null,null]'.encode())
+        sink.flush()
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    messages = [snapshot_message_adapter.validate_json(v) for _, _, v in svc.producer.sent]
+    assert [m.batch for m in messages] == list(range(1, 401))
+    assert sorted(r[0] for m in messages for r in m.rows) == sorted(k * 1000 + i for k in range(4) for i in range(500))
+
+
+def test_a_stopping_service_leaves_the_snapshot_without_its_end():
+    svc = service()
+    svc.stop()
+    with pytest.raises(SnapshotAborted):
+        _Batcher(svc, "public.t", "s", COLUMNS, 0, False).emit([b"[1,null,null]"])
+
+
+class Msg:
+    def __init__(self, value: bytes):
+        self._value = value
+
+    def value(self):
+        return self._value
+
+    def topic(self):
+        return "mallard.control"
+
+    def partition(self):
+        return 0
+
+    def offset(self):
+        return 0
+
+
+def request(rid: str, streams: list[str], where: str | None = None) -> Msg:
+    return Msg(ResnapshotRequest(request_id=rid, streams=streams, reason="t", requested_by="t",
+                                 requested_at=datetime.now(timezone.utc), where=where).model_dump_json().encode())
+
+
+def test_requests_waiting_together_are_coalesced_per_stream():
+    svc = service()
+    todo = svc.coalesce([request("a", ["public.x", "public.y"]), request("b", ["public.x"]), Msg(b"not json"),
+                         request("c", ["public.z"], where="id < 5"), request("d", ["public.z"], where="id > 9"),
+                         request("e", ["public.w"], where="id < 5"), request("f", ["public.w"]),
+                         request("g", ["public.w"], where="id < 7")])
+    assert [(s, r.request_id, r.where) for s, r in todo] == [
+        ("public.x", "a", None), ("public.y", "a", None),
+        ("public.z", "c", "id < 5"), ("public.z", "d", "id > 9"),  # two different subsets: both are taken
+        ("public.w", "f", None),  # a full snapshot covers the subsets asked for with it
+    ]
