@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 
 import psycopg2
 import pytest
@@ -15,8 +16,17 @@ from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows, snapshot_
 pytestmark = pytest.mark.integration
 
 
-def read_snapshot(stack, stream: str, timeout: float = 90) -> tuple[SnapshotBegin, list[SnapshotRows], SnapshotEnd]:
-    """The last complete snapshot of ``stream`` on the snapshot topic."""
+def request(stack, *args: str) -> datetime:
+    """`mallard resnapshot ARGS`; when it was requested."""
+    requested_at = datetime.now(timezone.utc)
+    out = stack.mallard("resnapshot", *args).stdout
+    assert out.startswith("requested cli-"), out
+    return requested_at
+
+
+def read_snapshot(stack, stream: str, requested_at: datetime, timeout: float = 90) -> tuple[SnapshotBegin, list[SnapshotRows], SnapshotEnd]:
+    """The first complete snapshot of ``stream`` begun after ``requested_at`` (the applier asks
+    for snapshots too, e.g. the first ones, and waiting requests are coalesced)."""
     consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-test", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
@@ -31,7 +41,7 @@ def read_snapshot(stack, stream: str, timeout: float = 90) -> tuple[SnapshotBegi
                 continue
             m = snapshot_message_adapter.validate_json(msg.value())
             if isinstance(m, SnapshotBegin):
-                begin, rows = m, []
+                begin, rows = (m, []) if m.started_at >= requested_at else (None, [])
             elif isinstance(m, SnapshotRows) and begin and m.snapshot_id == begin.snapshot_id:
                 rows.append(m)
             elif isinstance(m, SnapshotEnd) and begin and m.snapshot_id == begin.snapshot_id:
@@ -47,9 +57,8 @@ def test_a_requested_snapshot_is_framed_complete_and_decodable(stack):
         count, xid = cur.fetchone()
         cur.execute("SELECT id FROM customers ORDER BY id")
         source_ids = [r[0] for r in cur.fetchall()]
-    out = stack.mallard("resnapshot", "public.customers", "--reason", "test").stdout
-    assert out.startswith("requested cli-")
-    begin, batches, end = read_snapshot(stack, "public.customers")
+    requested_at = request(stack, "public.customers", "--reason", "test")
+    begin, batches, end = read_snapshot(stack, "public.customers", requested_at)
     cut = Cut(begin.cut.xmin, begin.cut.xmax, frozenset(begin.cut.xip))
     assert cut.covers(xid)  # everything committed before the request is in the snapshot
     assert end.row_count == count == sum(len(b.rows) for b in batches)
@@ -64,8 +73,8 @@ def test_a_requested_snapshot_is_framed_complete_and_decodable(stack):
 
 
 def test_a_filtered_snapshot_holds_only_its_subset(stack):
-    stack.mallard("resnapshot", "public.products", "--where", "id <= 25", "--reason", "subset")
-    begin, batches, end = read_snapshot(stack, "public.products")
+    requested_at = request(stack, "public.products", "--where", "id <= 25", "--reason", "subset")
+    begin, batches, end = read_snapshot(stack, "public.products", requested_at)
     assert begin.where == "id <= 25" and end.row_count == 25
     assert sorted(r[0] for b in batches for r in b.rows) == list(range(1, 26))
     state = json.loads(stack.mallard("stack", "status", "--json").stdout)["components"]["snapshotter"]["detail"]
@@ -193,8 +202,8 @@ def test_bad_requests_are_refused_by_name_and_the_service_goes_on(stack):
     stack.mallard("resnapshot", "public.no_key", "--where", "a = 1")
     stack.mallard("resnapshot", "public.no_such_table")
     stack.mallard("resnapshot", "public.products", "--where", "id <<>> 3")
-    stack.mallard("resnapshot", "public.no_key")  # a full snapshot of a table without a key is fine
-    begin, batches, end = read_snapshot(stack, "public.no_key")
+    requested_at = request(stack, "public.no_key")  # a full snapshot of a table without a key is fine
+    begin, batches, end = read_snapshot(stack, "public.no_key", requested_at)
     assert begin.where is None and end.row_count == 2
     log = (stack.home / "logs" / "snapshotter.log").read_text()
     assert "table public.no_key has no primary key: a subset (--where) cannot be snapshotted" in log
@@ -220,7 +229,7 @@ def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(stac
     consumer.assign([TopicPartition("mallard.snapshots", 0, 0)])
     low, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
     consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
-    stack.mallard("resnapshot", "public.big_orders", "--reason", "kill test")
+    requested_at = request(stack, "public.big_orders", "--reason", "kill test")
     killed_id, deadline = None, time.monotonic() + 120
     try:
         while killed_id is None and time.monotonic() < deadline:  # kill once the first rows are out
@@ -235,7 +244,7 @@ def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(stac
         consumer.close()
     assert killed_id
     stack.mallard("stack", "up")  # restarts the dead snapshotter; the request was not committed
-    begin, batches, end = read_snapshot(stack, "public.big_orders", timeout=180)
+    begin, batches, end = read_snapshot(stack, "public.big_orders", requested_at, timeout=180)
     assert begin.snapshot_id != killed_id
     assert end.row_count == 1_500_000 == sum(len(b.rows) for b in batches)
     assert [b.batch for b in batches] == list(range(1, len(batches) + 1))
