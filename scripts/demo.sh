@@ -10,11 +10,14 @@ echo
 echo "A sample of the change events Debezium published (decoded):"
 .venv/bin/mallard tail mallard.public.orders --from-beginning --limit 2 --timeout 15
 echo
-echo "The DuckDB replica, written by the applier (CDC changes so far; full snapshots arrive with the snapshotter):"
-for _ in $(seq 60); do
-    .venv/bin/mallard query "SELECT id, status, total, _mallard_committed_at FROM orders ORDER BY _mallard_position DESC LIMIT 5" 2>/dev/null && break
+echo "The DuckDB replica, written by the applier: each table's first snapshot, then the CDC changes since:"
+for _ in $(seq 90); do
+    .venv/bin/mallard query "SELECT 'merged' FROM _mallard.snapshots WHERE stream = 'public.orders' AND status = 'merged'" \
+        2>/dev/null | grep -q merged && break
     sleep 1
 done
+.venv/bin/mallard query "SELECT _mallard_source, count(*) AS rows, max(_mallard_committed_at) AS last_write FROM orders GROUP BY 1 ORDER BY 1"
+.venv/bin/mallard query "SELECT id, status, total, _mallard_source, _mallard_committed_at FROM orders ORDER BY _mallard_position DESC LIMIT 5"
 echo
 .venv/bin/mallard stack status
 .venv/bin/mallard stack guide

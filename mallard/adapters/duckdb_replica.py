@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from mallard.core.changes import TableSchema
+from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
 from mallard.core.pgtypes import ColumnType
@@ -92,6 +92,15 @@ def position_arrays(positions: list[int]) -> dict[str, pa.Array]:
 
 def position_sql(alias: str) -> str:
     return f"(({alias}.pos_hi::HUGEINT << 32) + {alias}.pos_lo)"
+
+
+def snapshot_table(schema: TableSchema, columns: list) -> pa.Table:
+    """Decoded snapshot columns as typed Arrow arrays; a value of the wrong type is poison."""
+    try:
+        return pa.table({f"c{i}": pa.array(values, arrow_type(ct))
+                         for i, (values, ct) in enumerate(zip(columns, schema.types))})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+        raise PoisonMessage(f"snapshot value does not fit its column: {e}") from None
 
 
 def arrow_type(ct: ColumnType) -> pa.DataType:
@@ -449,12 +458,12 @@ class DuckDBReplica:
             [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
              f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at])
 
-    def stage_rows(self, frame: SnapshotFrame, columns: list[list[Any]]) -> None:
-        if frame.snapshot_id in self.merged_snapshots or not columns or not columns[0]:
+    def stage_rows(self, frame: SnapshotFrame, rows: pa.Table) -> None:
+        """``rows``: from ``snapshot_table``."""
+        if frame.snapshot_id in self.merged_snapshots or not rows.num_rows:
             return
         schema = frame.schema
-        data = {f"c{i}": pa.array(values, arrow_type(ct)) for i, (values, ct) in enumerate(zip(columns, schema.types))}
-        self.con.register("_mallard_snapshot_rows", pa.table(data))
+        self.con.register("_mallard_snapshot_rows", rows)
         try:
             self.con.execute(f"""INSERT INTO {staging_name(frame.snapshot_id)} SELECT
                 {', '.join(value_sql(ct, f'c{i}') for i, ct in enumerate(schema.types))} FROM _mallard_snapshot_rows""")

@@ -179,6 +179,9 @@ _SIMPLE = {
     "bytes": ("BLOB", "binary", _bytes),
 }
 
+# Decoders that only check a value's JSON type: column-wise, the Arrow conversion checks it.
+CHECK_ONLY = frozenset({_int, _str, _bool})
+
 _LOGICAL = {
     "io.debezium.time.Date": ("DATE", "date32", _int, False),
     "org.apache.kafka.connect.data.Date": ("DATE", "date32", _int, False),

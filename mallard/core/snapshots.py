@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
-from mallard.core.pgtypes import ColumnType, column_type
+from mallard.core.pgtypes import CHECK_ONLY, ColumnType, column_type
 
 TopicPartition = tuple[str, int]
 
@@ -49,7 +49,8 @@ class SnapshotWork:
 
     kind: str
     frame: SnapshotFrame
-    columns: list[list[Any]] | None = None
+    columns: Any = None
+    """For rows: the decoded columns (an Arrow table in the service)."""
     row_count: int = 0
     reason: str | None = None
 
@@ -62,18 +63,24 @@ def frame_schema(stream: str, columns: list[dict[str, Any]]) -> TableSchema:
     return TableSchema(stream, names, types, tuple(name for _, name in keyed))
 
 
-def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list[list[Any]]:
-    """Rows of encoded values -> one list of transport values per column."""
+def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list[Sequence[Any]]:
+    """Rows of encoded values -> one sequence of transport values per column. Values whose
+    encoding is their transport value (integers, text, booleans, days) pass as they are:
+    loading them into typed Arrow arrays checks them (see ``CHECK_ONLY``)."""
     width = len(types)
-    for row in rows:
-        if type(row) is not list or len(row) != width:
-            raise PoisonMessage(f"a snapshot row has {len(row) if isinstance(row, list) else 'no'} values, "
-                                f"the snapshot's begin declares {width} columns")
-    columns = []
+    try:
+        widths = set(map(len, rows))
+    except TypeError:
+        widths = {-1}
+    if widths - {width}:
+        raise PoisonMessage(f"a snapshot row is not a list of {width} values (the columns its begin declares)")
+    columns: list[Sequence[Any]] = list(zip(*rows)) if rows else [() for _ in types]
     for i, ct in enumerate(types):
         decode = ct.decode
+        if decode in CHECK_ONLY:
+            continue
         try:
-            columns.append([None if (v := row[i]) is None else decode(v) for row in rows])
+            columns[i] = [None if v is None else decode(v) for v in columns[i]]
         except (ValueError, TypeError, ArithmeticError) as e:
             raise PoisonMessage(f"snapshot column {i + 1} ({ct.duckdb}): {e}") from None
     return columns
@@ -110,7 +117,7 @@ class SnapshotTracker:
         frame = self.in_flight.get(stream)
         return frame if frame is not None and frame.snapshot_id == snapshot_id else None
 
-    def rows(self, frame: SnapshotFrame, batch: int, columns: list[list[Any]], tp: TopicPartition,
+    def rows(self, frame: SnapshotFrame, batch: int, columns: Any, tp: TopicPartition,
              offset: int) -> list[SnapshotWork]:
         self._seen(tp, offset)
         if batch != frame.batches + 1:

@@ -27,7 +27,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
-from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.adapters.duckdb_replica import DuckDBReplica, snapshot_table
 from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
 from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
@@ -225,7 +225,7 @@ class ApplierService(Service):
                 if not isinstance(rows, list) or type(batch) is not int:
                     raise PoisonMessage("snapshot rows message without a rows list and a batch number")
                 try:
-                    columns = decode_columns(frame.schema.types, rows)
+                    columns = snapshot_table(frame.schema, decode_columns(frame.schema.types, rows))
                 except PoisonMessage as e:
                     self._queue_snapshot_work([self.snapshots.abandon(frame, f"batch {batch}: {e}")])
                     self.snapshots.skip(tp, offset)

@@ -118,3 +118,32 @@ def test_a_table_without_primary_key_is_replaced_whole_by_each_snapshot(stack):
     tables = {t["stream"]: t for t in stack.applier_state()["tables"]}
     assert tables["public.audit_log"]["status"] == "refused"
     assert "full refresh" in tables["public.audit_log"]["reason"]
+
+
+def test_a_snapshot_with_a_bad_batch_is_dead_lettered_and_never_merged(stack):
+    from datetime import datetime, timezone
+
+    from confluent_kafka import Producer
+
+    from mallard.adapters.kafka import read_topic
+    from schemas.snapshot import SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
+
+    count = stack.query("SELECT count(*) FROM products")[0][0]
+    columns = [SnapshotColumn(name="id", pg_type="int4", primary_key_position=1, connect_schema={"type": "int32"}),
+               SnapshotColumn(name="name", pg_type="text", connect_schema={"type": "string"})]
+    begin = SnapshotBegin(snapshot_id="poisoned", stream="public.products", cut=SnapshotCut(xmin=1, xmax=1),
+                          columns=columns, started_at=datetime.now(timezone.utc))
+    end = SnapshotEnd(snapshot_id="poisoned", stream="public.products", batches=1, row_count=1,
+                      finished_at=datetime.now(timezone.utc))
+    rows = b'{"schema_version":1,"snapshot_id":"poisoned","stream":"public.products","kind":"rows","batch":1,' \
+           b'"rows":[[1,{"not":"text"}]]}'
+    producer = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    for value in (begin.model_dump_json().encode(), rows, end.model_dump_json().encode()):
+        producer.produce("mallard.snapshots", key=b"public.products", value=value)
+    assert producer.flush(30) == 0
+    stack.wait_for("SELECT status, reason FROM _mallard.snapshots WHERE snapshot_id = 'poisoned'",
+                   lambda r: r and r[0][0] == "abandoned" and "batch 1" in r[0][1])
+    assert stack.query("SELECT count(*) FROM products") == [[count]]
+    letters = [m for m in read_topic(stack.bootstrap_servers, "mallard.dead-letter", idle_timeout=10)
+               if b"poisoned" in (m.value() or b"")]
+    assert letters and b"mallard.snapshots" in letters[0].value()

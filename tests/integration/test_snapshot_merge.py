@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.adapters.duckdb_replica import DuckDBReplica, snapshot_table
 from mallard.core.changes import ChangeEvent, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import reduce
@@ -97,7 +97,7 @@ def merge_snapshot(replica: DuckDBReplica, snapshot_id: str, cut: Cut, rows: dic
     frame = SnapshotFrame(snapshot_id, STREAM, cut, SCHEMA, None, datetime.now(timezone.utc))
     replica.begin_snapshot(frame)
     if rows:
-        replica.stage_rows(frame, [list(rows), list(rows.values())])
+        replica.stage_rows(frame, snapshot_table(SCHEMA, [list(rows), list(rows.values())]))
     replica.finish_snapshot(frame)
 
 

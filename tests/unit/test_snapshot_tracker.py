@@ -35,11 +35,12 @@ def test_the_schema_of_a_begin_is_typed_as_cdc_events_type_it():
 def test_rows_decode_column_wise_and_bad_values_name_the_column():
     types = frame().schema.types
     cols = decode_columns(types, [[1, "AQ==", 0], [2, None, None]])
-    assert cols[0] == [1, 2] and cols[1][1] is None and len(cols) == 3
-    with pytest.raises(PoisonMessage, match="column 1 .*INTEGER"):
-        decode_columns(types, [["x", None, None]])
-    with pytest.raises(PoisonMessage, match="declares 3 columns"):
-        decode_columns(types, [[1, None]])
+    assert list(cols[0]) == [1, 2] and cols[1][1] is None and len(cols) == 3
+    with pytest.raises(PoisonMessage, match="column 2 .*DECIMAL"):
+        decode_columns(types, [[1, 5, None]])
+    for bad in ([[1, None]], [7], [{"a": 1, "b": 2, "c": 3}][:0] + [None]):
+        with pytest.raises(PoisonMessage, match="not a list of 3 values"):
+            decode_columns(types, bad)
 
 
 def test_a_complete_snapshot_is_merged_and_then_releases_its_offsets():
