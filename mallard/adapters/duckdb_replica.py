@@ -586,6 +586,10 @@ class DuckDBReplica:
         keys = [q(c) for c in state.key_columns]
         newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"
         params = {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}
+        if not self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {target}) OR EXISTS "
+                                f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
+            result.applied = self._insert_snapshot_rows(state, frame, now)  # a first copy: nothing to merge with
+            return
         if state.truncated_tx_id is None or cut.covers(state.truncated_tx_id):
             names, exprs = self._snapshot_select(frame)
             key_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
