@@ -115,21 +115,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _applier_get(path: str, **params: str) -> dict:
+def _service_get(service: str, port: int, path: str, **params: str) -> dict:
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    s = _stack_settings()
-    url = f"http://127.0.0.1:{s.applier_health_port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         body = json.loads(e.read() or b"{}")
-        raise RuntimeError(body.get("error") or f"applier answered {e.code}") from None
+        raise RuntimeError(body.get("error") or f"the {service} answered {e.code}") from None
     except OSError as e:
-        raise RuntimeError(f"the applier does not answer at {url} ({e}); is the stack up?") from None
+        raise RuntimeError(f"the {service} does not answer at {url} ({e}); is the stack up?") from None
+
+
+def _applier_get(path: str, **params: str) -> dict:
+    return _service_get("applier", _stack_settings().applier_health_port, path, **params)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -176,7 +179,45 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
     if producer.flush(30) != 0:
         raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
     print(f"requested {request.request_id}: {', '.join(args.streams)}")
-    return 0
+    return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout) if args.wait else 0
+
+
+def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float) -> int:
+    """Follow the request until every stream's snapshot is merged into DuckDB (or given up):
+    a progress bar on a terminal, a line per stream otherwise."""
+    import time
+
+    interactive = sys.stderr.isatty()
+    started, done, failed = time.monotonic(), {}, False
+    listed = ", ".join(f"'{x}'" for x in streams)
+    sql = (f"SELECT stream, status, rows_staged, rows_applied, rows_deleted, reason FROM _mallard.snapshots "
+           f"WHERE stream IN ({listed}) AND started_at >= '{requested_at.isoformat()}' ORDER BY started_at")
+    while len(done) < len(streams):
+        if time.monotonic() - started > timeout:
+            print(f"\nno end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}", file=sys.stderr)
+            return 1
+        try:
+            rows = _applier_get("/query", sql=sql)["rows"]
+            current = _service_get("snapshotter", s.snapshotter_health_port, "/healthz").get("current") or {}
+        except RuntimeError:
+            rows, current = [], {}  # a service restarting: keep waiting
+        for stream, status, staged, applied, deleted, reason in rows:
+            if stream in done or status not in ("merged", "abandoned"):
+                continue
+            done[stream] = status
+            failed |= status != "merged"
+            line = (f"{stream}: merged, {staged:,} rows ({applied:,} applied, {deleted:,} deleted)"
+                    if status == "merged" else f"{stream}: abandoned: {reason}")
+            print(("\r\033[K" if interactive else "") + line, file=sys.stderr if interactive else sys.stdout)
+        if interactive and current.get("stream") in streams and current.get("stream") not in done:
+            rows_read, estimate = current.get("rows", 0), max(current.get("estimate") or 0, 1)
+            elapsed = time.monotonic() - started
+            width = 30
+            filled = min(width, int(width * rows_read / estimate))
+            print(f"\r\033[K{current['stream']} [{'#' * filled}{'.' * (width - filled)}] {rows_read:,}/~{estimate:,} rows "
+                  f"read, {rows_read / elapsed if elapsed else 0:,.0f} rows/s", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    return 1 if failed else 0
 
 
 def cmd_demo_changes(args: argparse.Namespace) -> int:
@@ -247,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("streams", nargs="+")
     res.add_argument("--where", help="SQL filter: snapshot only part of the table")
     res.add_argument("--reason", default="ad hoc")
+    res.add_argument("--wait", action="store_true",
+                     help="follow the snapshots until DuckDB has merged them (a progress bar on a terminal); "
+                          "exit 1 if one is abandoned")
+    res.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
     res.set_defaults(func=cmd_resnapshot)
 
     demo = sub.add_parser("demo", help="the demo shop database")

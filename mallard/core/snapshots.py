@@ -35,6 +35,9 @@ class SnapshotFrame:
     offset: tuple[TopicPartition, int] = (("", 0), 0)
     batches: int = 0
     rows: int = 0
+    """Rows received so far."""
+    staged: int = 0
+    """Rows the replica has staged so far (for its log)."""
 
     @property
     def full(self) -> bool:

@@ -19,6 +19,10 @@ class ApplierSettings(ServiceSettings):
         256 * 1024, description="Kilobytes of messages prefetched (librdkafka queued.max.messages.kbytes): "
         "fetching ahead is what keeps the applier busy."
     )
+    snapshot_buffered_rows: int = Field(
+        250_000, description="Decoded snapshot rows held for DuckDB before the applier pauses fetching (bounds memory).")
+    snapshot_stage_rows: int = Field(
+        100_000, description="Snapshot rows staged in DuckDB per statement (fewer, larger inserts are faster).")
     duckdb_memory_limit: str = Field("1GB", description="DuckDB's memory limit (its page cache): keeps the applier's memory flat.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")

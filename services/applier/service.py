@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
@@ -145,7 +146,7 @@ class ApplierService(Service):
                 # Memory stays bounded: with enough events held, let DuckDB catch up first —
                 # unless the next transaction is still incomplete (then it must be read on).
                 # Snapshot rows waiting for DuckDB bound it too (they never wait for anything).
-                if self._snapshot_rows_waiting < s.max_buffered_events and (
+                if self._snapshot_rows_waiting < s.snapshot_buffered_rows and (
                         self.assembler.buffered_events < s.max_buffered_events or not (
                         self.assembler.head_complete() or self._to_apply.full())):
                     for msg in consumer.consume(num_messages=s.poll_messages, timeout=0.2):
@@ -160,7 +161,7 @@ class ApplierService(Service):
                     if ready:
                         self._to_apply.put(("cdc", ready))
                     elif self._snapshot_work:
-                        self._to_apply.put(("snapshot", self._take_snapshot_work(s.max_batch_events)))
+                        self._to_apply.put(("snapshot", self._take_snapshot_work(s.snapshot_stage_rows)))
                 if self._collect_applied() or time.monotonic() - last_commit > 5:
                     self._commit_offsets(consumer)
                     last_commit = time.monotonic()
@@ -268,13 +269,18 @@ class ApplierService(Service):
 
     def _apply_snapshot_work(self, work: list[SnapshotWork]) -> list[tuple[SnapshotWork, Any, float]]:
         done = []
-        for w in work:
+        for i, w in enumerate(work):
             started = time.monotonic()
             result = None
             if w.kind == "begin":
                 self.replica.begin_snapshot(w.frame)
             elif w.kind == "rows":
-                self.replica.stage_rows(w.frame, w.columns)
+                # Consecutive batches of one snapshot go in as one insert.
+                if i + 1 < len(work) and work[i + 1].kind == "rows" and work[i + 1].frame is w.frame:
+                    work[i + 1].columns = pa.concat_tables([w.columns, work[i + 1].columns])
+                else:
+                    self.replica.stage_rows(w.frame, w.columns)
+                w.columns = None
             elif w.kind == "end":
                 result = self.replica.finish_snapshot(w.frame)
             else:
@@ -288,8 +294,9 @@ class ApplierService(Service):
         def log_staged() -> None:  # one line per chunk of rows
             if staged:
                 self.counts["snapshot_rows_staged"] += staged
+                frame.staged += staged
                 self.log.info("snapshot %s of %s: staged %d rows (%d so far) in %.0f ms (%.0f rows/s)",
-                              frame.snapshot_id, frame.stream, staged, frame.rows, elapsed * 1000,
+                              frame.snapshot_id, frame.stream, staged, frame.staged, elapsed * 1000,
                               staged / elapsed if elapsed else 0)
 
         for w, result, seconds in done:
