@@ -13,8 +13,8 @@ Naming convention (documented in the README):
   ``progress`` (the last applied Postgres transaction: commit LSN, xid, commit
   time), ``recent_transactions``, ``snapshots`` (every snapshot seen and what came
   of it), ``"deleted:<stream>"`` (keys CDC deleted, with the xid: a snapshot taken
-  before the delete must not bring them back) and ``"staging:<snapshot id>"``
-  (rows of a snapshot whose end has not been merged yet).
+  before the delete must not bring them back). ``"_mallard_staging:<snapshot id>"``,
+  beside the table, holds the rows of a snapshot whose end has not been merged yet.
 """
 from __future__ import annotations
 
@@ -70,8 +70,12 @@ def tombstones_name(stream: str) -> str:
     return f"_mallard.{q('deleted:' + stream)}"
 
 
-def staging_name(snapshot_id: str) -> str:
-    return f"_mallard.{q('staging:' + snapshot_id)}"
+STAGING_PREFIX = "_mallard_staging:"
+
+
+def staging_name(frame: SnapshotFrame) -> str:
+    """Beside the target table: a first copy becomes the table by a rename."""
+    return f"{target_name(frame.stream).split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
 
 
 def covered_sql(cut: Cut, tx: str) -> str:
@@ -210,9 +214,9 @@ class DuckDBReplica:
                     self._create_tombstones(state)
         # Staging of snapshots whose end was not merged before a stop: the snapshot topic's
         # offsets were held at their begin, so they are re-read and staged again.
-        for (name,) in self.con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = '_mallard' "
-                                        "AND table_name LIKE 'staging:%'").fetchall():
-            self.con.execute(f"DROP TABLE _mallard.{q(name)}")
+        for schema, name in self.con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
+                                             "WHERE starts_with(table_name, ?)", [STAGING_PREFIX]).fetchall():
+            self.con.execute(f"DROP TABLE {q(schema)}.{q(name)}")
         self.con.execute("UPDATE _mallard.snapshots SET status = 'interrupted' WHERE status = 'staging'")
         self.merged_snapshots = {r[0] for r in self.con.execute(
             "SELECT snapshot_id FROM _mallard.snapshots WHERE status = 'merged'").fetchall()}
@@ -449,9 +453,11 @@ class DuckDBReplica:
         if frame.snapshot_id in self.merged_snapshots:
             return  # re-read after a restart: already merged
         schema = frame.schema
-        cols = ", ".join(f"{q(c)} {t.duckdb}" for c, t in zip(schema.columns, schema.types))
-        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame.snapshot_id)}")
-        self.con.execute(f"CREATE TABLE {staging_name(frame.snapshot_id)} ({cols})")
+        cols = ", ".join(f"{q(c)} {t}" for c, t in [*((c, t.duckdb) for c, t in zip(schema.columns, schema.types)),
+                                                    *META_COLUMNS])
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {target_name(frame.stream).split('.')[0]}")
+        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame)}")
+        self.con.execute(f"CREATE TABLE {staging_name(frame)} ({cols})")
         cut = frame.cut
         self.con.execute(
             "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
@@ -465,8 +471,11 @@ class DuckDBReplica:
         schema = frame.schema
         self.con.register("_mallard_snapshot_rows", rows)
         try:
-            self.con.execute(f"""INSERT INTO {staging_name(frame.snapshot_id)} SELECT
-                {', '.join(value_sql(ct, f'c{i}') for i, ct in enumerate(schema.types))} FROM _mallard_snapshot_rows""")
+            # Already as the table's rows: position 0 (any CDC write the cut did not see is newer).
+            self.con.execute(f"""INSERT INTO {staging_name(frame)} SELECT
+                {', '.join(value_sql(ct, f'c{i}') for i, ct in enumerate(schema.types))},
+                0, NULL, 'snapshot', $started, now(), $snapshot_id FROM _mallard_snapshot_rows""",
+                {"started": frame.started_at, "snapshot_id": frame.snapshot_id})
         finally:
             self.con.unregister("_mallard_snapshot_rows")
 
@@ -478,7 +487,7 @@ class DuckDBReplica:
     def abandon_snapshot(self, frame: SnapshotFrame, reason: str) -> None:
         if frame.snapshot_id in self.merged_snapshots:
             return
-        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame.snapshot_id)}")
+        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame)}")
         self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
                          "WHERE snapshot_id = ?", [reason, frame.snapshot_id])
 
@@ -487,7 +496,7 @@ class DuckDBReplica:
         transaction: a reader sees the table before or after, never in between."""
         if frame.snapshot_id in self.merged_snapshots:
             return SnapshotResult(status="already merged")
-        staging = staging_name(frame.snapshot_id)
+        staging = staging_name(frame)
         now = datetime.now(timezone.utc)
         state = self.tables.get(frame.stream)
         # Checked outside the transaction: a failed statement would abort it.
@@ -496,7 +505,9 @@ class DuckDBReplica:
         try:
             result = SnapshotResult(staged=self.con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0])
             state = self._table_for_snapshot(frame)
-            if not state.key_columns:
+            if self._replace_with_staging(state, frame):
+                result.applied = result.staged
+            elif not state.key_columns:
                 # Full refresh only: the snapshot is the table's new content, whole.
                 self.con.execute(f"DELETE FROM {state.target}")
                 result.applied = self._insert_snapshot_rows(state, frame, now)
@@ -514,7 +525,7 @@ class DuckDBReplica:
                 result.resnapshot_again = not frame.cut.covers(state.held_back_tx_id)
                 state.held_back_tx_id = None
             self._save_table(state)
-            self.con.execute(f"DROP TABLE {staging}")
+            self.con.execute(f"DROP TABLE IF EXISTS {staging}")
             self.con.execute("UPDATE _mallard.snapshots SET status = 'merged', rows_staged = ?, rows_applied = ?, "
                              "rows_deleted = ?, finished_at = ? WHERE snapshot_id = ?",
                              [result.staged, result.applied, result.deleted, now, frame.snapshot_id])
@@ -556,6 +567,22 @@ class DuckDBReplica:
             rebuilt.fingerprints.add(schema.fingerprint)
         return rebuilt
 
+    def _replace_with_staging(self, state: TableState, frame: SnapshotFrame) -> bool:
+        """A full snapshot of a table with nothing to merge with (a first copy, or a table
+        without a primary key) becomes the table by a rename: no copy."""
+        if not frame.full or state.columns != [(c, t.duckdb) for c, t in zip(frame.schema.columns, frame.schema.types)]:
+            return False
+        if state.key_columns and self.con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {state.target}) OR EXISTS "
+                f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
+            return False
+        table = state.target.split(".", 1)[1]
+        self.con.execute(f"DROP TABLE {state.target}")
+        self.con.execute(f"ALTER TABLE {staging_name(frame)} RENAME TO {table}")
+        if state.key_columns:
+            self.con.execute(f"ALTER TABLE {state.target} ADD PRIMARY KEY ({', '.join(q(c) for c in state.key_columns)})")
+        return True
+
     def _exists(self, target: str) -> bool:
         schema, table = (part.strip('"') for part in target.split(".", 1))
         return bool(self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
@@ -573,7 +600,7 @@ class DuckDBReplica:
         names, exprs = self._snapshot_select(frame)
         return self.con.execute(
             f"INSERT INTO {state.target} ({', '.join(q(c) for c in names)}) "
-            f"SELECT {', '.join(exprs)} FROM {staging_name(frame.snapshot_id)} x",
+            f"SELECT {', '.join(exprs)} FROM {staging_name(frame)} x",
             {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}).fetchone()[0]
 
     def _merge_keyed(self, state: TableState, frame: SnapshotFrame, now: datetime, result: SnapshotResult,
@@ -581,15 +608,11 @@ class DuckDBReplica:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
         deletion) stays; anything older gives way to the snapshot's row, or, for a key the
         snapshot does not hold, is deleted (inside the snapshot's subset only)."""
-        target, cut, staging = state.target, frame.cut, staging_name(frame.snapshot_id)
+        target, cut, staging = state.target, frame.cut, staging_name(frame)
         table_ref = target.split(".")[-1]
         keys = [q(c) for c in state.key_columns]
         newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"
         params = {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}
-        if not self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {target}) OR EXISTS "
-                                f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
-            result.applied = self._insert_snapshot_rows(state, frame, now)  # a first copy: nothing to merge with
-            return
         if state.truncated_tx_id is None or cut.covers(state.truncated_tx_id):
             names, exprs = self._snapshot_select(frame)
             key_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)

@@ -282,7 +282,11 @@ class ApplierService(Service):
                     self.replica.stage_rows(w.frame, w.columns)
                 w.columns = None
             elif w.kind == "end":
-                result = self.replica.finish_snapshot(w.frame)
+                try:
+                    result = self.replica.finish_snapshot(w.frame)
+                except Exception as e:  # noqa: BLE001 - rolled back: the table keeps its content
+                    w = SnapshotWork("abandon", w.frame, reason=f"merging it failed: {e}")
+                    self.replica.abandon_snapshot(w.frame, w.reason)
             else:
                 self.replica.abandon_snapshot(w.frame, w.reason or "abandoned")
             done.append((w, result, time.monotonic() - started))
