@@ -82,23 +82,56 @@ def rss_kb(pid: int) -> int:
         return 0  # gone
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it (one pass over /proc)."""
-    children: dict[int, list[int]] = {}
+def processes() -> dict[int, tuple[int, int]]:
+    """Every process: pid -> (parent pid, CPU clock ticks used so far), from /proc."""
+    table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
         except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
+            continue  # gone meanwhile
+    return table
+
+
+def descendants(roots: list[int], table: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """``roots`` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (table if table is not None else processes()).items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
-        found.append(pid)
+        found.add(pid)
         todo.extend(children.get(pid, []))
     return found
+
+
+OUR_ROOTS: list[int] = [os.getpid()]
+"""This script and the stack's processes: any other CPU use during a measurement is
+someone else's (another stack, a build) and is reported as such."""
+
+
+class OtherLoad:
+    """CPU used, during the block, by processes that are neither this script's nor its
+    stack's, in cores (a busy neighbour on a 2-core machine slows every tool)."""
+
+    def __enter__(self) -> "OtherLoad":
+        self.cores = 0.0
+        self._before = processes()
+        self._ours = descendants(OUR_ROOTS, self._before)
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = processes()
+        ours = self._ours | descendants(OUR_ROOTS, after)
+        ticks = sum(cpu - self._before[pid][1] for pid, (_, cpu) in after.items()
+                    if pid in self._before and pid not in ours)
+        wall = time.monotonic() - self._t0
+        self.cores = ticks / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else 0.0
 
 
 class PeakRss:
@@ -108,13 +141,17 @@ class PeakRss:
     def __init__(self, pids: list[int], trees: bool, interval: float = 0.05):
         self.pids, self.trees, self.interval = pids, trees, interval
         self.peak_kb = 0
+        self.peak_kb_by_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pids = {p for root in self.pids for p in (descendants(root) if self.trees else [root])}
-            self.peak_kb = max(self.peak_kb, sum(rss_kb(p) for p in pids))
+            pids = descendants(self.pids) if self.trees else set(self.pids)
+            sizes = {p: rss_kb(p) for p in pids}
+            self.peak_kb = max(self.peak_kb, sum(sizes.values()))
+            for p, kb in sizes.items():
+                self.peak_kb_by_pid[p] = max(kb, self.peak_kb_by_pid.get(p, 0))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRss":
@@ -278,7 +315,7 @@ def duckdb_count(path: Path, table: str) -> int | None:
 def run_measured(name: str, argv: list[str], n: int, timeout: float, env: dict | None = None) -> dict:
     """Run one peer as a subprocess; wall time from spawn to exit, peak RSS of its tree."""
     log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-    with open(log, "wb") as out, PeakRss([], trees=True) as rss:
+    with open(log, "wb") as out, OtherLoad() as other, PeakRss([], trees=True) as rss:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         rss.pids.append(proc.pid)
@@ -291,7 +328,7 @@ def run_measured(name: str, argv: list[str], n: int, timeout: float, env: dict |
         seconds = time.monotonic() - started
     text = log.read_text(errors="replace")
     log.unlink()
-    result = {"tool": name, "n": n, "seconds": seconds, "peak_rss_mb": rss.peak_mb}
+    result = {"tool": name, "n": n, "seconds": seconds, "peak_rss_mb": rss.peak_mb, "other_load": other.cores}
     if code is None:
         result["error"] = f"did not finish in {timeout:.0f} s"
     elif code != 0:
@@ -370,10 +407,12 @@ def bench_mallard(stack: Stack, n: int, timeout: float) -> tuple[dict, dict | No
     t, stream = table_name(n), f"public.{table_name(n)}"
     add_to_publication(stack.dsn, n)
     log_start = stack.snapshotter_log.stat().st_size if stack.snapshotter_log.exists() else 0
-    pids = [stack.pid(c) for c in ("snapshotter", "applier", "broker")]
+    components = ("snapshotter", "applier", "broker")
+    pids = [stack.pid(c) for c in components]
+    rss_before = {c: rss_kb(stack.pid(c)) / 1024 for c in components}
     result = {"tool": "mallard (end to end)", "n": n}
     snap, count, snap_at = None, None, None
-    with PeakRss(pids, trees=False) as rss:
+    with OtherLoad() as other, PeakRss(pids, trees=False) as rss:
         started = time.monotonic()
         stack.mallard("resnapshot", stream, "--reason", "bench", timeout=60)
         deadline = started + timeout
@@ -391,7 +430,10 @@ def bench_mallard(stack: Stack, n: int, timeout: float) -> tuple[dict, dict | No
             time.sleep(0.25)
         result["seconds"] = time.monotonic() - started
     result["peak_rss_mb"] = rss.peak_mb
+    result["other_load"] = other.cores
     result["rows"] = count
+    result["note"] = "peak RSS: " + ", ".join(
+        f"{c} {rss.peak_kb_by_pid.get(stack.pid(c), 0) / 1024:,.0f} MB (from {rss_before[c]:,.0f})" for c in components)
     if count != n:
         result["error"] = f"did not finish in {timeout:.0f} s (replica count: {count})"
     snapshotter = None
@@ -479,6 +521,8 @@ def fmt_row(r: dict) -> str:
         notes.append(f"{r['core_seconds']:.1f} s inside the process")
     if r.get("note"):
         notes.append(r["note"])
+    if r.get("other_load", 0) >= 0.05:
+        notes.append(f"other processes used {r['other_load']:.2f} cores meanwhile")
     rows_text = f"{rows:,}" if isinstance(rows, int) else "?"
     if isinstance(rows, int) and rows != r["n"] and ok:
         notes.append(f"expected {r['n']:,} rows")
@@ -493,15 +537,17 @@ def report(results: list[dict]) -> str:
     lines = ["| tool | rows | seconds | rows/s | peak RSS MB | notes |", "|---|---|---|---|---|---|"]
     lines += [fmt_row(r) for r in results]
     for n in sorted({r["n"] for r in results}):
-        by = {r["tool"]: r for r in results if r["n"] == n}
+        by = {r["tool"].strip(): r for r in results if r["n"] == n}
         m, s = by.get("mallard (end to end)"), by.get("duckdb-pg-scanner")
-        if not m or not s:
+        snap = by.get("mallard snapshotter (read + publish)")
+        if not m or not s or "error" in s:
             continue
-        if "error" in m or "error" in s:
-            lines.append(f"\nmallard / postgres scanner, {n:,} rows: — (mallard: {m.get('error') or 'ok'}; "
-                         f"scanner: {s.get('error') or 'ok'})")
-        else:
-            lines.append(f"\nmallard / postgres scanner, {n:,} rows: {m['seconds'] / s['seconds']:.1f}x")
+        ratio = f"{m['seconds'] / s['seconds']:.1f}x" if "error" not in m else \
+            f"more than {m['seconds'] / s['seconds']:.0f}x (mallard did not finish)"
+        line = f"\nmallard / postgres scanner, {n:,} rows: {ratio}"
+        if snap:
+            line += f"; the snapshotter's read + publish alone: {snap['seconds'] / s['seconds']:.1f}x"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -547,6 +593,7 @@ def main() -> int:
         print(f"starting a local stack in {stack.home} ...", flush=True)
         started = time.monotonic()
         stack.up()
+        OUR_ROOTS.extend(c["pid"] for c in stack.status["components"].values() if c["pid"])
         print(f"stack up in {time.monotonic() - started:.0f} s", flush=True)
         for n in sizes:
             print(f"\n## {n:,} rows\nfilling public.{table_name(n)} ... ", end="", flush=True)
