@@ -25,7 +25,11 @@ peak RSS is the peak of its whole process tree's RSS sampled every 50 ms. Mallar
 RSS is the sum of the snapshotter, applier and broker processes (pids from
 ``mallard stack status --json``); its time runs from the resnapshot request to the
 moment the replica's count equals N. The stack's other processes (Debezium's JVM,
-the scheduler) stay up, idle, while the peers run.
+the scheduler) stay up, idle, while the peers run. Postgres' own memory is counted
+for no one. ``--repeat K`` keeps each peer's fastest of K runs. A row's note says
+when processes that are neither this script's nor its stack's used CPU meanwhile
+(another stack, a test run): on 2 cores that slows every tool, so compare such rows
+with care.
 
 Prints a markdown table (tool, rows, seconds, rows/s, peak RSS MB), mallard's time
 over the postgres scanner's, and the machine. This file imports only the standard
