@@ -30,7 +30,7 @@ import pyarrow as pa
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
-from mallard.core.pgtypes import ColumnType
+from mallard.core.pgtypes import ARROW_PARSED, ColumnType
 from mallard.core.schema_diff import diff
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.transactions import Transaction
@@ -99,12 +99,21 @@ def position_sql(alias: str) -> str:
 
 
 def snapshot_table(schema: TableSchema, columns: list) -> pa.Table:
-    """Decoded snapshot columns as typed Arrow arrays; a value of the wrong type is poison."""
-    try:
-        return pa.table({f"c{i}": pa.array(values, arrow_type(ct))
-                         for i, (values, ct) in enumerate(zip(columns, schema.types))})
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
-        raise PoisonMessage(f"snapshot value does not fit its column: {e}") from None
+    """Decoded snapshot columns (``decode_columns``) as typed Arrow arrays; a value of the
+    wrong type is poison."""
+    arrays = {}
+    for i, (values, ct) in enumerate(zip(columns, schema.types)):
+        try:
+            if ct.decode in ARROW_PARSED:
+                try:
+                    arrays[f"c{i}"] = pa.array(values, pa.string()).cast(arrow_type(ct))
+                    continue
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                    values = [None if v is None else ct.decode(v) for v in values]  # names what is wrong
+            arrays[f"c{i}"] = pa.array(values, arrow_type(ct))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+            raise PoisonMessage(f"snapshot column {i + 1} ({ct.duckdb}): {e}") from None
+    return pa.table(arrays)
 
 
 def arrow_type(ct: ColumnType) -> pa.DataType:

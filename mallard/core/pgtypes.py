@@ -181,6 +181,8 @@ _SIMPLE = {
 
 # Decoders that only check a value's JSON type: column-wise, the Arrow conversion checks it.
 CHECK_ONLY = frozenset({_int, _str, _bool})
+# Decoders whose text Arrow parses column-wise to the same value (ISO timestamps with offset).
+ARROW_PARSED = frozenset({_zoned_timestamp})
 
 _LOGICAL = {
     "io.debezium.time.Date": ("DATE", "date32", _int, False),

@@ -205,7 +205,9 @@ def _marked(expr_text: str) -> str:
 def json_expression(col: PgColumn) -> str:
     """SQL giving the column's value as the JSON text ``encode`` would give (NULL for NULL)."""
     c, t = _ident(col), col.type_name
-    if col.element is not None or t in ("float4", "float8", "bool"):
+    if t in ("float4", "float8"):  # JSON -0 would parse as the integer 0: keep the sign as encode does
+        return f"CASE WHEN {c} = 0 AND {c}::text LIKE '-%' THEN '-0.0' ELSE to_json({c})::text END"
+    if col.element is not None or t == "bool":
         if col.element is not None and not supported(col):
             return f"to_json({c}::text)::text"
         return f"to_json({c})::text"  # arrays of ints/text; floats print NaN and ±Infinity quoted, like encode

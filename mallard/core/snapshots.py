@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
-from mallard.core.pgtypes import CHECK_ONLY, ColumnType, column_type
+from mallard.core.pgtypes import ARROW_PARSED, CHECK_ONLY, ColumnType, column_type
 
 TopicPartition = tuple[str, int]
 
@@ -69,7 +69,8 @@ def frame_schema(stream: str, columns: list[dict[str, Any]]) -> TableSchema:
 def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list[Sequence[Any]]:
     """Rows of encoded values -> one sequence of transport values per column. Values whose
     encoding is their transport value (integers, text, booleans, days) pass as they are:
-    loading them into typed Arrow arrays checks them (see ``CHECK_ONLY``)."""
+    loading them into typed Arrow arrays checks them (``CHECK_ONLY``); so do timestamps
+    with offset, which Arrow parses (``ARROW_PARSED``)."""
     width = len(types)
     try:
         widths = set(map(len, rows))
@@ -80,7 +81,7 @@ def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list
     columns: list[Sequence[Any]] = list(zip(*rows)) if rows else [() for _ in types]
     for i, ct in enumerate(types):
         decode = ct.decode
-        if decode in CHECK_ONLY:
+        if decode in CHECK_ONLY or decode in ARROW_PARSED:
             continue
         try:
             columns[i] = [None if v is None else decode(v) for v in columns[i]]
