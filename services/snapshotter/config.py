@@ -8,6 +8,8 @@ class SnapshotterSettings(ServiceSettings, PostgresSettings):
     batch_rows: int = Field(10_000, description="Rows per snapshot batch message (upper bound; batch_bytes also applies).")
     batch_bytes: int = Field(900_000, description="Approximate bytes per snapshot batch message, under Kafka's 1 MB default.")
     consumer_group: str = Field("mallard-snapshotter", description="Kafka consumer group reading the control topic.")
+    slot_wait_s: float = Field(120, description="How long a request waits for Debezium's replication slot to exist "
+                               "before it fails (the slot appears when the CDC side has started).")
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),
                                   description="Debezium connector config: names the replication slot that must exist before a cut.")
     parallel_readers: int = Field(2, ge=1, description="Connections reading one large table at once (disjoint ctid page "

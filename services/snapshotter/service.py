@@ -56,6 +56,10 @@ class KafkaFailure(RuntimeError):
     """Kafka did not take a snapshot: fatal, so the request is not committed and is redone."""
 
 
+class SlotMissing(SnapshotError):
+    """Debezium's slot does not exist yet: transient while the CDC side starts."""
+
+
 class SnapshotAborted(RuntimeError):
     """The service is stopping: the snapshot is left without its end (the request is redone)."""
 
@@ -147,12 +151,15 @@ class SnapshotterService(Service):
         self.ready = True
         try:
             while not self.stopping.is_set():
-                messages = [m for m in consumer.consume(num_messages=100, timeout=0.5) if not m.error()]
+                first = consumer.poll(0.5)  # returns with the first request (consume() waits out its timeout)
+                if first is None:
+                    continue
+                messages = [m for m in [first, *consumer.consume(num_messages=100, timeout=0.05)] if not m.error()]
                 if not messages:
                     continue
                 for stream, request in self.coalesce(messages):
                     try:
-                        self.snapshot(stream, request)
+                        self._snapshot_when_the_slot_exists(stream, request)
                     except SnapshotAborted:
                         return  # stopping: nothing committed, the request is redone on restart
                     except (SnapshotError, postgres.SourceError, psycopg2.Error, ValueError) as e:
@@ -164,6 +171,24 @@ class SnapshotterService(Service):
         finally:
             self.ready = False
             consumer.close()
+
+    def _snapshot_when_the_slot_exists(self, stream: str, request: ResnapshotRequest) -> None:
+        """A missing slot is transient while Debezium starts (Kafka Connect registers the
+        connector after the services are up): wait for it, with backoff, up to
+        ``slot_wait_s``; then the request fails, saying why."""
+        delay, waited = 1.0, 0.0
+        while True:
+            try:
+                self.snapshot(stream, request)
+                return
+            except SlotMissing as e:
+                if waited >= self.settings.slot_wait_s or self.stopping.is_set():
+                    raise
+                if waited == 0:
+                    self.log.warning("%s; waiting up to %.0fs for it", e, self.settings.slot_wait_s)
+                self.stopping.wait(delay)
+                waited += delay
+                delay = min(delay * 2, 15.0)
 
     def coalesce(self, messages: list[Any]) -> list[tuple[str, ResnapshotRequest]]:
         """One snapshot per stream (and subset) for requests waiting together; a full
@@ -194,7 +219,7 @@ class SnapshotterService(Service):
         conn = postgres.connect(s)
         try:
             if not postgres.slot_exists(conn, self.slot_name):
-                raise SnapshotError(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
+                raise SlotMissing(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
                                     "the changes made before the slot exists; start the CDC publisher first")
             if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", table) is not True:
                 raise SnapshotError(f"table {stream} does not exist in Postgres")
