@@ -44,7 +44,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,9 @@ MALLARD = REPO / ".venv" / "bin" / "mallard"
 PEERS_VENV = REPO / ".bench-venv"
 PEERS_PY = PEERS_VENV / "bin" / "python"
 SITE = next(iter(sorted(PEERS_VENV.glob("lib/python3*/site-packages"))), PEERS_VENV / "lib" / "site-packages")
+sys.path.insert(0, str(REPO))
+
+from mallard.stack.processes import free_ports  # noqa: E402
 
 PORT_VARIABLES = (
     "MALLARD_PG_PORT", "MALLARD_KAFKA_PORT", "MALLARD_SNAPSHOTTER_HEALTH_PORT",
@@ -172,19 +174,6 @@ class PeakRss:
 
 
 # -- the local stack --------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 class Stack:
     """A mallard local stack in a temporary home on free ports, driven through the CLI."""
@@ -568,6 +557,7 @@ def main() -> int:
     p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds each peer may take (default 1800)")
     p.add_argument("--repeat", type=int, default=1, help="run each peer this many times, keep the fastest (default 1)")
     p.add_argument("--skip-mallard", action="store_true", help="measure the peers only")
+    p.add_argument("--skip-peers", action="store_true", help="measure mallard only")
     p.add_argument("--mallard-rows", type=int, nargs="*", help="sizes to run mallard on (default: all of --rows)")
     p.add_argument("--json", type=Path, help="also write every result to this file")
     # the workers, run by this script in the peers' venv
@@ -603,7 +593,7 @@ def main() -> int:
         for n in sizes:
             print(f"\n## {n:,} rows\nfilling public.{table_name(n)} ... ", end="", flush=True)
             print(f"{fill_table(stack.dsn, n):.1f} s", flush=True)
-            runs = [
+            runs = [] if args.skip_peers else [
                 lambda: bench_copy(stack.dsn, n, work, args.peer_timeout),
                 lambda: bench_scanner(stack.dsn, n, work, args.peer_timeout),
                 lambda: bench_sling(stack.dsn, n, work, args.peer_timeout),

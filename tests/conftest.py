@@ -9,11 +9,12 @@ import urllib.parse
 import urllib.request
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from mallard.stack.processes import free_ports
 
 import pytest
 
@@ -21,19 +22,6 @@ PORT_VARIABLES = (
     "MALLARD_PG_PORT", "MALLARD_KAFKA_PORT", "MALLARD_SNAPSHOTTER_HEALTH_PORT",
     "MALLARD_APPLIER_HEALTH_PORT", "MALLARD_SCHEDULER_HEALTH_PORT", "MALLARD_PUBLISHER_HEALTH_PORT",
 )
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Stack:
