@@ -125,3 +125,22 @@ def test_the_merge_converges_to_postgres_whatever_the_order(tmp_path_factory, hi
                 assert replica_rows(replica) == committed[n][2], f"after tx {n + 1} (cut {cut}, merged at {applied})"
     finally:
         replica.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3), st.integers(0, 2**32 - 1), st.lists(st.integers(0, 200), max_size=5), st.data())
+def test_the_sql_visibility_rule_is_the_cut_rule(epoch, base, offsets, data):
+    """covered_sql (what the merge runs) agrees with Cut.covers for 32-bit xids around a
+    64-bit cut, across epochs and wraparound."""
+    import duckdb
+
+    from mallard.adapters.duckdb_replica import covered_sql
+
+    xmin = epoch * 2**32 + base
+    xmax = xmin + data.draw(st.integers(0, 300))
+    cut = Cut(xmin, xmax, frozenset(x for x in (xmin + o for o in offsets) if x < xmax))
+    xids = data.draw(st.lists(st.integers(-400, 400), min_size=1, max_size=20))
+    txs = [(xmin + d) % 2**32 for d in xids]
+    con = duckdb.connect()
+    got = [con.execute(f"SELECT {covered_sql(cut, '$tx')}", {"tx": tx}).fetchone()[0] for tx in txs]
+    assert got == [cut.covers(tx) for tx in txs]
