@@ -519,9 +519,9 @@ class DuckDBReplica:
             elif not state.key_columns:
                 # Full refresh only: the snapshot is the table's new content, whole.
                 self.con.execute(f"DELETE FROM {state.target}")
-                result.applied = self._insert_snapshot_rows(state, frame, now)
+                result.applied = self._insert_snapshot_rows(state, frame)
             else:
-                self._merge_keyed(state, frame, now, result, subset)
+                self._merge_keyed(state, frame, result, subset)
             if frame.full and state.key_columns:
                 state.snapshot_cut = frame.cut
                 self.con.execute(f"DELETE FROM {tombstones_name(state.stream)} "
@@ -559,6 +559,9 @@ class DuckDBReplica:
                 and state.key_columns == list(schema.key_columns) and self._exists(state.target):
             return state
         if state is not None:
+            if not frame.full:
+                raise ValueError(f"{state.target} must be rebuilt ({state.reason or 'its columns changed'}) and a "
+                                 f"subset cannot rebuild it: take a full snapshot (mallard resnapshot {frame.stream})")
             log.warning("%s: rebuilding %s from snapshot %s (%s)", frame.stream, state.target, frame.snapshot_id,
                         state.reason or "its columns changed")
             self.con.execute(f"DROP TABLE IF EXISTS {state.target}")
@@ -597,23 +600,17 @@ class DuckDBReplica:
         return bool(self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
                                      [schema, table]).fetchone()[0])
 
-    def _snapshot_select(self, frame: SnapshotFrame) -> tuple[list[str], list[str]]:
-        """(column names, select expressions) writing staged rows ``x`` as snapshot rows."""
-        names = [*frame.schema.columns, *(c for c, _ in META_COLUMNS)]
-        exprs = [f"x.{q(c)}" for c in frame.schema.columns]
-        # Position 0: any CDC write the cut did not see is newer than a snapshot row.
-        exprs += ["0", "NULL", "'snapshot'", "$started", "$now", "$snapshot_id"]
-        return names, exprs
+    @staticmethod
+    def _staged_columns(frame: SnapshotFrame) -> list[str]:
+        """The staging table's columns: the snapshot's, then mallard's (already filled in)."""
+        return [q(c) for c in [*frame.schema.columns, *(c for c, _ in META_COLUMNS)]]
 
-    def _insert_snapshot_rows(self, state: TableState, frame: SnapshotFrame, now: datetime) -> int:
-        names, exprs = self._snapshot_select(frame)
-        return self.con.execute(
-            f"INSERT INTO {state.target} ({', '.join(q(c) for c in names)}) "
-            f"SELECT {', '.join(exprs)} FROM {staging_name(frame)} x",
-            {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}).fetchone()[0]
+    def _insert_snapshot_rows(self, state: TableState, frame: SnapshotFrame) -> int:
+        names = ", ".join(self._staged_columns(frame))
+        return self.con.execute(f"INSERT INTO {state.target} ({names}) SELECT {names} FROM {staging_name(frame)}"
+                                ).fetchone()[0]
 
-    def _merge_keyed(self, state: TableState, frame: SnapshotFrame, now: datetime, result: SnapshotResult,
-                     subset: str | None) -> None:
+    def _merge_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult, subset: str | None) -> None:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
         deletion) stays; anything older gives way to the snapshot's row, or, for a key the
         snapshot does not hold, is deleted (inside the snapshot's subset only)."""
@@ -621,18 +618,17 @@ class DuckDBReplica:
         table_ref = target.split(".")[-1]
         keys = [q(c) for c in state.key_columns]
         newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"
-        params = {"started": frame.started_at, "now": now, "snapshot_id": frame.snapshot_id}
         if state.truncated_tx_id is None or cut.covers(state.truncated_tx_id):
-            names, exprs = self._snapshot_select(frame)
+            names = self._staged_columns(frame)
             key_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
-            updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in state.key_columns)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
             result.applied = self.con.execute(
-                f"""INSERT INTO {target} ({', '.join(q(c) for c in names)})
-                    SELECT {', '.join(exprs)} FROM {staging} x
+                f"""INSERT INTO {target} ({', '.join(names)})
+                    SELECT {', '.join(f'x.{c}' for c in names)} FROM {staging} x
                     WHERE NOT EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
                                       WHERE {key_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})
                     ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}
-                    WHERE NOT {newer_row}""", params).fetchone()[0]
+                    WHERE NOT {newer_row}""").fetchone()[0]
         # else: truncated after the cut — every row the snapshot holds was removed since.
         if subset is None:
             return
