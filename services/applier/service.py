@@ -114,7 +114,7 @@ class ApplierService(Service):
     def run(self) -> None:
         s = self.settings
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
-        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.dead_letter_topic: 1})
+        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.dead_letter_topic: 1, s.snapshot_topic: 1})
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
         self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit)
         applied_lsn, recent = self.replica.applied_position()
