@@ -175,6 +175,8 @@ class ApplyStats:
     skipped: int = 0
     covered: int = 0
     dead: int = 0
+    needs_resnapshot: list[str] = field(default_factory=list)
+    """Streams this batch found needing a re-snapshot (a schema change that cannot be applied in place)."""
 
 
 class DuckDBReplica:
@@ -184,6 +186,7 @@ class DuckDBReplica:
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
+        self.needing_resnapshot: list[str] = []
         self._bootstrap()
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -301,6 +304,7 @@ class DuckDBReplica:
             change = diff(state.columns, state.key_columns, columns, list(schema.key_columns))
             if change.incompatible:
                 state.status, state.reason = NEEDS_RESNAPSHOT, change.incompatible
+                self.needing_resnapshot.append(schema.stream)
                 log.error("%s needs a re-snapshot: %s; its changes are held back until it is rebuilt",
                           schema.stream, change.incompatible)
             else:
@@ -377,6 +381,7 @@ class DuckDBReplica:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        stats.needs_resnapshot, self.needing_resnapshot = self.needing_resnapshot, []
         return stats
 
     def prune_recent(self) -> None:

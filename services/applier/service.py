@@ -429,6 +429,8 @@ class ApplierService(Service):
             self.counts["events_applied"] += stats.events
             self.counts["transactions_applied"] += stats.transactions
             self.counts["batches"] += 1
+            if stats.needs_resnapshot:  # rebuilt by a snapshot; its changes flow again after it
+                self._request_snapshot(stats.needs_resnapshot, "a schema change that cannot be applied in place")
             last = transactions[-1]
             lag = time.time() - last.committed_at_ms / 1000
             self.log.info(
