@@ -525,6 +525,8 @@ class DuckDBReplica:
                 # Full refresh only: the snapshot is the table's new content, whole.
                 self.con.execute(f"DELETE FROM {state.target}")
                 result.applied = self._insert_snapshot_rows(state, frame)
+            elif frame.full:
+                self._rebuild_keyed(state, frame, result)
             else:
                 self._merge_keyed(state, frame, result, subset)
             if frame.full and state.key_columns:
@@ -614,6 +616,39 @@ class DuckDBReplica:
         names = ", ".join(self._staged_columns(frame))
         return self.con.execute(f"INSERT INTO {state.target} ({names}) SELECT {names} FROM {staging_name(frame)}"
                                 ).fetchone()[0]
+
+    def _rebuild_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:
+        """The cut rule for a full snapshot, as a rewrite: the table's new content is the
+        snapshot's rows, but where CDC wrote a key after the cut (a row or a deletion), plus
+        the rows CDC wrote after the cut. Built by joins that spill to disk, then swapped in:
+        a row-by-row upsert of millions of rows would not fit in memory."""
+        target, cut, staging = state.target, frame.cut, staging_name(frame)
+        keys = [q(c) for c in state.key_columns]
+        newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
+        snapshot_columns = set(frame.schema.columns)
+        types = dict(state.columns)
+        names = [q(c) for c, _ in state.columns] + [q(c) for c, _ in META_COLUMNS]
+        from_snapshot = [f"x.{q(c)}" if c in snapshot_columns else f"NULL::{types[c]}" for c, _ in state.columns]
+        from_snapshot += [f"x.{q(c)}" for c, _ in META_COLUMNS]
+        key_match = " AND ".join(f"t.{k} = x.{k}" for k in keys)
+        tomb_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
+        rebuilt = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
+        snapshot_rows = "" if state.truncated_tx_id is not None and not cut.covers(state.truncated_tx_id) else f"""
+            SELECT {', '.join(from_snapshot)} FROM {staging} x
+             WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match} AND {newer})
+               AND NOT EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
+                               WHERE {tomb_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})
+            UNION ALL"""  # else: truncated after the cut — every row the snapshot holds was removed since
+        result.deleted = self.con.execute(
+            f"SELECT count(*) FROM {target} t WHERE NOT {newer} AND NOT EXISTS "
+            f"(SELECT 1 FROM {staging} x WHERE {key_match})").fetchone()[0]
+        kept = self.con.execute(f"SELECT count(*) FROM {target} t WHERE {newer}").fetchone()[0]
+        self.con.execute(f"""CREATE TABLE {rebuilt} AS {snapshot_rows}
+            SELECT {', '.join(f't.{n}' for n in names)} FROM {target} t WHERE {newer}""")
+        result.applied = self.con.execute(f"SELECT count(*) FROM {rebuilt}").fetchone()[0] - kept
+        self.con.execute(f"DROP TABLE {target}")
+        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target.split('.', 1)[1]}")
+        self.con.execute(f"ALTER TABLE {target} ADD PRIMARY KEY ({', '.join(keys)})")
 
     def _merge_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult, subset: str | None) -> None:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
