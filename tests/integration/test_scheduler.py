@@ -98,3 +98,19 @@ def test_a_scheduler_restarted_after_missed_fires_runs_the_latest_once(stack, tm
     log = (tmp_path / "s.log").read_text()
     assert "missed while down: run once" in log
     assert stack.env["MALLARD_PG_PASSWORD"] not in log
+
+
+def test_a_table_that_does_not_exist_fails_in_one_line(stack, tmp_path):
+    config = tmp_path / "replication.yaml"
+    config.write_text('streams:\n  public.customers:\n  public.invoices:\nschedules:\n  d:\n    cron: "0 6 * * *"\n')
+    out = stack.mallard("config", "check", "--config", str(config), check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"mallard: {config}:3: streams.public.invoices: table public.invoices does not " \
+                                 f"exist in Postgres"
+    ok = stack.mallard("config", "check", "--config", str(DEMO_CONFIG))
+    assert "every table exists in Postgres" in ok.stdout
+    # the scheduler refuses it at start, in one line
+    p = start_scheduler(stack, tmp_path, f"test.control.{uuid.uuid4().hex[:8]}", config, "", 1, "bad")
+    assert p.wait(60) == 1
+    errors = [line for line in (tmp_path / "bad.log").read_text().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "streams.public.invoices: table public.invoices does not exist" in errors[0], errors
