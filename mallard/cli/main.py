@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
 
-    res = sub.add_parser("resnapshot", help="ask the snapshotter for a full refresh of streams ('<schema>.<table>')")
+    res = sub.add_parser("resnapshot", help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
     res.add_argument("streams", nargs="+")
     res.add_argument("--where", help="SQL filter: snapshot only part of the table")
     res.add_argument("--reason", default="ad hoc")

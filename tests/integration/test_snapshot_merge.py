@@ -125,3 +125,25 @@ def test_the_merge_converges_to_postgres_whatever_the_order(tmp_path_factory, hi
                 assert replica_rows(replica) == committed[n][2], f"after tx {n + 1} (cut {cut}, merged at {applied})"
     finally:
         replica.close()
+
+
+def test_an_incremental_snapshot_upserts_and_deletes_nothing(tmp_path):
+    """The real DuckDB adapter: a subset snapshot deletes inside its subset what it does not
+    hold; the same snapshot flagged incremental only upserts."""
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    try:
+        merge_snapshot(replica, "s0", Cut(100, 100), {1: 10, 2: 20, 3: 30})
+
+        def subset(snapshot_id: str, incremental: bool) -> None:
+            frame = SnapshotFrame(snapshot_id, STREAM, Cut(101, 101), SCHEMA, "v >= 20", datetime.now(timezone.utc),
+                                  incremental=incremental)
+            replica.begin_snapshot(frame)
+            replica.stage_rows(frame, snapshot_table(SCHEMA, [[2, 4], [21, 40]]))
+            replica.finish_snapshot(frame)
+
+        subset("inc", incremental=True)
+        assert replica_rows(replica) == {1: 10, 2: 21, 3: 30, 4: 40}  # 3 (v >= 20, not held) stays
+        subset("sub", incremental=False)
+        assert replica_rows(replica) == {1: 10, 2: 21, 4: 40}  # a plain subset deletes it
+    finally:
+        replica.close()

@@ -56,3 +56,29 @@ def test_request_ids():
     assert rid == "daily@2026-01-01T06:00:00+00:00"
     assert parse_request_id(rid) == ("daily", t("2026-01-01T06:00:00+00:00"))
     assert parse_request_id("cli-abc") is None
+
+
+def test_incremental_state_folds_ends_and_resets():
+    from mallard.core.incremental import (and_filters, end_event, fold_states, incremental_filter, is_incremental_run,
+                                          reset_events)
+
+    end = {"kind": "end", "snapshot_id": "s1", "stream": "public.orders", "finished_at": "2026-01-01T06:00:05+00:00",
+           "max_update_key": "2025-12-31 17:59:00+00", "update_key": "updated_at"}
+    plain = {**end, "snapshot_id": "s0", "update_key": None, "max_update_key": None}
+    reset = {"kind": "state-reset", "reset_id": "r1", "streams": ["public.orders"], "to_value": None,
+             "requested_by": "cli:me", "requested_at": "2026-01-01T07:00:00+00:00"}
+    assert end_event(plain) is None  # a snapshot of a full-refresh stream, or a subset, says nothing
+    events = [end_event(end)]
+    assert fold_states(events)["public.orders"].value == "2025-12-31 17:59:00+00"
+    state = fold_states(events + reset_events(reset))["public.orders"]
+    assert state.value is None and state.source == "reset r1 by cli:me" and state.update_key == "updated_at"
+    later = {**end, "snapshot_id": "s2", "finished_at": "2026-01-01T08:00:00+00:00", "max_update_key": "x"}
+    assert fold_states(events + reset_events(reset) + [end_event(later)])["public.orders"].value == "x"
+    assert incremental_filter("updated_at", "it's") == "\"updated_at\" > 'it''s'"
+    assert incremental_filter("updated_at", None) is None
+    assert and_filters("a = 1", None, "b > 2") == "(a = 1) AND (b > 2)"
+    assert is_incremental_run("incremental", False, None, "scheduler:daily")
+    assert not is_incremental_run("incremental", True, None, "cli:me")  # --full
+    assert not is_incremental_run("incremental", False, "id < 5", "cli:me")  # --where
+    assert not is_incremental_run("incremental", False, None, "applier")  # first snapshots, rebuilds
+    assert not is_incremental_run("full-refresh", False, None, "scheduler:daily")
