@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from mallard.core.connector_config import ConnectorConfig, parse_connector_config, resolve_placeholders
+from mallard.core.connector_config import ConnectorConfig, parse_connector_config, resolve_placeholders, with_streams
 
 log = logging.getLogger("mallard.connector")
 
@@ -24,6 +24,20 @@ def load_connector_config_file(path: Path | str, env: Mapping[str, str] | None =
         raise FileNotFoundError(f"connector config {path}: {e.strerror}") from None
     config = parse_connector_config(text, source=str(path))
     return resolve_placeholders(config, env) if env is not None else config
+
+
+def derive_connector_config(connector_config: Path | str, replication_config: Path | str, out: Path) -> ConnectorConfig:
+    """Write ``out``: the connector config with table.include.list set from the replication
+    config's streams (placeholders kept). The local stack points every service at it."""
+    from mallard.replication import load_config
+
+    config = with_streams(load_connector_config_file(connector_config), list(load_config(replication_config).streams))
+    doc = {"name": config.name, "config": config.config}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    return config
 
 
 def register(connect_url: str, config: ConnectorConfig, timeout: float = 300.0) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from schemas.control import ResnapshotRequest
+from schemas.control import ResnapshotRequest, StateReset
 from schemas.deadletter import DeadLetter
 from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
 from schemas.snapshot import SnapshotMessage
@@ -20,6 +20,7 @@ CONTRACTS = {
     "debezium.transaction_event.v1": TransactionEvent,
     "snapshot.message.v1": SnapshotMessage,
     "control.resnapshot_request.v1": ResnapshotRequest,
+    "control.state_reset.v1": StateReset,
     "deadletter.v1": DeadLetter,
 }
 

@@ -56,6 +56,8 @@ class SnapshotBegin(_Message):
     where: str | None = Field(None, description="Filter of a subset snapshot; the end-of-snapshot delete stays inside it.")
     request_id: str | None = Field(None, description="The resnapshot request this snapshot answers.")
     started_at: datetime
+    incremental: bool = Field(False, description="An incremental run (rows with update_key past the stream's state): "
+                              "rows are upserted; nothing is deleted at its end.")
 
 
 class SnapshotRows(_Message):
@@ -69,7 +71,10 @@ class SnapshotEnd(_Message):
     batches: int = Field(ge=0)
     row_count: int = Field(ge=0)
     finished_at: datetime
-    max_update_key: Any = Field(None, description="Largest update_key value read (incremental streams).")
+    max_update_key: Any = Field(None, description="Incremental streams: the stream's state after this snapshot, the "
+                                "largest update_key value read (Postgres text form), or the state it started from "
+                                "when it read no row.")
+    update_key: str | None = Field(None, description="The column max_update_key is of (incremental streams).")
 
 
 SnapshotMessage = Annotated[Union[SnapshotBegin, SnapshotRows, SnapshotEnd], Field(discriminator="kind")]

@@ -19,5 +19,14 @@ done
 .venv/bin/mallard query "SELECT _mallard_source, count(*) AS rows, max(_mallard_committed_at) AS last_write FROM orders GROUP BY 1 ORDER BY 1"
 .venv/bin/mallard query "SELECT id, status, total, _mallard_source, _mallard_committed_at FROM orders ORDER BY _mallard_position DESC LIMIT 5"
 echo
+echo "The replication config (demo/replication.yaml): streams, modes, schedules, checked against Postgres:"
+.venv/bin/mallard config check
+echo
+echo "public.orders is incremental: a run reads only the rows whose updated_at moved past its state (kept in Kafka):"
+.venv/bin/mallard state show
+.venv/bin/mallard demo changes --count 5 >/dev/null
+.venv/bin/mallard resnapshot public.orders --reason "demo: incremental run" --wait --timeout 120
+.venv/bin/mallard state show
+echo
 .venv/bin/mallard stack status
 .venv/bin/mallard stack guide

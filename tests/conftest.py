@@ -33,7 +33,9 @@ class Stack:
         self.ports = dict(zip(PORT_VARIABLES, free_ports(len(PORT_VARIABLES))))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
         self.env.update({k: str(v) for k, v in self.ports.items()})
-        self.env.update({"MALLARD_HOME": str(home), "MALLARD_START_TIMEOUT_S": "120", **extra_env})
+        # No replication config unless a test gives one: the connector config's own table list, no schedules.
+        self.env.update({"MALLARD_HOME": str(home), "MALLARD_START_TIMEOUT_S": "120", "MALLARD_REPLICATION_CONFIG": "",
+                         **extra_env})
 
     def mallard(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "mallard.cli.main", *args], env=self.env, capture_output=True,

@@ -670,7 +670,7 @@ class DuckDBReplica:
                     ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}
                     WHERE NOT {newer_row}""").fetchone()[0]
         # else: truncated after the cut — every row the snapshot holds was removed since.
-        if subset is None:
+        if subset is None or frame.incremental:  # an incremental run holds only changed rows: it deletes nothing
             return
         gone = " AND ".join(f"x.{k} = {table_ref}.{k}" for k in keys)
         result.deleted = self.con.execute(

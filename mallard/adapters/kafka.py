@@ -152,3 +152,39 @@ def read_topic(
             yield msg
     finally:
         reader.close()
+
+
+def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: float = 120.0) -> Iterable[Any]:
+    """Yield every message of ``topic`` (all partitions, from the beginning, no consumer
+    group) up to its end: each partition's high watermark as of the start, and then
+    until ``idle`` seconds pass without a message (Tansu may under-report watermarks).
+    A topic that does not exist yields nothing."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    metadata = broker_metadata(bootstrap_servers)
+    if topic not in metadata.topics:
+        return
+    reader = consumer(bootstrap_servers, "mallard-read-to-end", **{"queued.max.messages.kbytes": 16 * 1024,
+                                                                   "enable.partition.eof": True})
+    try:
+        parts = list(metadata.topics[topic].partitions)
+        high = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        position = {p: -1 for p in parts}
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.1)
+            reached = all(position[p] + 1 >= high[p] for p in parts)
+            if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+                if reached and time.monotonic() - last >= idle:
+                    return
+                continue
+            if msg.error():
+                raise KafkaException(msg.error())
+            position[msg.partition()] = msg.offset()
+            last = time.monotonic()
+            yield msg
+        raise BrokerUnavailable(f"reading {topic} to its end took more than {timeout:.0f}s")
+    finally:
+        reader.close()

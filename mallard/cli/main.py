@@ -171,9 +171,11 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
 
     s = _stack_settings()
     control_topic = KafkaSettings().control_topic
+    if args.full and args.where:
+        raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
     request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=args.streams, reason=args.reason,
                                 requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
-                                where=args.where)
+                                where=args.where, full=args.full)
     producer = kafka.producer(s.bootstrap_servers)
     producer.produce(control_topic, key=request.request_id.encode(), value=request.model_dump_json().encode())
     if producer.flush(30) != 0:
@@ -220,6 +222,88 @@ def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float) -> 
     return 1 if failed else 0
 
 
+def _replication_config(args: argparse.Namespace):
+    from mallard.replication import load_config
+
+    path = getattr(args, "config", None) or _stack_settings().replication_config
+    if not path:
+        raise ValueError("no replication config: pass --config FILE or set MALLARD_REPLICATION_CONFIG")
+    return load_config(path)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from mallard.adapters import postgres
+    from mallard.replication import check_against_postgres
+
+    config = _replication_config(args)
+    if not args.offline:
+        conn = postgres.connect(_stack_settings())
+        try:
+            check_against_postgres(config, conn)
+        finally:
+            conn.close()
+    print(f"{config.path}: ok: {len(config.streams)} stream(s) "
+          f"({', '.join(f'{n} {s.mode}' for n, s in config.streams.items())}), {len(config.schedules)} schedule(s)"
+          + ("" if args.offline else "; every table exists in Postgres"))
+    for name, sched in config.schedules.items():
+        print(f"  schedule {name}: {sched.cron.expression} ({sched.cron.tz}) -> {', '.join(sched.streams)}")
+    return 0
+
+
+def cmd_state_show(args: argparse.Namespace) -> int:
+    from mallard.settings import KafkaSettings
+    from mallard.state import read_states
+
+    k = KafkaSettings()
+    config = _replication_config(args)
+    states = read_states(_stack_settings().bootstrap_servers, k.snapshot_topic, k.control_topic)
+    streams = args.streams or [n for n, s in config.streams.items() if s.incremental]
+    for name in streams:
+        cfg = config.stream(name)
+        if cfg is None:
+            raise ValueError(f"{name} is not a stream of {config.path}")
+        st = states.get(name)
+        if not cfg.incremental:
+            print(f"{name}: {cfg.mode} (no incremental state)")
+        elif st is None or st.value is None:
+            print(f"{name}: incremental on {cfg.update_key}: no state — the next run reads every row"
+                  + (f" (since {st.source}, {st.at.isoformat()})" if st else ""))
+        else:
+            print(f"{name}: incremental on {cfg.update_key} > {st.value}  (from {st.source}, {st.at.isoformat()})")
+    return 0
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from mallard.adapters import kafka
+    from mallard.settings import KafkaSettings
+    from schemas.control import StateReset
+
+    config = _replication_config(args)
+    if args.all == bool(args.streams):
+        raise ValueError("name the streams to reset, or --all")
+    streams = [n for n, s in config.streams.items() if s.incremental] if args.all else args.streams
+    for name in streams:
+        cfg = config.stream(name)
+        if cfg is None or not cfg.incremental:
+            raise ValueError(f"{name} is not an incremental stream of {config.path}")
+    if not streams:
+        raise ValueError(f"{config.path} has no incremental stream")
+    reset = StateReset(reset_id=f"reset-{uuid.uuid4().hex[:12]}", streams=streams, to_value=args.to,
+                       requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc))
+    s = _stack_settings()
+    producer = kafka.producer(s.bootstrap_servers)
+    producer.produce(KafkaSettings().control_topic, key=reset.reset_id.encode(), value=reset.model_dump_json().encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the reset")
+    what = f"resumes after {args.to!r}" if args.to is not None else "reads every row (upserts; nothing is deleted)"
+    print(f"{reset.reset_id}: the next incremental run of {', '.join(streams)} {what}")
+    return 0
+
+
 def cmd_demo_changes(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
     from mallard.demo import make_changes
@@ -239,6 +323,11 @@ def cmd_connector_register(args: argparse.Namespace) -> int:
 
     configure()
     config = load_connector_config_file(args.config)
+    if args.replication_config:
+        from mallard.core.connector_config import with_streams
+        from mallard.replication import load_config
+
+        config = with_streams(config, list(load_config(args.replication_config).streams))
     state = register(args.connect_url, config, timeout=args.timeout)
     print(f"connector {config.name}: {state}")
     return 0
@@ -284,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
 
-    res = sub.add_parser("resnapshot", help="ask the snapshotter for a full refresh of streams ('<schema>.<table>')")
+    res = sub.add_parser("resnapshot", help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
     res.add_argument("streams", nargs="+")
     res.add_argument("--where", help="SQL filter: snapshot only part of the table")
     res.add_argument("--reason", default="ad hoc")
@@ -292,7 +381,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="follow the snapshots until DuckDB has merged them (a progress bar on a terminal); "
                           "exit 1 if one is abandoned")
     res.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
+    res.add_argument("--full", action="store_true",
+                     help="an incremental stream: one full refresh (every row; rows gone from Postgres are deleted), "
+                          "which also resets its state to the table's largest update_key")
     res.set_defaults(func=cmd_resnapshot)
+
+    cfg = sub.add_parser("config", help="the replication config (streams, modes, schedules)")
+    cfgsub = cfg.add_subparsers(dest="config_command", required=True)
+    chk = cfgsub.add_parser("check", help="validate the config and check every table exists in Postgres")
+    chk.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's (demo/replication.yaml)")
+    chk.add_argument("--offline", action="store_true", help="validate the file only, without Postgres")
+    chk.set_defaults(func=cmd_config_check)
+
+    state = sub.add_parser("state", help="incremental state (the last update_key value per stream), kept in Kafka")
+    stsub = state.add_subparsers(dest="state_command", required=True)
+    show = stsub.add_parser("show", help="each incremental stream's state and where it comes from")
+    show.add_argument("streams", nargs="*")
+    show.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
+    show.set_defaults(func=cmd_state_show)
+    reset = stsub.add_parser("reset", help="forget a stream's state (the next run reads every row) or rewind it "
+                                           "(--to VALUE: resume after VALUE, for a backfill)")
+    reset.add_argument("streams", nargs="*")
+    reset.add_argument("--all", action="store_true", help="every incremental stream")
+    reset.add_argument("--to", help="update_key value to resume after (as Postgres prints it)")
+    reset.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
+    reset.set_defaults(func=cmd_state_reset)
 
     demo = sub.add_parser("demo", help="the demo shop database")
     dsub = demo.add_subparsers(dest="demo_command", required=True)
@@ -307,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--connect-url", default="http://connect:8083")
     reg.add_argument("--config", type=Path, default=DEFAULT_CONNECTOR_CONFIG)
     reg.add_argument("--timeout", type=float, default=300.0)
+    reg.add_argument("--replication-config", help="derive table.include.list from this replication config's streams")
     reg.set_defaults(func=cmd_connector_register)
     return p
 

@@ -120,6 +120,14 @@ def parse_connector_config(text: str, source: str = "connector config") -> Conne
     return ConnectorConfig(name=doc["name"], config=config)
 
 
+def with_streams(config: ConnectorConfig, streams: list[str]) -> ConnectorConfig:
+    """The connector config capturing exactly the replication config's streams
+    (``table.include.list`` derived from them, so the two cannot disagree)."""
+    if not streams:
+        raise ConnectorConfigError("the replication config has no streams for table.include.list")
+    return ConnectorConfig(name=config.name, config={**config.config, "table.include.list": ",".join(streams)})
+
+
 def placeholders(config: ConnectorConfig) -> set[str]:
     """Environment variables the config refers to."""
     return {m.group(1) for v in config.config.values() for m in PLACEHOLDER.finditer(v)}

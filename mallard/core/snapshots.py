@@ -33,6 +33,8 @@ class SnapshotFrame:
     started_at: datetime
     request_id: str | None = None
     offset: tuple[TopicPartition, int] = (("", 0), 0)
+    incremental: bool = False
+    """An incremental run: upsert its rows, delete nothing at its end."""
     batches: int = 0
     rows: int = 0
     """Rows received so far."""

@@ -25,6 +25,7 @@ from mallard.settings import DEFAULT_CONNECTOR_CONFIG, DEFAULT_KAFKA_PORT, REPO_
 from mallard.stack.processes import PidFile, is_alive, port_in_use, spawn, tail, terminate
 
 DEMO_SQL = REPO_ROOT / "demo" / "shop.sql"
+DEMO_REPLICATION_CONFIG = REPO_ROOT / "demo" / "replication.yaml"
 
 
 class StackSettings(PostgresSettings):
@@ -37,6 +38,9 @@ class StackSettings(PostgresSettings):
     scheduler_health_port: int = Field(18083, description="Health port of the scheduler.")
     publisher_health_port: int = Field(18084, description="Health port of the CDC publisher.")
     connector_config: Path = Field(DEFAULT_CONNECTOR_CONFIG, description="Debezium connector config file.")
+    replication_config: str = Field(str(DEMO_REPLICATION_CONFIG), description="Replication config (streams, modes, "
+                                    "schedules); the connector's table.include.list is derived from its streams. "
+                                    "Empty: none (the connector config's own list, no schedules).")
     pg_bin: str = Field("", description="Folder of the Postgres server binaries; empty: the newest /usr/lib/postgresql/*/bin.")
     start_timeout_s: float = Field(180.0, description="How long each component may take to become healthy.")
 
@@ -141,10 +145,24 @@ class LocalStack:
             "MALLARD_KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
             "MALLARD_HEALTH_PORT": str(health_port),
             "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
-            "MALLARD_CONNECTOR_CONFIG": str(s.connector_config.resolve()),
+            "MALLARD_CONNECTOR_CONFIG": str(self.connector_config_path()),
+            "MALLARD_REPLICATION_CONFIG": str(Path(s.replication_config).resolve()) if s.replication_config else "",
             "MALLARD_OFFSETS_FILE": str(self.offsets_file),
             "PYTHONUNBUFFERED": "1",
         }
+
+    def connector_config_path(self) -> Path:
+        """The connector config the services run: with a replication config, a copy in the
+        home whose table.include.list is derived from its streams."""
+        if not self.s.replication_config:
+            return self.s.connector_config.resolve()
+        return self.home / "debezium" / "connector.json"
+
+    def derive_connector_config(self) -> None:
+        if self.s.replication_config:
+            from mallard.connector import derive_connector_config
+
+            derive_connector_config(self.s.connector_config, self.s.replication_config, self.connector_config_path())
 
     def _service(self, name: str, module: str, port: int, hint: str) -> Component:
         from mallard.health import probe
@@ -255,6 +273,7 @@ class LocalStack:
 
     def up(self, demo: bool = True, report: Callable[[str], None] = print) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.derive_connector_config()  # a bad replication config stops here, in one line
         # Fail fast, before starting anything: a port taken by a process that is not ours.
         for c in self.components:
             if c.running_pid() is None and port_in_use(c.port):
@@ -374,6 +393,6 @@ class LocalStack:
             },
             "kafka": {"bootstrap_servers": s.bootstrap_servers},
             "duckdb": {"path": str(self.duckdb_path)},
-            "debezium": {"connector_config": str(s.connector_config.resolve()),
+            "debezium": {"connector_config": str(self.connector_config_path()),
                          "offsets_file": str(self.offsets_file)},
         }

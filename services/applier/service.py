@@ -243,7 +243,7 @@ class ApplierService(Service):
             frame = SnapshotFrame(message.snapshot_id, message.stream,
                                   Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
                                   frame_schema(message.stream, columns), message.where, message.started_at,
-                                  message.request_id)
+                                  message.request_id, incremental=message.incremental)
             self._queue_snapshot_work(self.snapshots.begin(frame, tp, offset))
         elif isinstance(message, SnapshotEnd):
             frame = self.snapshots.frame(message.stream, message.snapshot_id)

@@ -7,9 +7,10 @@ from services.scheduler.service import SchedulerService
 
 SUMMARY = """\
 mallard scheduler: turns the replication config's cron schedules into resnapshot
-requests on the control topic, once per fire (deterministic ids), recovering its
-last fires from Kafka. Today it reaches Kafka, creates the control topic and
-waits; schedules arrive with the replication-config issue."""
+requests on the control topic, once per fire (deterministic ids '<schedule>@<fire time>'),
+recovering its last fires from Kafka. Run several: one publishes (it holds the control
+topic's partition in the consumer group), the others stand by. A fire missed while no
+scheduler ran is run once on start (catch_up=once) or skipped (catch_up=skip)."""
 
 if __name__ == "__main__":
     sys.exit(main("python -m services.scheduler", SUMMARY, SchedulerSettings, SchedulerService))

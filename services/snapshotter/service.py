@@ -38,7 +38,9 @@ from mallard.core.cut import Cut
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
                                             select_expression)
 from mallard.service import Service
-from schemas.control import ResnapshotRequest
+from mallard.core.incremental import and_filters, incremental_filter, is_incremental_run, quote_ident
+from mallard.core.replication_config import ReplicationConfig
+from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
 from schemas.snapshot import SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
 from services.snapshotter.config import SnapshotterSettings
 
@@ -122,6 +124,9 @@ class SnapshotterService(Service):
         self.counts = {"snapshots": 0, "rows": 0, "failed": 0}
         self.current: dict[str, Any] | None = None
         self.delivery_errors: list[str] = []
+        self.config: ReplicationConfig | None = None
+        self.served: set[str] = set()
+        """Scheduled request ids served by this process: a fire published twice is snapshotted once."""
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), **self.counts, "current": self.current}
@@ -131,6 +136,10 @@ class SnapshotterService(Service):
         s = self.settings
         kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1})
         self.slot_name = load_connector_config_file(s.connector_config).slot_name
+        if s.replication_config:
+            from mallard.replication import load_config
+
+            self.config = load_config(s.replication_config)
         self.producer = kafka.producer(s.kafka_bootstrap_servers, **{
             "linger.ms": 20, "compression.type": "none", "queue.buffering.max.kbytes": s.producer_queue_kb,
             "delivery.report.only.error": True, "on_delivery": self._delivered})
@@ -196,13 +205,25 @@ class SnapshotterService(Service):
         todo: dict[tuple[str, str | None], ResnapshotRequest] = {}
         for msg in messages:
             try:
-                request = ResnapshotRequest.model_validate_json(msg.value() or b"")
+                request = control_message_adapter.validate_json(msg.value() or b"")
             except ValueError as e:
                 self.log.error("ignored a malformed request at %s[%d]@%d: %s", msg.topic(), msg.partition(),
                                msg.offset(), str(e).splitlines()[0])
                 continue
+            if isinstance(request, StateReset):
+                self.log.info("state reset %s of %s to %s (%s)", request.reset_id, ", ".join(request.streams),
+                              request.to_value if request.to_value is not None else "nothing (read every row)",
+                              request.requested_by)
+                continue
+            if request.requested_by.startswith("scheduler:"):
+                if request.request_id in self.served:
+                    self.log.info("request %s already served: ignored", request.request_id)
+                    continue
+                self.served.add(request.request_id)
             for stream in request.streams:
                 if (stream, None) in todo:
+                    if request.full and not todo[(stream, None)].full:
+                        todo[(stream, None)] = request  # a forced full refresh wins over an incremental run
                     continue
                 if request.where is None:
                     for k in [k for k in todo if k[0] == stream]:
@@ -223,14 +244,15 @@ class SnapshotterService(Service):
                                     "the changes made before the slot exists; start the CDC publisher first")
             if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", table) is not True:
                 raise SnapshotError(f"table {stream} does not exist in Postgres")
-            if request.where is not None:
+            where, incremental, update_key, state_value = self._run_filter(stream, request)
+            if where is not None:
                 if not postgres.primary_key(conn, stream):
                     raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "
                                         "the applier replaces such a table whole; ask for a full snapshot")
                 try:
-                    postgres.scalar(conn, f"EXPLAIN SELECT 1 FROM {table} WHERE ({request.where})")
+                    postgres.scalar(conn, f"EXPLAIN SELECT 1 FROM {table} WHERE ({where})")
                 except psycopg2.Error as e:
-                    raise SnapshotError(f"bad --where for {stream} ({request.where!r}): "
+                    raise SnapshotError(f"bad --where for {stream} ({where!r}): "
                                         f"{(e.pgerror or str(e)).strip()}") from None
             use_sql = s.sql_encoding and conn.server_version >= 140000
             conn.autocommit = False
@@ -247,7 +269,8 @@ class SnapshotterService(Service):
             readers = s.parallel_readers if estimate >= s.parallel_min_rows and pages >= 2 * s.parallel_readers else 1
             exported = postgres.scalar(conn, "SELECT pg_export_snapshot()") if readers > 1 else None
             begin = SnapshotBegin(
-                snapshot_id=snapshot_id, stream=stream, request_id=request.request_id, where=request.where,
+                snapshot_id=snapshot_id, stream=stream, request_id=request.request_id, where=where,
+                incremental=incremental,
                 cut=SnapshotCut(xmin=cut.xmin, xmax=cut.xmax, xip=sorted(cut.xip)),
                 columns=[SnapshotColumn(name=c.name, pg_type=c.type_name,
                                         primary_key_position=key.index(c.name) + 1 if c.name in key else None,
@@ -261,14 +284,22 @@ class SnapshotterService(Service):
             batcher = _Batcher(self, stream, snapshot_id, columns, max(estimate, 0), fix)
             bounds = [None] + [pages * i // readers for i in range(1, readers)] + [None]
             ranges = list(zip(bounds, bounds[1:]))
-            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s encoding", snapshot_id, stream,
-                          cut_text, estimate, readers, "SQL" if use_sql else "Python")
+            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s encoding%s", snapshot_id, stream,
+                          cut_text, estimate, readers, "SQL" if use_sql else "Python",
+                          f", incremental after {state_value!r}" if incremental else "")
             if readers == 1:
-                self._read(conn, table, columns, request.where, ranges[0], use_sql, batcher)
+                self._read(conn, table, columns, where, ranges[0], use_sql, batcher)
             else:
-                self._read_parallel(exported, table, columns, request.where, ranges, use_sql, batcher)
+                self._read_parallel(exported, table, columns, where, ranges, use_sql, batcher)
+            max_update_key = None
+            if update_key is not None:  # the stream's state after this run, read in the same snapshot (the cut)
+                max_update_key = postgres.scalar(
+                    conn, f"SELECT max({quote_ident(update_key)})::text FROM {table}" + (f" WHERE ({where})" if where else ""))
+                if max_update_key is None:
+                    max_update_key = state_value  # no row read: the state stays where it was
             end = SnapshotEnd(snapshot_id=snapshot_id, stream=stream, batches=batcher.batches,
-                              row_count=batcher.rows, finished_at=datetime.now(timezone.utc))
+                              row_count=batcher.rows, finished_at=datetime.now(timezone.utc),
+                              max_update_key=max_update_key, update_key=update_key)
             self._send(stream, end.model_dump_json().encode())
             self._flush(snapshot_id)
             conn.rollback()
@@ -281,6 +312,27 @@ class SnapshotterService(Service):
         self.counts["snapshots"] += 1
         self.counts["rows"] += end.row_count
         return end
+
+    def _run_filter(self, stream: str, request: ResnapshotRequest) -> tuple[str | None, bool, str | None, str | None]:
+        """(filter, incremental, update_key to record the state of, state the run starts from).
+
+        The stream's configured ``where`` always applies (a request's --where narrows it);
+        an incremental run adds ``update_key > <state>``, the state being recovered from
+        Kafka (the last snapshot end of the stream, or a newer reset). A subset (--where)
+        records no state: it does not say where the whole stream is."""
+        cfg = self.config.stream(stream) if self.config else None
+        if cfg is None:
+            return request.where, False, None, None
+        where = and_filters(cfg.where, request.where)
+        update_key = cfg.update_key if cfg.incremental and request.where is None else None
+        if not is_incremental_run(cfg.mode, request.full, request.where, request.requested_by):
+            return where, False, update_key, None
+        from mallard.state import read_states
+
+        s = self.settings
+        state = read_states(s.kafka_bootstrap_servers, s.snapshot_topic, s.control_topic).get(stream)
+        value = state.value if state is not None and state.update_key in (None, cfg.update_key) else None
+        return and_filters(where, incremental_filter(cfg.update_key, value)), True, cfg.update_key, value
 
     def _query(self, table: str, columns: list[PgColumn], where: str | None, pages: tuple[int | None, int | None],
                use_sql: bool) -> str:

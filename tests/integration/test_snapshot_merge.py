@@ -150,3 +150,25 @@ def test_the_sql_visibility_rule_is_the_cut_rule(epoch, base, offsets, data):
     con = duckdb.connect()
     got = [con.execute(f"SELECT {covered_sql(cut, '$tx')}", {"tx": tx}).fetchone()[0] for tx in txs]
     assert got == [cut.covers(tx) for tx in txs]
+
+
+def test_an_incremental_snapshot_upserts_and_deletes_nothing(tmp_path):
+    """The real DuckDB adapter: a subset snapshot deletes inside its subset what it does not
+    hold; the same snapshot flagged incremental only upserts."""
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    try:
+        merge_snapshot(replica, "s0", Cut(100, 100), {1: 10, 2: 20, 3: 30})
+
+        def subset(snapshot_id: str, incremental: bool) -> None:
+            frame = SnapshotFrame(snapshot_id, STREAM, Cut(101, 101), SCHEMA, "v >= 20", datetime.now(timezone.utc),
+                                  incremental=incremental)
+            replica.begin_snapshot(frame)
+            replica.stage_rows(frame, snapshot_table(SCHEMA, [[2, 4], [21, 40]]))
+            replica.finish_snapshot(frame)
+
+        subset("inc", incremental=True)
+        assert replica_rows(replica) == {1: 10, 2: 21, 3: 30, 4: 40}  # 3 (v >= 20, not held) stays
+        subset("sub", incremental=False)
+        assert replica_rows(replica) == {1: 10, 2: 21, 4: 40}  # a plain subset deletes it
+    finally:
+        replica.close()

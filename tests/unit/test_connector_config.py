@@ -127,3 +127,23 @@ def test_the_applier_subscribes_to_table_topics_only():
     assert not pattern.match("mallard.transaction")
     assert not pattern.match("__debezium-heartbeat.mallard") and not pattern.match("mallardx.public.t")
     assert not pattern.match("mallard.dead-letter")
+
+
+def test_the_table_list_is_derived_from_the_replication_config(tmp_path):
+    from mallard.connector import derive_connector_config, load_connector_config_file
+    from mallard.replication import load_config
+    from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
+
+    demo = REPO_ROOT / "demo" / "replication.yaml"
+    streams = list(load_config(demo).streams)
+    # the shipped file agrees with the shipped config (docker-compose's applier reads it as is) ...
+    assert load_connector_config_file(DEFAULT_CONNECTOR_CONFIG).tables == streams
+    # ... and what the local stack and `connector register --replication-config` run is derived from it
+    config_file = tmp_path / "r.yaml"
+    config_file.write_text("streams:\n  public.orders:\n  shop.invoices:\n")
+    out = tmp_path / "connector.json"
+    derived = derive_connector_config(DEFAULT_CONNECTOR_CONFIG, config_file, out)
+    assert derived.tables == ["public.orders", "shop.invoices"]
+    again = load_connector_config_file(out)
+    assert again.tables == ["public.orders", "shop.invoices"]
+    assert again.config["database.password"] == "${env:MALLARD_PG_PASSWORD}"  # placeholders kept, no secret written

@@ -128,3 +128,21 @@ def test_requests_waiting_together_are_coalesced_per_stream():
         ("public.z", "c", "id < 5"), ("public.z", "d", "id > 9"),  # two different subsets: both are taken
         ("public.w", "f", None),  # a full snapshot covers the subsets asked for with it
     ]
+
+
+def test_resets_are_not_requests_a_forced_full_refresh_wins_and_a_fire_is_served_once():
+    from schemas.control import StateReset
+
+    def req(rid, streams, by="t", full=False):
+        return Msg(ResnapshotRequest(request_id=rid, streams=streams, reason="t", requested_by=by, full=full,
+                                     requested_at=datetime.now(timezone.utc)).model_dump_json().encode())
+
+    reset = Msg(StateReset(reset_id="r", streams=["public.o"], requested_by="cli:me",
+                           requested_at=datetime.now(timezone.utc)).model_dump_json().encode())
+    svc = service()
+    todo = svc.coalesce([reset, req("a", ["public.o"]), req("b", ["public.o"], full=True),
+                         req("daily@2026-01-01T06:00:00+00:00", ["public.c"], by="scheduler:daily")])
+    assert [(s, r.request_id, r.full) for s, r in todo] == [
+        ("public.o", "b", True), ("public.c", "daily@2026-01-01T06:00:00+00:00", False)]
+    # the same fire published again (two schedulers racing) is not snapshotted twice
+    assert svc.coalesce([req("daily@2026-01-01T06:00:00+00:00", ["public.c"], by="scheduler:daily")]) == []

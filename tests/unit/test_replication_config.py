@@ -1,0 +1,124 @@
+"""The replication config: the demo file, and every invalid config fails with one line naming file, line and key."""
+import pytest
+
+from mallard.core.replication_config import ConfigError, parse_config, resolve_env
+from mallard.settings import REPO_ROOT
+
+DEMO = REPO_ROOT / "demo" / "replication.yaml"
+
+GOOD = """\
+defaults:
+  mode: full-refresh
+streams:
+  public.customers:
+  public.orders:
+    mode: incremental
+    primary_key: id
+    update_key: updated_at
+schedules:
+  daily:
+    cron: "0 6 * * *"
+    streams: "*"
+  orders:
+    cron: "0 12,18 * * *"
+    timezone: Europe/Berlin
+    streams: [public.orders]
+"""
+
+
+def test_demo_config():
+    from mallard.replication import load_config
+
+    c = load_config(DEMO)
+    assert list(c.streams) == ["public.customers", "public.products", "public.orders"]
+    assert c.streams["public.customers"].mode == "full-refresh"
+    orders = c.streams["public.orders"]
+    assert (orders.mode, orders.primary_key, orders.update_key) == ("incremental", ("id",), "updated_at")
+    assert c.schedules["daily"].streams == ("public.customers", "public.products", "public.orders")
+    assert c.schedules["daily"].cron.expression == "0 6 * * *"
+    assert c.schedules["orders"].streams == ("public.orders",)
+    assert c.schedules["orders"].cron.hours == (12, 18)
+
+
+def test_defaults_apply_and_zone():
+    c = parse_config(GOOD)
+    assert c.streams["public.customers"].mode == "full-refresh"
+    assert c.streams["public.customers"].target == "customers"
+    assert str(c.schedules["orders"].cron.tz) == "Europe/Berlin"
+
+
+def one_line(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "r.yaml")
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_mode():
+    assert one_line(GOOD.replace("mode: incremental", "mode: fast")) == \
+        "r.yaml:6: streams.public.orders.mode: unknown mode 'fast' (expected full-refresh or incremental)"
+
+
+def test_unknown_default_mode():
+    assert one_line(GOOD.replace("mode: full-refresh", "mode: append")).startswith(
+        "r.yaml:2: defaults.mode: unknown mode 'append'")
+
+
+def test_missing_update_key():
+    assert one_line(GOOD.replace("    update_key: updated_at\n", "")) == (
+        "r.yaml:5: streams.public.orders: mode incremental needs an update_key (the column that grows with every "
+        "insert and update, e.g. updated_at)")
+
+
+def test_bad_cron():
+    msg = one_line(GOOD.replace("0 12,18 * * *", "0 25 * * *"))
+    assert msg.startswith("r.yaml:14: schedules.orders.cron: bad cron: hour: 25 is out of range 0-23"), msg
+
+
+def test_bad_cron_field_count():
+    msg = one_line(GOOD.replace('"0 6 * * *"', '"0 6 * *"'))
+    assert msg.startswith("r.yaml:11: schedules.daily.cron: bad cron: '0 6 * *' has 4 field(s)"), msg
+
+
+def test_bad_timezone():
+    assert "unknown time zone 'Europe/Nowhere'" in one_line(GOOD.replace("Europe/Berlin", "Europe/Nowhere"))
+
+
+def test_unknown_stream_in_schedule():
+    assert one_line(GOOD.replace("streams: [public.orders]", "streams: [public.orders, public.invoices]")) == \
+        "r.yaml:16: schedules.orders.streams[1]: unknown stream 'public.invoices' (not under streams:)"
+
+
+def test_unknown_key():
+    assert one_line(GOOD.replace("    primary_key: id\n", "    primary_key: id\n    upsert: yes\n")) == \
+        "r.yaml:8: streams.public.orders.upsert: unknown key"
+
+
+def test_literal_password_refused():
+    msg = one_line("source:\n  password: hunter2\nstreams:\n  public.a:\n")
+    assert msg.startswith("r.yaml:2: source.password: a password must be an environment variable reference")
+    assert "hunter2" not in msg
+
+
+def test_not_yaml():
+    assert one_line("streams: [a\n").startswith("r.yaml:2: not valid YAML")
+
+
+def test_stream_name():
+    assert one_line("streams:\n  orders:\n").startswith("r.yaml:2: streams.orders: a stream is '<schema>.<table>'")
+
+
+def test_no_streams():
+    assert one_line("schedules: {}\n").startswith("r.yaml:1: streams: required")
+
+
+def test_env_references():
+    assert resolve_env("${A}:${B:-5}", {"A": "x"}) == "x:5"
+    with pytest.raises(KeyError):
+        resolve_env("${MISSING}", {})
+    c = parse_config("source:\n  password: ${PW}\nstreams:\n  public.a:\n")
+    with pytest.raises(ConfigError, match="environment variable PW is not set"):
+        c.model.source.resolved({})
+    assert c.model.source.resolved({"PW": "s3cret"})["password"] == "s3cret"
+    assert "s3cret" not in repr(c)
