@@ -12,8 +12,8 @@ echo "A sample of the change events Debezium published (decoded):"
 echo
 echo "The DuckDB replica, written by the applier: each table's first snapshot, then the CDC changes since:"
 for _ in $(seq 90); do
-    .venv/bin/mallard query "SELECT 'merged' FROM _mallard.snapshots WHERE stream = 'public.orders' AND status = 'merged'" \
-        2>/dev/null | grep -q merged && break
+    .venv/bin/mallard query "SELECT 'merged' AS ready FROM _mallard.snapshots WHERE stream = 'public.orders' AND status = 'merged'" \
+        2>/dev/null | grep -qx merged && break
     sleep 1
 done
 .venv/bin/mallard query "SELECT _mallard_source, count(*) AS rows, max(_mallard_committed_at) AS last_write FROM orders GROUP BY 1 ORDER BY 1"
