@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import os
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,29 @@ class PostgresSettings(MallardSettings):
     pg_user: str = Field("mallard", description="Source Postgres user (needs REPLICATION for the CDC publisher).")
     pg_password: SecretStr = Field(SecretStr("mallard"), description="Source Postgres password; never logged.")
     pg_database: str = Field("shop", description="Source Postgres database.")
+
+    @model_validator(mode="after")
+    def _source_from_the_replication_config(self) -> "PostgresSettings":
+        """The replication config's ``source`` names the Postgres to replicate: a setting
+        not given as a MALLARD_PG_* variable comes from it (its env references resolved)."""
+        path = os.environ.get("MALLARD_REPLICATION_CONFIG")
+        fields = ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")
+        if not path or not Path(path).is_file() or all(f in self.model_fields_set for f in fields):
+            return self
+        from mallard.core.replication_config import ConfigError, resolve_env
+        from mallard.replication import load_config  # reads one small file; nothing connects
+
+        source = load_config(path).model.source
+        for field in fields:
+            if field in self.model_fields_set:
+                continue
+            try:
+                value = resolve_env(getattr(source, field[3:]), os.environ)
+            except KeyError as e:
+                raise ConfigError(f"{path}: source.{field[3:]}: environment variable {e.args[0]} is not set") from None
+            setattr(self, field, SecretStr(value) if field == "pg_password" else
+                    int(value) if field == "pg_port" else value)
+        return self
 
     def pg_dsn(self, with_password: bool = True) -> str:
         """libpq DSN; without the password for anything that is printed."""

@@ -1,4 +1,7 @@
-from pydantic import Field
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
 
 from mallard.settings import DEFAULT_CONNECTOR_CONFIG, ServiceSettings
 
@@ -29,3 +32,15 @@ class ApplierSettings(ServiceSettings):
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),
                                   description="Debezium connector config: its table.include.list are the streams that get a "
                                   "first snapshot when the replica has none.")
+
+    @model_validator(mode="after")
+    def _target_from_the_replication_config(self) -> "ApplierSettings":
+        """The replication config's ``target`` names the DuckDB file, unless MALLARD_DUCKDB_PATH does."""
+        path = os.environ.get("MALLARD_REPLICATION_CONFIG")
+        if "duckdb_path" in self.model_fields_set or not path or not Path(path).is_file():
+            return self
+        from mallard.core.replication_config import resolve_env
+        from mallard.replication import load_config
+
+        self.duckdb_path = resolve_env(load_config(path).model.target.path, os.environ)
+        return self
