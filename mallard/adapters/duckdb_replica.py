@@ -73,9 +73,7 @@ def tombstones_name(stream: str) -> str:
 STAGING_PREFIX = "_mallard_staging:"
 
 
-def staging_name(frame: SnapshotFrame) -> str:
-    """Beside the target table: a first copy becomes the table by a rename."""
-    return f"{target_name(frame.stream).split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
+
 
 
 def covered_sql(cut: Cut, tx: str) -> str:
@@ -180,8 +178,10 @@ class ApplyStats:
 
 
 class DuckDBReplica:
-    def __init__(self, path: str, memory_limit: str | None = None):
+    def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None):
         self.path = path
+        self.targets = targets or {}
+        """stream -> DuckDB table ('table' in main, or 'schema.table') where the replication config names one."""
         self.con = duckdb.connect(path)
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
@@ -280,13 +280,13 @@ class DuckDBReplica:
         """Create the table on its first event, or evolve it; returns its state."""
         state = self.tables.get(schema.stream)
         if not schema.key_known:  # a truncate: it changes no schema
-            return state or TableState(schema.stream, target_name(schema.stream), ABSENT, None, [], [])
+            return state or TableState(schema.stream, self.target_of(schema.stream), ABSENT, None, [], [])
         fingerprint = schema.fingerprint
         if state is not None and fingerprint in state.fingerprints:
             return state
         columns = [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)]
         unknown = [c for c, t in zip(schema.columns, schema.types) if not t.known]
-        target = target_name(schema.stream)
+        target = self.target_of(schema.stream)
         if state is None:
             state = self.tables[schema.stream] = TableState(schema.stream, target, OK, None, columns,
                                                             list(schema.key_columns), unknown=unknown)
@@ -460,6 +460,20 @@ class DuckDBReplica:
         )
         self.con.unregister("_mallard_upserts")
 
+    def target_of(self, stream: str) -> str:
+        """The quoted DuckDB table of a new stream: the config's name for it, else main.<t> / <s>.<t>."""
+        name = self.targets.get(stream)
+        if name is None:
+            return target_name(stream)
+        schema, _, table = name.rpartition(".")
+        return f"{q(schema or 'main')}.{q(table)}"
+
+    def staging_name(self, frame: SnapshotFrame) -> str:
+        """Beside the target table: a first copy becomes the table by a rename."""
+        state = self.tables.get(frame.stream)
+        target = state.target if state is not None and state.status != ABSENT else self.target_of(frame.stream)
+        return f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
+
     # -- snapshots -------------------------------------------------------------------
 
     def begin_snapshot(self, frame: SnapshotFrame) -> None:
@@ -469,9 +483,9 @@ class DuckDBReplica:
         schema = frame.schema
         cols = ", ".join(f"{q(c)} {t}" for c, t in [*((c, t.duckdb) for c, t in zip(schema.columns, schema.types)),
                                                     *META_COLUMNS])
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {target_name(frame.stream).split('.')[0]}")
-        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame)}")
-        self.con.execute(f"CREATE TABLE {staging_name(frame)} ({cols})")
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.target_of(frame.stream).split('.')[0]}")
+        self.con.execute(f"DROP TABLE IF EXISTS {self.staging_name(frame)}")
+        self.con.execute(f"CREATE TABLE {self.staging_name(frame)} ({cols})")
         cut = frame.cut
         self.con.execute(
             "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
@@ -486,7 +500,7 @@ class DuckDBReplica:
         self.con.register("_mallard_snapshot_rows", rows)
         try:
             # Already as the table's rows: position 0 (any CDC write the cut did not see is newer).
-            self.con.execute(f"""INSERT INTO {staging_name(frame)} SELECT
+            self.con.execute(f"""INSERT INTO {self.staging_name(frame)} SELECT
                 {', '.join(value_sql(ct, f'c{i}') for i, ct in enumerate(schema.types))},
                 0, NULL, 'snapshot', $started, now(), $snapshot_id FROM _mallard_snapshot_rows""",
                 {"started": frame.started_at, "snapshot_id": frame.snapshot_id})
@@ -501,7 +515,7 @@ class DuckDBReplica:
     def abandon_snapshot(self, frame: SnapshotFrame, reason: str) -> None:
         if frame.snapshot_id in self.merged_snapshots:
             return
-        self.con.execute(f"DROP TABLE IF EXISTS {staging_name(frame)}")
+        self.con.execute(f"DROP TABLE IF EXISTS {self.staging_name(frame)}")
         self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
                          "WHERE snapshot_id = ?", [reason, frame.snapshot_id])
 
@@ -510,7 +524,7 @@ class DuckDBReplica:
         transaction: a reader sees the table before or after, never in between."""
         if frame.snapshot_id in self.merged_snapshots:
             return SnapshotResult(status="already merged")
-        staging = staging_name(frame)
+        staging = self.staging_name(frame)
         now = datetime.now(timezone.utc)
         state = self.tables.get(frame.stream)
         # Checked outside the transaction: a failed statement would abort it.
@@ -573,7 +587,7 @@ class DuckDBReplica:
                         state.reason or "its columns changed")
             self.con.execute(f"DROP TABLE IF EXISTS {state.target}")
             self.con.execute(f"DROP TABLE IF EXISTS {tombstones_name(frame.stream)}")
-        rebuilt = TableState(frame.stream, target_name(frame.stream), OK, None, columns, list(schema.key_columns),
+        rebuilt = TableState(frame.stream, self.target_of(frame.stream), OK, None, columns, list(schema.key_columns),
                              unknown=[c for c, t in zip(schema.columns, schema.types) if not t.known],
                              held_back_tx_id=state.held_back_tx_id if state else None)
         if not schema.key_columns:
@@ -597,7 +611,7 @@ class DuckDBReplica:
             return False
         table = state.target.split(".", 1)[1]
         self.con.execute(f"DROP TABLE {state.target}")
-        self.con.execute(f"ALTER TABLE {staging_name(frame)} RENAME TO {table}")
+        self.con.execute(f"ALTER TABLE {self.staging_name(frame)} RENAME TO {table}")
         if state.key_columns:
             self.con.execute(f"ALTER TABLE {state.target} ADD PRIMARY KEY ({', '.join(q(c) for c in state.key_columns)})")
         return True
@@ -614,7 +628,7 @@ class DuckDBReplica:
 
     def _insert_snapshot_rows(self, state: TableState, frame: SnapshotFrame) -> int:
         names = ", ".join(self._staged_columns(frame))
-        return self.con.execute(f"INSERT INTO {state.target} ({names}) SELECT {names} FROM {staging_name(frame)}"
+        return self.con.execute(f"INSERT INTO {state.target} ({names}) SELECT {names} FROM {self.staging_name(frame)}"
                                 ).fetchone()[0]
 
     def _rebuild_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:
@@ -622,7 +636,7 @@ class DuckDBReplica:
         snapshot's rows, but where CDC wrote a key after the cut (a row or a deletion), plus
         the rows CDC wrote after the cut. Built by joins that spill to disk, then swapped in:
         a row-by-row upsert of millions of rows would not fit in memory."""
-        target, cut, staging = state.target, frame.cut, staging_name(frame)
+        target, cut, staging = state.target, frame.cut, self.staging_name(frame)
         keys = [q(c) for c in state.key_columns]
         newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
         snapshot_columns = set(frame.schema.columns)
@@ -654,7 +668,7 @@ class DuckDBReplica:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
         deletion) stays; anything older gives way to the snapshot's row, or, for a key the
         snapshot does not hold, is deleted (inside the snapshot's subset only)."""
-        target, cut, staging = state.target, frame.cut, staging_name(frame)
+        target, cut, staging = state.target, frame.cut, self.staging_name(frame)
         table_ref = target.split(".")[-1]
         keys = [q(c) for c in state.key_columns]
         newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"

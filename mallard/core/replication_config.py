@@ -108,7 +108,15 @@ class StreamConfig(_Model):
     primary_key: list[str] | None = Field(None, description="Key columns; default: the table's primary key.")
     update_key: str | None = Field(None, description="Incremental: the column whose value grows with every change.")
     where: str | None = Field(None, description="SQL filter: replicate only these rows.")
-    target: str | None = Field(None, description="Table in DuckDB; must be the applier's name for it (see README).")
+    target: str | None = Field(None, description="Table in DuckDB: 'table' (in main) or 'schema.table'; default: "
+                               "the stream's table (public.<t> -> <t>, <s>.<t> -> <s>.<t>).")
+
+    @field_validator("target")
+    @classmethod
+    def _table_name(cls, v: str | None) -> str | None:
+        if v is not None and not all(_IDENT.match(part) for part in v.split(".", 1)):
+            raise ValueError(f"{v!r} is not a DuckDB table name ('table' or 'schema.table')")
+        return v
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -287,9 +295,6 @@ def parse_config(text: str, path: str = "replication.yaml") -> ReplicationConfig
             raise config.error(("streams", name), "mode incremental needs an update_key (the column that grows with "
                                                   "every insert and update, e.g. updated_at)")
         pk = s.primary_key or d.primary_key
-        if s.target is not None and s.target != default_target(name):
-            raise config.error(("streams", name, "target"), f"target {s.target!r}: the applier names this table "
-                                                            f"{default_target(name)!r}; other names are not supported yet")
         config.streams[name] = Stream(name, mode, tuple(pk) if pk else None, update_key,
                                       s.where if s.where is not None else d.where, s.target or default_target(name),
                                       _line_for(lines, ("streams", name)))

@@ -29,6 +29,8 @@ class ApplierSettings(ServiceSettings):
     duckdb_memory_limit: str = Field("1GB", description="DuckDB's memory limit (its page cache): keeps the applier's memory flat.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")
+    replication_config: str = Field("", description="Replication config (YAML): the DuckDB table each stream goes to "
+                                    "(streams.<s>.target) and the DuckDB file (target.path); empty: defaults.")
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),
                                   description="Debezium connector config: its table.include.list are the streams that get a "
                                   "first snapshot when the replica has none.")

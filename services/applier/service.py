@@ -116,7 +116,7 @@ class ApplierService(Service):
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
         kafka.ensure_topics(s.kafka_bootstrap_servers, {s.dead_letter_topic: 1, s.snapshot_topic: 1})
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
-        self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit)
+        self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets())
         applied_lsn, recent = self.replica.applied_position()
         self.assembler = TransactionAssembler(applied_lsn, recent)
         self.dlq = kafka.producer(s.kafka_bootstrap_servers)
@@ -355,6 +355,16 @@ class ApplierService(Service):
         never = [s for s in streams if not self.replica.has_snapshot(s)]
         if never:
             self._request_snapshot(never, "first snapshot of an empty replica")
+
+    def _configured_targets(self) -> dict[str, str]:
+        """stream -> DuckDB table, as the replication config names them (a new table only:
+        one the replica already has keeps its name)."""
+        if not self.settings.replication_config:
+            return {}
+        from mallard.replication import load_config
+
+        return {name: stream.target for name, stream in load_config(self.settings.replication_config).streams.items()
+                if stream.target}
 
     def _dead_letter(self, msg: Any, error: str) -> None:
         key, key_utf8 = _text(msg.key())

@@ -172,3 +172,14 @@ def test_an_incremental_snapshot_upserts_and_deletes_nothing(tmp_path):
         assert replica_rows(replica) == {1: 10, 2: 21, 4: 40}  # a plain subset deletes it
     finally:
         replica.close()
+
+
+def test_a_stream_goes_to_the_table_the_config_names(tmp_path):
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"), targets={STREAM: "analytics.t_copy"})
+    try:
+        merge_snapshot(replica, "s0", Cut(100, 100), {1: 10, 2: 20})
+        apply_cdc(replica, [transaction(0, 100, [("u", 3, 30), ("d", 1, None)])])
+        assert dict(replica.con.execute("SELECT id, v FROM analytics.t_copy").fetchall()) == {2: 20, 3: 30}
+        assert replica.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchone() == (0,)
+    finally:
+        replica.close()
