@@ -136,6 +136,13 @@ def all_tables_connector_config(folder: Path) -> Path:
     return path
 
 
+def up_capturing_every_table(stack: Stack) -> Stack:
+    """Start ``stack`` (no demo) with Debezium capturing every table (tests create their own)."""
+    stack.env["MALLARD_CONNECTOR_CONFIG"] = str(all_tables_connector_config(stack.home))
+    stack.mallard("stack", "up", "--no-demo")
+    return stack
+
+
 @pytest.fixture(scope="session")
 def cdc_stack():
     """A running stack whose Debezium captures every table, for the applier tests."""

@@ -11,7 +11,7 @@ import time
 import psycopg2
 import pytest
 
-from tests.conftest import all_tables_connector_config
+from tests.conftest import up_capturing_every_table
 
 pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("MALLARD_TEST_SEED", random.randrange(10**6)))
@@ -44,9 +44,7 @@ def workload(dsn: str, stop: threading.Event, rng: random.Random, counts: dict) 
 def test_sigkill_at_random_moments_changes_nothing(make_stack):
     print(f"seed {SEED} (rerun with MALLARD_TEST_SEED={SEED})")
     rng = random.Random(SEED)
-    stack = make_stack(MALLARD_TOPIC_REFRESH_MS="1000")
-    stack.env["MALLARD_CONNECTOR_CONFIG"] = str(all_tables_connector_config(stack.home))
-    stack.mallard("stack", "up", "--no-demo")
+    stack = up_capturing_every_table(make_stack(MALLARD_TOPIC_REFRESH_MS="1000"))
     conn = psycopg2.connect(stack.dsn)
     conn.autocommit = True
     conn.cursor().execute("CREATE TABLE crashy (id int PRIMARY KEY, n int, note text, amount numeric(10,2))")

@@ -17,7 +17,7 @@ import time
 import psycopg2
 import pytest
 
-from tests.conftest import all_tables_connector_config
+from tests.conftest import up_capturing_every_table
 
 pytestmark = pytest.mark.integration
 SEEDS = [int(os.environ["MALLARD_TEST_SEED"])] if os.environ.get("MALLARD_TEST_SEED") else \
@@ -118,9 +118,7 @@ def differences(pg: list[list], duck: list[list]) -> list[tuple]:
 def test_snapshots_cdc_and_crashes_converge_exactly(make_stack, seed):
     print(f"seed {seed} (rerun with MALLARD_TEST_SEED={seed})")
     rng = random.Random(seed)
-    stack = make_stack(MALLARD_TOPIC_REFRESH_MS="1000")
-    stack.env["MALLARD_CONNECTOR_CONFIG"] = str(all_tables_connector_config(stack.home))
-    stack.mallard("stack", "up", "--no-demo")
+    stack = up_capturing_every_table(make_stack(MALLARD_TOPIC_REFRESH_MS="1000"))
     conn = psycopg2.connect(stack.dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
