@@ -53,7 +53,7 @@ class PostgresSettings(MallardSettings):
         fields = ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")
         if not path or not Path(path).is_file() or all(f in self.model_fields_set for f in fields):
             return self
-        from mallard.core.replication_config import ConfigError, resolve_env
+        from mallard.core.replication_config import resolve_env
         from mallard.replication import load_config  # reads one small file; nothing connects
 
         source = load_config(path).model.source
@@ -62,8 +62,8 @@ class PostgresSettings(MallardSettings):
                 continue
             try:
                 value = resolve_env(getattr(source, field[3:]), os.environ)
-            except KeyError as e:
-                raise ConfigError(f"{path}: source.{field[3:]}: environment variable {e.args[0]} is not set") from None
+            except KeyError:
+                continue  # a reference to a variable not set here: the default stands
             setattr(self, field, SecretStr(value) if field == "pg_password" else
                     int(value) if field == "pg_port" else value)
         return self
