@@ -119,7 +119,7 @@ class ApplierService(Service):
         self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets())
         applied_lsn, recent = self.replica.applied_position()
         self.assembler = TransactionAssembler(applied_lsn, recent)
-        self.dlq = kafka.producer(s.kafka_bootstrap_servers)
+        self.producer = kafka.producer(s.kafka_bootstrap_servers)  # dead letters, snapshot requests
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": s.session_timeout_ms,
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
@@ -336,9 +336,9 @@ class ApplierService(Service):
     def _request_snapshot(self, streams: list[str], reason: str) -> None:
         request = ResnapshotRequest(request_id=f"applier-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
                                     requested_by="applier", requested_at=datetime.now(timezone.utc))
-        self.dlq.produce(self.settings.control_topic, key=request.request_id.encode(),
+        self.producer.produce(self.settings.control_topic, key=request.request_id.encode(),
                          value=request.model_dump_json().encode())
-        if self.dlq.flush(30) != 0:
+        if self.producer.flush(30) != 0:
             self.log.error("could not request a snapshot of %s (control topic %s unreachable)",
                            ", ".join(streams), self.settings.control_topic)
             return
@@ -373,8 +373,8 @@ class ApplierService(Service):
                             source_offset=msg.offset(), key=key, value=value,
                             encoding="utf-8" if key_utf8 and value_utf8 else "base64",
                             failed_at=datetime.now(timezone.utc))
-        self.dlq.produce(self.settings.dead_letter_topic, key=msg.key(), value=letter.model_dump_json().encode())
-        if self.dlq.flush(30) != 0:
+        self.producer.produce(self.settings.dead_letter_topic, key=msg.key(), value=letter.model_dump_json().encode())
+        if self.producer.flush(30) != 0:
             raise RuntimeError(f"dead-letter topic {self.settings.dead_letter_topic} did not take a message")
         self.counts["dead_letters"] += 1
         self.log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)

@@ -3,7 +3,6 @@ once (also across a hand-over), a scheduler restarted after missed fires runs th
 one once, and a scheduled fire ends as a merged snapshot in DuckDB."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
