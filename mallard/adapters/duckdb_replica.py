@@ -187,6 +187,8 @@ class DuckDBReplica:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
         self.needing_resnapshot: list[str] = []
+        self._staging: dict[str, str] = {}
+        """snapshot_id -> its staging table, fixed when it begins (the merge may create or rebuild the table)."""
         self._bootstrap()
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -469,10 +471,14 @@ class DuckDBReplica:
         return f"{q(schema or 'main')}.{q(table)}"
 
     def staging_name(self, frame: SnapshotFrame) -> str:
-        """Beside the target table: a first copy becomes the table by a rename."""
-        state = self.tables.get(frame.stream)
-        target = state.target if state is not None and state.status != ABSENT else self.target_of(frame.stream)
-        return f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
+        """Beside the target table (a first copy becomes the table by a rename); chosen once,
+        when the snapshot begins."""
+        name = self._staging.get(frame.snapshot_id)
+        if name is None:
+            state = self.tables.get(frame.stream)
+            target = state.target if state is not None and state.status != ABSENT else self.target_of(frame.stream)
+            name = self._staging[frame.snapshot_id] = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
+        return name
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -483,9 +489,11 @@ class DuckDBReplica:
         schema = frame.schema
         cols = ", ".join(f"{q(c)} {t}" for c, t in [*((c, t.duckdb) for c, t in zip(schema.columns, schema.types)),
                                                     *META_COLUMNS])
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.target_of(frame.stream).split('.')[0]}")
-        self.con.execute(f"DROP TABLE IF EXISTS {self.staging_name(frame)}")
-        self.con.execute(f"CREATE TABLE {self.staging_name(frame)} ({cols})")
+        self._staging.pop(frame.snapshot_id, None)  # a re-read after a restart chooses again
+        staging = self.staging_name(frame)
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {staging.split('.')[0]}")
+        self.con.execute(f"DROP TABLE IF EXISTS {staging}")
+        self.con.execute(f"CREATE TABLE {staging} ({cols})")
         cut = frame.cut
         self.con.execute(
             "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
@@ -516,6 +524,7 @@ class DuckDBReplica:
         if frame.snapshot_id in self.merged_snapshots:
             return
         self.con.execute(f"DROP TABLE IF EXISTS {self.staging_name(frame)}")
+        del self._staging[frame.snapshot_id]
         self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
                          "WHERE snapshot_id = ?", [reason, frame.snapshot_id])
 
@@ -564,6 +573,7 @@ class DuckDBReplica:
             self.con.execute("ROLLBACK")
             raise
         self.merged_snapshots.add(frame.snapshot_id)
+        self._staging.pop(frame.snapshot_id, None)
         return result
 
     def _table_for_snapshot(self, frame: SnapshotFrame) -> TableState:
