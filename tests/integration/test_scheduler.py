@@ -39,6 +39,13 @@ def start_scheduler(stack, folder: Path, topic: str, config: Path, now: str, sca
                             cwd=REPO_ROOT)
 
 
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
 def stop(p: subprocess.Popen) -> None:
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
@@ -59,13 +66,13 @@ def test_two_schedulers_publish_each_fire_once_even_across_a_hand_over(stack, tm
     a = start_scheduler(stack, tmp_path, topic, config, "2026-01-01T00:00:45+00:00", 10, "a")
     b = start_scheduler(stack, tmp_path, topic, config, "2026-01-01T00:00:45+00:00", 10, "b")
     try:
-        time.sleep(16)
+        wait_until(lambda: len(fires(stack.bootstrap_servers, topic)) >= 2, 60, "two fires")
         assert a.poll() is None and b.poll() is None, (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
         logs = {p: (tmp_path / f"{n}.log").read_text() for p, n in ((a, "a"), (b, "b"))}
         leaders = [p for p, log in logs.items() if log.rfind("publishes now") > log.rfind("standing by")]
         assert len(leaders) == 1, logs
         stop(leaders[0])  # the other one takes over
-        time.sleep(16)
+        wait_until(lambda: len(fires(stack.bootstrap_servers, topic)) >= 5, 90, "five fires, across the hand-over")
     finally:
         stop(a)
         stop(b)
@@ -88,9 +95,14 @@ def test_a_scheduler_restarted_after_missed_fires_runs_the_latest_once(stack, tm
     finally:
         stop(p)
     # down for three days: the fires of the 2nd, 3rd and 4th were missed
-    for _ in range(2):  # and a second restart owes nothing more
+    for run in range(2):  # and a second restart owes nothing more
+        caught_up = (tmp_path / "s.log").read_text().count("past fires:")
         p = start_scheduler(stack, tmp_path, topic, config, "2026-01-04T07:00:00+00:00", 1, "s")
-        time.sleep(9)
+        wait_until(lambda: (tmp_path / "s.log").read_text().count("past fires:") > caught_up, 60, "the past fires")
+        if run == 0:
+            wait_until(lambda: len(fires(stack.bootstrap_servers, topic)) == 2, 30, "the missed fire")
+        else:
+            time.sleep(2)  # a few of its loops: it must publish nothing
         stop(p)
     assert fires(stack.bootstrap_servers, topic) == ["every@2026-01-01T06:00:00+00:00",
                                                      "every@2026-01-04T06:00:00+00:00"]
