@@ -49,7 +49,9 @@ _HALF, _EPOCH = 1 << 31, 1 << 32
 RECENT_TRANSACTIONS = 100_000
 
 OK, NEEDS_RESNAPSHOT, REFUSED = "ok", "needs_resnapshot", "refused"
-ABSENT = "absent"  # a truncate of a table DuckDB never had: nothing to do
+ABSENT = "absent"
+"""A table DuckDB does not have yet, truncated by CDC: a snapshot whose cut came before
+the truncate must not bring its rows back."""
 
 
 def q(name: str) -> str:
@@ -274,7 +276,8 @@ class DuckDBReplica:
 
     def table_report(self) -> list[dict[str, Any]]:
         return [{"stream": t.stream, "target": t.target, "status": t.status, "reason": t.reason,
-                 "dropped_columns": t.dropped, "unknown_type_columns": t.unknown} for t in self.tables.values()]
+                 "dropped_columns": t.dropped, "unknown_type_columns": t.unknown}
+                for t in self.tables.values() if t.status != ABSENT]
 
     # -- tables ----------------------------------------------------------------------
 
@@ -289,9 +292,10 @@ class DuckDBReplica:
         columns = [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)]
         unknown = [c for c, t in zip(schema.columns, schema.types) if not t.known]
         target = self.target_of(schema.stream)
-        if state is None:
-            state = self.tables[schema.stream] = TableState(schema.stream, target, OK, None, columns,
-                                                            list(schema.key_columns), unknown=unknown)
+        if state is None or state.status == ABSENT:
+            state = self.tables[schema.stream] = TableState(
+                schema.stream, target, OK, None, columns, list(schema.key_columns), unknown=unknown,
+                truncated_tx_id=state.truncated_tx_id if state else None)
             if not schema.key_columns:
                 state.status, state.reason = REFUSED, (
                     "no primary key: CDC needs one to apply changes per row; replicate this table "
@@ -360,6 +364,10 @@ class DuckDBReplica:
                     state = self.ensure_table(changes.schema)
                     stats.events += changes.events
                     stats.covered += changes.covered
+                    if state.status == ABSENT and changes.truncated:
+                        state.truncated_tx_id = changes.truncated_tx_id
+                        self.tables[stream] = state
+                        self._save_table(state)
                     if state.status != OK:
                         stats.skipped += changes.events
                         if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
@@ -589,7 +597,9 @@ class DuckDBReplica:
         if state is not None and state.status == REFUSED and state.columns == columns \
                 and state.key_columns == list(schema.key_columns) and self._exists(state.target):
             return state
-        if state is not None:
+        if state is not None and state.status == ABSENT:
+            pass  # no table yet, but a truncate to remember (kept below)
+        elif state is not None:
             if not frame.full:
                 raise ValueError(f"{state.target} must be rebuilt ({state.reason or 'its columns changed'}) and a "
                                  f"subset cannot rebuild it: take a full snapshot (mallard resnapshot {frame.stream})")
@@ -599,6 +609,7 @@ class DuckDBReplica:
             self.con.execute(f"DROP TABLE IF EXISTS {tombstones_name(frame.stream)}")
         rebuilt = TableState(frame.stream, self.target_of(frame.stream), OK, None, columns, list(schema.key_columns),
                              unknown=[c for c, t in zip(schema.columns, schema.types) if not t.known],
+                             truncated_tx_id=state.truncated_tx_id if state else None,
                              held_back_tx_id=state.held_back_tx_id if state else None)
         if not schema.key_columns:
             rebuilt.status, rebuilt.reason = REFUSED, (
@@ -615,6 +626,8 @@ class DuckDBReplica:
         without a primary key) becomes the table by a rename: no copy."""
         if not frame.full or state.columns != [(c, t.duckdb) for c, t in zip(frame.schema.columns, frame.schema.types)]:
             return False
+        if state.truncated_tx_id is not None and not frame.cut.covers(state.truncated_tx_id):
+            return False  # emptied by a truncate after the cut: the snapshot's rows are gone
         if state.key_columns and self.con.execute(
                 f"SELECT EXISTS (SELECT 1 FROM {state.target}) OR EXISTS "
                 f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
