@@ -124,6 +124,7 @@ class ApplierService(Service):
             "session.timeout.ms": s.session_timeout_ms,
             "topic.metadata.refresh.interval.ms": s.topic_refresh_ms,
             "queued.max.messages.kbytes": s.fetch_queue_kb,
+            "on_commit": self._on_commit,
         })
         consumer.subscribe([self.cdc_pattern, self.tx_topic, s.snapshot_topic])
         self._request_first_snapshots()
@@ -172,8 +173,8 @@ class ApplierService(Service):
             self._to_apply.put(None)
             applier.join(timeout=120)
             try:
-                if self._collect_applied():  # what DuckDB committed meanwhile: commit its offsets too
-                    self._commit_offsets(consumer)
+                self._collect_applied()  # what DuckDB committed meanwhile: commit its offsets too
+                self._commit_offsets(consumer, wait=True)
                 consumer.close()
             finally:
                 with self.lock:
@@ -366,6 +367,10 @@ class ApplierService(Service):
         return {name: stream.target for name, stream in load_config(self.settings.replication_config).streams.items()
                 if stream.target}
 
+    def _on_commit(self, error: Any, partitions: list[TopicPartition]) -> None:
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            self.log.warning("offset commit failed, the next one carries the same offsets: %s", error)
+
     def _dead_letter(self, msg: Any, error: str) -> None:
         key, key_utf8 = _text(msg.key())
         value, value_utf8 = _text(msg.value())
@@ -454,11 +459,14 @@ class ApplierService(Service):
             any_applied = True
         return any_applied
 
-    def _commit_offsets(self, consumer: Consumer) -> None:
+    def _commit_offsets(self, consumer: Consumer, wait: bool = False) -> None:
+        """Commit what DuckDB holds. Without waiting for the broker: the next batch is
+        decoded meanwhile; a commit that fails (or lands after a later one) only means a
+        replay of transactions DuckDB already has, which are recognised and skipped."""
         committable = {**self.assembler.committable(), **self.snapshots.committable()}
         offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
         if offsets:
             try:
-                consumer.commit(offsets=offsets, asynchronous=False)
+                consumer.commit(offsets=offsets, asynchronous=not wait)
             except KafkaException as e:  # transient: the next commit carries the same offsets
                 self.log.warning("offset commit failed, will retry: %s", e)
