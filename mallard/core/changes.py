@@ -13,9 +13,12 @@ from typing import Any
 
 import orjson
 
-from mallard.core.pgtypes import ColumnType, column_type, is_unavailable
+from mallard.core.pgtypes import UNAVAILABLE, UNAVAILABLE_B64, ColumnType, column_type, is_unavailable
 
 OPS = frozenset("cudrt")
+_NOTHING_UNAVAILABLE: frozenset[int] = frozenset()
+_UNAVAILABLE_RAW = UNAVAILABLE.encode()
+_UNAVAILABLE_B64_RAW = UNAVAILABLE_B64.encode()
 
 
 class PoisonMessage(ValueError):
@@ -131,11 +134,12 @@ class Decoder:
                 return layout, raw[len(prefix):-1]
         return None
 
-    def _value(self, topic: str, raw: bytes) -> tuple[_Layout, Any]:
+    def _value(self, topic: str, raw: bytes) -> tuple[_Layout, Any, bytes]:
+        """(layout, payload, payload text)."""
         cache = self._value_prefixes.setdefault(topic, [])
         hit = self._cached(cache, raw)
         if hit is not None:
-            return hit[0], _loads(hit[1])
+            return hit[0], _loads(hit[1]), hit[1]
         schema_raw, payload_raw = split_envelope(raw)
         doc = _loads(raw) if schema_raw is None else None
         schema = doc.get("schema") if isinstance(doc, dict) else (_loads(schema_raw) if schema_raw else None)
@@ -150,7 +154,7 @@ class Decoder:
             cache.insert(0, (raw[: len(raw) - len(payload_raw) - 1], layout))
             del cache[8:]  # a table's schema changes rarely; keep the latest few
         payload = doc["payload"] if doc is not None else _loads(payload_raw)
-        return layout, payload
+        return layout, payload, payload_raw
 
     def _key(self, topic: str, raw: bytes | None, parse: bool) -> tuple[_Layout | None, Any]:
         """The key's layout, and its payload when ``parse`` (or the layout is new)."""
@@ -176,13 +180,16 @@ class Decoder:
         if table is None:
             table = self._tables[ident] = TableSchema(stream, value.columns, value.types,
                                                       key.columns if key else ())
+            self._keys[stream] = table.key_columns
+        elif self._keys.get(stream) is not table.key_columns:
+            self._keys[stream] = table.key_columns
         return table
 
     # -- messages --------------------------------------------------------------
 
     def decode_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None,
                       value_raw: bytes) -> ChangeEvent:
-        layout, payload = self._value(topic, value_raw)
+        layout, payload, payload_raw = self._value(topic, value_raw)
         if not isinstance(payload, dict):
             raise PoisonMessage("unknown envelope: payload is not an object")
         op = payload.get("op")
@@ -206,18 +213,23 @@ class Decoder:
             return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                                None, None, frozenset(), table)
         table = self._table(stream, layout, key_layout)
-        self._keys[stream] = table.key_columns
-        row, unavailable, key = None, frozenset(), None
+        row, unavailable, key = None, _NOTHING_UNAVAILABLE, None
         if op != "d":
             after = payload.get("after")
             if not isinstance(after, dict):
                 raise PoisonMessage(f"op {op!r} without an after image")
-            values = self._row(layout, after)
-            missing = [i for i in layout.toastable
-                       if (v := after.get(layout.columns[i])) is not None and is_unavailable(layout.types[i], v)]
-            for i in missing:
-                values[i] = None
-            row, unavailable = tuple(values), frozenset(missing)
+            try:  # the hot path, inlined: _row again finds the column when one fails
+                values = [None if (v := after.get(c)) is None else decode(v) for c, decode in layout.pairs]
+            except Exception:  # noqa: BLE001
+                values = self._row(layout, after)
+            # The placeholder is in the message's text, plain or base64, whenever a column has it.
+            if layout.toastable and (_UNAVAILABLE_RAW in payload_raw or _UNAVAILABLE_B64_RAW in payload_raw):
+                missing = [i for i in layout.toastable
+                           if (v := after.get(layout.columns[i])) is not None and is_unavailable(layout.types[i], v)]
+                for i in missing:
+                    values[i] = None
+                unavailable = frozenset(missing)
+            row = tuple(values)
         if table.key_columns:
             # The key columns are in the row image (a delete's before image holds at least them),
             # so the key's own payload need not be parsed.

@@ -99,15 +99,20 @@ def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None
     steps: list[dict[str, TableChanges]] = [{}]
     cuts = snapshot_cuts or {}
     for tx in transactions:
+        covered: dict[str, bool] = {}
         for event in tx.events:
             changes = steps[-1].get(event.stream)
-            if changes is not None and event.op != "t" and changes.schema != event.schema:
+            if changes is not None and event.op != "t" and changes.schema is not event.schema \
+                    and changes.schema != event.schema:
                 steps.append({})
                 changes = None
             if changes is None:
                 changes = steps[-1][event.stream] = TableChanges(event.schema)
-            cut = cuts.get(event.stream)
-            if cut is not None and cut.covers(tx.tx_id):
+            is_covered = covered.get(event.stream)
+            if is_covered is None:
+                cut = cuts.get(event.stream)
+                is_covered = covered[event.stream] = cut is not None and cut.covers(tx.tx_id)
+            if is_covered:
                 changes.events += 1
                 changes.covered += 1
                 continue

@@ -86,3 +86,24 @@ def test_toast_placeholders_are_marked_not_stored():
     event = Decoder().decode_change(e["topic"], 0, 0, e["key"].encode(), json.dumps(doc).encode())
     i = event.schema.columns.index("status")
     assert i in event.unavailable and event.row[i] is None
+
+
+@pytest.mark.parametrize(("field", "placeholder"), [
+    ({"type": "bytes", "optional": True, "field": "blob"}, "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="),
+    ({"type": "array", "items": {"type": "string", "optional": True}, "optional": True, "field": "tags"},
+     ["__debezium_unavailable_value"]),
+])
+def test_toast_placeholders_of_bytea_and_arrays_are_marked(field, placeholder):
+    """The placeholder is looked for in the message text first (cheap): base64 and list forms too."""
+    e = next(e for e in EVENTS if e["value"] and '"op":"u"' in e["value"])
+    doc = json.loads(e["value"])
+    for image in ("before", "after"):
+        row_schema = next(f for f in doc["schema"]["fields"] if f["field"] == image)
+        row_schema["fields"].append(field)
+    doc["payload"]["after"][field["field"]] = placeholder
+    event = Decoder().decode_change(e["topic"], 0, 0, e["key"].encode(), json.dumps(doc).encode())
+    i = event.schema.columns.index(field["field"])
+    assert event.unavailable == {i} and event.row[i] is None
+    doc["payload"]["after"][field["field"]] = None
+    event = Decoder().decode_change(e["topic"], 0, 0, e["key"].encode(), json.dumps(doc).encode())
+    assert event.unavailable == frozenset() and event.row[i] is None
