@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal
@@ -42,6 +42,8 @@ class ColumnType:
     """Can arrive as Debezium's 'unavailable' placeholder (unchanged TOASTed value)."""
     known: bool = True
     precision: tuple[int, int] | None = None
+    decode_column: Callable[[Sequence[Any]], list[Any]] | None = field(default=None, compare=False, repr=False)
+    """``decode`` for a whole column at once (snapshot batches), where that is much faster."""
 
 
 def _int(v: Any) -> int:
@@ -110,6 +112,25 @@ def _unscaled_decimal(precision: int) -> Callable[[Any], int]:
         return unscaled
 
     return decode
+
+
+def _unscaled_decimal_column(precision: int) -> Callable[[Sequence[Any]], list[Any]]:
+    """``_unscaled_decimal`` over a column: one comprehension, then one range check."""
+    bound = 10**precision
+    a2b, from_bytes = binascii.a2b_base64, int.from_bytes
+
+    def decode_column(values: Sequence[Any]) -> list[Any]:
+        try:  # a value that is not text: TypeError
+            out = [None if v is None else from_bytes(a2b(v), "big", signed=True) for v in values]
+        except binascii.Error as e:
+            raise ValueError(f"bytes not in base64: {e}") from None
+        present = [v for v in out if v is not None]
+        if present and not (-bound < min(present) and max(present) < bound):
+            wrong = next(v for v in present if not -bound < v < bound)
+            raise ValueError(f"{wrong} (unscaled) has more than {precision} digits for its DECIMAL")
+        return out
+
+    return decode_column
 
 
 def _variable_decimal(v: Any) -> Decimal:
@@ -220,7 +241,8 @@ def column_type(schema: dict[str, Any]) -> ColumnType:
         if precision <= 18 and scale == wire_scale:
             quantum = f" * {Decimal(1).scaleb(-scale)}" if scale else ""  # a DECIMAL literal: exact
             return ColumnType(duck, "int64", _unscaled_decimal(precision),
-                              sql=f"CAST(CAST({{}} AS DECIMAL(18,0)){quantum} AS {duck})", precision=(precision, scale))
+                              sql=f"CAST(CAST({{}} AS DECIMAL(18,0)){quantum} AS {duck})", precision=(precision, scale),
+                              decode_column=_unscaled_decimal_column(precision))
         return ColumnType(duck, "decimal", _decimal(precision, scale, wire_scale), precision=(precision, scale))
     if name == "io.debezium.data.VariableScaleDecimal":
         p, s = UNCONSTRAINED_NUMERIC

@@ -86,7 +86,8 @@ def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list
         if decode in CHECK_ONLY or decode in ARROW_PARSED:
             continue
         try:
-            columns[i] = [None if v is None else decode(v) for v in columns[i]]
+            columns[i] = ct.decode_column(columns[i]) if ct.decode_column is not None else \
+                [None if v is None else decode(v) for v in columns[i]]
         except (ValueError, TypeError, ArithmeticError) as e:
             raise PoisonMessage(f"snapshot column {i + 1} ({ct.duckdb}): {e}") from None
     return columns

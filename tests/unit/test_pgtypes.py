@@ -149,3 +149,21 @@ def test_wide_decimals_are_not_rounded():
     ct38 = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
                         "parameters": {"scale": "0", "connect.decimal.precision": "38"}})
     assert in_duckdb(ct38, ct38.decode(b64_unscaled(10**37 + 1))) == Decimal(10**37 + 1)
+
+
+def test_the_column_wise_decimal_decoder_agrees_with_the_per_value_one():
+    import random
+
+    from mallard.core.snapshot_encoding import _unscaled_b64 as b64
+
+    ct = column_type({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                      "parameters": {"scale": "2", "connect.decimal.precision": "5"}})
+    rng = random.Random(3)
+    values = [None if rng.random() < 0.2 else b64(rng.randint(-99_999, 99_999)) for _ in range(2000)]
+    values += [b64(0), b64(-1), b64(99_999), b64(-99_999), b64(128), b64(-129)]
+    assert ct.decode_column(values) == [None if v is None else ct.decode(v) for v in values]
+    for bad in ([b64(100_000)], [None, b64(-100_000)], ["not base64!"], [12]):
+        with pytest.raises((ValueError, TypeError)):
+            ct.decode_column(bad)
+        with pytest.raises((ValueError, TypeError)):
+            [ct.decode(v) for v in bad]
