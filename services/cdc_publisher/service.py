@@ -21,7 +21,8 @@ from mallard.core.connector_config import ConnectorConfig, embedded_engine_prope
 from mallard.service import Service
 from services.cdc_publisher.config import CdcPublisherSettings
 
-LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+LOG4J_CONFIG = {"text": Path(__file__).with_name("log4j2.properties"),
+                "json": Path(__file__).with_name("log4j2-json.properties")}
 
 
 class PublishError(RuntimeError):
@@ -142,7 +143,7 @@ class CdcPublisherService(Service):
             properties=props,
             handler=self.handler,
             # -Xrs: leave SIGTERM/SIGINT to Python, which closes the engine cleanly.
-            jvm_opts=["-Xrs", f"-Xmx{s.jvm_max_heap}", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"],
+            jvm_opts=["-Xrs", f"-Xmx{s.jvm_max_heap}", f"-Dlog4j2.configurationFile={LOG4J_CONFIG[s.log_format]}"],
         )
         failure: list[BaseException] = []
 
