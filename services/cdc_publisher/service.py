@@ -84,10 +84,12 @@ class KafkaPublishingHandler:
         self.published += n
         self.last_published_at = time.time()
         elapsed = time.monotonic() - started
+        rate = n / elapsed if elapsed else 0.0
         self.log.info(
             "published %d event(s) in %.0f ms (%.0f/s): %s",
-            n, elapsed * 1000, n / elapsed if elapsed else 0.0,
-            ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
+            n, elapsed * 1000, rate, ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
+            extra={"kind": "cdc_published", "events": n, "topics": topics, "elapsed_ms": round(elapsed * 1000),
+                   "rate": round(rate)},
         )
 
 
