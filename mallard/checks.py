@@ -276,6 +276,8 @@ class Checker:
         self.conn: Any = None
         self.slot: dict[str, Any] | None = None
         self.metadata: Any = None
+        self.wal_level_ok = True
+        """False once wal_level failed: Debezium cannot start until it is fixed, so say that first."""
 
     def run(self) -> Iterator[Result]:
         try:
@@ -344,6 +346,7 @@ class Checker:
         from mallard.adapters import postgres
 
         level = postgres.scalar(self.conn, "SHOW wal_level")
+        self.wal_level_ok = level == "logical"
         if level != "logical":
             return Result("wal_level", FAIL, f"wal_level is '{level}': CDC needs 'logical'",
                           "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) "
@@ -388,10 +391,11 @@ class Checker:
                 missing.append(stream)
             elif not row[0][0]:
                 unreadable.append(stream)
-        where = self.t.config_path or "the connector config's table.include.list"
+        where = (f"streams: in {_shown(self.t.config_path)}" if self.t.config_path else
+                 f"table.include.list in {_shown(self.t.connector_config_path or 'the connector config')}")
         if missing:
             return Result("tables", FAIL, f"not in Postgres: {', '.join(missing)}",
-                          f"create them, or remove them from the streams of {where}")
+                          f"create them, or remove them from {where}")
         if unreadable:
             return Result("tables", FAIL, f"{self.t.pg.pg_user} cannot SELECT from {', '.join(unreadable)}",
                           f"GRANT SELECT ON {', '.join(unreadable)} TO \"{self.t.pg.pg_user}\"")
@@ -403,8 +407,8 @@ class Checker:
         row = self._rows("SELECT puballtables FROM pg_publication WHERE pubname = %s", name)
         if not row:
             return Result("publication", FAIL, f"{name} does not exist",
-                          "start Debezium (mallard stack up, or the Kafka Connect connector): it creates the "
-                          f"publication; or CREATE PUBLICATION {name} FOR TABLE <the streams' tables>")
+                          f"{self._start_debezium()}: it creates the publication; or CREATE PUBLICATION {name} "
+                          "FOR TABLE <the streams' tables>")
         if row[0][0]:
             return Result("publication", OK, f"{name} (all tables)")
         covered = {f"{s}.{t}" for s, t in self._rows(
@@ -425,8 +429,8 @@ class Checker:
                FROM pg_replication_slots WHERE slot_name = %s""", c.slot_name)
         if not rows:
             return Result("slot", FAIL, f"replication slot {c.slot_name} does not exist",
-                          "start Debezium (mallard stack up, or the Kafka Connect connector): it creates the slot "
-                          "at start, and the snapshotter needs it before any cut")
+                          f"{self._start_debezium()}: it creates the slot at start (the snapshotter needs it before "
+                          "any cut)")
         plugin, database, active, pid, wal_status, retained = rows[0]
         self.slot = {"active": active, "pid": pid, "wal_status": wal_status, "retained": retained}
         if plugin != "pgoutput" or database != self.t.pg.pg_database:
@@ -436,7 +440,7 @@ class Checker:
                           "slot.name in the connector config to another name")
         if not active:
             return Result("slot", WARN, f"{c.slot_name} (pgoutput) exists but nothing streams from it",
-                          "start Debezium (see the debezium line); while nobody reads it, Postgres keeps its WAL")
+                          f"{self._start_debezium()}; while nobody reads the slot, Postgres keeps its WAL")
         return Result("slot", OK, f"{c.slot_name} (pgoutput): active (walsender pid {pid})")
 
     def _slot_wal(self) -> Result:
@@ -481,12 +485,13 @@ class Checker:
                           "delete and create it again with 1 partition (a CDC restart then re-publishes from the slot)")
         present = required + ([tx] if tx in topics else [])
         cdc = [s for s in t.streams if t.connector and t.connector.cdc_topic(s) in topics]
-        detail = f"{', '.join(present)}"
-        later = ([f"{tx}"] if tx and tx not in topics else []) + (
-            [f"{len(t.streams) - len(cdc)} of {len(t.streams)} stream topic(s)"] if len(cdc) < len(t.streams) else [])
         # Debezium creates a table's topic (and the transaction topic) with its first change: not a fault.
-        return Result("topics", OK, detail + (f"; not yet (created by the first change): {', '.join(later)}"
-                                              if later else "; every stream's CDC topic"))
+        detail = ", ".join(present) + (f"; {tx} appears with the first change" if tx and tx not in topics else "")
+        if t.streams:
+            detail += ("; CDC topics of every stream" if len(cdc) == len(t.streams) else
+                       f"; CDC topics of {len(cdc)} of {len(t.streams)} stream(s) (the others appear with their "
+                       "first change)")
+        return Result("topics", OK, detail)
 
     # -- DuckDB ---------------------------------------------------------------------
 
@@ -541,6 +546,10 @@ class Checker:
                           "give the applier's user write access there, or set MALLARD_DUCKDB_PATH (target.path)")
         return Result("duckdb", OK, f"{path}: not created yet; {folder} is writable (the applier creates it)")
 
+    def _start_debezium(self) -> str:
+        return ("fix wal_level first (above), then start Debezium" if not self.wal_level_ok else "start Debezium") + \
+            " (the local stack: mallard stack up; docker-compose: the Kafka Connect connector)"
+
     def _see_log(self, service: str) -> str:
         log = self.t.log_dir / f"{service}.log" if self.t.log_dir else None
         return f"see its log ({log})" if log and log.exists() else "see its log"
@@ -557,7 +566,8 @@ class Checker:
         status, body = _get_json(f"{t.publisher_url}/healthz", t.timeout)
         if status is None or not isinstance(body, dict) or body.get("service") != "cdc-publisher":
             return Result("debezium", FAIL, f"the CDC publisher does not answer at {t.publisher_url}/healthz",
-                          "start it (the local stack: mallard stack up); with Kafka Connect (docker-compose) set "
+                          ("fix wal_level first (above), then start it" if not self.wal_level_ok else "start it")
+                          + " (the local stack: mallard stack up); with Kafka Connect (docker-compose) set "
                           "MALLARD_CONNECT_URL=http://localhost:8083 (--connect-url) to check the connector there")
         slot = body.get("slot") or {}
         if status != 200 or not slot.get("active"):

@@ -1,6 +1,7 @@
 """`mallard check`'s pure parts (formatting, sizes, the WAL threshold, fixes), its DuckDB lock
 check against real lock holders, and its Kafka Connect check against a fake Connect REST API."""
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from mallard import checks
 from mallard.checks import FAIL, OK, SKIP, WARN, Checker, Result, Targets
 from mallard.core.connector_config import parse_connector_config
 from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings
+from mallard.stack.local import StackSettings
 from mallard.stack.processes import free_ports
 
 
@@ -87,6 +89,50 @@ def test_retained_wal_warns_over_the_threshold_and_says_how_to_drop_a_forgotten_
 ])
 def test_a_failed_connection_gets_the_fix_its_message_calls_for(message, fix):
     assert fix in checks.postgres_fix(message)
+
+
+# -- what check connects to ------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in [k for k in os.environ if k.startswith("MALLARD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLARD_HOME", str(tmp_path / "home"))
+    return monkeypatch
+
+
+def test_a_config_given_with_config_names_the_source_and_the_target(tmp_path, clean_env):
+    config = tmp_path / "replication.yaml"
+    config.write_text("source:\n  host: db.example\n  port: 6543\n  user: ${APP_USER:-app}\n  password: ${APP_PW}\n"
+                      "  database: sales\ntarget:\n  path: ${WAREHOUSE:-/data/warehouse.duckdb}\n"
+                      "streams:\n  public.orders:\n")
+    clean_env.setenv("APP_PW", "s3cret")
+    clean_env.setenv("MALLARD_PG_HOST", "pg.internal")  # a MALLARD_PG_* variable still wins
+    t = checks.resolve_targets(StackSettings(), config_path=str(config))
+    assert (t.pg.pg_host, t.pg.pg_port, t.pg.pg_user, t.pg.pg_database) == ("pg.internal", 6543, "app", "sales")
+    assert t.pg.pg_password.get_secret_value() == "s3cret" and "s3cret" not in repr(t)
+    assert t.duckdb_path == Path("/data/warehouse.duckdb")
+    assert t.streams == ["public.orders"] and t.connector.tables == ["public.orders"]  # table.include.list derived
+    assert t.connect_url is None and not t.setup_errors
+
+
+def test_the_local_stack_recorded_in_the_home_names_its_duckdb_file(tmp_path, clean_env):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "stack.json").write_text("{}")
+    clean_env.setenv("MALLARD_CONNECT_URL", "http://connect:8083/")
+    t = checks.resolve_targets(StackSettings())  # the demo config, as `stack up` runs it
+    assert t.duckdb_path == (tmp_path / "home" / "duckdb" / "mallard.duckdb").resolve()
+    assert t.connect_url == "http://connect:8083" and t.streams == ["public.customers", "public.products",
+                                                                      "public.orders"]
+
+
+def test_an_unreadable_config_is_a_failed_check_not_a_crash(tmp_path, clean_env):
+    config = tmp_path / "replication.yaml"
+    config.write_text("streams:\n  public.orders:\n    mode: fast\n")
+    t = checks.resolve_targets(StackSettings(), config_path=str(config))
+    assert [r.check for r in t.setup_errors] == ["config"] and t.setup_errors[0].status == FAIL
+    assert "replication.yaml:3" in t.setup_errors[0].detail and "unknown mode 'fast'" in t.setup_errors[0].detail
 
 
 # -- the DuckDB file: who holds it --------------------------------------------------------
