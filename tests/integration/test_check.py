@@ -25,7 +25,7 @@ def lines_of(out: str) -> dict[str, str]:
         if line.startswith(" ") and last:
             found[last] += "\n" + line.strip()
             continue
-        symbol, rest = line.split(" ", 1)
+        rest = line.split(" ", 1)[1]
         last = next(n for n in sorted(CHECKS, key=len, reverse=True) if rest.startswith(n + " "))
         found[last] = line
     return found
@@ -97,7 +97,7 @@ def replica_wal_postgres():
         yield port
     finally:
         subprocess.run([str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w"],
-                       capture_output=True, **as_postgres)
+                       check=False, capture_output=True, **as_postgres)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -140,11 +140,11 @@ def test_an_unreadable_config_is_a_failed_check_not_a_crash(tmp_path, clean_env)
 
 def _targets(tmp_path: Path, **overrides) -> Targets:
     applier, publisher = free_ports(2)  # nothing answers there
-    fields = dict(pg=PostgresSettings(), bootstrap_servers="127.0.0.1:1", control_topic="mallard.control",
-                  snapshot_topic="mallard.snapshots", dead_letter_topic="mallard.dead-letter",
-                  duckdb_path=tmp_path / "replica.duckdb", applier_url=f"http://127.0.0.1:{applier}",
-                  publisher_url=f"http://127.0.0.1:{publisher}", timeout=2.0,
-                  connector=parse_connector_config(DEFAULT_CONNECTOR_CONFIG.read_text()))
+    fields = {"pg": PostgresSettings(), "bootstrap_servers": "127.0.0.1:1", "control_topic": "mallard.control",
+              "snapshot_topic": "mallard.snapshots", "dead_letter_topic": "mallard.dead-letter",
+              "duckdb_path": tmp_path / "replica.duckdb", "applier_url": f"http://127.0.0.1:{applier}",
+              "publisher_url": f"http://127.0.0.1:{publisher}", "timeout": 2.0,
+              "connector": parse_connector_config(DEFAULT_CONNECTOR_CONFIG.read_text())}
     return Targets(**{**fields, **overrides})
 
 
@@ -218,7 +218,7 @@ class _FakeConnect:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 code, body = outer.answer
                 data = json.dumps(body).encode()
                 self.send_response(code)
