@@ -66,9 +66,13 @@ def main(
         epilog=settings_help(settings_cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.parse_args(argv)
+    parser.add_argument("--log-format", choices=["text", "json"], default=None,
+                        help="log lines as text or as JSON objects (default: MALLARD_LOG_FORMAT, else text)")
+    args = parser.parse_args(argv)
     settings = settings_cls()
-    configure(settings.log_level)
+    if args.log_format:
+        settings.log_format = args.log_format
+    configure(settings.log_level, fmt=settings.log_format)
     service = make_service(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())

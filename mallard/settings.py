@@ -6,6 +6,7 @@ lists them. The local stack and docker-compose set the same variables.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import os
 
@@ -90,3 +91,6 @@ class ServiceSettings(KafkaSettings):
     health_port: int = Field(0, description="Port of the service's HTTP health endpoint (/healthz); 0 disables it.")
     health_host: str = Field("127.0.0.1", description="Interface the health endpoint listens on (0.0.0.0 in containers).")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text (for people) or json (one object per line with time, level, logger, "
+        "message and the line's fields, e.g. stream, rows, rate); --log-format overrides it.")

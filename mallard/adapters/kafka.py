@@ -9,6 +9,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from mallard.logs import librdkafka_logger
+
 log = logging.getLogger("mallard.kafka")
 
 
@@ -16,15 +18,23 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the bootstrap servers in time."""
 
 
+def _logging(config: dict[str, Any]) -> dict[str, Any]:
+    """With JSON logs, librdkafka logs through Python logging (served when the client polls)."""
+    logger = librdkafka_logger()
+    return {**config, "logger": logger} if logger is not None else config
+
+
 def admin_client(bootstrap_servers: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
+    return AdminClient(_logging({"bootstrap.servers": bootstrap_servers, "log_level": 3}))
 
 
 def broker_metadata(bootstrap_servers: str, timeout: float = 5.0) -> ClusterMetadata:
     """Cluster metadata, or BrokerUnavailable naming the servers."""
+    admin = admin_client(bootstrap_servers)
     try:
-        return admin_client(bootstrap_servers).list_topics(timeout=timeout)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as e:
+        admin.poll(0)  # hand librdkafka's queued log lines to logging (JSON logs)
         raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap_servers}: {e}") from None
 
 
@@ -74,7 +84,7 @@ def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
         "log_level": 3,
     }
     config.update(overrides)
-    return Producer(config)
+    return Producer(_logging(config))
 
 
 def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
@@ -93,7 +103,7 @@ def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
         "log_level": 3,
     }
     config.update(overrides)
-    return Consumer(config)
+    return Consumer(_logging(config))
 
 
 def topic_names(metadata: ClusterMetadata) -> Iterable[str]:

@@ -304,6 +304,24 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from mallard import checks
+
+    targets = checks.resolve_targets(
+        _stack_settings(), config_path=args.config, bootstrap_servers=args.bootstrap_servers,
+        connect_url=args.connect_url, applier_url=args.applier_url,
+        max_retained_wal=checks.parse_size(args.max_retained_wal), timeout=args.timeout)
+    results = []
+    symbols = checks.symbols_for(sys.stdout.encoding)
+    for result in checks.run_checks(targets):
+        results.append(result)
+        if not args.json:
+            print(checks.format_result(result, symbols=symbols), flush=True)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    return checks.exit_code(results)
+
+
 def cmd_demo_changes(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
     from mallard.demo import make_changes
@@ -406,6 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--to", help="update_key value to resume after (as Postgres prints it)")
     reset.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
     reset.set_defaults(func=cmd_state_reset)
+
+    check = sub.add_parser("check", help="test every connection and prerequisite (Postgres, wal_level, replication "
+                                         "privilege, publication, slot and its WAL, Kafka and topics, DuckDB, "
+                                         "Debezium): one line each, the fix for each failure; exit 1 on a failure")
+    check.add_argument("--config", help="replication config naming the source and target (default: "
+                                        "MALLARD_REPLICATION_CONFIG, or the stack's)")
+    check.add_argument("--bootstrap-servers", help="default: MALLARD_KAFKA_BOOTSTRAP_SERVERS, or the local stack's broker")
+    check.add_argument("--connect-url", default=None,
+                       help="Kafka Connect REST URL (docker-compose: http://localhost:8083; default: MALLARD_CONNECT_URL); "
+                            "without it, the local stack's CDC publisher is checked")
+    check.add_argument("--applier-url", default=None,
+                       help="the applier's HTTP endpoint (default: MALLARD_APPLIER_URL, or the local stack's)")
+    check.add_argument("--max-retained-wal", default="1GiB",
+                       help="warn when the replication slot holds back more WAL than this (default: 1GiB)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds each connection may take (default: 3)")
+    check.add_argument("--json", action="store_true", help="the results as a JSON list")
+    check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="the demo shop database")
     dsub = demo.add_subparsers(dest="demo_command", required=True)

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -300,9 +300,12 @@ class ApplierService(Service):
             if staged:
                 self.counts["snapshot_rows_staged"] += staged
                 frame.staged += staged
+                rate = staged / elapsed if elapsed else 0
                 self.log.info("snapshot %s of %s: staged %d rows (%d so far) in %.0f ms (%.0f rows/s)",
-                              frame.snapshot_id, frame.stream, staged, frame.staged, elapsed * 1000,
-                              staged / elapsed if elapsed else 0)
+                              frame.snapshot_id, frame.stream, staged, frame.staged, elapsed * 1000, rate,
+                              extra={"kind": "snapshot_staged", "stream": frame.stream,
+                                     "snapshot_id": frame.snapshot_id, "rows": staged, "rows_total": frame.staged,
+                                     "elapsed_ms": round(elapsed * 1000), "rate": round(rate)})
 
         for w, result, seconds in done:
             self.snapshots.done(w)
@@ -324,7 +327,11 @@ class ApplierService(Service):
                 self.counts["snapshots_merged"] += 1
                 self.log.info("snapshot %s of %s merged: %d rows staged, %d applied, %d kept (newer CDC changes), "
                               "%d deleted (gone from Postgres) in %.0f ms", f.snapshot_id, f.stream, result.staged,
-                              result.applied, result.staged - result.applied, result.deleted, seconds * 1000)
+                              result.applied, result.staged - result.applied, result.deleted, seconds * 1000,
+                              extra={"kind": "snapshot_merged", "stream": f.stream, "snapshot_id": f.snapshot_id,
+                                     "rows": result.staged, "rows_applied": result.applied,
+                                     "rows_kept": result.staged - result.applied, "rows_deleted": result.deleted,
+                                     "elapsed_ms": round(seconds * 1000)})
                 if result.resnapshot_again:
                     self._request_snapshot([f.stream], "changes were held back after the last snapshot's cut")
             else:
@@ -448,13 +455,20 @@ class ApplierService(Service):
                 self._request_snapshot(stats.needs_resnapshot, "a schema change that cannot be applied in place")
             last = transactions[-1]
             lag = time.time() - last.committed_at_ms / 1000
+            rate = stats.events / elapsed if elapsed else 0
             self.log.info(
                 "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead, "
                 "%d older than a snapshot) "
                 "in %.0f ms (%.0f events/s); at LSN %X/%X, committed %.1fs ago",
                 stats.transactions, stats.events, stats.upserts, stats.deletes, stats.truncates, stats.skipped,
-                stats.dead, stats.covered, elapsed * 1000, stats.events / elapsed if elapsed else 0,
+                stats.dead, stats.covered, elapsed * 1000, rate,
                 last.commit_lsn >> 32, last.commit_lsn & 0xFFFFFFFF, lag,
+                extra={"kind": "cdc_batch", "streams": dict(Counter(e.stream for t in transactions for e in t.events)),
+                       "transactions": stats.transactions, "events": stats.events, "upserts": stats.upserts,
+                       "deletes": stats.deletes, "truncates": stats.truncates, "held_back": stats.skipped,
+                       "dead": stats.dead, "older_than_snapshot": stats.covered, "elapsed_ms": round(elapsed * 1000),
+                       "rate": round(rate), "commit_lsn": f"{last.commit_lsn >> 32:X}/{last.commit_lsn & 0xFFFFFFFF:X}",
+                       "lag_s": round(lag, 3)},
             )
             any_applied = True
         return any_applied

@@ -21,7 +21,8 @@ from mallard.core.connector_config import ConnectorConfig, embedded_engine_prope
 from mallard.service import Service
 from services.cdc_publisher.config import CdcPublisherSettings
 
-LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+LOG4J_CONFIG = {"text": Path(__file__).with_name("log4j2.properties"),
+                "json": Path(__file__).with_name("log4j2-json.properties")}
 
 
 class PublishError(RuntimeError):
@@ -83,10 +84,12 @@ class KafkaPublishingHandler:
         self.published += n
         self.last_published_at = time.time()
         elapsed = time.monotonic() - started
+        rate = n / elapsed if elapsed else 0.0
         self.log.info(
             "published %d event(s) in %.0f ms (%.0f/s): %s",
-            n, elapsed * 1000, n / elapsed if elapsed else 0.0,
-            ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
+            n, elapsed * 1000, rate, ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
+            extra={"kind": "cdc_published", "events": n, "topics": topics, "elapsed_ms": round(elapsed * 1000),
+                   "rate": round(rate)},
         )
 
 
@@ -142,7 +145,7 @@ class CdcPublisherService(Service):
             properties=props,
             handler=self.handler,
             # -Xrs: leave SIGTERM/SIGINT to Python, which closes the engine cleanly.
-            jvm_opts=["-Xrs", f"-Xmx{s.jvm_max_heap}", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"],
+            jvm_opts=["-Xrs", f"-Xmx{s.jvm_max_heap}", f"-Dlog4j2.configurationFile={LOG4J_CONFIG[s.log_format]}"],
         )
         failure: list[BaseException] = []
 

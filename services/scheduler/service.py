@@ -216,4 +216,6 @@ class SchedulerService(Service):
         self.last_fire[name] = fire
         self.published += 1
         self.log.info("fired %s: %s%s", request.request_id, ", ".join(streams), " (missed while down: run once)"
-                      if missed else "")
+                      if missed else "", extra={"kind": "schedule_fired", "schedule": name,
+                                                "request_id": request.request_id, "streams": list(streams),
+                                                "fire": fire.isoformat(), "missed": missed})

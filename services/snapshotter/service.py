@@ -307,8 +307,12 @@ class SnapshotterService(Service):
             conn.close()
             self.current = None
         elapsed = time.monotonic() - batcher.started
+        rate = end.row_count / elapsed if elapsed else 0
         self.log.info("snapshot %s of %s done: %d rows in %d batches, %.1fs (%.0f rows/s)", snapshot_id, stream,
-                      end.row_count, end.batches, elapsed, end.row_count / elapsed if elapsed else 0)
+                      end.row_count, end.batches, elapsed, rate,
+                      extra={"kind": "snapshot_done", "stream": stream, "snapshot_id": snapshot_id,
+                             "rows": end.row_count, "batches": end.batches, "elapsed_ms": round(elapsed * 1000),
+                             "rate": round(rate)})
         self.counts["snapshots"] += 1
         self.counts["rows"] += end.row_count
         return end
@@ -423,4 +427,8 @@ class SnapshotterService(Service):
         rate = rows / elapsed if elapsed else 0.0
         eta = f", ~{(estimate - rows) / rate:.0f}s left" if rate and estimate > rows else ""
         self.current = {**(self.current or {}), "rows": rows}
-        self.log.info("snapshot %s: %d rows (%.0f rows/s%s)", stream, rows, rate, eta)
+        self.log.info("snapshot %s: %d rows (%.0f rows/s%s)", stream, rows, rate, eta,
+                      extra={"kind": "snapshot_progress", "stream": stream,
+                             "snapshot_id": self.current.get("snapshot_id"), "rows": rows, "rate": round(rate),
+                             "estimate": estimate,
+                             "eta_s": round((estimate - rows) / rate) if rate and estimate > rows else None})
