@@ -22,6 +22,11 @@ class ApplierSettings(ServiceSettings):
         256 * 1024, description="Kilobytes of messages prefetched (librdkafka queued.max.messages.kbytes): "
         "fetching ahead is what keeps the applier busy."
     )
+    snapshot_consumer_group: str = Field(
+        "", description="Kafka consumer group of the snapshot topic (its own consumer); empty: <consumer_group>-snapshots.")
+    snapshot_fetch_queue_kb: int = Field(
+        32 * 1024, description="Kilobytes of snapshot messages prefetched: small, so memory stays flat in table size.")
+    snapshot_poll_messages: int = Field(8, description="Snapshot messages (batches of thousands of rows) fetched per poll.")
     snapshot_buffered_rows: int = Field(
         250_000, description="Decoded snapshot rows held for DuckDB before the applier pauses fetching (bounds memory).")
     snapshot_stage_rows: int = Field(

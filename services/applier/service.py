@@ -126,11 +126,23 @@ class ApplierService(Service):
             "queued.max.messages.kbytes": s.fetch_queue_kb,
             "on_commit": self._on_commit,
         })
-        consumer.subscribe([self.cdc_pattern, self.tx_topic, s.snapshot_topic])
+        consumer.subscribe([self.cdc_pattern, self.tx_topic])
+        # Snapshot batches are big and come in bursts of millions of rows: a consumer of their
+        # own, with a small prefetch queue, keeps memory flat in the table's size (the CDC
+        # consumer's big queue is what keeps CDC fast).
+        snapshot_consumer = kafka.consumer(s.kafka_bootstrap_servers, self.snapshot_group, **{
+            "session.timeout.ms": s.session_timeout_ms,
+            "queued.max.messages.kbytes": s.snapshot_fetch_queue_kb,
+            "fetch.max.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
+            "max.partition.fetch.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
+            "on_commit": self._on_commit,
+        })
+        self._adopt_snapshot_offsets(consumer, snapshot_consumer)
+        snapshot_consumer.subscribe([s.snapshot_topic])
         self._request_first_snapshots()
-        self.log.info("applier up: %s <- topics %s and %s (group %s), applied up to %s",
-                      s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group,
-                      (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
+        self.log.info("applier up: %s <- topics %s and %s (group %s), %s (group %s), applied up to %s",
+                      s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group, s.snapshot_topic,
+                      self.snapshot_group, (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
         # Batches create many short-lived objects and few cycles: collect cycles rarely.
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
@@ -146,13 +158,20 @@ class ApplierService(Service):
             while not self.stopping.is_set():
                 # Memory stays bounded: with enough events held, let DuckDB catch up first —
                 # unless the next transaction is still incomplete (then it must be read on).
-                # Snapshot rows waiting for DuckDB bound it too (they never wait for anything).
-                if self._snapshot_rows_waiting < s.snapshot_buffered_rows and (
-                        self.assembler.buffered_events < s.max_buffered_events or not (
-                        self.assembler.head_complete() or self._to_apply.full())):
-                    for msg in consumer.consume(num_messages=s.poll_messages, timeout=0.2):
+                # Snapshot rows waiting for DuckDB bound the snapshot side alike.
+                read_cdc = self.assembler.buffered_events < s.max_buffered_events or not (
+                    self.assembler.head_complete() or self._to_apply.full())
+                snapshot_messages = 0
+                if self._snapshot_rows_waiting < s.snapshot_buffered_rows:
+                    messages = snapshot_consumer.consume(num_messages=s.snapshot_poll_messages,
+                                                         timeout=0 if read_cdc else 0.05)
+                    for msg in messages:
                         self._route(msg)
-                else:
+                    snapshot_messages = len(messages)
+                if read_cdc:
+                    for msg in consumer.consume(num_messages=s.poll_messages, timeout=0 if snapshot_messages else 0.2):
+                        self._route(msg)
+                elif not snapshot_messages:
                     time.sleep(0.005)
                 if not self._to_apply.full():
                     # CDC and snapshot work take turns; each alone keeps its own order.
@@ -164,7 +183,7 @@ class ApplierService(Service):
                     elif self._snapshot_work:
                         self._to_apply.put(("snapshot", self._take_snapshot_work(s.snapshot_stage_rows)))
                 if self._collect_applied() or time.monotonic() - last_commit > 5:
-                    self._commit_offsets(consumer)
+                    self._commit_offsets(consumer, snapshot_consumer)
                     last_commit = time.monotonic()
                     self._warn_if_stuck()
                     self._warn_about_the_source()
@@ -174,8 +193,9 @@ class ApplierService(Service):
             applier.join(timeout=120)
             try:
                 self._collect_applied()  # what DuckDB committed meanwhile: commit its offsets too
-                self._commit_offsets(consumer, wait=True)
+                self._commit_offsets(consumer, snapshot_consumer, wait=True)
                 consumer.close()
+                snapshot_consumer.close()
             finally:
                 with self.lock:
                     self.replica.close()
@@ -473,14 +493,38 @@ class ApplierService(Service):
             any_applied = True
         return any_applied
 
-    def _commit_offsets(self, consumer: Consumer, wait: bool = False) -> None:
+    def _commit_offsets(self, consumer: Consumer, snapshot_consumer: Consumer, wait: bool = False) -> None:
         """Commit what DuckDB holds. Without waiting for the broker: the next batch is
         decoded meanwhile; a commit that fails (or lands after a later one) only means a
-        replay of transactions DuckDB already has, which are recognised and skipped."""
-        committable = {**self.assembler.committable(), **self.snapshots.committable()}
-        offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
-        if offsets:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=not wait)
-            except KafkaException as e:  # transient: the next commit carries the same offsets
-                self.log.warning("offset commit failed, will retry: %s", e)
+        replay of transactions DuckDB already has (recognised and skipped), or of merged
+        snapshots (skipped too)."""
+        for c, committable in ((consumer, self.assembler.committable()),
+                               (snapshot_consumer, self.snapshots.committable())):
+            offsets = [TopicPartition(t, p, o) for (t, p), o in committable.items()]
+            if offsets:
+                try:
+                    c.commit(offsets=offsets, asynchronous=not wait)
+                except KafkaException as e:  # transient: the next commit carries the same offsets
+                    self.log.warning("offset commit failed, will retry: %s", e)
+
+    @property
+    def snapshot_group(self) -> str:
+        return self.settings.snapshot_consumer_group or f"{self.settings.consumer_group}-snapshots"
+
+    def _adopt_snapshot_offsets(self, consumer: Consumer, snapshot_consumer: Consumer) -> None:
+        """A replica from before the snapshot consumer had its own group kept the snapshot
+        topic's offsets in the CDC group: start from there rather than from the beginning."""
+        topic = self.settings.snapshot_topic
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            tps = [TopicPartition(topic, p) for p in partitions]
+            if not tps or any(tp.offset >= 0 for tp in snapshot_consumer.committed(tps, timeout=10)):
+                return
+            adopt = [tp for tp in consumer.committed(tps, timeout=10) if tp.offset >= 0]
+            if adopt:
+                snapshot_consumer.commit(offsets=adopt, asynchronous=False)
+                self.log.info("snapshot topic offsets taken over from group %s: %s", self.settings.consumer_group,
+                              ", ".join(f"[{tp.partition}]@{tp.offset}" for tp in adopt))
+        except KafkaException as e:  # the snapshot topic is then re-read: merged snapshots are skipped
+            self.log.warning("could not take over the snapshot topic's offsets from group %s: %s",
+                             self.settings.consumer_group, e)

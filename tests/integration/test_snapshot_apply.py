@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import duckdb
 import psycopg2
@@ -34,8 +35,7 @@ def resnapshot_and_wait(stack, stream: str, *args: str, timeout: float = 90) -> 
                    lambda rows: rows[0][0] > before, timeout=timeout)
 
 
-def edit_replica_behind_the_applier(stack, *statements: str) -> None:
-    """Stop the applier, change its DuckDB file directly, start it again."""
+def stop_applier(stack) -> dict:
     status = stack.status()
     pid = status["components"]["applier"]["pid"]
     os.kill(pid, signal.SIGTERM)
@@ -44,9 +44,14 @@ def edit_replica_behind_the_applier(stack, *statements: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return status
         assert time.monotonic() < deadline, "the applier did not stop"
         time.sleep(0.2)
+
+
+def edit_replica_behind_the_applier(stack, *statements: str) -> None:
+    """Stop the applier, change its DuckDB file directly, start it again."""
+    status = stop_applier(stack)
     con = duckdb.connect(status["duckdb"]["path"])
     try:
         for sql in statements:
@@ -151,3 +156,36 @@ def test_a_snapshot_with_a_bad_batch_is_dead_lettered_and_never_merged(stack):
     letters = [m for m in read_topic(stack.bootstrap_servers, "mallard.dead-letter", idle_timeout=10)
                if b"poisoned" in (m.value() or b"")]
     assert letters and b"mallard.snapshots" in letters[0].value()
+
+
+def test_snapshot_offsets_kept_in_the_cdc_group_are_taken_over(stack):
+    """Before the snapshot topic had a consumer group of its own, its offsets were in the
+    CDC group's: an upgraded applier starts from there, not from the topic's beginning."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    stack.wait_for("SELECT count(*) > 0 FROM _mallard.snapshots WHERE status = 'merged'", [[True]])
+    topic, log = "mallard.snapshots", Path(stack.status()["components"]["applier"]["log"])
+
+    def group(name: str) -> Consumer:
+        return Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": name, "enable.auto.commit": False})
+
+    stop_applier(stack)
+    probe = group("mallard-applier-snapshots")
+    committed = probe.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    probe.close()
+    assert committed > 0
+    legacy = group("mallard-applier")
+    legacy.commit(offsets=[TopicPartition(topic, 0, committed)], asynchronous=False)
+    legacy.close()
+    stack.env["MALLARD_SNAPSHOT_CONSUMER_GROUP"] = "upgraded-applier"
+    try:
+        stack.mallard("stack", "up")
+        deadline = time.monotonic() + 60
+        line = f"snapshot topic offsets taken over from group mallard-applier: [0]@{committed}"
+        while line not in log.read_text():
+            assert time.monotonic() < deadline, f"no {line!r} in the applier's log"
+            time.sleep(0.3)
+    finally:
+        del stack.env["MALLARD_SNAPSHOT_CONSUMER_GROUP"]
+        stop_applier(stack)
+        stack.mallard("stack", "up")
