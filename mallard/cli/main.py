@@ -92,6 +92,20 @@ How to look at the running stack:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from mallard.core.status import render
+    from mallard.status import gather
+
+    s = _stack_settings()
+    config = _replication_config(args) if (getattr(args, "config", None) or s.replication_config) else None
+    now = datetime.now(timezone.utc)
+    report = gather(s, config, now)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report, now))
+    return 0 if all(c["state"] == "running" for c in report["services"].values()) else 3
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import topic_summaries
 
@@ -352,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable, with the full Postgres DSN")
     st.set_defaults(func=cmd_stack_status)
     ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
+
+    status = sub.add_parser("status", help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
+                                           "dead letters; and every service's state (exit 3 if one is not running)")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--config", help="replication config (default: the stack's)")
+    status.set_defaults(func=cmd_status)
 
     topics = sub.add_parser("topics", help="list topics with partitions and message counts")
     topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
