@@ -99,6 +99,7 @@ def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
 INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
 INSPECTION_GROUPS = ("mallard-cli-inspect", "mallard-cli-tail", "mallard-read-to-end")
 """Groups mallard's own readers use without consuming as a group (never listed as consumers)."""
+MALLARD_GROUPS = ("mallard-applier", "mallard-snapshotter", "mallard-scheduler")
 
 
 def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
@@ -191,7 +192,10 @@ def read_at(bootstrap_servers: str, topic: str, partition: int, offset: int, tim
 
 def consumer_groups(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
     """Consumer groups the cluster knows, but mallard's own inspection readers."""
-    groups = admin_client(bootstrap_servers).list_consumer_groups(request_timeout=timeout).result()
+    admin = admin_client(bootstrap_servers)  # kept until the answer is in: a collected client cancels it
+    groups = admin.list_consumer_groups(request_timeout=timeout).result()
+    if groups.errors and not groups.valid:
+        raise KafkaException(groups.errors[0])
     return sorted(g.group_id for g in groups.valid if g.group_id not in INSPECTION_GROUPS)
 
 
@@ -205,8 +209,11 @@ def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[dict[
     names = sorted(topic_names(metadata))
     partitions = [(t, p) for t in names for p in sorted(metadata.topics[t].partitions)]
     ends = end_offsets(bootstrap_servers, partitions, timeout)
-    committed = {g: committed_offsets(bootstrap_servers, g, partitions, timeout)
-                 for g in consumer_groups(bootstrap_servers, timeout)}
+    try:
+        groups = consumer_groups(bootstrap_servers, timeout)
+    except KafkaException:  # a broker that cannot list groups: mallard's own, by their default names
+        groups = list(MALLARD_GROUPS)
+    committed = {g: committed_offsets(bootstrap_servers, g, partitions, timeout) for g in groups}
     out = []
     for name in names:
         parts = [p for t, p in partitions if t == name]

@@ -110,8 +110,18 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import topic_summaries
 
     servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
-    for name, partitions, messages in topic_summaries(servers):
-        print(f"  {name:<40} partitions {partitions:<3} messages {messages}")
+    topics = topic_summaries(servers)
+    if args.json:
+        print(json.dumps(topics, indent=2))
+        return 0
+    for t in topics:
+        lags = []
+        for group, parts in t["groups"].items():
+            total = sum(parts.values())
+            detail = ", ".join(f"p{p} {n}" for p, n in parts.items() if n)
+            lags.append(f"{group} {total}" + (f" ({detail})" if detail and len(parts) > 1 else ""))
+        print(f"  {t['topic']:<40} partitions {t['partitions']:<3} messages {t['messages']:<9} "
+              f"lag {'; '.join(lags) if lags else '-'}")
     return 0
 
 
@@ -373,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", help="replication config (default: the stack's)")
     status.set_defaults(func=cmd_status)
 
-    topics = sub.add_parser("topics", help="list topics with partitions and message counts")
+    topics = sub.add_parser("topics", help="list topics with partitions, message counts and the lag of each "
+                                           "consumer group that committed offsets on them")
+    topics.add_argument("--json", action="store_true")
     topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     topics.set_defaults(func=cmd_topics)
 
