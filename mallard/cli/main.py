@@ -127,14 +127,19 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import read_topic
-    from mallard.core.describe import describe
+    from mallard.core.describe import describe, key_matches
 
     servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
     shown = 0
-    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning, limit=args.limit,
-                          idle_timeout=args.timeout):
-        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
+    # With --key every message is read and the limit counts the matching ones.
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
+                          limit=None if args.key is not None else args.limit, idle_timeout=args.timeout):
+        if args.key is not None and not key_matches(msg.key(), args.key):
+            continue
+        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()), flush=True)
         shown += 1
+        if args.limit is not None and shown >= args.limit:
+            break
     print(f"({shown} message(s))", file=sys.stderr)
     return 0
 
@@ -392,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print a topic's messages, decoded")
     tail.add_argument("topic")
     tail.add_argument("--from-beginning", action="store_true")
-    tail.add_argument("--limit", type=int, default=None, help="stop after N messages")
+    tail.add_argument("--limit", type=int, default=None, help="stop after N messages (matching ones, with --key)")
+    tail.add_argument("--key", help="only messages with this key, given as its value: 42 or abc for a one-column key, "
+                                    "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
+                                    "(a snapshot's stream, a request id)")
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
     tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     tail.set_defaults(func=cmd_tail)
