@@ -228,29 +228,42 @@ def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[dict[
     return out
 
 
+STARTUP_GRACE_S = 10.0
+"""How long a reader waits for the broker's first answer before its idle time starts."""
+
+
 def read_topic(
     bootstrap_servers: str, topic: str, from_beginning: bool = True, limit: int | None = None,
     idle_timeout: float = 5.0,
 ) -> Iterable[Any]:
     """Yield a topic's messages (all partitions) without joining a consumer group,
     until ``limit`` messages or ``idle_timeout`` seconds without one."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     deadline = time.monotonic() + idle_timeout
     while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
         if time.monotonic() > deadline:
             raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
         time.sleep(0.5)
-    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024})
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    reader.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
+    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024,
+                                                                "enable.partition.eof": True})
+    partitions = sorted(metadata.topics[topic].partitions)
+    if from_beginning:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    else:  # the true end (not OFFSET_END: Tansu resolves it to its last batch's start)
+        ends = end_offsets(bootstrap_servers, [(topic, p) for p in partitions])
+        reader.assign([TopicPartition(topic, p, ends[(topic, p)][1]) for p in partitions])
     seen = 0
     try:
-        last = time.monotonic()
-        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout:
+        # The idle time counts from the broker's first answer (a message, or the end of a
+        # partition), not from the assignment: reaching the partitions takes a moment.
+        last, answered, startup = time.monotonic(), False, STARTUP_GRACE_S
+        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout + (0 if answered else startup):
             msg = reader.poll(0.2)
             if msg is None:
                 continue
+            if not answered:
+                answered, last = True, time.monotonic()
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue
