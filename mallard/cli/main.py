@@ -82,7 +82,8 @@ How to look at the running stack:
   Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
   Transaction metadata:      .venv/bin/mallard tail {config.transaction_topic} --from-beginning --limit 4
   Topics and message counts: .venv/bin/mallard topics
-  With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -f '%k\\n%s\\n\\n'
+  With kcat (apt install kcat):  bash scripts/kcat.sh -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -q -f '%k\\n%s\\n\\n'
+  Lag, delay, last snapshots:    .venv/bin/mallard status
   Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
                              .venv/bin/mallard demo changes --count 10
   Logs:                      {home / 'logs'}/  (Postgres: {stack.components[0].log})

@@ -67,7 +67,9 @@ class SchedulerService(Service):
     def _metric_families(self) -> list[Any]:
         families = [
             counter("mallard_schedule_fires", "Schedule fires this scheduler published to the control topic.",
-                    {(name,): n for name, n in sorted(self.fires.items())}, ("schedule",)),
+                    {(name,): self.fires.get(name, 0) for name in sorted({*self.fires, *(self.config.schedules if
+                                                                                         self.config else ())})},
+                    ("schedule",)),
             gauge("mallard_scheduler_leader", "1 when this scheduler is the one that publishes (it holds the control "
                   "topic's partition).", 1 if self.leader else 0),
         ]
