@@ -195,8 +195,13 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None) -> di
     streams = list(config.streams) if config is not None else []
     streams += [s for s in replica.tables if s not in streams]
     other_topics = [f"{prefix}.transaction", k.snapshot_topic]
-    kafka = kafka_facts(settings.bootstrap_servers, ApplierSettings().consumer_group,
-                        [f"{prefix}.{s}" for s in streams] + other_topics, k.dead_letter_topic, prefix, k.snapshot_topic)
+    group = ApplierSettings().consumer_group
+    if services["broker"]["state"] == "running":
+        kafka = kafka_facts(settings.bootstrap_servers, group, [f"{prefix}.{s}" for s in streams] + other_topics,
+                            k.dead_letter_topic, prefix, k.snapshot_topic)
+    else:  # no waiting for a broker that is known to be down
+        kafka = KafkaFacts(error=f"no Kafka broker answers at {settings.bootstrap_servers}", group=group,
+                           dead_letter_topic=k.dead_letter_topic)
     announced = {}
     scheduler = services.get("scheduler", {}).get("health")
     if isinstance(scheduler, dict):
