@@ -1,4 +1,5 @@
-"""A tiny HTTP health endpoint per service: GET /healthz -> 200 when ready, else 503.
+"""A tiny HTTP health endpoint per service: GET /healthz -> 200 when ready, else 503;
+GET /metrics -> the service's Prometheus metrics (text format, ``mallard/metrics.py``).
 
 ``python -m mallard.health URL`` exits 0 when the endpoint answers 200: the
 docker-compose health checks use it (the slim image has no curl).
@@ -18,10 +19,12 @@ from typing import Any
 
 class HealthServer:
     """Serves ``state()`` (a dict with at least ``ready: bool``) as JSON on /healthz, and
-    any extra ``routes``: path -> handler(query parameters) -> (status, JSON body)."""
+    any extra ``routes``: path -> handler(query parameters) -> (status, JSON body), and
+    ``metrics()`` (Prometheus text) on /metrics."""
 
     def __init__(self, host: str, port: int, state: Callable[[], dict[str, Any]],
-                 routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] | None = None):
+                 routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] | None = None,
+                 metrics: Callable[[], bytes] | None = None):
         self._state = state
         outer = self
         extra = routes or {}
@@ -33,15 +36,20 @@ class HealthServer:
                 if path in extra:
                     params = dict(urllib.parse.parse_qsl(url.query))
                     code, body = extra[path](params)
+                elif path == "/metrics" and metrics is not None:
+                    self._send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8")
+                    return
                 elif path in ("/healthz", ""):
                     body = outer._state()
                     code = 200 if body.get("ready") else 503
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body, default=str).encode()
+                self._send(code, json.dumps(body, default=str).encode(), "application/json")
+
+            def _send(self, code: int, data: bytes, content_type: str) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings
 
 from mallard.health import HealthServer
 from mallard.logs import configure
+from mallard.metrics import ServiceMetrics, gauge
 from mallard.settings import ServiceSettings
 
 
@@ -38,6 +39,9 @@ class Service:
         self.stopping = threading.Event()
         self.ready = False
         self.log = logging.getLogger(f"mallard.{self.name}")
+        self.metrics = ServiceMetrics(self.name)
+        self.metrics.on_scrape(lambda: [gauge("mallard_ready", "1 when the service is ready (its /healthz answers 200).",
+                                              1 if Service.state(self)["ready"] else 0)])
 
     def state(self) -> dict[str, Any]:
         return {"service": self.name, "ready": self.ready and not self.stopping.is_set()}
@@ -77,7 +81,8 @@ def main(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
     health = (
-        HealthServer(settings.health_host, settings.health_port, service.state, service.routes()).start()
+        HealthServer(settings.health_host, settings.health_port, service.state, service.routes(),
+                     service.metrics.render).start()
         if settings.health_port
         else None
     )

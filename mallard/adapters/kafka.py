@@ -106,28 +106,140 @@ def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
     return Consumer(_logging(config))
 
 
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
+INSPECTION_GROUPS = ("mallard-cli-inspect", "mallard-cli-tail", "mallard-read-to-end")
+"""Groups mallard's own readers use without consuming as a group (never listed as consumers)."""
+MALLARD_GROUPS = ("mallard-applier", "mallard-applier-snapshots", "mallard-snapshotter", "mallard-scheduler")
+
+
 def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
-    return (t for t in metadata.topics if not t.startswith("__"))
+    """Every topic but Kafka's own (Debezium's ``__debezium-heartbeat.<prefix>`` is kept)."""
+    return (t for t in metadata.topics if t not in INTERNAL_TOPICS and not (t.startswith("__") and "heartbeat" not in t))
 
 
-def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[tuple[str, int, int]]:
-    """(topic, partitions, messages) per topic; messages = sum of high - low watermarks."""
+def end_offsets(bootstrap_servers: str, partitions: list[tuple[str, int]], timeout: float = 10.0
+                ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) watermark per partition, high being the offset the next message gets.
+
+    Not ListOffsets alone: Tansu answers it with the base offset of the partition's last
+    record batch, short of the end. A fetch response carries the true high watermark, so
+    each partition is also fetched once, from the offset ListOffsets gave (at most its
+    last batch comes back); with real Kafka that fetch just confirms it."""
     from confluent_kafka import TopicPartition
 
-    metadata = broker_metadata(bootstrap_servers, timeout)
-    reader = consumer(bootstrap_servers, "mallard-cli-inspect")
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect", **{
+        "enable.partition.eof": True, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 1024,
+        "max.partition.fetch.bytes": 64 * 1024})
     try:
-        out = []
-        for name in sorted(topic_names(metadata)):
-            parts = metadata.topics[name].partitions
-            total = 0
-            for p in parts:
-                low, high = reader.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
-                total += max(0, high - low)
-            out.append((name, len(parts), total))
+        listed = {tp: reader.get_watermark_offsets(TopicPartition(*tp), timeout=timeout) for tp in partitions}
+        result = dict(listed)
+        if not partitions:
+            return result
+        reader.assign([TopicPartition(t, p, max(low, high)) for (t, p), (low, high) in listed.items()])
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = reader.poll(0.1)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error() and msg.error().code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(msg.error())
+            if tp not in pending:
+                continue
+            high = reader.get_watermark_offsets(TopicPartition(*tp), cached=True)[1]
+            if msg.error():  # end of partition: its offset is the end
+                high = max(high, msg.offset())
+            low = listed[tp][0]
+            result[tp] = (low, max(high, listed[tp][1]))
+            pending.discard(tp)
+            reader.pause([TopicPartition(*tp)])
+        return result
+    finally:
+        reader.close()
+
+
+def committed_offsets(bootstrap_servers: str, group: str, partitions: list[tuple[str, int]], timeout: float = 10.0
+                      ) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset per partition (None: it committed none there). Reads
+    them without joining the group, so it disturbs no member."""
+    from confluent_kafka import TopicPartition
+
+    if not partitions:
+        return {}
+    reader = consumer(bootstrap_servers, group)
+    try:
+        out = {}
+        for tp in reader.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout):
+            out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return out
     finally:
         reader.close()
+
+
+def read_at(bootstrap_servers: str, topic: str, partition: int, offset: int, timeout: float = 5.0) -> Any | None:
+    """The message at ``offset`` (or the first one after it), None if there is none yet."""
+    from confluent_kafka import TopicPartition
+
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect", **{"enable.partition.eof": True,
+                                                                   "queued.max.messages.kbytes": 1024})
+    try:
+        reader.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                raise KafkaException(msg.error())
+            return msg
+        return None
+    finally:
+        reader.close()
+
+
+def consumer_groups(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
+    """Consumer groups the cluster knows, but mallard's own inspection readers."""
+    admin = admin_client(bootstrap_servers)  # kept until the answer is in: a collected client cancels it
+    groups = admin.list_consumer_groups(request_timeout=timeout).result()
+    if groups.errors and not groups.valid:
+        raise KafkaException(groups.errors[0])
+    return sorted(g.group_id for g in groups.valid if g.group_id not in INSPECTION_GROUPS)
+
+
+def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Per topic: partitions, messages (high - low watermark, summed) and, per consumer
+    group that committed offsets on it, the lag per partition (high watermark minus the
+    committed offset; a partition where the group committed nothing counts whole)."""
+    from mallard.core.status import partition_lag
+
+    metadata = broker_metadata(bootstrap_servers, timeout)
+    names = sorted(topic_names(metadata))
+    partitions = [(t, p) for t in names for p in sorted(metadata.topics[t].partitions)]
+    ends = end_offsets(bootstrap_servers, partitions, timeout)
+    try:
+        groups = consumer_groups(bootstrap_servers, timeout)
+    except KafkaException:  # a broker that cannot list groups: mallard's own, by their default names
+        groups = list(MALLARD_GROUPS)
+    committed = {g: committed_offsets(bootstrap_servers, g, partitions, timeout) for g in groups}
+    out = []
+    for name in names:
+        parts = [p for t, p in partitions if t == name]
+        groups = {}
+        for group, offsets in committed.items():
+            mine = {p: offsets.get((name, p)) for p in parts}
+            if any(o is not None for o in mine.values()):
+                groups[group] = partition_lag({p: ends[(name, p)] for p in parts}, mine)
+        out.append({"topic": name, "partitions": len(parts),
+                    "messages": sum(max(0, ends[(name, p)][1] - ends[(name, p)][0]) for p in parts),
+                    "groups": groups})
+    return out
+
+
+STARTUP_GRACE_S = 10.0
+"""How long a reader waits for the broker's first answer before its idle time starts."""
 
 
 def read_topic(
@@ -136,23 +248,32 @@ def read_topic(
 ) -> Iterable[Any]:
     """Yield a topic's messages (all partitions) without joining a consumer group,
     until ``limit`` messages or ``idle_timeout`` seconds without one."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     deadline = time.monotonic() + idle_timeout
     while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
         if time.monotonic() > deadline:
             raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
         time.sleep(0.5)
-    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024})
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    reader.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
+    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024,
+                                                                "enable.partition.eof": True})
+    partitions = sorted(metadata.topics[topic].partitions)
+    if from_beginning:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    else:  # the true end (not OFFSET_END: Tansu resolves it to its last batch's start)
+        ends = end_offsets(bootstrap_servers, [(topic, p) for p in partitions])
+        reader.assign([TopicPartition(topic, p, ends[(topic, p)][1]) for p in partitions])
     seen = 0
     try:
-        last = time.monotonic()
-        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout:
+        # The idle time counts from the broker's first answer (a message, or the end of a
+        # partition), not from the assignment: reaching the partitions takes a moment.
+        last, answered, startup = time.monotonic(), False, STARTUP_GRACE_S
+        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout + (0 if answered else startup):
             msg = reader.poll(0.2)
             if msg is None:
                 continue
+            if not answered:
+                answered, last = True, time.monotonic()
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue

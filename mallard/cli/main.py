@@ -82,7 +82,8 @@ How to look at the running stack:
   Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
   Transaction metadata:      .venv/bin/mallard tail {config.transaction_topic} --from-beginning --limit 4
   Topics and message counts: .venv/bin/mallard topics
-  With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -f '%k\\n%s\\n\\n'
+  With kcat (apt install kcat):  bash scripts/kcat.sh -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -q -f '%k\\n%s\\n\\n'
+  Lag, delay, last snapshots:    .venv/bin/mallard status
   Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
                              .venv/bin/mallard demo changes --count 10
   Logs:                      {home / 'logs'}/  (Postgres: {stack.components[0].log})
@@ -92,25 +93,54 @@ How to look at the running stack:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from mallard.core.status import render
+    from mallard.status import gather
+
+    s = _stack_settings()
+    config = _replication_config(args) if (getattr(args, "config", None) or s.replication_config) else None
+    now = datetime.now(timezone.utc)
+    report = gather(s, config, now)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report, now))
+    return 0 if all(c["state"] == "running" for c in report["services"].values()) else 3
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import topic_summaries
 
     servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
-    for name, partitions, messages in topic_summaries(servers):
-        print(f"  {name:<40} partitions {partitions:<3} messages {messages}")
+    topics = topic_summaries(servers)
+    if args.json:
+        print(json.dumps(topics, indent=2))
+        return 0
+    for t in topics:
+        lags = []
+        for group, parts in t["groups"].items():
+            total = sum(parts.values())
+            detail = ", ".join(f"p{p} {n}" for p, n in parts.items() if n)
+            lags.append(f"{group} {total}" + (f" ({detail})" if detail and len(parts) > 1 else ""))
+        print(f"  {t['topic']:<40} partitions {t['partitions']:<3} messages {t['messages']:<9} "
+              f"lag {'; '.join(lags) if lags else '-'}")
     return 0
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import read_topic
-    from mallard.core.describe import describe
+    from mallard.core.describe import describe, key_matches
 
     servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
     shown = 0
-    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning, limit=args.limit,
-                          idle_timeout=args.timeout):
-        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
+    # With --key every message is read and the limit counts the matching ones.
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
+                          limit=None if args.key is not None else args.limit, idle_timeout=args.timeout):
+        if args.key is not None and not key_matches(msg.key(), args.key):
+            continue
+        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()), flush=True)
         shown += 1
+        if args.limit is not None and shown >= args.limit:
+            break
     print(f"({shown} message(s))", file=sys.stderr)
     return 0
 
@@ -371,14 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_stack_status)
     ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
 
-    topics = sub.add_parser("topics", help="list topics with partitions and message counts")
+    status = sub.add_parser("status", help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
+                                           "dead letters; and every service's state (exit 3 if one is not running)")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--config", help="replication config (default: the stack's)")
+    status.set_defaults(func=cmd_status)
+
+    topics = sub.add_parser("topics", help="list topics with partitions, message counts and the lag of each "
+                                           "consumer group that committed offsets on them")
+    topics.add_argument("--json", action="store_true")
     topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     topics.set_defaults(func=cmd_topics)
 
     tail = sub.add_parser("tail", help="print a topic's messages, decoded")
     tail.add_argument("topic")
     tail.add_argument("--from-beginning", action="store_true")
-    tail.add_argument("--limit", type=int, default=None, help="stop after N messages")
+    tail.add_argument("--limit", type=int, default=None, help="stop after N messages (matching ones, with --key)")
+    tail.add_argument("--key", help="only messages with this key, given as its value: 42 or abc for a one-column key, "
+                                    "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
+                                    "(a snapshot's stream, a request id)")
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
     tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     tail.set_defaults(func=cmd_tail)

@@ -40,6 +40,10 @@ class ApplierSettings(ServiceSettings):
                                   description="Debezium connector config: its table.include.list are the streams that get a "
                                   "first snapshot when the replica has none.")
 
+    @property
+    def snapshot_group(self) -> str:
+        return self.snapshot_consumer_group or f"{self.consumer_group}-snapshots"
+
     @model_validator(mode="after")
     def _target_from_the_replication_config(self) -> "ApplierSettings":
         """The replication config's ``target`` names the DuckDB file, unless MALLARD_DUCKDB_PATH does."""

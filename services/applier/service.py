@@ -36,6 +36,7 @@ from mallard.core.cut import Cut
 from mallard.core.merge import reduce
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
 from mallard.core.transactions import TransactionAssembler
+from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
 from schemas.deadletter import DeadLetter
@@ -83,6 +84,18 @@ class ApplierService(Service):
         self._snapshot_turn = False
         self._stuck: tuple[int, float, bool] | None = None
         self._warned_old = False
+        # Metrics: totals are self.counts (read at scrape time); histograms observed once per batch.
+        self._committed: dict[tuple[str, int], int] = {}
+        self._lag: dict[tuple[str, int], int] = {}
+        self._lag_measured = 0.0
+        self._last_commit_ms: int | None = None
+        self._batch_seconds = self.metrics.histogram(
+            "mallard_apply_batch_duration_seconds", "Time DuckDB took to apply one batch of whole transactions.",
+            BATCH_BUCKETS)
+        self._delay_seconds = self.metrics.histogram(
+            "mallard_apply_delay_seconds", "End-to-end delay: Postgres commit to applied in DuckDB, of the last "
+            "transaction of each batch.", DELAY_BUCKETS)
+        self.metrics.on_scrape(self._metric_families)
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -95,6 +108,50 @@ class ApplierService(Service):
             base["buffered_events"] = self.assembler.buffered_events
             base["waiting_transactions"] = self.assembler.waiting_transactions
         return base
+
+    def _metric_families(self) -> list[Any]:
+        c = self.counts
+        families = [
+            counter("mallard_events_applied", "Change events applied to DuckDB.", c["events_applied"]),
+            counter("mallard_transactions_applied", "Postgres transactions applied to DuckDB.", c["transactions_applied"]),
+            counter("mallard_apply_batches", "DuckDB transactions of change events committed.", c["batches"]),
+            counter("mallard_dead_letters", "Messages sent to the dead-letter topic.", c["dead_letters"]),
+            counter("mallard_snapshots_applied", "Snapshots finished in DuckDB, by result.",
+                    {("merged",): c["snapshots_merged"], ("abandoned",): c["snapshots_abandoned"]}, ("result",)),
+            counter("mallard_snapshot_rows_staged", "Snapshot rows staged in DuckDB.", c["snapshot_rows_staged"]),
+            gauge("mallard_consumer_lag_messages", "Messages on the applier's topics not yet applied (high watermark "
+                  "minus the committed offset), per partition.",
+                  {(t, str(p)): lag for (t, p), lag in sorted(self._lag.items())}, ("topic", "partition")),
+        ]
+        if self.assembler is not None:
+            families.append(gauge("mallard_buffered_events", "Decoded events waiting for their transaction or for "
+                                  "DuckDB.", self.assembler.buffered_events))
+        if self._last_commit_ms is not None:
+            families.append(gauge("mallard_last_applied_commit_timestamp_seconds", "Postgres commit time of the last "
+                                  "transaction applied (now minus this is how far behind the replica is).",
+                                  self._last_commit_ms / 1000))
+        return families
+
+    def _measure_lag(self, consumer: Consumer) -> None:
+        """Per assigned partition: high watermark (librdkafka's cached one, no broker round
+        trip) minus the offset committed (or, before any commit, the position)."""
+        now = time.monotonic()
+        if now - self._lag_measured < 1.0:
+            return
+        self._lag_measured = now
+        try:
+            assigned = consumer.assignment()
+            positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
+            lag = {}
+            for tp in assigned:
+                key = (tp.topic, tp.partition)
+                high = consumer.get_watermark_offsets(tp, cached=True)[1]
+                done = self._committed.get(key, positions.get(key, -1))
+                if high >= 0 and done >= 0:
+                    lag[key] = max(0, high - done)
+            self._lag = lag
+        except KafkaException:
+            pass  # a metric only: the next round measures again
 
     def routes(self) -> dict[str, Any]:
         return {"/tables": lambda params: (200, {"tables": self.replica.table_report() if self.replica else []}),
@@ -130,7 +187,7 @@ class ApplierService(Service):
         # Snapshot batches are big and come in bursts of millions of rows: a consumer of their
         # own, with a small prefetch queue, keeps memory flat in the table's size (the CDC
         # consumer's big queue is what keeps CDC fast).
-        snapshot_consumer = kafka.consumer(s.kafka_bootstrap_servers, self.snapshot_group, **{
+        snapshot_consumer = kafka.consumer(s.kafka_bootstrap_servers, s.snapshot_group, **{
             "session.timeout.ms": s.session_timeout_ms,
             "queued.max.messages.kbytes": s.snapshot_fetch_queue_kb,
             "fetch.max.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
@@ -142,7 +199,7 @@ class ApplierService(Service):
         self._request_first_snapshots()
         self.log.info("applier up: %s <- topics %s and %s (group %s), %s (group %s), applied up to %s",
                       s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group, s.snapshot_topic,
-                      self.snapshot_group, (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
+                      s.snapshot_group, (self.replica.progress() or {}).get("commit_lsn", "nothing yet"))
         # Batches create many short-lived objects and few cycles: collect cycles rarely.
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
@@ -187,6 +244,7 @@ class ApplierService(Service):
                     last_commit = time.monotonic()
                     self._warn_if_stuck()
                     self._warn_about_the_source()
+                    self._measure_lag(consumer)
         finally:
             self.ready = False
             self._to_apply.put(None)
@@ -476,6 +534,9 @@ class ApplierService(Service):
             last = transactions[-1]
             lag = time.time() - last.committed_at_ms / 1000
             rate = stats.events / elapsed if elapsed else 0
+            self._batch_seconds.observe(elapsed)
+            self._delay_seconds.observe(max(0.0, lag))
+            self._last_commit_ms = last.committed_at_ms
             self.log.info(
                 "applied %d tx, %d events (%d upserts, %d deletes, %d truncates, %d held back, %d dead, "
                 "%d older than a snapshot) "
@@ -504,12 +565,9 @@ class ApplierService(Service):
             if offsets:
                 try:
                     c.commit(offsets=offsets, asynchronous=not wait)
+                    self._committed.update(committable)
                 except KafkaException as e:  # transient: the next commit carries the same offsets
                     self.log.warning("offset commit failed, will retry: %s", e)
-
-    @property
-    def snapshot_group(self) -> str:
-        return self.settings.snapshot_consumer_group or f"{self.settings.consumer_group}-snapshots"
 
     def _adopt_snapshot_offsets(self, consumer: Consumer, snapshot_consumer: Consumer) -> None:
         """A replica from before the snapshot consumer had its own group kept the snapshot

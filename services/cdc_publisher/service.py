@@ -18,6 +18,7 @@ from typing import Any
 from mallard.adapters import kafka, postgres
 from mallard.connector import load_connector_config_file
 from mallard.core.connector_config import ConnectorConfig, embedded_engine_properties
+from mallard.metrics import BATCH_BUCKETS, counter, gauge
 from mallard.service import Service
 from services.cdc_publisher.config import CdcPublisherSettings
 
@@ -37,8 +38,11 @@ def load_connector_config(settings: CdcPublisherSettings) -> ConnectorConfig:
 class KafkaPublishingHandler:
     """Debezium change handler: produce each event unchanged, flush, then return."""
 
-    def __init__(self, settings: CdcPublisherSettings, config: ConnectorConfig, log: Any):
+    def __init__(self, settings: CdcPublisherSettings, config: ConnectorConfig, log: Any, batch_seconds: Any = None):
         self.settings = settings
+        self.batch_seconds = batch_seconds
+        self.batches = 0
+        self.by_topic: dict[str, int] = {}
         self.config = config
         self.log = log
         self.producer = kafka.producer(settings.kafka_bootstrap_servers)
@@ -82,9 +86,14 @@ class KafkaPublishingHandler:
             )
         n = sum(topics.values())
         self.published += n
+        self.batches += 1
+        for topic, count in topics.items():
+            self.by_topic[topic] = self.by_topic.get(topic, 0) + count
         self.last_published_at = time.time()
         elapsed = time.monotonic() - started
         rate = n / elapsed if elapsed else 0.0
+        if self.batch_seconds is not None:
+            self.batch_seconds.observe(elapsed)
         self.log.info(
             "published %d event(s) in %.0f ms (%.0f/s): %s",
             n, elapsed * 1000, rate, ", ".join(f"{t}={c}" for t, c in sorted(topics.items())),
@@ -100,6 +109,25 @@ class CdcPublisherService(Service):
         super().__init__(settings)
         self.handler: KafkaPublishingHandler | None = None
         self.slot: dict[str, Any] | None = None
+        self._batch_seconds = self.metrics.histogram(
+            "mallard_cdc_publish_batch_duration_seconds", "Time to publish one batch of Debezium events to Kafka "
+            "(produce and flush).", BATCH_BUCKETS)
+        self.metrics.on_scrape(self._metric_families)
+
+    def _metric_families(self) -> list[Any]:
+        h, slot = self.handler, self.slot
+        families = [
+            counter("mallard_cdc_events_published", "Debezium events published to Kafka, per topic.",
+                    {(t,): n for t, n in sorted(h.by_topic.items())} if h else {}, ("topic",)),
+            counter("mallard_cdc_batches_published", "Batches of Debezium events published (each flushed before "
+                    "Debezium may commit its offsets).", h.batches if h else 0),
+        ]
+        if slot is not None:
+            families.append(gauge("mallard_replication_slot_active", "1 when Debezium consumes the replication slot.",
+                                  1 if slot["active"] else 0))
+            families.append(gauge("mallard_replication_slot_retained_wal_bytes", "WAL the replication slot keeps "
+                                  "Postgres from recycling.", slot["retained_wal_bytes"] or 0))
+        return families
 
     def state(self) -> dict[str, Any]:
         h = self.handler
@@ -140,7 +168,7 @@ class CdcPublisherService(Service):
             else f"no offsets yet, streaming from slot {config.slot_name}'s position",
         )
         props = embedded_engine_properties(config, str(offsets.resolve()), s.offset_flush_interval_ms)
-        self.handler = KafkaPublishingHandler(s, config, self.log)
+        self.handler = KafkaPublishingHandler(s, config, self.log, self._batch_seconds)
         engine = DebeziumJsonEngine(
             properties=props,
             handler=self.handler,

@@ -25,6 +25,7 @@ from typing import Any
 from mallard.adapters import kafka
 from mallard.core.replication_config import ReplicationConfig
 from mallard.core.scheduling import due, next_fire, parse_request_id, request_id
+from mallard.metrics import counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest, control_message_adapter
 from services.scheduler.config import SchedulerSettings
@@ -57,9 +58,32 @@ class SchedulerService(Service):
         self.last_fire: dict[str, datetime] = {}
         self.anchor = self.clock.now()
         self.published = 0
+        self.fires: dict[str, int] = {}
         self._high: dict[int, int] = {}
         self._position: dict[int, int] = {}
         self._idle_since = 0.0
+        self.metrics.on_scrape(self._metric_families)
+
+    def _metric_families(self) -> list[Any]:
+        families = [
+            counter("mallard_schedule_fires", "Schedule fires this scheduler published to the control topic.",
+                    {(name,): self.fires.get(name, 0) for name in sorted({*self.fires, *(self.config.schedules if
+                                                                                         self.config else ())})},
+                    ("schedule",)),
+            gauge("mallard_scheduler_leader", "1 when this scheduler is the one that publishes (it holds the control "
+                  "topic's partition).", 1 if self.leader else 0),
+        ]
+        if self.config and self.config.schedules:
+            now = self.clock.now()
+            families.append(gauge(
+                "mallard_schedule_next_fire_timestamp_seconds", "When each schedule fires next (Unix time).",
+                {(name, ): next_fire(sched.cron, now, self.last_fire.get(name)).timestamp()
+                 for name, sched in self.config.schedules.items()}, ("schedule",)))
+            families.append(gauge(
+                "mallard_schedule_last_fire_timestamp_seconds", "The last fire of each schedule found on the control "
+                "topic or published (Unix time).",
+                {(name,): fire.timestamp() for name, fire in sorted(self.last_fire.items())}, ("schedule",)))
+        return families
 
     def state(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -215,6 +239,7 @@ class SchedulerService(Service):
             raise RuntimeError(f"Kafka at {s.kafka_bootstrap_servers} did not take fire {request.request_id}")
         self.last_fire[name] = fire
         self.published += 1
+        self.fires[name] = self.fires.get(name, 0) + 1
         self.log.info("fired %s: %s%s", request.request_id, ", ".join(streams), " (missed while down: run once)"
                       if missed else "", extra={"kind": "schedule_fired", "schedule": name,
                                                 "request_id": request.request_id, "streams": list(streams),

@@ -40,6 +40,7 @@ from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fi
 from mallard.service import Service
 from mallard.core.incremental import and_filters, incremental_filter, is_incremental_run, quote_ident
 from mallard.core.replication_config import ReplicationConfig
+from mallard.metrics import SNAPSHOT_BUCKETS, counter, gauge
 from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
 from schemas.snapshot import SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
 from services.snapshotter.config import SnapshotterSettings
@@ -121,15 +122,29 @@ class SnapshotterService(Service):
 
     def __init__(self, settings: SnapshotterSettings):
         super().__init__(settings)
-        self.counts = {"snapshots": 0, "rows": 0, "failed": 0}
+        self.counts = {"snapshots": 0, "rows": 0, "failed": 0, "batches": 0}
         self.current: dict[str, Any] | None = None
         self.delivery_errors: list[str] = []
         self.config: ReplicationConfig | None = None
         self.served: set[str] = set()
         """Scheduled request ids served by this process: a fire published twice is snapshotted once."""
+        self._duration = self.metrics.histogram("mallard_snapshot_duration_seconds", "Time to read and publish one "
+                                                "snapshot (cut to end message in Kafka).", SNAPSHOT_BUCKETS)
+        self.metrics.on_scrape(self._metric_families)
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), **self.counts, "current": self.current}
+
+    def _metric_families(self) -> list[Any]:
+        c, current = self.counts, self.current or {}
+        return [
+            counter("mallard_snapshots", "Snapshots published (done) or given up (failed).",
+                    {("done",): c["snapshots"], ("failed",): c["failed"]}, ("result",)),
+            counter("mallard_snapshot_rows", "Rows published in finished snapshots.", c["rows"]),
+            counter("mallard_snapshot_batches", "Row batches published in finished snapshots.", c["batches"]),
+            gauge("mallard_snapshot_rows_in_progress", "Rows read so far by the snapshot running now (0: none).",
+                  current.get("rows", 0)),
+        ]
 
     def open(self) -> None:
         """Topics, the slot to check before a cut, and a producer with a bounded queue."""
@@ -315,6 +330,8 @@ class SnapshotterService(Service):
                              "rate": round(rate)})
         self.counts["snapshots"] += 1
         self.counts["rows"] += end.row_count
+        self.counts["batches"] += end.batches
+        self._duration.observe(elapsed)
         return end
 
     def _run_filter(self, stream: str, request: ResnapshotRequest) -> tuple[str | None, bool, str | None, str | None]:
