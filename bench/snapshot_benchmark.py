@@ -400,11 +400,27 @@ def bench_mallard(stack: Stack, n: int, timeout: float) -> tuple[dict, dict | No
     t, stream = table_name(n), f"public.{table_name(n)}"
     add_to_publication(stack.dsn, n)
     log_start = stack.snapshotter_log.stat().st_size if stack.snapshotter_log.exists() else 0
+    applier_log = Path(stack.status["components"]["applier"]["log"])
+    applier_log_start = applier_log.stat().st_size if applier_log.exists() else 0
     components = ("snapshotter", "applier", "broker")
     pids = [stack.pid(c) for c in components]
     rss_before = {c: rss_kb(stack.pid(c)) / 1024 for c in components}
     result = {"tool": "mallard (end to end)", "n": n}
     snap, count, snap_at = None, None, None
+    # CPU seconds per component (Postgres: its whole process tree): where the time goes.
+    postmaster = stack.pid("postgres")
+
+    def cpu_seconds() -> dict[str, float]:
+        table = processes()
+        ticks = {c: table.get(stack.pid(c), (0, 0))[1] for c in components}
+        # Backends come and go (the parallel readers'): the live ones, plus what the
+        # postmaster has reaped (its children's CPU time).
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks["postgres"] = int(fields[13]) + int(fields[14]) + sum(
+            table[p][1] for p in descendants([postmaster], table) if p in table)
+        return {c: t / os.sysconf("SC_CLK_TCK") for c, t in ticks.items()}
+
+    cpu_before = cpu_seconds()
     with OtherLoad() as other, PeakRss(pids, trees=False) as rss:
         started = time.monotonic()
         stack.mallard("resnapshot", stream, "--reason", "bench", timeout=60)
@@ -422,13 +438,23 @@ def bench_mallard(stack: Stack, n: int, timeout: float) -> tuple[dict, dict | No
                 break
             time.sleep(0.25)
         result["seconds"] = time.monotonic() - started
+    cpu_after = cpu_seconds()
     result["peak_rss_mb"] = rss.peak_mb
     result["other_load"] = other.cores
+    result["cpu_seconds"] = {c: round(cpu_after[c] - cpu_before.get(c, 0), 2) for c in cpu_after}
     result["rows"] = count
     result["note"] = "peak RSS: " + ", ".join(
-        f"{c} {rss.peak_kb_by_pid.get(stack.pid(c), 0) / 1024:,.0f} MB (from {rss_before[c]:,.0f})" for c in components)
+        f"{c} {rss.peak_kb_by_pid.get(stack.pid(c), 0) / 1024:,.0f} MB (from {rss_before[c]:,.0f})" for c in components) \
+        + "; CPU s: " + ", ".join(f"{c} {v:.1f}" for c, v in result["cpu_seconds"].items())
     if count != n:
         result["error"] = f"did not finish in {timeout:.0f} s (replica count: {count})"
+    if os.environ.get("BENCH_SHOW_LOGS"):  # the services' own lines about this snapshot: where the time goes
+        for log, start in ((stack.snapshotter_log, log_start), (applier_log, applier_log_start)):
+            with log.open("rb") as f:
+                f.seek(start)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if stream in line:
+                        print("    " + line[:220])
     snapshotter = None
     if snap is not None:
         snapshotter = {"tool": "  mallard snapshotter (read + publish)", "n": n, "rows": snap["rows"],
