@@ -243,12 +243,6 @@ _COUNTERS = ("events_applied", "transactions_applied", "batches", "snapshots_mer
              "snapshot_rows_staged", "dead_letters")
 
 
-def wal_position(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
-        return parse_lsn(cur.fetchone()[0])
-
-
 def received_position(conn: Any, slot: str) -> int | None:
     """How far Debezium has received the WAL (its sender's write_lsn), or None if nothing streams the slot."""
     with conn.cursor() as cur:
@@ -343,7 +337,6 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
         progress = None
         if applier is not None:
             progress = catch_up(control, applier, slot, position, timeout)
-            log(f"Postgres snapshot at LSN {_lsn(position)}; {progress.how}")
         results = []
         for stream in names:
             results.append(_compare_stream(conn, cur, replica, stream, tables.get(stream), fanout, leaf_rows))
@@ -351,9 +344,9 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
         # Re-check what differs after another catch-up: a key Postgres changed meanwhile is not a difference.
         if any(r.differences or (r.comparison and not r.comparison.equal) for r in results):
             position2 = _read_snapshot_position(cur)
-            if applier is not None:
-                again = catch_up(control, applier, slot, position2, timeout)
-                log(f"re-checking the differences at LSN {_lsn(position2)}; {again.how}")
+            how = (catch_up(control, applier, slot, position2, timeout).how if applier is not None
+                   else "the replica is read as it is")
+            log(f"verify: re-checking what differs against Postgres at LSN {_lsn(position2)}; {how}")
             for r in results:
                 _recheck(cur, replica, r)
             conn.rollback()

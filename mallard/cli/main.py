@@ -178,7 +178,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     def run(streams):
         return verify(s, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
-                      leaf_rows=args.leaf_rows)
+                      leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr))
 
     try:
         report = run(args.streams)
