@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -56,6 +58,10 @@ the truncate must not bring its rows back."""
 
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def target_name(stream: str) -> str:
@@ -726,6 +732,65 @@ class DuckDBReplica:
                         "holds are not deleted", state.stream, where, str(e).splitlines()[0])
             return None
         return f" AND ({where})"
+
+    # -- the read-only copy ----------------------------------------------------------
+
+    def publish_copy(self, path: str) -> dict[str, Any]:
+        """Write the replica's tables to a new DuckDB file and rename it to ``path``.
+
+        One DuckDB transaction reads every table, so the copy holds whole applied
+        transactions only; the rename is atomic, so a reader opening ``path`` sees the
+        previous copy or this one, never part of one. Staged snapshot rows and the
+        applier's own replay bookkeeping are left out; ``_mallard.progress``,
+        ``_mallard.tables`` and ``_mallard.snapshots`` are in, and ``_mallard.read_copy``
+        says when the copy was taken."""
+        started = time.monotonic()
+        target = os.path.abspath(path)
+        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        alias = "_mallard_read_copy"
+        self.con.execute(f"ATTACH {sql_literal(tmp)} AS {alias}")
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                tables = [(schema, name) for schema, name in self.con.execute(
+                    "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                    "ORDER BY 1, 2").fetchall() if self._copied(schema, name)]
+                for schema in sorted({schema for schema, _ in tables}):
+                    self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {alias}.{q(schema)}")
+                for schema, name in tables:
+                    self.con.execute(f"CREATE TABLE {alias}.{q(schema)}.{q(name)} AS SELECT * FROM {q(schema)}.{q(name)}")
+                self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {alias}._mallard")
+                self.con.execute(
+                    f"CREATE TABLE {alias}._mallard.read_copy AS SELECT now() AS copied_at, "
+                    "(SELECT printf('%X/%X', commit_lsn >> 32, commit_lsn & 4294967295) FROM _mallard.progress WHERE id = 1) "
+                    "AS commit_lsn, "
+                    "(SELECT committed_at FROM _mallard.progress WHERE id = 1) AS committed_at")
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute(f"CHECKPOINT {alias}")
+        finally:
+            self.con.execute(f"DETACH {alias}")
+        if os.path.exists(tmp + ".wal"):
+            raise RuntimeError(f"the copy {tmp} was not checkpointed whole")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        return {"path": target, "bytes": os.path.getsize(target), "tables": len(tables),
+                "seconds": time.monotonic() - started}
+
+    @staticmethod
+    def _copied(schema: str, name: str) -> bool:
+        if name.startswith(STAGING_PREFIX):
+            return False
+        if schema == "_mallard":
+            return name in ("progress", "tables", "snapshots")
+        return True
 
     # -- reading -------------------------------------------------------------------
 

@@ -190,6 +190,78 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mallard.connector import load_connector_config_file
+    from mallard.verify import ApplierReplica, FileReplica, as_json, render, repair_request, verify
+
+    s = _stack_settings()
+    if args.duckdb:
+        replica = FileReplica(args.duckdb)
+    else:
+        replica = ApplierReplica(s.applier_health_port)
+        if not replica.answers():
+            from mallard.stack.local import LocalStack
+
+            replica = FileReplica(str(LocalStack(s).duckdb_path))
+    slot = load_connector_config_file(s.connector_config).slot_name
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+
+    def run(streams):
+        return verify(s, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
+                      leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr))
+
+    try:
+        report = run(args.streams)
+        if args.json:
+            print(json.dumps(as_json(report), indent=2))
+        else:
+            print("\n".join(render(report, args.limit)))
+        broken = [r for r in report.results if not r.equal and r.comparison is not None]
+        if not args.repair or not broken:
+            return 0 if report.equal else 1
+        from datetime import datetime, timezone
+
+        requested_at = datetime.now(timezone.utc)
+        for r in broken:
+            where, full = repair_request(r)
+            _request_snapshot(s, [r.stream], "verify --repair", where=where, full=full)
+            shown = where if where is None or len(where) < 200 else where[:200] + "..."
+            say(f"repair: requested a snapshot of {r.stream}" + (f" where {shown}" if where else " (whole table)"))
+        if not args.wait:
+            return 1
+        if _wait_for_snapshots(s, [r.stream for r in broken], requested_at, args.timeout) != 0:
+            return 1
+        say("repair: merged; verifying again")
+        again = run([r.stream for r in broken])
+        if args.json:
+            print(json.dumps(as_json(again), indent=2))
+        else:
+            print("\n".join(render(again, args.limit)))
+        return 0 if again.equal else 1
+    finally:
+        replica.close()
+
+
+def _request_snapshot(s, streams: list[str], reason: str, where: str | None = None, full: bool = False) -> str:
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from mallard.adapters import kafka
+    from mallard.settings import KafkaSettings
+    from schemas.control import ResnapshotRequest
+
+    request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
+                                requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
+                                where=where, full=full)
+    producer = kafka.producer(s.bootstrap_servers)
+    producer.produce(KafkaSettings().control_topic, key=request.request_id.encode(),
+                     value=request.model_dump_json().encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
+    return request.request_id
+
+
 def cmd_resnapshot(args: argparse.Namespace) -> int:
     import getpass
     import uuid
@@ -431,6 +503,24 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run a read-only SQL query on the replica, through the running applier")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
+
+    ver = sub.add_parser("verify", help="prove the replica matches Postgres: row counts and hashes over primary-key "
+                                        "ranges at one consistent point, narrowed to the keys that differ "
+                                        "(exit 1 if any differ)")
+    ver.add_argument("streams", nargs="*", help="'<schema>.<table>' (default: every table of the replica)")
+    ver.add_argument("--repair", action="store_true",
+                     help="request a snapshot of just the differing keys (the whole table when there are more "
+                          "than 1000 or it has no usable key)")
+    ver.add_argument("--wait", action="store_true", help="with --repair: wait until merged, then verify again")
+    ver.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits for the repair at most")
+    ver.add_argument("--catch-up-timeout", type=float, default=120,
+                     help="seconds to wait for the applier to catch up with Postgres before comparing")
+    ver.add_argument("--limit", type=int, default=50, help="keys printed per stream")
+    ver.add_argument("--json", action="store_true", help="machine-readable result")
+    ver.add_argument("--fanout", type=int, default=16, help="buckets a differing range is cut into")
+    ver.add_argument("--leaf-rows", type=int, default=256, help="ranges this small are compared key by key")
+    ver.add_argument("--duckdb", help="read this DuckDB file read-only instead of asking the running applier")
+    ver.set_defaults(func=cmd_verify)
 
     res = sub.add_parser("resnapshot", help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
     res.add_argument("streams", nargs="+")

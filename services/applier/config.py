@@ -34,6 +34,12 @@ class ApplierSettings(ServiceSettings):
     duckdb_memory_limit: str = Field("1GB", description="DuckDB's memory limit (its page cache): keeps the applier's memory flat.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")
+    read_copy_path: str = Field(
+        "", description="Where to publish a read-only copy of the DuckDB file for other readers (BI tools): written "
+        "between batches (whole transactions only) to a temporary file and renamed into place; empty: no copy.")
+    read_copy_interval_s: float = Field(
+        60.0, description="Seconds between read-only copies (a copy is written only when something was applied since "
+        "the last one).")
     replication_config: str = Field("", description="Replication config (YAML): the DuckDB table each stream goes to "
                                     "(streams.<s>.target) and the DuckDB file (target.path); empty: defaults.")
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),

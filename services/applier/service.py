@@ -96,6 +96,10 @@ class ApplierService(Service):
             "mallard_apply_delay_seconds", "End-to-end delay: Postgres commit to applied in DuckDB, of the last "
             "transaction of each batch.", DELAY_BUCKETS)
         self.metrics.on_scrape(self._metric_families)
+        self.read_copy: dict[str, Any] | None = None
+        """The last read-only copy published: path, bytes, tables, seconds, published_at."""
+        self._copy_due = 0.0  # monotonic time of the next copy; 0: as soon as the replica is open
+        self._changed_since_copy = True
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -104,6 +108,8 @@ class ApplierService(Service):
         if self.replica is not None:
             base["progress"] = self.replica.progress()
             base["tables"] = self.replica.table_report()
+        if self.settings.read_copy_path:
+            base["read_copy"] = self.read_copy
         if self.assembler is not None:
             base["buffered_events"] = self.assembler.buffered_events
             base["waiting_transactions"] = self.assembler.waiting_transactions
@@ -493,8 +499,38 @@ class ApplierService(Service):
                              now - self._stuck[1], self.assembler.waiting_transactions - 1)
             self._stuck = (head[0], self._stuck[1], True)
 
+    def _next_work(self) -> Any:
+        """The next batch for DuckDB; while none comes, publish the read-only copy when due."""
+        if not self.settings.read_copy_path:
+            return self._to_apply.get()
+        while True:
+            self._publish_copy_if_due()
+            try:
+                wait = self._copy_due - time.monotonic() if self._changed_since_copy else 1.0
+                return self._to_apply.get(timeout=max(0.05, min(1.0, wait)))
+            except queue.Empty:
+                continue
+
+    def _publish_copy_if_due(self) -> None:
+        """On the DuckDB thread, between batches: the copy holds whole applied transactions."""
+        if not self._changed_since_copy or time.monotonic() < self._copy_due:
+            return
+        self._copy_due = time.monotonic() + self.settings.read_copy_interval_s
+        try:
+            with self.lock:
+                copy = self.replica.publish_copy(self.settings.read_copy_path)
+        except Exception as e:  # noqa: BLE001 - readers keep the previous copy; applying goes on
+            self.log.error("read-only copy to %s failed (the previous one stays; next try in %.0fs): %s",
+                           self.settings.read_copy_path, self.settings.read_copy_interval_s, e)
+            return
+        self._changed_since_copy = False
+        self.read_copy = {**copy, "published_at": datetime.now(timezone.utc).isoformat()}
+        self.log.info("read-only copy published: %s (%.1f MB, %d tables) in %.0f ms", copy["path"],
+                      copy["bytes"] / 1e6, copy["tables"], copy["seconds"] * 1000)
+
     def _apply_loop(self) -> None:
-        while (item := self._to_apply.get()) is not None:
+        while (item := self._next_work()) is not None:
+            self._changed_since_copy = True
             try:
                 kind, work = item
                 if kind == "snapshot":
