@@ -51,25 +51,25 @@ def log_counter() -> _LogLevelCounter:
     return _log_counter
 
 
-def counter(name: str, doc: str, value: float | Mapping[tuple[str, ...], float], labels: tuple[str, ...] = ()) -> Metric:
-    """A counter family read at scrape time: ``value``, or label values -> value."""
-    family = CounterMetricFamily(name, doc, labels=list(labels) if labels else None)
+def _family(kind: type, name: str, doc: str, value: float | Mapping[tuple[str, ...], float],
+            labels: tuple[str, ...]) -> Metric:
+    family = kind(name, doc, labels=list(labels) if labels else None)
     if labels:
         for label_values, v in dict(value).items():  # type: ignore[arg-type]
             family.add_metric(list(label_values), v)
     else:
         family.add_metric([], value)
     return family
+
+
+def counter(name: str, doc: str, value: float | Mapping[tuple[str, ...], float], labels: tuple[str, ...] = ()) -> Metric:
+    """A counter family read at scrape time: ``value``, or label values -> value."""
+    return _family(CounterMetricFamily, name, doc, value, labels)
 
 
 def gauge(name: str, doc: str, value: float | Mapping[tuple[str, ...], float], labels: tuple[str, ...] = ()) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=list(labels) if labels else None)
-    if labels:
-        for label_values, v in dict(value).items():  # type: ignore[arg-type]
-            family.add_metric(list(label_values), v)
-    else:
-        family.add_metric([], value)
-    return family
+    """A gauge family read at scrape time, like ``counter``."""
+    return _family(GaugeMetricFamily, name, doc, value, labels)
 
 
 class _ScrapeTime:
