@@ -28,5 +28,9 @@ echo "public.orders is incremental: a run reads only the rows whose updated_at m
 .venv/bin/mallard resnapshot public.orders --reason "demo: incremental run" --wait --timeout 120
 .venv/bin/mallard state show
 echo
-.venv/bin/mallard stack status
+echo "Every connection and prerequisite, checked (mallard check), and where each stream stands (mallard status):"
+.venv/bin/mallard check
+echo
+.venv/bin/mallard status
+echo
 .venv/bin/mallard stack guide

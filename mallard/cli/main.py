@@ -87,6 +87,8 @@ How to look at the running stack:
   Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
                              .venv/bin/mallard demo changes --count 10
   Logs:                      {home / 'logs'}/  (Postgres: {stack.components[0].log})
+  Every connection checked:  .venv/bin/mallard check
+  Replica equal to Postgres? .venv/bin/mallard verify   (--repair re-snapshots what differs)
   Machine-readable status:   .venv/bin/mallard stack status --json
   Stop:                      .venv/bin/mallard stack down   (--purge also drops the replication slot and all local data)
 """)
