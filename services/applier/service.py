@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
 from mallard.adapters.duckdb_replica import DuckDBReplica, snapshot_table
@@ -200,8 +200,7 @@ class ApplierService(Service):
             "max.partition.fetch.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
             "on_commit": self._on_commit,
         })
-        self._adopt_snapshot_offsets(consumer, snapshot_consumer)
-        snapshot_consumer.subscribe([s.snapshot_topic])
+        snapshot_consumer.assign(self._snapshot_topic_start(consumer, snapshot_consumer))
         self._request_first_snapshots()
         self.log.info("applier up: %s <- topics %s and %s (group %s), %s (group %s), applied up to %s",
                       s.duckdb_path, self.cdc_pattern, self.tx_topic, s.consumer_group, s.snapshot_topic,
@@ -605,20 +604,30 @@ class ApplierService(Service):
                 except KafkaException as e:  # transient: the next commit carries the same offsets
                     self.log.warning("offset commit failed, will retry: %s", e)
 
-    def _adopt_snapshot_offsets(self, consumer: Consumer, snapshot_consumer: Consumer) -> None:
-        """A replica from before the snapshot consumer had its own group kept the snapshot
-        topic's offsets in the CDC group: start from there rather than from the beginning."""
+    def _snapshot_topic_start(self, consumer: Consumer, snapshot_consumer: Consumer) -> list[TopicPartition]:
+        """Where to read the snapshot topic from. The applier is its only reader: its
+        partitions are assigned, not subscribed to, so a restarted applier waits for no
+        group rebalance; offsets are still committed under the snapshot group. A replica
+        from before that group kept them in the CDC group: they are taken over."""
         topic = self.settings.snapshot_topic
-        try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            tps = [TopicPartition(topic, p) for p in partitions]
-            if not tps or any(tp.offset >= 0 for tp in snapshot_consumer.committed(tps, timeout=10)):
-                return
-            adopt = [tp for tp in consumer.committed(tps, timeout=10) if tp.offset >= 0]
-            if adopt:
-                snapshot_consumer.commit(offsets=adopt, asynchronous=False)
-                self.log.info("snapshot topic offsets taken over from group %s: %s", self.settings.consumer_group,
-                              ", ".join(f"[{tp.partition}]@{tp.offset}" for tp in adopt))
-        except KafkaException as e:  # the snapshot topic is then re-read: merged snapshots are skipped
-            self.log.warning("could not take over the snapshot topic's offsets from group %s: %s",
-                             self.settings.consumer_group, e)
+        for attempt in range(1, 6):
+            try:
+                partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+                tps = [TopicPartition(topic, p) for p in partitions]
+                committed = snapshot_consumer.committed(tps, timeout=10)
+                if not any(tp.offset >= 0 for tp in committed):
+                    adopt = [tp for tp in consumer.committed(tps, timeout=10) if tp.offset >= 0]
+                    if adopt:
+                        snapshot_consumer.commit(offsets=adopt, asynchronous=False)
+                        self.log.info("snapshot topic offsets taken over from group %s: %s",
+                                      self.settings.consumer_group,
+                                      ", ".join(f"[{tp.partition}]@{tp.offset}" for tp in adopt))
+                        committed = adopt
+                offsets = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+                return [TopicPartition(topic, p, offsets.get(p, OFFSET_BEGINNING)) for p in partitions]
+            except KafkaException as e:  # transient: the broker is up (waited for above)
+                if attempt == 5:
+                    raise
+                self.log.warning("reading the snapshot topic's committed offsets failed, retrying: %s", e)
+                self.stopping.wait(attempt)
+        raise AssertionError("unreachable")
