@@ -175,6 +175,7 @@ class SnapshotResult:
 class ApplyStats:
     transactions: int = 0
     events: int = 0
+    events_by_stream: dict[str, int] = field(default_factory=dict)
     upserts: int = 0
     deletes: int = 0
     truncates: int = 0
@@ -369,6 +370,7 @@ class DuckDBReplica:
                 for stream, changes in step.items():
                     state = self.ensure_table(changes.schema)
                     stats.events += changes.events
+                    stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
                     stats.covered += changes.covered
                     if state.status == ABSENT and changes.truncated:
                         state.truncated_tx_id = changes.truncated_tx_id

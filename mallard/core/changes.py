@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -44,6 +46,15 @@ class TableSchema:
     @cached_property
     def key_indexes(self) -> tuple[int, ...]:
         return tuple(self.columns.index(c) for c in self.key_columns)
+
+    @cached_property
+    def key_of(self) -> Callable[[tuple], tuple]:
+        """A row's key (built once per layout: it runs for every event)."""
+        indexes = self.key_indexes
+        if len(indexes) == 1:
+            i = indexes[0]
+            return lambda row: (row[i],)
+        return operator.itemgetter(*indexes)
 
 
 @dataclass(slots=True)
@@ -234,7 +245,7 @@ class Decoder:
             # The key columns are in the row image (a delete's before image holds at least them),
             # so the key's own payload need not be parsed.
             if row is not None:
-                key = tuple(row[i] for i in table.key_indexes)
+                key = table.key_of(row)
             else:
                 before = payload.get("before")
                 if not isinstance(before, dict):

@@ -53,9 +53,14 @@ class TransactionAssembler:
     # -- input -------------------------------------------------------------------
 
     def _seen(self, tp: TopicPartition, offset: int, pending: bool) -> None:
-        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+        # Runs for every message: no throwaway containers (setdefault's default is built each call).
+        if offset >= self._next.get(tp, 0):
+            self._next[tp] = offset + 1
         if pending:
-            self._pending.setdefault(tp, set()).add(offset)
+            held = self._pending.get(tp)
+            if held is None:
+                held = self._pending[tp] = set()
+            held.add(offset)
 
     def is_applied(self, tx_id: int) -> bool:
         return tx_id in self.recent
@@ -65,8 +70,12 @@ class TransactionAssembler:
         if self.is_applied(tx_id):
             self._seen(tp, offset, pending=False)
             return
-        slot = self._events.setdefault(tx_id, {})
-        self._event_offsets.setdefault(tx_id, []).append((tp, offset))
+        slot = self._events.get(tx_id)
+        if slot is None:
+            slot = self._events[tx_id] = {}
+            self._event_offsets[tx_id] = [(tp, offset)]
+        else:
+            self._event_offsets[tx_id].append((tp, offset))
         self._seen(tp, offset, pending=True)
         if total_order not in slot:  # a duplicate delivery counts once
             slot[total_order] = event
@@ -116,9 +125,12 @@ class TransactionAssembler:
 
     def mark_applied(self, transactions: list[Transaction]) -> None:
         """After the DuckDB commit that holds them: their offsets may be committed."""
+        pending = self._pending
         for tx in transactions:
             for tp, offset in tx.offsets:
-                self._pending.get(tp, set()).discard(offset)
+                held = pending.get(tp)
+                if held is not None:
+                    held.discard(offset)
             self.recent[tx.tx_id] = tx.commit_lsn
             self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
         while len(self.recent) > self.recent_limit:

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -579,7 +579,7 @@ class ApplierService(Service):
                 stats.transactions, stats.events, stats.upserts, stats.deletes, stats.truncates, stats.skipped,
                 stats.dead, stats.covered, elapsed * 1000, rate,
                 last.commit_lsn >> 32, last.commit_lsn & 0xFFFFFFFF, lag,
-                extra={"kind": "cdc_batch", "streams": dict(Counter(e.stream for t in transactions for e in t.events)),
+                extra={"kind": "cdc_batch", "streams": stats.events_by_stream,
                        "transactions": stats.transactions, "events": stats.events, "upserts": stats.upserts,
                        "deletes": stats.deletes, "truncates": stats.truncates, "held_back": stats.skipped,
                        "dead": stats.dead, "older_than_snapshot": stats.covered, "elapsed_ms": round(elapsed * 1000),

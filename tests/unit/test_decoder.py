@@ -107,3 +107,13 @@ def test_toast_placeholders_of_bytea_and_arrays_are_marked(field, placeholder):
     doc["payload"]["after"][field["field"]] = None
     event = Decoder().decode_change(e["topic"], 0, 0, e["key"].encode(), json.dumps(doc).encode())
     assert event.unavailable == frozenset() and event.row[i] is None
+
+
+def test_a_rows_key_follows_the_key_columns_single_or_composite():
+    from mallard.core.changes import TableSchema
+    from mallard.core.pgtypes import column_type
+
+    t = column_type({"type": "int32"})
+    one = TableSchema("public.t", ("a", "b", "c"), (t, t, t), ("b",))
+    two = TableSchema("public.t", ("a", "b", "c"), (t, t, t), ("c", "a"))
+    assert one.key_of((1, 2, 3)) == (2,) and two.key_of((1, 2, 3)) == (3, 1)
