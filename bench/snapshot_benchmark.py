@@ -186,6 +186,8 @@ class Stack:
         self.env.update({k: str(v) for k, v in self.ports.items()})
         self.env.update({"MALLARD_HOME": str(self.home), "MALLARD_START_TIMEOUT_S": "180",
                          "MALLARD_CONNECTOR_CONFIG": str(self._connector_config(sizes))})
+        # Settings to try on the services, e.g. BENCH_SERVICE_ENV=MALLARD_DUCKDB_MEMORY_LIMIT=300MB
+        self.env.update(kv.split("=", 1) for kv in os.environ.get("BENCH_SERVICE_ENV", "").split(",") if "=" in kv)
         self._status: dict | None = None
 
     def _connector_config(self, sizes: list[int]) -> Path:

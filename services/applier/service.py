@@ -242,7 +242,9 @@ class ApplierService(Service):
                         else self.assembler.take_ready(s.max_batch_events)
                     if ready:
                         self._to_apply.put(("cdc", ready))
-                    elif self._snapshot_work:
+                    elif self._snapshot_work and (self._snapshot_rows_waiting >= s.snapshot_stage_rows or not
+                                                  snapshot_messages or self._snapshot_work[-1].kind != "rows"):
+                        # Rows wait for a full statement's worth unless nothing more is coming now.
                         self._to_apply.put(("snapshot", self._take_snapshot_work(s.snapshot_stage_rows)))
                 if self._collect_applied() or time.monotonic() - last_commit > 5:
                     self._commit_offsets(consumer, snapshot_consumer)
@@ -341,9 +343,9 @@ class ApplierService(Service):
             self._snapshot_work.append(w)
             self._snapshot_rows_waiting += w.row_count if w.kind == "rows" else 0
 
-    def _take_snapshot_work(self, max_rows: int) -> list[SnapshotWork]:
+    def _take_snapshot_work(self, stage_rows: int) -> list[SnapshotWork]:
         taken, rows = [], 0
-        while self._snapshot_work and (not taken or rows + self._snapshot_work[0].row_count <= max_rows):
+        while self._snapshot_work and rows < stage_rows:
             w = self._snapshot_work.popleft()
             if w.kind == "rows":
                 rows += w.row_count
