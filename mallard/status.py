@@ -18,15 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mallard.core.sql import quote_ident, quote_literal
 from mallard.core.status import KafkaFacts, ReplicaFacts, build_report, dead_letters_by_stream, partition_lag, \
     service_summary
 
 Run = Callable[[str], list[list[Any]]]
 DEAD_LETTERS_READ_AT_MOST = 200_000
-
-
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def read_replica(run: Run, facts: ReplicaFacts) -> None:
@@ -46,15 +43,15 @@ def read_replica(run: Run, facts: ReplicaFacts) -> None:
     writes, deletes = [], []
     for stream, t in facts.tables.items():
         if t["target"] in existing:
-            writes.append(f"""SELECT {_sql_text(stream)}, count(*),
+            writes.append(f"""SELECT {quote_literal(stream)}, count(*),
                 max(_mallard_position) FILTER (WHERE _mallard_source = 'cdc'),
                 arg_max(_mallard_tx_id, _mallard_position) FILTER (WHERE _mallard_source = 'cdc'),
                 arg_max(epoch_ms(_mallard_committed_at), _mallard_position) FILTER (WHERE _mallard_source = 'cdc'),
                 arg_max(epoch_ms(_mallard_applied_at), _mallard_position) FILTER (WHERE _mallard_source = 'cdc')
                 FROM {t['target']}""")
-        tombstones = '"_mallard"."' + ("deleted:" + stream).replace('"', '""') + '"'
+        tombstones = '"_mallard".' + quote_ident("deleted:" + stream)
         if tombstones in existing:
-            deletes.append(f"""SELECT {_sql_text(stream)}, max(_mallard_position),
+            deletes.append(f"""SELECT {quote_literal(stream)}, max(_mallard_position),
                 arg_max(_mallard_tx_id, _mallard_position), arg_max(epoch_ms(_mallard_deleted_at), _mallard_position)
                 FROM {tombstones}""")
     if writes:

@@ -35,6 +35,7 @@ from mallard.core.merge import TableChanges
 from mallard.core.pgtypes import ARROW_PARSED, ColumnType
 from mallard.core.schema_diff import diff
 from mallard.core.snapshots import SnapshotFrame
+from mallard.core.sql import quote_literal
 from mallard.core.transactions import Transaction
 
 log = logging.getLogger("mallard.duckdb")
@@ -58,10 +59,6 @@ the truncate must not bring its rows back."""
 
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def target_name(stream: str) -> str:
@@ -754,7 +751,7 @@ class DuckDBReplica:
                 os.remove(leftover)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         alias = "_mallard_read_copy"
-        self.con.execute(f"ATTACH {sql_literal(tmp)} AS {alias}")
+        self.con.execute(f"ATTACH {quote_literal(tmp)} AS {alias}")
         try:
             self.con.execute("BEGIN TRANSACTION")
             try:

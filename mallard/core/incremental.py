@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
+from mallard.core.sql import quote_ident, quote_literal
+
 
 @dataclass(frozen=True)
 class StreamState:
@@ -56,14 +58,6 @@ def reset_events(reset: dict[str, Any]) -> list[StateEvent]:
     at = datetime.fromisoformat(reset["requested_at"])
     return [StateEvent(at, s, reset.get("to_value"), f"reset {reset['reset_id']} by {reset['requested_by']}")
             for s in reset["streams"]]
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def incremental_filter(update_key: str, value: str | None) -> str | None:

@@ -39,21 +39,14 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
+from mallard.core.sql import quote_ident as qi
+from mallard.core.sql import quote_literal as ql
+
 PG, DUCK = "pg", "duck"
 
 _INTS = {"int2", "int4", "int8"}
 _TEXTS = {"text", "varchar", "bpchar", "name", "citext", "xml", "ltree", "inet", "cidr", "macaddr", "macaddr8"}
 _DUCK_INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
-
-
-def qi(name: str) -> str:
-    """A quoted identifier (the same rule in both engines)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def ql(text: str) -> str:
-    """A string literal (standard_conforming_strings: backslashes are literal in both)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)

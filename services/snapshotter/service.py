@@ -38,7 +38,8 @@ from mallard.core.cut import Cut
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
                                             select_expression)
 from mallard.service import Service
-from mallard.core.incremental import and_filters, incremental_filter, is_incremental_run, quote_ident
+from mallard.core.incremental import and_filters, incremental_filter, is_incremental_run
+from mallard.core.sql import quote_ident
 from mallard.core.replication_config import ReplicationConfig
 from mallard.metrics import SNAPSHOT_BUCKETS, counter, gauge
 from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
