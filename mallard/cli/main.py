@@ -244,7 +244,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         replica.close()
 
 
-def _request_snapshot(s, streams: list[str], reason: str, where: str | None = None, full: bool = False) -> str:
+def _request_snapshot(s, streams: list[str], reason: str, where: str | None = None, full: bool = False):
+    """Publish a resnapshot request on the control topic; returns it."""
     import getpass
     import uuid
     from datetime import datetime, timezone
@@ -261,29 +262,14 @@ def _request_snapshot(s, streams: list[str], reason: str, where: str | None = No
                      value=request.model_dump_json().encode())
     if producer.flush(30) != 0:
         raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
-    return request.request_id
+    return request
 
 
 def cmd_resnapshot(args: argparse.Namespace) -> int:
-    import getpass
-    import uuid
-    from datetime import datetime, timezone
-
-    from mallard.adapters import kafka
-    from mallard.settings import KafkaSettings
-    from schemas.control import ResnapshotRequest
-
     s = _stack_settings()
-    control_topic = KafkaSettings().control_topic
     if args.full and args.where:
         raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
-    request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=args.streams, reason=args.reason,
-                                requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
-                                where=args.where, full=args.full)
-    producer = kafka.producer(s.bootstrap_servers)
-    producer.produce(control_topic, key=request.request_id.encode(), value=request.model_dump_json().encode())
-    if producer.flush(30) != 0:
-        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
+    request = _request_snapshot(s, args.streams, args.reason, where=args.where, full=args.full)
     print(f"requested {request.request_id}: {', '.join(args.streams)}")
     return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout) if args.wait else 0
 
