@@ -87,7 +87,6 @@ class ApplierService(Service):
         # Metrics: totals are self.counts (read at scrape time); histograms observed once per batch.
         self._committed: dict[tuple[str, int], int] = {}
         self._lag: dict[tuple[str, int], int] = {}
-        self._lag_measured = 0.0
         self._last_commit_ms: int | None = None
         self._batch_seconds = self.metrics.histogram(
             "mallard_apply_batch_duration_seconds", "Time DuckDB took to apply one batch of whole transactions.",
@@ -138,23 +137,21 @@ class ApplierService(Service):
                                   self._last_commit_ms / 1000))
         return families
 
-    def _measure_lag(self, consumer: Consumer) -> None:
+    def _measure_lag(self, *consumers: Consumer) -> None:
         """Per assigned partition: high watermark (librdkafka's cached one, no broker round
-        trip) minus the offset committed (or, before any commit, the position)."""
-        now = time.monotonic()
-        if now - self._lag_measured < 1.0:
-            return
-        self._lag_measured = now
+        trip) minus the offset committed (or, before any commit, the position). Measured
+        after every commit (a few calls into librdkafka), so it is never older than that."""
         try:
-            assigned = consumer.assignment()
-            positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
             lag = {}
-            for tp in assigned:
-                key = (tp.topic, tp.partition)
-                high = consumer.get_watermark_offsets(tp, cached=True)[1]
-                done = self._committed.get(key, positions.get(key, -1))
-                if high >= 0 and done >= 0:
-                    lag[key] = max(0, high - done)
+            for consumer in consumers:
+                assigned = consumer.assignment()
+                positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
+                for tp in assigned:
+                    key = (tp.topic, tp.partition)
+                    high = consumer.get_watermark_offsets(tp, cached=True)[1]
+                    done = self._committed.get(key, positions.get(key, -1))
+                    if high >= 0 and done >= 0:
+                        lag[key] = max(0, high - done)
             self._lag = lag
         except KafkaException:
             pass  # a metric only: the next round measures again
@@ -194,7 +191,6 @@ class ApplierService(Service):
         # own, with a small prefetch queue, keeps memory flat in the table's size (the CDC
         # consumer's big queue is what keeps CDC fast).
         snapshot_consumer = kafka.consumer(s.kafka_bootstrap_servers, s.snapshot_group, **{
-            "session.timeout.ms": s.session_timeout_ms,
             "queued.max.messages.kbytes": s.snapshot_fetch_queue_kb,
             "fetch.max.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
             "max.partition.fetch.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
@@ -251,7 +247,7 @@ class ApplierService(Service):
                     last_commit = time.monotonic()
                     self._warn_if_stuck()
                     self._warn_about_the_source()
-                    self._measure_lag(consumer)
+                    self._measure_lag(consumer, snapshot_consumer)
         finally:
             self.ready = False
             self._to_apply.put(None)
