@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -148,12 +150,19 @@ def _targets(tmp_path: Path, **overrides) -> Targets:
     return Targets(**{**fields, **overrides})
 
 
-def _hold(path: Path, *argv: str) -> subprocess.Popen:
-    """A process holding DuckDB's write lock on ``path``; ``argv`` lands in its command line."""
-    code = f"import duckdb, sys, time; c = duckdb.connect({str(path)!r}); print('ok', flush=True); time.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "ok"
-    return holder
+@contextmanager
+def _hold(path: Path, *argv: str) -> Iterator[subprocess.Popen]:
+    """A process holding DuckDB's write lock on ``path`` until the block ends; ``argv``
+    lands in its command line."""
+    code = f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('ok', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", code, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_duckdb_not_created_yet_in_a_writable_folder_is_fine(tmp_path):
@@ -174,23 +183,15 @@ def test_a_file_that_is_not_duckdb_fails(tmp_path):
 
 
 def test_duckdb_locked_by_another_process_fails_naming_it(tmp_path):
-    holder = _hold(tmp_path / "replica.duckdb")
-    try:
+    with _hold(tmp_path / "replica.duckdb") as holder:
         r = Checker(_targets(tmp_path)).check_duckdb()
-    finally:
-        holder.kill()
-        holder.wait()
     assert r.status == FAIL and f"locked by another process (pid {holder.pid}" in r.detail
     assert "mallard query" in r.fix
 
 
 def test_duckdb_held_by_the_applier_is_not_a_failure(tmp_path):
-    holder = _hold(tmp_path / "replica.duckdb", "services.applier")  # what `python -m services.applier` shows
-    try:
+    with _hold(tmp_path / "replica.duckdb", "services.applier") as holder:  # what `python -m services.applier` shows
         r = Checker(_targets(tmp_path)).check_duckdb()
-    finally:
-        holder.kill()
-        holder.wait()
     # Its lock is the applier's own; its health endpoint does not answer here: a warning, not a failure.
     assert r.status == WARN and f"held by the applier (pid {holder.pid})" in r.detail
 
@@ -199,12 +200,8 @@ def test_checking_takes_no_lock_so_a_starting_applier_never_finds_the_file_taken
     path = tmp_path / "replica.duckdb"
     duckdb.connect(str(path)).close()
     assert checks.lock_holder(path) is None
-    holder = _hold(path)
-    try:
+    with _hold(path) as holder:
         assert checks.lock_holder(path) == (holder.pid, True)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # -- Kafka Connect (docker-compose) -----------------------------------------------------
