@@ -113,7 +113,8 @@ def verify(bootstrap: str, stream: str, expected_rows: int) -> None:
     """The last snapshot on the bench topic is complete and valid (every message through the pydantic contract)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows, snapshot_message_adapter
+    from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
+                                  snapshot_message_adapter)
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-verify", "enable.auto.commit": False})
     consumer.assign([TopicPartition(TOPIC, 0, 0)])
@@ -124,6 +125,12 @@ def verify(bootstrap: str, stream: str, expected_rows: int) -> None:
             if msg is None or msg.error():
                 continue
             idle = time.monotonic()
+            if is_arrow_rows(msg.value()):
+                header, table = read_arrow_rows(msg.value())
+                if begin and header.snapshot_id == begin.snapshot_id:
+                    rows += table.num_rows
+                    batches.append(header.batch)
+                continue
             m = snapshot_message_adapter.validate_json(msg.value())
             if isinstance(m, SnapshotBegin):
                 begin, rows, batches = m, 0, []

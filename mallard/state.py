@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from mallard.adapters import kafka
+from schemas.snapshot import is_arrow_rows
 from mallard.core.incremental import StateEvent, StreamState, end_event, fold_states, reset_events
 
 _END = b'"kind":"end"'
@@ -17,6 +18,8 @@ def read_states(bootstrap_servers: str, snapshot_topic: str, control_topic: str)
     events: list[StateEvent] = []
     for msg in kafka.read_to_end(bootstrap_servers, snapshot_topic):
         value = msg.value() or b""
+        if is_arrow_rows(value):
+            continue
         if _ROWS not in value[:64] and _END in value:  # rows batches start with their kind (hand-framed)
             e = end_event(orjson.loads(value))
             if e is not None:

@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 from schemas.control import ResnapshotRequest, StateReset
 from schemas.deadletter import DeadLetter
 from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
-from schemas.snapshot import SnapshotMessage
+from schemas.snapshot import SnapshotMessage, SnapshotRowsHeader
 
 JSON_DIR = Path(__file__).parent / "json"
 
@@ -19,6 +19,7 @@ CONTRACTS = {
     "debezium.change_event_value.v1": ChangeEventValue,
     "debezium.transaction_event.v1": TransactionEvent,
     "snapshot.message.v1": SnapshotMessage,
+    "snapshot.arrow_rows_header.v1": SnapshotRowsHeader,
     "control.resnapshot_request.v1": ResnapshotRequest,
     "control.state_reset.v1": StateReset,
     "deadletter.v1": DeadLetter,

@@ -1,7 +1,11 @@
 """The snapshotter's messages on the snapshot topic, framed per snapshot:
 
-``SnapshotBegin`` (the cut and the columns), any number of ``SnapshotRows``,
-``SnapshotEnd`` (the row count). The applier never acts on a snapshot whose end
+``SnapshotBegin`` (the cut and the columns), any number of rows batches,
+``SnapshotEnd`` (the row count). A begin says how its rows batches are written
+(``rows_format``): ``json``, ``SnapshotRows`` (values encoded as Debezium encodes
+them), or ``arrow``, an Arrow IPC stream of one record batch of the columns'
+transport types, with ``SnapshotRowsHeader`` in its schema metadata (see
+``arrow_rows_message``). The applier never acts on a snapshot whose end
 message it has not seen. All messages of one snapshot share its key (the
 stream), so they land in one partition, in order.
 """
@@ -58,6 +62,10 @@ class SnapshotBegin(_Message):
     started_at: datetime
     incremental: bool = Field(False, description="An incremental run (rows with update_key past the stream's state): "
                               "rows are upserted; nothing is deleted at its end.")
+    rows_format: Literal["json", "arrow"] = Field(
+        "json", description="How this snapshot's rows batches are written: 'json' (SnapshotRows) or 'arrow' (an Arrow "
+        "IPC stream: column i is c<i>, of the Arrow type the applier loads that column's values as — its transport, "
+        "mallard/core/arrow_rows.py — with a SnapshotRowsHeader as schema metadata).")
 
 
 class SnapshotRows(_Message):
@@ -75,6 +83,45 @@ class SnapshotEnd(_Message):
                                 "largest update_key value read (Postgres text form), or the state it started from "
                                 "when it read no row.")
     update_key: str | None = Field(None, description="The column max_update_key is of (incremental streams).")
+
+
+class SnapshotRowsHeader(_Message):
+    """What an Arrow rows batch says of itself (schema metadata key ``mallard``, JSON)."""
+
+    kind: Literal["rows"] = "rows"
+    batch: int = Field(ge=1, description="1-based batch number within the snapshot.")
+
+
+ARROW_ROWS_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
+_ARROW_STREAM_START = b"\xff\xff\xff\xff"  # an IPC stream's continuation marker; JSON starts with '{'
+
+
+def arrow_rows_message(header: SnapshotRowsHeader, rows: Any) -> bytes:
+    """An Arrow rows batch: ``rows`` (a pyarrow RecordBatch) as an IPC stream, ``header``
+    in its schema metadata."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema.with_metadata({"mallard": header.model_dump_json()})) as writer:
+        writer.write_batch(rows)
+    return sink.getvalue().to_pybytes()
+
+
+def is_arrow_rows(value: bytes | None) -> bool:
+    return value is not None and value[:4] == _ARROW_STREAM_START
+
+
+def read_arrow_rows(value: bytes) -> tuple[SnapshotRowsHeader, Any]:
+    """(header, pyarrow Table without the metadata) of an Arrow rows batch; ValueError if
+    it is not one."""
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(value).read_all()
+        header = SnapshotRowsHeader.model_validate_json((table.schema.metadata or {}).get(b"mallard", b""))
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"not an Arrow rows batch: {e}") from None
+    return header, table.replace_schema_metadata(None)
 
 
 SnapshotMessage = Annotated[Union[SnapshotBegin, SnapshotRows, SnapshotEnd], Field(discriminator="kind")]

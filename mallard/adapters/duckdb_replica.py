@@ -32,7 +32,8 @@ import pyarrow as pa
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
-from mallard.core.pgtypes import ARROW_PARSED, ColumnType
+from mallard.core.arrow_rows import arrow_type
+from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_literal
@@ -99,43 +100,6 @@ def position_arrays(positions: list[int]) -> dict[str, pa.Array]:
 
 def position_sql(alias: str) -> str:
     return f"(({alias}.pos_hi::HUGEINT << 32) + {alias}.pos_lo)"
-
-
-def snapshot_table(schema: TableSchema, columns: list) -> pa.Table:
-    """Decoded snapshot columns (``decode_columns``) as typed Arrow arrays; a value of the
-    wrong type is poison."""
-    arrays = {}
-    for i, (values, ct) in enumerate(zip(columns, schema.types)):
-        try:
-            if ct.decode in ARROW_PARSED:
-                try:
-                    arrays[f"c{i}"] = pa.array(values, pa.string()).cast(arrow_type(ct))
-                    continue
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-                    values = [None if v is None else ct.decode(v) for v in values]  # names what is wrong
-            arrays[f"c{i}"] = pa.array(values, arrow_type(ct))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
-            raise PoisonMessage(f"snapshot column {i + 1} ({ct.duckdb}): {e}") from None
-    return pa.table(arrays)
-
-
-def arrow_type(ct: ColumnType) -> pa.DataType:
-    t = ct.transport
-    if t.startswith("list:"):
-        return pa.list_(arrow_type(ColumnType("", t[5:], decode=None, precision=ct.precision)))
-    if t == "decimal":
-        return pa.decimal128(*ct.precision)
-    return _ARROW[t]
-
-
-_ARROW = {
-    "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
-    "float32": pa.float32(), "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string(),
-    "binary": pa.binary(), "date32": pa.date32(), "time_ms": pa.time32("ms"), "time_us": pa.time64("us"),
-    "time_ns": pa.time64("ns"), "ts_ms": pa.timestamp("ms"), "ts_us": pa.timestamp("us"),
-    "ts_ns": pa.timestamp("ns"), "tstz_us": pa.timestamp("us", tz="UTC"),
-    "interval": pa.month_day_nano_interval(),
-}
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Render any message on mallard's topics readably (``mallard tail``), and match a
 message's key (``mallard tail --key``). Pure.
 
-Every kind is plain JSON on the wire (kcat shows it as is); this only makes it
-shorter to read: Debezium change events (c/u/d/r/t/m), tombstones, transaction
+Every kind is plain JSON on the wire (kcat shows it as is) but snapshot rows batches
+written as Arrow (decoded here); this makes them shorter to read: Debezium change events (c/u/d/r/t/m), tombstones, transaction
 BEGIN/END, heartbeats; mallard's snapshot begin/rows/end frames, resnapshot
 requests (scheduler fires among them), state resets and dead letters.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any
+
+from schemas.snapshot import is_arrow_rows, read_arrow_rows
 
 OPS = {"c": "insert", "u": "update", "d": "delete", "r": "read", "t": "truncate", "m": "message"}
 
@@ -129,8 +131,20 @@ def _mallard_message(where: str, v: dict[str, Any]) -> str | None:
     return None
 
 
+def _arrow_rows(where: str, value: bytes) -> str:
+    try:
+        header, table = read_arrow_rows(value)
+    except ValueError as e:
+        return f"{where} undecodable Arrow value: {e}"
+    first = f" first={_compact(list(table.slice(0, 1).to_pylist()[0].values()))[:200]}" if table.num_rows else ""
+    return (f"{where} snapshot ROWS {header.stream} id={header.snapshot_id} batch={header.batch} "
+            f"rows={table.num_rows} (Arrow, {len(value)} bytes){first}")
+
+
 def describe(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
     where = f"{topic}[{partition}]@{offset}"
+    if is_arrow_rows(value):
+        return _arrow_rows(where, value)
     k, v = _json(key), _json(value)
     key_payload = _unwrap(k)
     if value is None:

@@ -263,6 +263,17 @@ def column_type(schema: dict[str, Any]) -> ColumnType:
     return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)
 
 
+def decode_values(ct: ColumnType, values: Sequence[Any]) -> Sequence[Any]:
+    """Encoded (Debezium JSON) values of one column -> its transport values; values whose
+    encoding is their transport value pass as they are (loading them into Arrow checks them)."""
+    if ct.decode in CHECK_ONLY or ct.decode in ARROW_PARSED:
+        return values
+    if ct.decode_column is not None:
+        return ct.decode_column(values)
+    decode = ct.decode
+    return [None if v is None else decode(v) for v in values]
+
+
 def is_unavailable(ct: ColumnType, value: Any) -> bool:
     """Debezium's placeholder for an unchanged TOASTed column: keep the stored value."""
     if not ct.toastable:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
-from mallard.core.pgtypes import ARROW_PARSED, CHECK_ONLY, ColumnType, column_type
+from mallard.core.pgtypes import ColumnType, column_type, decode_values
 
 TopicPartition = tuple[str, int]
 
@@ -35,6 +35,8 @@ class SnapshotFrame:
     offset: tuple[TopicPartition, int] = (("", 0), 0)
     incremental: bool = False
     """An incremental run: upsert its rows, delete nothing at its end."""
+    rows_format: str = "json"
+    """How its rows batches are written (schemas/snapshot.py): json or arrow."""
     batches: int = 0
     rows: int = 0
     """Rows received so far."""
@@ -82,12 +84,8 @@ def decode_columns(types: tuple[ColumnType, ...], rows: list[list[Any]]) -> list
         raise PoisonMessage(f"a snapshot row is not a list of {width} values (the columns its begin declares)")
     columns: list[Sequence[Any]] = list(zip(*rows)) if rows else [() for _ in types]
     for i, ct in enumerate(types):
-        decode = ct.decode
-        if decode in CHECK_ONLY or decode in ARROW_PARSED:
-            continue
         try:
-            columns[i] = ct.decode_column(columns[i]) if ct.decode_column is not None else \
-                [None if v is None else decode(v) for v in columns[i]]
+            columns[i] = decode_values(ct, columns[i])
         except (ValueError, TypeError, ArithmeticError) as e:
             raise PoisonMessage(f"snapshot column {i + 1} ({ct.duckdb}): {e}") from None
     return columns

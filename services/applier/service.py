@@ -28,7 +28,8 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
-from mallard.adapters.duckdb_replica import DuckDBReplica, snapshot_table
+from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.core.arrow_rows import snapshot_table, transport_schema
 from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
 from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
@@ -40,7 +41,7 @@ from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
 from schemas.deadletter import DeadLetter
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, snapshot_message_adapter
+from schemas.snapshot import SnapshotBegin, SnapshotEnd, is_arrow_rows, read_arrow_rows, snapshot_message_adapter
 from services.applier.config import ApplierSettings
 
 
@@ -297,6 +298,9 @@ class ApplierService(Service):
     def _route_snapshot(self, msg: Any, tp: tuple[str, int]) -> None:
         offset = msg.offset()
         try:
+            if is_arrow_rows(msg.value()):
+                self._route_arrow_rows(msg.value(), tp, offset)
+                return
             raw = orjson.loads(msg.value() or b"null")
             kind = raw.get("kind") if isinstance(raw, dict) else None
             if kind == "rows":  # the bulk: validated by hand, decoded column-wise
@@ -308,7 +312,7 @@ class ApplierService(Service):
                 if not isinstance(rows, list) or type(batch) is not int:
                     raise PoisonMessage("snapshot rows message without a rows list and a batch number")
                 try:
-                    columns = snapshot_table(frame.schema, decode_columns(frame.schema.types, rows))
+                    columns = snapshot_table(frame.schema.types, decode_columns(frame.schema.types, rows))
                 except PoisonMessage as e:
                     self._queue_snapshot_work([self.snapshots.abandon(frame, f"batch {batch}: {e}")])
                     self.snapshots.skip(tp, offset)
@@ -325,7 +329,8 @@ class ApplierService(Service):
             frame = SnapshotFrame(message.snapshot_id, message.stream,
                                   Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
                                   frame_schema(message.stream, columns), message.where, message.started_at,
-                                  message.request_id, incremental=message.incremental)
+                                  message.request_id, incremental=message.incremental,
+                                  rows_format=message.rows_format)
             self._queue_snapshot_work(self.snapshots.begin(frame, tp, offset))
         elif isinstance(message, SnapshotEnd):
             frame = self.snapshots.frame(message.stream, message.snapshot_id)
@@ -333,6 +338,25 @@ class ApplierService(Service):
                 self.snapshots.skip(tp, offset)
             else:
                 self._queue_snapshot_work(self.snapshots.end(frame, message.batches, message.row_count, tp, offset))
+
+    def _route_arrow_rows(self, value: bytes, tp: tuple[str, int], offset: int) -> None:
+        """An Arrow rows batch: already the transport arrays DuckDB loads, once its columns
+        are checked against its begin's."""
+        header, table = read_arrow_rows(value)
+        frame = self.snapshots.frame(header.stream, header.snapshot_id)
+        if frame is None:
+            self.snapshots.skip(tp, offset)  # of a snapshot abandoned or begun before our offsets
+            return
+        expected = transport_schema(frame.schema.types)
+        if frame.rows_format != "arrow" or not table.schema.equals(expected):
+            why = (f"batch {header.batch} is Arrow, its begin announced {frame.rows_format} rows"
+                   if frame.rows_format != "arrow" else
+                   f"batch {header.batch}: its columns ({table.schema.to_string(show_schema_metadata=False)}) "
+                   f"are not those its begin declares ({expected.to_string()})".replace("\n", ", "))
+            self._queue_snapshot_work([self.snapshots.abandon(frame, why)])
+            self.snapshots.skip(tp, offset)
+            raise PoisonMessage(why)
+        self._queue_snapshot_work(self.snapshots.rows(frame, header.batch, table, tp, offset))
 
     def _queue_snapshot_work(self, work: list[SnapshotWork]) -> None:
         for w in work:

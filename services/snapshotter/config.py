@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 
 from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
@@ -17,6 +19,9 @@ class SnapshotterSettings(ServiceSettings, PostgresSettings):
     parallel_min_rows: int = Field(500_000, ge=0, description="Tables estimated at fewer rows are read by one connection.")
     sql_encoding: bool = Field(True, description="Let Postgres (14+) encode rows as Debezium does, as JSON text; false: "
                                "encode in Python (slower; also used on older servers).")
+    rows_format: Literal["arrow", "json"] = Field(
+        "arrow", description="How rows batches are written: 'arrow' (Arrow record batches of the columns' transport "
+        "types, parsed from COPY CSV: fastest) or 'json' (Debezium-encoded JSON rows). Servers before 14: always json.")
     producer_queue_kb: int = Field(32_768, description="Bound of the Kafka producer's queue (kB): readers wait when it is full, "
                                    "so memory stays flat whatever the table's size.")
     progress_interval_s: float = Field(2.0, description="Seconds between progress log lines of a running snapshot.")

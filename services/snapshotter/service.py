@@ -7,9 +7,13 @@ keyed by stream, so a snapshot's begin, rows and end stay in order. The cut is
 taken only once Debezium's replication slot exists: changes between the cut and
 the slot would otherwise be lost.
 
-Speed: Postgres encodes each row as the JSON array of its Debezium values
-(``row_json_expression``) and streams it with COPY; the snapshotter only joins
-rows into batch messages (framing bytes built by hand, never parsed). A large
+Speed: rows are streamed with ``COPY ... (FORMAT csv)`` through a pipe into
+Arrow's CSV parser (C++), which turns each block into a record batch of the
+columns' transport types (mallard/core/arrow_rows.py: what the applier loads into
+DuckDB, so the applier does no decoding at all); each batch is one Arrow IPC
+message. (``rows_format=json``, and servers before 14: Postgres encodes each row
+as the JSON array of its Debezium values, ``row_json_expression``, and the
+snapshotter joins rows into batch messages framed by hand, never parsed.) A large
 table is read by several connections at once, each on a disjoint ctid page range,
 all in the coordinator's exported snapshot (``pg_export_snapshot``), so it is
 still one cut. Memory is flat: COPY streams, and readers wait while the
@@ -22,6 +26,7 @@ its end).
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -34,6 +39,7 @@ import psycopg2
 
 from mallard.adapters import kafka, postgres
 from mallard.connector import load_connector_config_file
+from mallard.core.arrow_rows import CsvPlan
 from mallard.core.cut import Cut
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
                                             select_expression)
@@ -43,13 +49,17 @@ from mallard.core.sql import quote_ident
 from mallard.core.replication_config import ReplicationConfig
 from mallard.metrics import SNAPSHOT_BUCKETS, counter, gauge
 from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
-from schemas.snapshot import SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
+from schemas.snapshot import (SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd,
+                              SnapshotRowsHeader, ARROW_ROWS_CONTENT_TYPE, arrow_rows_message)
 from services.snapshotter.config import SnapshotterSettings
 
 _STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
 # COPY's CSV form with quote and delimiter characters JSON text never holds raw: each
 # row comes out as its JSON text and a newline, unescaped.
 _COPY_OPTIONS = "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+
+
+_ARROW_HEADERS = [("content-type", ARROW_ROWS_CONTENT_TYPE.encode())]  # for kcat's %h; the applier needs none
 
 
 class SnapshotError(RuntimeError):
@@ -74,7 +84,7 @@ class _Batcher:
 
     def __init__(self, service: SnapshotterService, stream: str, snapshot_id: str, columns: list[PgColumn],
                  estimate: int, fix_numerics: bool):
-        self.service, self.stream, self.columns = service, stream, columns
+        self.service, self.stream, self.snapshot_id, self.columns = service, stream, snapshot_id, columns
         self.estimate, self.fix_numerics = estimate, fix_numerics
         self.prefix = (b'{"schema_version":' + str(SNAPSHOT_SCHEMA_VERSION).encode() + b',"kind":"rows","snapshot_id":'
                        + orjson.dumps(snapshot_id) + b',"stream":' + orjson.dumps(stream) + b',"batch":')
@@ -86,12 +96,20 @@ class _Batcher:
         body = b",".join(rows)  # each row is JSON text (a trailing newline is JSON whitespace)
         if self.fix_numerics:
             body = fix_marked(self.columns, b"[" + body + b"]")[1:-1]
+        self._send(len(rows), lambda batch: b"".join((self.prefix, str(batch).encode(), b',"rows":[', body, b"]}")))
+
+    def emit_arrow(self, rows: Any) -> None:
+        """``rows``: a record batch of the snapshot's transport schema."""
+        self._send(rows.num_rows, lambda batch: arrow_rows_message(
+            SnapshotRowsHeader(snapshot_id=self.snapshot_id, stream=self.stream, batch=batch), rows), _ARROW_HEADERS)
+
+    def _send(self, count: int, message: Any, headers: list[tuple[str, bytes]] | None = None) -> None:
         with self.lock:
             if self.service.stopping.is_set():
                 raise SnapshotAborted(f"snapshot of {self.stream} interrupted: the service is stopping")
             self.batches += 1
-            self.rows += len(rows)
-            self.service._send(self.stream, b"".join((self.prefix, str(self.batches).encode(), b',"rows":[', body, b"]}")))
+            self.rows += count
+            self.service._send(self.stream, message(self.batches), headers)
             now = time.monotonic()
             if now - self.last_log >= self.service.settings.progress_interval_s:
                 self.last_log = now
@@ -116,6 +134,16 @@ class _RowSink:
         if self.rows:
             self.batcher.emit(self.rows)
             self.rows, self.size = [], 0
+
+
+def _parts(batch: Any, max_rows: int, max_bytes: int) -> list[Any]:
+    """A record batch cut into slices of at most ``max_rows`` rows and about ``max_bytes``."""
+    n = batch.num_rows
+    if not n:
+        return []
+    pieces = max(1, -(-n // max_rows), -(-batch.nbytes // max_bytes))
+    step = -(-n // pieces)
+    return [batch.slice(i, step) for i in range(0, n, step)]
 
 
 class SnapshotterService(Service):
@@ -280,13 +308,14 @@ class SnapshotterService(Service):
                 cut_text, reltuples, pages = cur.fetchone()
             cut = Cut.parse(cut_text)
             columns = postgres.table_columns(conn, stream)
+            plan = CsvPlan.of(columns) if use_sql and s.rows_format == "arrow" else None
             key = postgres.primary_key(conn, stream)
             estimate = reltuples if reltuples >= 0 else pages * 50  # never analyzed: a guess from its size
             readers = s.parallel_readers if estimate >= s.parallel_min_rows and pages >= 2 * s.parallel_readers else 1
             exported = postgres.scalar(conn, "SELECT pg_export_snapshot()") if readers > 1 else None
             begin = SnapshotBegin(
                 snapshot_id=snapshot_id, stream=stream, request_id=request.request_id, where=where,
-                incremental=incremental,
+                incremental=incremental, rows_format="arrow" if plan else "json",
                 cut=SnapshotCut(xmin=cut.xmin, xmax=cut.xmax, xip=sorted(cut.xip)),
                 columns=[SnapshotColumn(name=c.name, pg_type=c.type_name,
                                         primary_key_position=key.index(c.name) + 1 if c.name in key else None,
@@ -300,13 +329,14 @@ class SnapshotterService(Service):
             batcher = _Batcher(self, stream, snapshot_id, columns, max(estimate, 0), fix)
             bounds = [None] + [pages * i // readers for i in range(1, readers)] + [None]
             ranges = list(zip(bounds, bounds[1:]))
-            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s encoding%s", snapshot_id, stream,
-                          cut_text, estimate, readers, "SQL" if use_sql else "Python",
+            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s%s", snapshot_id, stream,
+                          cut_text, estimate, readers,
+                          "Arrow rows (COPY CSV)" if plan else "JSON rows encoded by " + ("SQL" if use_sql else "Python"),
                           f", incremental after {state_value!r}" if incremental else "")
             if readers == 1:
-                self._read(conn, table, columns, where, ranges[0], use_sql, batcher)
+                self._read(conn, table, columns, where, ranges[0], use_sql, plan, batcher)
             else:
-                self._read_parallel(exported, table, columns, where, ranges, use_sql, batcher)
+                self._read_parallel(exported, table, columns, where, ranges, use_sql, plan, batcher)
             max_update_key = None
             if update_key is not None:  # the stream's state after this run, read in the same snapshot (the cut)
                 max_update_key = postgres.scalar(
@@ -356,9 +386,7 @@ class SnapshotterService(Service):
         value = state.value if state is not None and state.update_key in (None, cfg.update_key) else None
         return and_filters(where, incremental_filter(cfg.update_key, value)), True, cfg.update_key, value
 
-    def _query(self, table: str, columns: list[PgColumn], where: str | None, pages: tuple[int | None, int | None],
-               use_sql: bool) -> str:
-        select = row_json_expression(columns) if use_sql else ", ".join(select_expression(c) for c in columns)
+    def _query(self, table: str, select: str, where: str | None, pages: tuple[int | None, int | None]) -> str:
         conditions = []
         if pages[0] is not None:
             conditions.append(f"ctid >= '({pages[0]},0)'::tid")
@@ -369,10 +397,14 @@ class SnapshotterService(Service):
         return f"SELECT {select} FROM {table}" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
 
     def _read(self, conn: Any, table: str, columns: list[PgColumn], where: str | None,
-              pages: tuple[int | None, int | None], use_sql: bool, batcher: _Batcher) -> None:
+              pages: tuple[int | None, int | None], use_sql: bool, plan: CsvPlan | None, batcher: _Batcher) -> None:
         s = self.settings
+        if plan is not None:
+            self._read_arrow(conn, self._query(table, plan.select_list, where, pages), plan, batcher)
+            return
         sink = _RowSink(batcher, s.batch_rows, s.batch_bytes)
-        query = self._query(table, columns, where, pages, use_sql)
+        select = row_json_expression(columns) if use_sql else ", ".join(select_expression(c) for c in columns)
+        query = self._query(table, select, where, pages)
         if use_sql:
             with conn.cursor() as cur:  # COPY streams: memory stays flat
                 cur.copy_expert(f"COPY ({query}) TO STDOUT {_COPY_OPTIONS}", sink)
@@ -385,8 +417,40 @@ class SnapshotterService(Service):
                     sink.write(dumps([encode(c, v) for c, v in zip(columns, record)]))
         sink.flush()
 
+    def _read_arrow(self, conn: Any, query: str, plan: CsvPlan, batcher: _Batcher) -> None:
+        """COPY writes CSV into a pipe (a thread of its own) that Arrow's CSV reader parses
+        block by block: memory stays flat, and the parsing runs outside the GIL."""
+        s = self.settings
+        with conn.cursor() as cur:
+            cur.execute(plan.SESSION)
+        read_fd, write_fd = os.pipe()
+        failed: list[BaseException] = []
+
+        def copy() -> None:
+            try:
+                with open(write_fd, "wb", buffering=1 << 20) as out, conn.cursor() as cur:
+                    cur.copy_expert(plan.copy(query), out)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader
+                failed.append(e)
+
+        copier = threading.Thread(target=copy, name="snapshot-copy", daemon=True)
+        copier.start()
+        try:
+            with open(read_fd, "rb", buffering=0) as source:
+                for batch in plan.batches(source, max(s.batch_bytes // 2, 1024)):
+                    for part in _parts(batch, s.batch_rows, s.batch_bytes):
+                        batcher.emit_arrow(part)
+        except BaseException:
+            conn.cancel()  # stop the COPY (the pipe is closed: its next write fails too)
+            raise
+        finally:
+            copier.join()
+        if failed:
+            raise failed[0]
+
     def _read_parallel(self, exported: str, table: str, columns: list[PgColumn], where: str | None,
-                       ranges: list[tuple[int | None, int | None]], use_sql: bool, batcher: _Batcher) -> None:
+                       ranges: list[tuple[int | None, int | None]], use_sql: bool, plan: CsvPlan | None,
+                       batcher: _Batcher) -> None:
         """One connection per page range, each in the coordinator's exported snapshot."""
         conns = []
         try:
@@ -401,7 +465,7 @@ class SnapshotterService(Service):
 
             def work(c: Any, pages: tuple[int | None, int | None]) -> None:
                 try:
-                    self._read(c, table, columns, where, pages, use_sql, batcher)
+                    self._read(c, table, columns, where, pages, use_sql, plan, batcher)
                 except BaseException as e:  # noqa: BLE001 - handed to the coordinator
                     if not errors:
                         errors.append(e)
@@ -424,10 +488,10 @@ class SnapshotterService(Service):
             for c in conns:
                 c.close()
 
-    def _send(self, stream: str, value: bytes) -> None:
+    def _send(self, stream: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         while True:
             try:
-                self.producer.produce(self.settings.snapshot_topic, key=stream.encode(), value=value)
+                self.producer.produce(self.settings.snapshot_topic, key=stream.encode(), value=value, headers=headers)
                 return
             except BufferError:  # the bounded queue is full: wait for Kafka to take some
                 self.producer.poll(0.05)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mallard.adapters.duckdb_replica import DuckDBReplica, snapshot_table
+from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.core.arrow_rows import snapshot_table
 from mallard.core.changes import ChangeEvent, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import reduce
@@ -107,7 +108,7 @@ def merge_snapshot(replica: DuckDBReplica, snapshot_id: str, cut: Cut, rows: dic
     frame = SnapshotFrame(snapshot_id, STREAM, cut, SCHEMA, where, datetime.now(timezone.utc))
     replica.begin_snapshot(frame)
     if rows:
-        replica.stage_rows(frame, snapshot_table(SCHEMA, [list(rows), list(rows.values())]))
+        replica.stage_rows(frame, snapshot_table(SCHEMA.types, [list(rows), list(rows.values())]))
     replica.finish_snapshot(frame)
 
 
@@ -196,7 +197,7 @@ def test_an_incremental_snapshot_upserts_and_deletes_nothing(tmp_path):
             frame = SnapshotFrame(snapshot_id, STREAM, Cut(101, 101), SCHEMA, "v >= 20", datetime.now(timezone.utc),
                                   incremental=incremental)
             replica.begin_snapshot(frame)
-            replica.stage_rows(frame, snapshot_table(SCHEMA, [[2, 4], [21, 40]]))
+            replica.stage_rows(frame, snapshot_table(SCHEMA.types, [[2, 4], [21, 40]]))
             replica.finish_snapshot(frame)
 
         subset("inc", incremental=True)

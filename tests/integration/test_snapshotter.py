@@ -11,7 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from mallard.core.cut import Cut
 from mallard.core.pgtypes import column_type
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows, snapshot_message_adapter
+from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
+                              snapshot_message_adapter)
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +23,15 @@ def request(stack, *args: str) -> datetime:
     out = stack.mallard("resnapshot", *args).stdout
     assert out.startswith("requested cli-"), out
     return requested_at
+
+
+def parse(value: bytes) -> SnapshotBegin | SnapshotRows | SnapshotEnd:
+    """A snapshot message; an Arrow rows batch as SnapshotRows of its (transport) values."""
+    if is_arrow_rows(value):
+        header, table = read_arrow_rows(value)
+        return SnapshotRows(snapshot_id=header.snapshot_id, stream=header.stream, batch=header.batch,
+                            rows=[list(r.values()) for r in table.to_pylist()])
+    return snapshot_message_adapter.validate_json(value)
 
 
 def read_snapshot(stack, stream: str, requested_at: datetime, timeout: float = 90) -> tuple[SnapshotBegin, list[SnapshotRows], SnapshotEnd]:
@@ -39,7 +49,7 @@ def read_snapshot(stack, stream: str, requested_at: datetime, timeout: float = 9
             msg = consumer.poll(0.5)
             if msg is None or msg.error() or msg.key() != stream.encode():
                 continue
-            m = snapshot_message_adapter.validate_json(msg.value())
+            m = parse(msg.value())
             if isinstance(m, SnapshotBegin):
                 begin, rows = (m, []) if m.started_at >= requested_at else (None, [])
             elif isinstance(m, SnapshotRows) and begin and m.snapshot_id == begin.snapshot_id:
@@ -61,6 +71,7 @@ def test_a_requested_snapshot_is_framed_complete_and_decodable(stack):
     begin, batches, end = read_snapshot(stack, "public.customers", requested_at)
     cut = Cut(begin.cut.xmin, begin.cut.xmax, frozenset(begin.cut.xip))
     assert cut.covers(xid)  # everything committed before the request is in the snapshot
+    assert begin.rows_format == "arrow"
     assert end.row_count == count == sum(len(b.rows) for b in batches)
     assert [b.batch for b in batches] == list(range(1, len(batches) + 1)) and end.batches == len(batches)
     names = [c.name for c in begin.columns]
@@ -123,7 +134,7 @@ def topic_messages(stack, topic: str, idle: float = 3.0) -> list:
             if msg is None or msg.error():
                 continue
             last = time.monotonic()
-            out.append(snapshot_message_adapter.validate_json(msg.value()))
+            out.append(parse(msg.value()))
         return out
     finally:
         consumer.close()
@@ -235,7 +246,7 @@ def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(stac
         while killed_id is None and time.monotonic() < deadline:  # kill once the first rows are out
             msg = consumer.poll(0.2)
             if msg is not None and not msg.error() and msg.key() == b"public.big_orders":
-                m = snapshot_message_adapter.validate_json(msg.value())
+                m = parse(msg.value())
                 if isinstance(m, SnapshotRows):
                     os.kill(pid, signal.SIGKILL)
                     killed_id = m.snapshot_id
