@@ -11,7 +11,7 @@ import pytest
 
 from mallard.core.snapshot_encoding import PY_MARKER, PgColumn, encode
 from schemas.control import ResnapshotRequest
-from schemas.snapshot import SnapshotRows, snapshot_message_adapter
+from schemas.snapshot import SnapshotRows, is_arrow_rows, read_arrow_rows, snapshot_message_adapter
 from services.snapshotter.config import SnapshotterSettings
 from services.snapshotter.service import SnapshotAborted, SnapshotterService, _Batcher, _RowSink
 
@@ -19,9 +19,11 @@ from services.snapshotter.service import SnapshotAborted, SnapshotterService, _B
 class FakeProducer:
     def __init__(self):
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.headers: list = []
 
-    def produce(self, topic, key, value):
+    def produce(self, topic, key, value, headers=None):
         self.sent.append((topic, key, value))
+        self.headers.append(headers)
 
 
 def service() -> SnapshotterService:
@@ -31,6 +33,26 @@ def service() -> SnapshotterService:
 
 
 COLUMNS = [PgColumn("id", "int8"), PgColumn("note", "text"), PgColumn("n", "numeric")]
+
+
+def test_arrow_batches_carry_their_header_and_rows_numbered_in_send_order():
+    import pyarrow as pa
+
+    svc = service()
+    batcher = _Batcher(svc, "public.t", "snap-1", COLUMNS, 1000, fix_numerics=False)
+    for start in (0, 3, 6):
+        batcher.emit_arrow(pa.record_batch({"c0": pa.array(range(start, min(start + 3, 7)), pa.int64())}))
+    values = [v for _, _, v in svc.producer.sent]
+    assert all(is_arrow_rows(v) for v in values)
+    decoded = [read_arrow_rows(v) for v in values]
+    assert [(h.snapshot_id, h.stream, h.batch) for h, _ in decoded] == [("snap-1", "public.t", b) for b in (1, 2, 3)]
+    assert [x for _, t in decoded for x in t.column("c0").to_pylist()] == list(range(7))
+    assert all(t.schema.metadata is None for _, t in decoded)  # the header is not a column's business
+    assert svc.producer.headers == [[("content-type", b"application/vnd.apache.arrow.stream")]] * 3
+    assert batcher.rows == 7 and batcher.batches == 3
+    assert not is_arrow_rows(b'{"kind":"rows"}') and not is_arrow_rows(None)
+    with pytest.raises(ValueError, match="not an Arrow rows batch"):
+        read_arrow_rows(b"\xff\xff\xff\xffgarbage")
 
 
 def test_batches_are_valid_snapshot_rows_numbered_in_send_order():
