@@ -288,7 +288,8 @@ def read_topic(
 def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: float = 120.0) -> Iterable[Any]:
     """Yield every message of ``topic`` (all partitions, from the beginning, no consumer
     group) up to its end: each partition's high watermark as of the start, and then
-    until ``idle`` seconds pass without a message (Tansu may under-report watermarks).
+    until every partition has said it is at its end (Tansu under-reports watermarks: the
+    end of what the broker holds is what counts), or ``idle`` seconds pass without a message.
     A topic that does not exist yields nothing."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -302,15 +303,19 @@ def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: 
         high = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         position = {p: -1 for p in parts}
+        at_end: set[int] = set()
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
             msg = reader.poll(0.1)
             reached = all(position[p] + 1 >= high[p] for p in parts)
+            if msg is not None and msg.error() and msg.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
             if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
-                if reached and time.monotonic() - last >= idle:
+                if reached and (at_end >= set(parts) or time.monotonic() - last >= idle):
                     return
                 continue
+            at_end.discard(msg.partition())
             if msg.error():
                 raise KafkaException(msg.error())
             position[msg.partition()] = msg.offset()

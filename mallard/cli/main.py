@@ -257,7 +257,9 @@ def _request_snapshot(s, streams: list[str], reason: str, where: str | None = No
     request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
                                 requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
                                 where=where, full=full)
-    producer = kafka.producer(s.bootstrap_servers)
+    # Not idempotent: its producer id handshake costs half a second, and a request sent
+    # twice is coalesced by the snapshotter anyway.
+    producer = kafka.producer(s.bootstrap_servers, **{"enable.idempotence": False})
     producer.produce(KafkaSettings().control_topic, key=request.request_id.encode(),
                      value=request.model_dump_json().encode())
     if producer.flush(30) != 0:

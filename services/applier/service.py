@@ -193,6 +193,7 @@ class ApplierService(Service):
         # consumer's big queue is what keeps CDC fast).
         snapshot_consumer = kafka.consumer(s.kafka_bootstrap_servers, s.snapshot_group, **{
             "queued.max.messages.kbytes": s.snapshot_fetch_queue_kb,
+            "fetch.wait.max.ms": 100,  # a snapshot's first batches are taken at once
             "fetch.max.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
             "max.partition.fetch.bytes": s.snapshot_fetch_queue_kb * 1024 // 4,
             "on_commit": self._on_commit,

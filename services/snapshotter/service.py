@@ -26,6 +26,7 @@ its end).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import threading
@@ -198,6 +199,7 @@ class SnapshotterService(Service):
         self.open()
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": 6000, "queued.max.messages.kbytes": 1024,
+            "fetch.wait.max.ms": 100,  # a request is taken at once, not at the end of a long poll
             "max.poll.interval.ms": 86_400_000})  # a snapshot may take long; the offset waits for it
         consumer.subscribe([s.control_topic])
         self.log.info("snapshotter up: requests from %s, snapshots to %s", s.control_topic, s.snapshot_topic)
@@ -329,8 +331,9 @@ class SnapshotterService(Service):
             batcher = _Batcher(self, stream, snapshot_id, columns, max(estimate, 0), fix)
             bounds = [None] + [pages * i // readers for i in range(1, readers)] + [None]
             ranges = list(zip(bounds, bounds[1:]))
-            self.log.info("snapshot %s of %s: cut %s, ~%d rows, %d reader(s), %s%s", snapshot_id, stream,
-                          cut_text, estimate, readers,
+            self.log.info("snapshot %s of %s: cut %s %.2fs after the request, ~%d rows, %d reader(s), %s%s",
+                          snapshot_id, stream, cut_text,
+                          (datetime.now(timezone.utc) - request.requested_at).total_seconds(), estimate, readers,
                           "Arrow rows (COPY CSV)" if plan else "JSON rows encoded by " + ("SQL" if use_sql else "Python"),
                           f", incremental after {state_value!r}" if incremental else "")
             if readers == 1:
@@ -424,6 +427,11 @@ class SnapshotterService(Service):
         with conn.cursor() as cur:
             cur.execute(plan.SESSION)
         read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups of both sides
+        except OSError:
+            pass  # above the system's pipe-max-size: the default works, a little slower
+        block = max(s.batch_bytes // 2, 1024)
         failed: list[BaseException] = []
 
         def copy() -> None:
@@ -436,8 +444,10 @@ class SnapshotterService(Service):
         copier = threading.Thread(target=copy, name="snapshot-copy", daemon=True)
         copier.start()
         try:
-            with open(read_fd, "rb", buffering=0) as source:
-                for batch in plan.batches(source, max(s.batch_bytes // 2, 1024)):
+            # Buffered: a read returns a whole block (a pipe's raw read returns what is there,
+            # and Arrow makes a record batch of every read).
+            with open(read_fd, "rb", buffering=block) as source:
+                for batch in plan.batches(source, block):
                     for part in _parts(batch, s.batch_rows, s.batch_bytes):
                         batcher.emit_arrow(part)
         except BaseException:
