@@ -100,6 +100,9 @@ def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
+        # When the prefetch queue is full, fetching resumes this soon after it drains below
+        # its bound (librdkafka's default waits a whole second: the reader starves).
+        "fetch.queue.backoff.ms": 10,
         "log_level": 3,
     }
     config.update(overrides)
