@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -201,6 +202,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def duckdb_mb(port: int) -> float:
+    """What DuckDB's own allocator holds in the applier (its buffer pool: data, indexes)."""
+    try:
+        q = urllib.parse.quote("SELECT sum(memory_usage_bytes) FROM duckdb_memory()")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/query?sql={q}", timeout=10) as r:
+            return json.loads(r.read())["rows"][0][0] / 2**20
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return float("nan")
+
+
 def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     port = free_port()
     env = {**os.environ, "MALLARD_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MALLARD_TOPIC_PREFIX": PREFIX,
@@ -214,6 +225,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     first = last = None
     applied = 0
     rss_at: dict[float, float] = {}
+    duckdb_at: dict[float, float] = {}
     try:
         deadline = time.monotonic() + 1800
         while applied < n and time.monotonic() < deadline:
@@ -231,6 +243,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
             for q in (0.25, 0.5, 0.75):
                 if q not in rss_at and applied >= q * n:
                     rss_at[q] = rss_mb(proc.pid)
+                    duckdb_at[q] = duckdb_mb(port)
             time.sleep(0.25)
         last = (time.monotonic(), applied)
         cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
@@ -246,6 +259,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     wall = last[0] - first[0]
     return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss_kb / 1024, "rows": rows,
             "rss_mb_at_25_50_75_pct": [round(rss_at.get(q, float("nan"))) for q in (0.25, 0.5, 0.75)],
+            "duckdb_mb_at_25_50_75_pct": [round(duckdb_at.get(q, float("nan"))) for q in (0.25, 0.5, 0.75)],
             "applier_cpu": (cpu_last[0] - cpu_first[0]) / wall, "broker_cpu": (cpu_last[1] - cpu_first[1]) / wall}
 
 
@@ -294,7 +308,7 @@ def main() -> None:
                 r = run_applier(bootstrap, n, workdir, broker.pid)
                 results.append(r)
                 print(f"mallard applier  N={n:>9,}  {r['events_per_s']:>9,.0f} events/s   peak RSS {r['peak_rss_mb']:.0f} MB"
-                      f" (RSS at 25/50/75% {r['rss_mb_at_25_50_75_pct']} MB)   rows in DuckDB {r['rows']:,}"
+                      f" (RSS at 25/50/75% {r['rss_mb_at_25_50_75_pct']} MB, of which DuckDB {r['duckdb_mb_at_25_50_75_pct']} MB)   rows in DuckDB {r['rows']:,}"
                       f"   CPU: applier {r['applier_cpu']:.2f}, broker {r['broker_cpu']:.2f} cores")
                 if n == args.events[0]:
                     nv = naive(events[: args.naive_events], workdir)

@@ -19,7 +19,7 @@ class ApplierSettings(ServiceSettings):
         "pauses fetching while DuckDB catches up: bounds memory (a larger Postgres transaction is still read whole)."
     )
     fetch_queue_kb: int = Field(
-        256 * 1024, description="Kilobytes of messages prefetched (librdkafka queued.max.messages.kbytes): "
+        64 * 1024, description="Kilobytes of messages prefetched (librdkafka queued.max.messages.kbytes): "
         "fetching ahead is what keeps the applier busy."
     )
     snapshot_consumer_group: str = Field(
