@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 
 from mallard.core.changes import PoisonMessage
 from mallard.core.pgtypes import ARROW_PARSED, ColumnType, column_type, decode_values
+from mallard.core.sql import quote_ident
 from mallard.core.snapshot_encoding import PY_MARKER, PgColumn, connect_schema, encode, json_expression
 
 _ARROW = {
@@ -95,10 +96,6 @@ class CsvColumn:
     """That array -> the transport array."""
 
 
-def _ident(col: PgColumn) -> str:
-    return '"' + col.name.replace('"', '""') + '"'
-
-
 def _same(array: pa.Array) -> pa.Array:
     return array
 
@@ -130,9 +127,9 @@ def csv_column(col: PgColumn) -> CsvColumn:
     if t in _VIEWED and col.element is None:
         return CsvColumn(col.name, json_expression(col), _VIEWED[t], _viewed_as(arrow_type(ct)))
     if t == "int64" and ct.precision is not None:  # numeric(p<=18, s): unscaled
-        return CsvColumn(col.name, _ident(col), pa.decimal128(*ct.precision), _unscaled(ct.precision[0]))
+        return CsvColumn(col.name, quote_ident(col.name), pa.decimal128(*ct.precision), _unscaled(ct.precision[0]))
     if t in _AS_TEXT:
-        return CsvColumn(col.name, _ident(col), arrow_type(ct), _same)
+        return CsvColumn(col.name, quote_ident(col.name), arrow_type(ct), _same)
     return CsvColumn(col.name, json_expression(col), pa.string(), _from_json(col, ct))
 
 

@@ -104,3 +104,16 @@ def test_key_matches_the_keys_value_a_json_object_or_plain_text():
     assert key_matches(b'{"payload":{"code":"42"},"schema":{}}', "42")  # a text key that looks like a number
     assert key_matches(b"public.orders", "public.orders") and not key_matches(b"public.orders", "public.order")
     assert not key_matches(None, "1")
+
+
+def test_arrow_rows_are_rendered():
+    import pyarrow as pa
+
+    from schemas.snapshot import SnapshotRowsHeader, arrow_rows_message
+
+    value = arrow_rows_message(SnapshotRowsHeader(snapshot_id="s1", stream="public.orders", batch=3),
+                               pa.record_batch({"c0": pa.array([7, 8]), "c1": pa.array(["a", None])}))
+    out = describe("mallard.snapshots", 0, 5, b"public.orders", value)
+    assert out.startswith("mallard.snapshots[0]@5 snapshot ROWS public.orders id=s1 batch=3 rows=2 (Arrow")
+    assert out.endswith('first=[7,"a"]')
+    assert "undecodable Arrow value" in describe("t", 0, 0, None, b"\xff\xff\xff\xffnot arrow")
