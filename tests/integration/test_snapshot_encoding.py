@@ -114,6 +114,17 @@ EDGES = {  # column type -> values (SQL literals) at the edges of each encoding
 }
 
 
+def edge_tables(cur, prefix: str):
+    """(type, table) per EDGES type: a table with ids 1.. holding its edge values, then NULL."""
+    for i, (pg_type, values) in enumerate(EDGES.items()):
+        table = f"{prefix}_{i}"
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, v {pg_type})")
+        for v in values + ["NULL"]:
+            cur.execute(f"INSERT INTO {table} (v) VALUES ({v})")
+        yield pg_type, table
+
+
 def test_postgres_encodes_edge_values_as_the_python_encoder_does(cdc_stack):
     """The snapshotter's SQL encoding gives the same JSON value as encode() at every edge:
     numeric byte lengths and the 127-bit limit (beyond it, the marked Python fallback), negative
@@ -121,12 +132,7 @@ def test_postgres_encodes_edge_values_as_the_python_encoder_does(cdc_stack):
     conn = psycopg2.connect(cdc_stack.dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        for i, (pg_type, values) in enumerate(EDGES.items()):
-            table = f"snap_edges_{i}"
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, v {pg_type})")
-            for v in values + ["NULL"]:
-                cur.execute(f"INSERT INTO {table} (v) VALUES ({v})")
+        for pg_type, table in edge_tables(cur, "snap_edges"):
             columns = table_columns(conn, f"public.{table}")
             col = columns[1]
             cur.execute(f"SELECT {select_expression(col)}, {json_expression(col)}, {row_json_expression(columns)} "
@@ -199,13 +205,8 @@ def test_arrow_rows_hold_what_the_json_path_decodes_for_every_type_and_edge(cdc_
         assert arrow == from_json, key
     refused = 0
     with conn.cursor() as cur:
-        for i, (pg_type, values) in enumerate(EDGES.items()):
-            table = f"arrow_edges_{i}"
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, v {pg_type})")
-            for v in values + ["NULL"]:
-                cur.execute(f"INSERT INTO {table} (v) VALUES ({v}) RETURNING id")
-                key = cur.fetchone()[0]
+        for pg_type, table in edge_tables(cur, "arrow_edges"):
+            for key, v in enumerate(EDGES[pg_type] + ["NULL"], start=1):
                 arrow, from_json = _arrow_and_json_rows(conn, table, key)
                 if isinstance(from_json, Exception):
                     assert isinstance(arrow, ValueError), (pg_type, v, arrow)
