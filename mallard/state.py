@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 
 from mallard.adapters import kafka
-from schemas.snapshot import is_arrow_rows
 from mallard.core.incremental import StateEvent, StreamState, end_event, fold_states, reset_events
+from schemas.snapshot import is_arrow_rows
 
 _END = b'"kind":"end"'
 _RESET = b'"kind":"state-reset"'
