@@ -18,9 +18,9 @@ array — so that snapshot rows and CDC rows still become the very same DuckDB v
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -28,8 +28,8 @@ import pyarrow.csv as pacsv
 
 from mallard.core.changes import PoisonMessage
 from mallard.core.pgtypes import ARROW_PARSED, ColumnType, column_type, decode_values
+from mallard.core.snapshot_encoding import PgColumn, connect_schema, json_expression
 from mallard.core.sql import quote_ident
-from mallard.core.snapshot_encoding import PY_MARKER, PgColumn, connect_schema, encode, json_expression
 
 _ARROW = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -110,19 +110,19 @@ def _unscaled(precision: int) -> Callable[[pa.Array], pa.Array]:
     return lambda array: array.view(pa.decimal128(precision, 0)).cast(pa.int64())
 
 
-def _from_json(col: PgColumn, ct: ColumnType) -> Callable[[pa.Array], pa.Array]:
+def _from_json(ct: ColumnType) -> Callable[[pa.Array], pa.Array]:
+    """Debezium JSON values (bytea, interval, arrays: never the marked numerics, which are
+    read as decimals) -> the transport array, through the decoders CDC values go through."""
     loads = orjson.loads
 
     def finish(array: pa.Array) -> pa.Array:
-        values = [None if v is None else loads(v) for v in array.to_pylist()]
-        values = [encode(col, v) if isinstance(v, dict) and PY_MARKER in v else v for v in values]  # fix_marked
-        return transport_array(ct, decode_values(ct, values))
+        return transport_array(ct, decode_values(ct, [None if v is None else loads(v) for v in array.to_pylist()]))
 
     return finish
 
 
-def csv_column(col: PgColumn) -> CsvColumn:
-    ct = column_type(connect_schema(col))
+def csv_column(col: PgColumn, ct: ColumnType) -> CsvColumn:
+    """How ``col`` (of column type ``ct``, from its connect schema) is read."""
     t = ct.transport
     if t in _VIEWED and col.element is None:
         return CsvColumn(col.name, json_expression(col), _VIEWED[t], _viewed_as(arrow_type(ct)))
@@ -130,7 +130,7 @@ def csv_column(col: PgColumn) -> CsvColumn:
         return CsvColumn(col.name, quote_ident(col.name), pa.decimal128(*ct.precision), _unscaled(ct.precision[0]))
     if t in _AS_TEXT:
         return CsvColumn(col.name, quote_ident(col.name), arrow_type(ct), _same)
-    return CsvColumn(col.name, json_expression(col), pa.string(), _from_json(col, ct))
+    return CsvColumn(col.name, json_expression(col), pa.string(), _from_json(ct))
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,8 @@ class CsvPlan:
 
     @classmethod
     def of(cls, columns: Sequence[PgColumn]) -> CsvPlan:
-        plan = tuple(csv_column(c) for c in columns)
-        return cls(plan, transport_schema([column_type(connect_schema(c)) for c in columns]))
+        types = [column_type(connect_schema(c)) for c in columns]
+        return cls(tuple(csv_column(c, ct) for c, ct in zip(columns, types)), transport_schema(types))
 
     SESSION = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL extra_float_digits = 1"
     """The text forms the plan parses (timestamptz with offset +00, ISO dates, exact floats):
