@@ -36,6 +36,7 @@ from mallard.core.arrow_rows import arrow_type
 from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff
 from mallard.core.snapshots import SnapshotFrame
+from mallard.core.sql import quote_ident as q
 from mallard.core.sql import quote_literal
 from mallard.core.transactions import Transaction
 
@@ -56,10 +57,6 @@ OK, NEEDS_RESNAPSHOT, REFUSED = "ok", "needs_resnapshot", "refused"
 ABSENT = "absent"
 """A table DuckDB does not have yet, truncated by CDC: a snapshot whose cut came before
 the truncate must not bring its rows back."""
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def target_name(stream: str) -> str:

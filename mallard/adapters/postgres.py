@@ -8,6 +8,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from mallard.core.sql import quote_ident
 from mallard.settings import PostgresSettings
 
 
@@ -160,4 +161,4 @@ def primary_key(conn: Any, stream: str) -> list[str]:
 
 def quote_stream(stream: str) -> str:
     """'<schema>.<table>' as a quoted SQL name."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in stream.split(".", 1))
+    return ".".join(quote_ident(part) for part in stream.split(".", 1))

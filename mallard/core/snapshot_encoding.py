@@ -14,6 +14,8 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+from mallard.core.sql import quote_ident
+
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH = datetime(1970, 1, 1)
 
@@ -56,7 +58,7 @@ SUPPORTED = frozenset(_SIMPLE) | {"numeric", "time", "timestamp"}
 
 def select_expression(col: PgColumn) -> str:
     """How the snapshot's SELECT reads the column."""
-    ident = '"' + col.name.replace('"', '""') + '"'
+    ident = quote_ident(col.name)
     if col.type_name == "interval":
         # months, days and microseconds apart: psycopg2's timedelta would fold months into days
         return (f"CASE WHEN {ident} IS NULL THEN NULL ELSE ARRAY["
@@ -169,10 +171,6 @@ PY_MARKER = "$mallard_py"
 _MARKER_BYTES = b'"' + PY_MARKER.encode() + b'"'
 
 
-def _ident(col: PgColumn) -> str:
-    return '"' + col.name.replace('"', '""') + '"'
-
-
 def _min_bytes(value: str, limit_bytes: int, array_type: str) -> str:
     """SQL: how many bytes ``encode`` uses for the unscaled integer ``value``: the least n
     with |value| < 2**(8n - 1) (one binary search, ``value`` evaluated once)."""
@@ -204,7 +202,7 @@ def _marked(expr_text: str) -> str:
 
 def json_expression(col: PgColumn) -> str:
     """SQL giving the column's value as the JSON text ``encode`` would give (NULL for NULL)."""
-    c, t = _ident(col), col.type_name
+    c, t = quote_ident(col.name), col.type_name
     if t in ("float4", "float8"):  # JSON -0 would parse as the integer 0: keep the sign as encode does
         return f"CASE WHEN {c} = 0 AND {c}::text LIKE '-%' THEN '-0.0' ELSE to_json({c})::text END"
     if col.element is not None or t == "bool":
