@@ -312,9 +312,10 @@ def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: 
         while time.monotonic() < deadline:
             msg = reader.poll(0.1)
             reached = all(position[p] + 1 >= high[p] for p in parts)
-            if msg is not None and msg.error() and msg.error().code() == KafkaError._PARTITION_EOF:
+            end = msg is not None and msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF
+            if end:
                 at_end.add(msg.partition())
-            if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+            if msg is None or end:
                 if reached and (at_end >= set(parts) or time.monotonic() - last >= idle):
                     return
                 continue
