@@ -47,6 +47,11 @@ class TransactionAssembler:
         self._ended: set[int] = set()
         self._pending: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}
+        self._released: set[int] = set()
+        """Transactions taken for DuckDB and not yet marked applied."""
+        self._last_tx: dict[TopicPartition, int] = {}
+        """Per partition, the transaction of the last event held from it."""
+        self._marker_partitions: set[TopicPartition] = set()
         self.buffered_events = 0
         self.unknown_old_transactions = 0
 
@@ -65,11 +70,20 @@ class TransactionAssembler:
     def is_applied(self, tx_id: int) -> bool:
         return tx_id in self.recent
 
+    def _drop(self, tx_id: int) -> None:
+        """Forget a transaction DuckDB will never get (it is older than the replica): its
+        events are done, and later copies of them are dropped as they come."""
+        self.buffered_events -= len(self._events.pop(tx_id, ()))
+        for tp, offset in self._event_offsets.pop(tx_id, ()):
+            self._pending[tp].discard(offset)
+        self.recent[tx_id] = 0
+
     def add_event(self, event: ChangeEvent | None, tx_id: int, total_order: int, tp: TopicPartition, offset: int) -> None:
         """A data event (``event`` None: dead-lettered, but it still counts toward its transaction)."""
-        if self.is_applied(tx_id):
+        if tx_id in self.recent or tx_id in self._released:  # a copy of an event DuckDB has (or is getting)
             self._seen(tp, offset, pending=False)
             return
+        self._last_tx[tp] = tx_id
         slot = self._events.get(tx_id)
         if slot is None:
             slot = self._events[tx_id] = {}
@@ -83,11 +97,13 @@ class TransactionAssembler:
 
     def add_marker(self, marker: TransactionMarker) -> None:
         tp = (marker.topic, marker.partition)
-        if marker.status == "END" and marker.lsn <= self.applied_lsn and not self.is_applied(marker.tx_id) \
-                and len(self.recent) < self.recent_limit:
-            # Older than what DuckDB holds, yet not a transaction it applied: the source's
-            # LSNs went backwards (a new cluster behind an old replica?). Skipped, and said.
-            self.unknown_old_transactions += 1
+        self._marker_partitions.add(tp)
+        if marker.status == "END" and marker.lsn <= self.applied_lsn and not self.is_applied(marker.tx_id):
+            if len(self.recent) < self.recent_limit:
+                # Older than what DuckDB holds, yet not a transaction it applied: the source's
+                # LSNs went backwards (a new cluster behind an old replica?). Skipped, and said.
+                self.unknown_old_transactions += 1
+            self._drop(marker.tx_id)
         if marker.status != "END" or marker.lsn <= self.applied_lsn or self.is_applied(marker.tx_id) \
                 or marker.tx_id in self._ended:
             self._seen(tp, marker.offset, pending=False)
@@ -113,6 +129,7 @@ class TransactionAssembler:
                 break
             self._ends.popleft()
             self._ended.discard(end.tx_id)
+            self._released.add(end.tx_id)
             events = self._events.pop(end.tx_id, {})
             self.buffered_events -= len(events)
             offsets = self._event_offsets.pop(end.tx_id, []) + [((end.topic, end.partition), end.offset)]
@@ -132,6 +149,7 @@ class TransactionAssembler:
                 if held is not None:
                     held.discard(offset)
             self.recent[tx.tx_id] = tx.commit_lsn
+            self._released.discard(tx.tx_id)
             self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
         while len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
@@ -139,6 +157,22 @@ class TransactionAssembler:
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition, the offset to commit: the first not yet applied, else the next one."""
         return {tp: min(self._pending[tp]) if self._pending.get(tp) else nxt for tp, nxt in self._next.items()}
+
+    def partitions_ahead(self, max_held: int) -> set[TopicPartition]:
+        """Partitions to stop reading for now, so that memory stays bounded when some
+        partitions are far ahead of others (a backlog is never read evenly): with
+        ``max_held`` events held, each partition that has given an event of a transaction
+        after the next one in commit order (it has nothing more for that one: a partition
+        holds events in commit order), and with ``max_held`` transactions ended but
+        incomplete, the transaction topic. What the next transaction still needs is read on."""
+        ahead: set[TopicPartition] = set()
+        if self.buffered_events >= max_held:
+            head = self._ends[0].tx_id if self._ends else None
+            events = self._events
+            ahead.update(tp for tp, tx_id in self._last_tx.items() if tx_id != head and tx_id in events)
+        if len(self._ends) >= max_held:
+            ahead.update(self._marker_partitions)
+        return ahead
 
     def head(self) -> tuple[int, int, int] | None:
         """(tx_id, events received, events expected) of the next transaction in commit order."""

@@ -74,7 +74,8 @@ class ApplierService(Service):
         self.replica: DuckDBReplica | None = None
         self.lock = threading.Lock()  # the DuckDB connection: applying, pruning, closing
         self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0,
-                       "snapshots_merged": 0, "snapshots_abandoned": 0, "snapshot_rows_staged": 0}
+                       "snapshots_merged": 0, "snapshots_abandoned": 0, "snapshot_rows_staged": 0,
+                       "partition_pauses": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
@@ -84,6 +85,8 @@ class ApplierService(Service):
         self._snapshot_rows_waiting = 0
         self._snapshot_turn = False
         self._stuck: tuple[int, float, bool] | None = None
+        self._paused: set[tuple[str, int]] = set()
+        """CDC/transaction partitions paused while other partitions catch up."""
         self._warned_old = False
         # Metrics: totals are self.counts (read at scrape time); histograms observed once per batch.
         self._committed: dict[tuple[str, int], int] = {}
@@ -187,7 +190,7 @@ class ApplierService(Service):
             "queued.max.messages.kbytes": s.fetch_queue_kb,
             "on_commit": self._on_commit,
         })
-        consumer.subscribe([self.cdc_pattern, self.tx_topic])
+        consumer.subscribe([self.cdc_pattern, self.tx_topic], on_assign=self._on_assign)
         # Snapshot batches are big and come in bursts of millions of rows: a consumer of their
         # own, with a small prefetch queue, keeps memory flat in the table's size (the CDC
         # consumer's big queue is what keeps CDC fast).
@@ -221,6 +224,8 @@ class ApplierService(Service):
                 # Snapshot rows waiting for DuckDB bound the snapshot side alike.
                 read_cdc = self.assembler.buffered_events < s.max_buffered_events or not (
                     self.assembler.head_complete() or self._to_apply.full())
+                if read_cdc:
+                    self._pause_partitions_ahead(consumer)
                 snapshot_messages = 0
                 if self._snapshot_rows_waiting < s.snapshot_buffered_rows:
                     messages = snapshot_consumer.consume(num_messages=s.snapshot_poll_messages,
@@ -264,6 +269,27 @@ class ApplierService(Service):
                     self.replica.close()
         self.log.info("applier stopped: %d events in %d transactions applied, %d dead-lettered",
                       self.counts["events_applied"], self.counts["transactions_applied"], self.counts["dead_letters"])
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._paused = set()  # a new assignment starts unpaused
+
+    def _pause_partitions_ahead(self, consumer: Consumer) -> None:
+        """Read only what the next transaction still needs while the held events are at
+        their bound (TransactionAssembler.partitions_ahead): memory stays flat however
+        unevenly a backlog is fetched."""
+        ahead = self.assembler.partitions_ahead(self.settings.max_buffered_events)
+        if ahead == self._paused:
+            return
+        try:
+            if self._paused - ahead:
+                consumer.resume([TopicPartition(t, p) for t, p in self._paused - ahead])
+            if ahead - self._paused:
+                consumer.pause([TopicPartition(t, p) for t, p in ahead - self._paused])
+                self.counts["partition_pauses"] += len(ahead - self._paused)
+            self._paused = ahead
+        except KafkaException as e:  # e.g. a partition revoked meanwhile: the next round tries again
+            self.log.warning("pausing/resuming partitions failed, will retry: %s", e)
+            self._paused = set()
 
     def _route(self, msg: Any) -> None:
         tp = (msg.topic(), msg.partition())
