@@ -217,10 +217,10 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     env = {**os.environ, "MALLARD_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MALLARD_TOPIC_PREFIX": PREFIX,
            "MALLARD_DUCKDB_PATH": str(workdir / f"bench-{n}.duckdb"), "MALLARD_HEALTH_PORT": str(port),
            "MALLARD_CONSUMER_GROUP": f"bench-{n}", "MALLARD_DEAD_LETTER_TOPIC": "bench.dead-letter",
-           "MALLARD_LOG_LEVEL": "WARNING", "MALLARD_TOPIC_REFRESH_MS": "1000"}
+           "MALLARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "MALLARD_TOPIC_REFRESH_MS": "1000"}
     proc = subprocess.Popen([sys.executable, "-m", "services.applier"], env=env, cwd=REPO)
     if os.environ.get("BENCH_PROFILE"):  # py-spy flame data of the applier, for tuning
-        subprocess.Popen(["py-spy", "record", "-r", "400", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
+        subprocess.Popen(["py-spy", "record", "--gil", "-r", "400", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
     applied = 0
