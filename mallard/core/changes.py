@@ -11,8 +11,9 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from mallard.core.pgtypes import UNAVAILABLE, UNAVAILABLE_B64, ColumnType, column_type, is_unavailable
@@ -108,6 +109,31 @@ def split_envelope(raw: bytes) -> tuple[bytes | None, bytes]:
     return None, raw
 
 
+class _Source(msgspec.Struct):
+    schema: str
+    table: str
+    txId: int
+    ts_ms: int | None = None
+
+
+class _Block(msgspec.Struct):
+    total_order: int
+
+
+class _TransactionPayload(msgspec.Struct):
+    status: str
+    id: str
+    event_count: int | None = None
+    ts_ms: int | None = None
+
+
+_TX_DECODER = msgspec.json.Decoder(_TransactionPayload)
+_WIRE_TYPES = {**{f"int{bits}": Annotated[int, msgspec.Meta(ge=-(1 << (bits - 1)), le=(1 << (bits - 1)) - 1)]
+                   for bits in (8, 16, 32, 64)},
+               "float": float, "bool": bool, "str": str, "bytes": bytes, "json": Any}
+_FAST_OPS = frozenset("cur")
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What one schema text says: the columns and how to decode them."""
@@ -116,6 +142,18 @@ class _Layout:
     types: tuple[ColumnType, ...]
     pairs: tuple[tuple[str, Any], ...]
     toastable: tuple[int, ...]
+
+    @cached_property
+    def fast(self) -> tuple[msgspec.json.Decoder, tuple[tuple[int, Callable[[Any], Any]], ...]]:
+        """A typed decoder of the whole payload of an insert/update/read with this layout:
+        the JSON kind of each column is checked while parsing (and base64 decoded), the
+        source and transaction blocks are read, all else is skipped. Then the columns
+        whose value still needs a decoder, with it."""
+        row = msgspec.defstruct("Row", [(f"c{i}", _WIRE_TYPES[t.wire] | None, None) for i, t in enumerate(self.types)],
+                                rename={f"c{i}": c for i, c in enumerate(self.columns)})
+        envelope = msgspec.defstruct("Envelope", [("op", str), ("source", _Source), ("after", row | None, None),
+                                                  ("transaction", _Block | None, None), ("ts_ms", int | None, None)])
+        return msgspec.json.Decoder(envelope), tuple((i, t.from_wire) for i, t in enumerate(self.types) if t.from_wire)
 
 
 def _layout(fields: list[dict]) -> _Layout:
@@ -131,7 +169,9 @@ class Decoder:
     A message starts with its schema; the bytes up to the payload are remembered per
     topic, so the common case is one prefix comparison and a parse of the payload."""
 
-    def __init__(self) -> None:
+    def __init__(self, typed: bool = True) -> None:
+        self.typed = typed
+        """Decode the common case in one typed pass (False: the general path only, to compare)."""
         self._value_prefixes: dict[str, list[tuple[bytes, _Layout]]] = {}
         self._key_prefixes: dict[str, list[tuple[bytes, _Layout]]] = {}
         self._tables: dict[tuple[int, int, str], TableSchema] = {}
@@ -146,11 +186,12 @@ class Decoder:
         return None
 
     def _value(self, topic: str, raw: bytes) -> tuple[_Layout, Any, bytes]:
-        """(layout, payload, payload text)."""
+        """(layout, payload, payload text); the payload is None (not parsed yet) when the
+        schema is one seen before."""
         cache = self._value_prefixes.setdefault(topic, [])
         hit = self._cached(cache, raw)
         if hit is not None:
-            return hit[0], _loads(hit[1]), hit[1]
+            return hit[0], None, hit[1]
         schema_raw, payload_raw = split_envelope(raw)
         doc = _loads(raw) if schema_raw is None else None
         schema = doc.get("schema") if isinstance(doc, dict) else (_loads(schema_raw) if schema_raw else None)
@@ -201,6 +242,12 @@ class Decoder:
     def decode_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None,
                       value_raw: bytes) -> ChangeEvent:
         layout, payload, payload_raw = self._value(topic, value_raw)
+        if payload is None and self.typed:
+            event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw)
+            if event is not None:
+                return event
+        if payload is None:
+            payload = _loads(payload_raw)
         if not isinstance(payload, dict):
             raise PoisonMessage("unknown envelope: payload is not an object")
         op = payload.get("op")
@@ -260,6 +307,41 @@ class Decoder:
         return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                            key, row, unavailable, table)
 
+    def _fast_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None, layout: _Layout,
+                     payload_raw: bytes) -> ChangeEvent | None:
+        """The common case (an insert, update or read, every value of its declared JSON kind,
+        no TOAST placeholder), decoded in one typed pass; None: anything else, which the
+        general path decodes (or names as poison) the same way."""
+        if layout.toastable and (_UNAVAILABLE_RAW in payload_raw or _UNAVAILABLE_B64_RAW in payload_raw):
+            return None
+        decoder, decoders = layout.fast
+        try:
+            payload = decoder.decode(payload_raw)
+        except msgspec.MsgspecError:
+            return None
+        after, tx, source = payload.after, payload.transaction, payload.source
+        if after is None or tx is None or payload.op not in _FAST_OPS:
+            return None
+        values = msgspec.structs.astuple(after)
+        if decoders:
+            values = list(values)
+            try:
+                for i, decode in decoders:
+                    if (v := values[i]) is not None:
+                        values[i] = decode(v)
+            except Exception:  # noqa: BLE001 - the general path names the column
+                return None
+            values = tuple(values)
+        stream = source.schema + "." + source.table
+        table = self._table(stream, layout, self._key(topic, key_raw, parse=False)[0])
+        key = None
+        if table.key_columns:
+            key = table.key_of(values)
+            if None in key:
+                raise PoisonMessage(f"primary key {table.key_columns} has a NULL")
+        return ChangeEvent(topic, partition, offset, stream, payload.op, source.txId, tx.total_order,
+                           source.ts_ms or payload.ts_ms or 0, key, values, _NOTHING_UNAVAILABLE, table)
+
     @staticmethod
     def _row(layout: _Layout, image: dict) -> list:
         try:
@@ -285,6 +367,16 @@ class Decoder:
             schema_raw, payload_raw = split_envelope(value_raw)
             if schema_raw is not None:
                 self._tx_prefix = value_raw[: len(value_raw) - len(payload_raw) - 1]
+        try:  # the common case, in one typed pass
+            if not self.typed:
+                raise ValueError
+            m = _TX_DECODER.decode(payload_raw)
+            tx_id, _, lsn = m.id.partition(":")
+            if m.status in ("BEGIN", "END"):
+                return TransactionMarker(topic, partition, offset, m.status, int(tx_id), int(lsn or 0),
+                                         m.event_count or 0, m.ts_ms or 0)
+        except (msgspec.MsgspecError, ValueError):
+            pass  # the general path names what is wrong
         payload = _loads(payload_raw)
         if isinstance(payload, dict) and "schema" in payload and "payload" in payload:
             payload = payload["payload"]

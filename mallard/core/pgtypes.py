@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any
@@ -44,12 +44,34 @@ class ColumnType:
     precision: tuple[int, int] | None = None
     decode_column: Callable[[Sequence[Any]], list[Any]] | None = field(default=None, compare=False, repr=False)
     """``decode`` for a whole column at once (snapshot batches), where that is much faster."""
+    wire: str = "json"
+    """The JSON kind a typed parser checks (int8..int64: an integer of that width, float, bool,
+    str; bytes: a base64 string it decodes) or, for json, any JSON value."""
+    from_wire: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    """What turns a value of that kind into the transport value (None: it is one)."""
 
 
 def _int(v: Any) -> int:
     if type(v) is not int:
         raise ValueError(f"expected an integer, got {v!r:.60}")
     return v
+
+
+def _int_of(bits: int) -> Callable[[Any], int]:
+    """An integer that fits ``bits`` (signed): a wider one cannot be loaded, and is poison."""
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def decode(v: Any) -> int:
+        if type(v) is not int:
+            raise ValueError(f"expected an integer, got {v!r:.60}")
+        if not low <= v <= high:
+            raise ValueError(f"{v} does not fit a {bits}-bit integer")
+        return v
+
+    return decode
+
+
+INT_BITS = {bits: _int_of(bits) for bits in (8, 16, 32, 64)}
 
 
 def _float(v: Any) -> float:
@@ -94,24 +116,29 @@ def _fit_decimal(value: Decimal, precision: int, scale: int) -> Decimal:
     return value.quantize(quantum, context=_EXACT)
 
 
-def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[Any], Decimal]:
-    def decode(v: Any) -> Decimal:
-        return _fit_decimal(Decimal(_unscaled(_bytes(v))).scaleb(-wire_scale, context=_EXACT), precision, scale)
+def _decimal(precision: int, scale: int, wire_scale: int) -> Callable[[bytes], Decimal]:
+    """From the unscaled two's-complement bytes."""
+    def from_bytes(raw: bytes) -> Decimal:
+        return _fit_decimal(Decimal(_unscaled(raw)).scaleb(-wire_scale, context=_EXACT), precision, scale)
 
-    return decode
+    return from_bytes
 
 
-def _unscaled_decimal(precision: int) -> Callable[[Any], int]:
+def _unscaled_decimal(precision: int) -> Callable[[bytes], int]:
     """The fast path for DECIMAL(p<=18, s): the unscaled integer, scaled in SQL (exactly)."""
     bound = 10**precision
 
-    def decode(v: Any) -> int:
-        unscaled = _unscaled(_bytes(v))
+    def from_bytes(raw: bytes) -> int:
+        unscaled = _unscaled(raw)
         if not -bound < unscaled < bound:
             raise ValueError(f"{unscaled} (unscaled) has more than {precision} digits for its DECIMAL")
         return unscaled
 
-    return decode
+    return from_bytes
+
+
+def _from_base64(from_bytes: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    return lambda v: from_bytes(_bytes(v))
 
 
 def _unscaled_decimal_column(precision: int) -> Callable[[Sequence[Any]], list[Any]]:
@@ -187,10 +214,10 @@ def _as_text(v: Any) -> str:
 
 
 _SIMPLE = {
-    "int8": ("TINYINT", "int8", _int),
-    "int16": ("SMALLINT", "int16", _int),
-    "int32": ("INTEGER", "int32", _int),
-    "int64": ("BIGINT", "int64", _int),
+    "int8": ("TINYINT", "int8", INT_BITS[8]),
+    "int16": ("SMALLINT", "int16", INT_BITS[16]),
+    "int32": ("INTEGER", "int32", INT_BITS[32]),
+    "int64": ("BIGINT", "int64", INT_BITS[64]),
     "float32": ("REAL", "float32", _float),
     "float64": ("DOUBLE", "float64", _float),
     "float": ("REAL", "float32", _float),  # JsonConverter's names for float32/float64
@@ -201,19 +228,19 @@ _SIMPLE = {
 }
 
 # Decoders that only check a value's JSON type: column-wise, the Arrow conversion checks it.
-CHECK_ONLY = frozenset({_int, _str, _bool})
+CHECK_ONLY = frozenset({*INT_BITS.values(), _str, _bool})
 # Decoders whose text Arrow parses column-wise to the same value (ISO timestamps with offset).
 ARROW_PARSED = frozenset({_zoned_timestamp})
 
 _LOGICAL = {
-    "io.debezium.time.Date": ("DATE", "date32", _int, False),
-    "org.apache.kafka.connect.data.Date": ("DATE", "date32", _int, False),
-    "io.debezium.time.Time": ("TIME", "time_ms", _int, False),
-    "io.debezium.time.MicroTime": ("TIME", "time_us", _int, False),
-    "io.debezium.time.NanoTime": ("TIME", "time_ns", _int, False),
-    "io.debezium.time.Timestamp": ("TIMESTAMP", "ts_ms", _int, False),
-    "io.debezium.time.MicroTimestamp": ("TIMESTAMP", "ts_us", _int, False),
-    "io.debezium.time.NanoTimestamp": ("TIMESTAMP_NS", "ts_ns", _int, False),
+    "io.debezium.time.Date": ("DATE", "date32", INT_BITS[32], False),
+    "org.apache.kafka.connect.data.Date": ("DATE", "date32", INT_BITS[32], False),
+    "io.debezium.time.Time": ("TIME", "time_ms", INT_BITS[32], False),
+    "io.debezium.time.MicroTime": ("TIME", "time_us", INT_BITS[64], False),
+    "io.debezium.time.NanoTime": ("TIME", "time_ns", INT_BITS[64], False),
+    "io.debezium.time.Timestamp": ("TIMESTAMP", "ts_ms", INT_BITS[64], False),
+    "io.debezium.time.MicroTimestamp": ("TIMESTAMP", "ts_us", INT_BITS[64], False),
+    "io.debezium.time.NanoTimestamp": ("TIMESTAMP_NS", "ts_ns", INT_BITS[64], False),
     "io.debezium.time.ZonedTimestamp": ("TIMESTAMPTZ", "tstz_us", _zoned_timestamp, False),
     "io.debezium.time.ZonedTime": ("TIMETZ", "string", _str, True),
     "io.debezium.time.Interval": ("INTERVAL", "interval", _interval, False),
@@ -227,8 +254,22 @@ _LOGICAL = {
 TOASTABLE_TRANSPORTS = ("string", "binary")
 
 
+# Decoders whose JSON kind a typed parser checks: (kind, what still turns it into the transport value).
+_WIRES = {**{decode: (f"int{bits}", None) for bits, decode in INT_BITS.items()},
+          _float: ("float", None), _bool: ("bool", None), _str: ("str", None), _bytes: ("bytes", None),
+          _zoned_timestamp: ("str", _zoned_timestamp), _interval: ("str", _interval)}
+
+
 def column_type(schema: dict[str, Any]) -> ColumnType:
     """DuckDB type and decoder for one Connect schema node (a struct member)."""
+    ct = _column_type(schema)
+    if ct.wire != "json":
+        return ct
+    wire, from_wire = _WIRES.get(ct.decode, ("json", ct.decode))
+    return replace(ct, wire=wire, from_wire=from_wire)
+
+
+def _column_type(schema: dict[str, Any]) -> ColumnType:
     name = schema.get("name")
     ctype = schema.get("type")
     params = schema.get("parameters") or {}
@@ -240,10 +281,13 @@ def column_type(schema: dict[str, Any]) -> ColumnType:
         duck = f"DECIMAL({precision},{scale})"
         if precision <= 18 and scale == wire_scale:
             quantum = f" * {Decimal(1).scaleb(-scale)}" if scale else ""  # a DECIMAL literal: exact
-            return ColumnType(duck, "int64", _unscaled_decimal(precision),
+            from_bytes = _unscaled_decimal(precision)
+            return ColumnType(duck, "int64", _from_base64(from_bytes),
                               sql=f"CAST(CAST({{}} AS DECIMAL(18,0)){quantum} AS {duck})", precision=(precision, scale),
-                              decode_column=_unscaled_decimal_column(precision))
-        return ColumnType(duck, "decimal", _decimal(precision, scale, wire_scale), precision=(precision, scale))
+                              decode_column=_unscaled_decimal_column(precision), wire="bytes", from_wire=from_bytes)
+        from_bytes = _decimal(precision, scale, wire_scale)
+        return ColumnType(duck, "decimal", _from_base64(from_bytes), precision=(precision, scale), wire="bytes",
+                          from_wire=from_bytes)
     if name == "io.debezium.data.VariableScaleDecimal":
         p, s = UNCONSTRAINED_NUMERIC
         return ColumnType(f"DECIMAL({p},{s})", "decimal", _variable_decimal, precision=(p, s))
@@ -252,7 +296,7 @@ def column_type(schema: dict[str, Any]) -> ColumnType:
         return ColumnType(duck, transport, decode, sql=f"CAST({{}} AS {duck})" if cast else None,
                           toastable=transport == "string")
     if ctype == "array" and schema.get("items"):
-        element = column_type(schema["items"])
+        element = _column_type(schema["items"])
         if element.known and element.sql is None and not element.transport.startswith("list"):
             return ColumnType(f"{element.duckdb}[]", f"list:{element.transport}", _list(element), toastable=True)
         return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)

@@ -104,6 +104,10 @@ def test_zoned_timestamps_become_utc_microseconds():
 
 @pytest.mark.parametrize("schema, value", [
     ({"type": "int32"}, "12"),
+    ({"type": "int16"}, 40_000),  # wider than the column: it could not be loaded
+    ({"type": "int32"}, -(2**31) - 1),
+    ({"type": "int64"}, 2**63),
+    ({"type": "int32", "name": "io.debezium.time.Date"}, 2**31),
     ({"type": "boolean"}, 1),
     ({"type": "string"}, 5),
     ({"type": "bytes"}, "!!not base64!!"),
