@@ -18,7 +18,7 @@ from mallard.core.changes import ChangeEvent, TransactionMarker
 TopicPartition = tuple[str, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     tx_id: int
     commit_lsn: int
@@ -132,11 +132,11 @@ class TransactionAssembler:
             self._released.add(end.tx_id)
             events = self._events.pop(end.tx_id, {})
             self.buffered_events -= len(events)
-            offsets = self._event_offsets.pop(end.tx_id, []) + [((end.topic, end.partition), end.offset)]
-            ordered = [events[k] for k in sorted(events)]
-            ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms,
-                                     [e for e in ordered if e is not None],
-                                     dead=sum(e is None for e in ordered), offsets=offsets))
+            offsets = self._event_offsets.pop(end.tx_id, [])
+            offsets.append(((end.topic, end.partition), end.offset))
+            ordered = [events[k] for k in sorted(events)] if len(events) > 1 else list(events.values())
+            live = [e for e in ordered if e is not None]
+            ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live), offsets))
             taken += end.event_count
         return ready
 
