@@ -9,9 +9,8 @@ SUMMARY = """\
 mallard snapshotter: consumes resnapshot requests from the control topic and, for
 each requested stream, reads the table in one consistent REPEATABLE READ Postgres
 snapshot and publishes it to the snapshot topic as framed batches (begin with the
-cut, rows encoded as Debezium encodes them, end with the row count). It refuses to
-take a cut before Debezium's replication slot exists. (The applier does not apply
-snapshots yet: that arrives with the rest of the snapshotter issue.)"""
+cut, rows as Arrow record batches of the applier's transport types, end with the
+row count). It refuses to take a cut before Debezium's replication slot exists."""
 
 if __name__ == "__main__":
     sys.exit(main("python -m services.snapshotter", SUMMARY, SnapshotterSettings, SnapshotterService))
