@@ -240,5 +240,10 @@ def test_transactions_behind_the_replica_that_it_never_applied_are_counted():
     assembler = TransactionAssembler(applied_lsn=1000, recent={7: 1000})
     assembler.add_marker(TransactionMarker(*TX_TOPIC, 0, "END", 7, 1000, 1, 0))  # a replay: fine
     assert assembler.unknown_old_transactions == 0
+    assembler.add_event(None, 3, 1, ("mallard.public.t", 0), 0)  # its event came first
     assembler.add_marker(TransactionMarker(*TX_TOPIC, 1, "END", 3, 500, 1, 0))  # LSNs went backwards
     assert assembler.unknown_old_transactions == 1 and assembler.waiting_transactions == 0
+    # Its events are forgotten, not held forever, and offsets move past them.
+    assembler.add_event(None, 3, 1, ("mallard.public.t", 0), 1)  # a copy
+    assert assembler.buffered_events == 0
+    assert assembler.committable() == {TX_TOPIC: 2, ("mallard.public.t", 0): 2}
