@@ -285,7 +285,9 @@ class ApplierService(Service):
                       self.counts["events_applied"], self.counts["transactions_applied"], self.counts["dead_letters"])
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._paused = set()  # a new assignment starts unpaused
+        # Whether librdkafka keeps a partition's pause across a rebalance is its business:
+        # count them all as paused, so the next round resumes what need not be.
+        self._paused = {(tp.topic, tp.partition) for tp in partitions}
 
     def _pause_partitions_ahead(self, consumer: Consumer) -> None:
         """Read only what the next transaction still needs while the held events are at
@@ -303,7 +305,7 @@ class ApplierService(Service):
             self._paused = ahead
         except KafkaException as e:  # e.g. a partition revoked meanwhile: the next round tries again
             self.log.warning("pausing/resuming partitions failed, will retry: %s", e)
-            self._paused = set()
+            self._paused |= ahead  # any of them may be paused: the next round resumes what need not be
 
     def _route(self, msg: Any) -> None:
         tp = (msg.topic(), msg.partition())
