@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from mallard.core.pgtypes import UNAVAILABLE, UNAVAILABLE_B64, ColumnType, column_type, is_unavailable
+from mallard.core.pgtypes import INT_RANGES, UNAVAILABLE, UNAVAILABLE_B64, ColumnType, column_type, is_unavailable
 
 OPS = frozenset("cudrt")
 _NOTHING_UNAVAILABLE: frozenset[int] = frozenset()
@@ -128,8 +128,8 @@ class _TransactionPayload(msgspec.Struct):
 
 
 _TX_DECODER = msgspec.json.Decoder(_TransactionPayload)
-_WIRE_TYPES = {**{f"int{bits}": Annotated[int, msgspec.Meta(ge=-(1 << (bits - 1)), le=(1 << (bits - 1)) - 1)]
-                   for bits in (8, 16, 32, 64)},
+_WIRE_TYPES = {**{f"int{bits}": Annotated[int, msgspec.Meta(ge=low, le=high)]
+                   for bits, (low, high) in INT_RANGES.items()},
                "float": float, "bool": bool, "str": str, "bytes": bytes, "json": Any}
 _FAST_OPS = frozenset("cur")
 
@@ -367,16 +367,15 @@ class Decoder:
             schema_raw, payload_raw = split_envelope(value_raw)
             if schema_raw is not None:
                 self._tx_prefix = value_raw[: len(value_raw) - len(payload_raw) - 1]
-        try:  # the common case, in one typed pass
-            if not self.typed:
-                raise ValueError
-            m = _TX_DECODER.decode(payload_raw)
-            tx_id, _, lsn = m.id.partition(":")
-            if m.status in ("BEGIN", "END"):
-                return TransactionMarker(topic, partition, offset, m.status, int(tx_id), int(lsn or 0),
-                                         m.event_count or 0, m.ts_ms or 0)
-        except (msgspec.MsgspecError, ValueError):
-            pass  # the general path names what is wrong
+        if self.typed:  # the common case, in one typed pass
+            try:
+                m = _TX_DECODER.decode(payload_raw)
+                tx_id, _, lsn = m.id.partition(":")
+                if m.status in ("BEGIN", "END"):
+                    return TransactionMarker(topic, partition, offset, m.status, int(tx_id), int(lsn or 0),
+                                             m.event_count or 0, m.ts_ms or 0)
+            except (msgspec.MsgspecError, ValueError):
+                pass  # the general path names what is wrong
         payload = _loads(payload_raw)
         if isinstance(payload, dict) and "schema" in payload and "payload" in payload:
             payload = payload["payload"]

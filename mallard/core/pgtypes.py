@@ -57,21 +57,22 @@ def _int(v: Any) -> int:
     return v
 
 
+INT_RANGES = {bits: (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)}
+"""Signed integer widths of Connect's int8..int64: a wider value cannot be loaded, and is poison."""
+
+
 def _int_of(bits: int) -> Callable[[Any], int]:
-    """An integer that fits ``bits`` (signed): a wider one cannot be loaded, and is poison."""
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    low, high = INT_RANGES[bits]
 
     def decode(v: Any) -> int:
-        if type(v) is not int:
-            raise ValueError(f"expected an integer, got {v!r:.60}")
-        if not low <= v <= high:
+        if not low <= _int(v) <= high:
             raise ValueError(f"{v} does not fit a {bits}-bit integer")
         return v
 
     return decode
 
 
-INT_BITS = {bits: _int_of(bits) for bits in (8, 16, 32, 64)}
+INT_BITS = {bits: _int_of(bits) for bits in INT_RANGES}
 
 
 def _float(v: Any) -> float:
