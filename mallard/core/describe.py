@@ -3,8 +3,9 @@ message's key (``mallard tail --key``). Pure.
 
 Every kind is plain JSON on the wire (kcat shows it as is), but snapshot rows batches
 written as Arrow (decoded here); this makes them shorter to read: Debezium change
-events (c/u/d/r/t/m), tombstones, transaction BEGIN/END, heartbeats; mallard's snapshot begin/rows/end frames, resnapshot
-requests (scheduler fires among them), state resets and dead letters.
+events (c/u/d/r/t/m), tombstones, transaction BEGIN/END, heartbeats; mallard's
+snapshot begin/rows/end frames, resnapshot requests (scheduler fires among them),
+state resets and dead letters.
 """
 from __future__ import annotations
 
