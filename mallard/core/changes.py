@@ -144,6 +144,16 @@ class _Layout:
     toastable: tuple[int, ...]
 
     @cached_property
+    def placeholders(self) -> tuple[bytes, ...]:
+        """The texts Debezium's TOAST placeholder can take in this layout's messages: plain,
+        and base64 where a toastable column is binary (or an array, which may be of bytea)."""
+        if not self.toastable:
+            return ()
+        types = [self.types[i] for i in self.toastable]
+        binary = any(t.transport == "binary" or t.transport.startswith("list") for t in types)
+        return (_UNAVAILABLE_RAW, _UNAVAILABLE_B64_RAW) if binary else (_UNAVAILABLE_RAW,)
+
+    @cached_property
     def fast(self) -> tuple[msgspec.json.Decoder, tuple[tuple[int, Callable[[Any], Any]], ...]]:
         """A typed decoder of the whole payload of an insert/update/read with this layout:
         the JSON kind of each column is checked while parsing (and base64 decoded), the
@@ -312,8 +322,9 @@ class Decoder:
         """The common case (an insert, update or read, every value of its declared JSON kind,
         no TOAST placeholder), decoded in one typed pass; None: anything else, which the
         general path decodes (or names as poison) the same way."""
-        if layout.toastable and (_UNAVAILABLE_RAW in payload_raw or _UNAVAILABLE_B64_RAW in payload_raw):
-            return None
+        for placeholder in layout.placeholders:
+            if placeholder in payload_raw:
+                return None
         decoder, decoders = layout.fast
         try:
             payload = decoder.decode(payload_raw)
