@@ -90,6 +90,7 @@ class ApplierService(Service):
                        "partition_pauses": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
+        self.snapshot_topic = settings.snapshot_topic
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
         self.decoder = Decoder()
         self.snapshots = SnapshotTracker()
@@ -317,33 +318,36 @@ class ApplierService(Service):
             self._paused |= ahead  # any of them may be paused: the next round resumes what need not be
 
     def _route(self, msg: Any) -> None:
-        tp = (msg.topic(), msg.partition())
-        if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                self.log.warning("consumer: %s", msg.error())
+        # Runs for every message: each of librdkafka's accessors is called once.
+        error = msg.error()
+        if error:
+            if error.code() != KafkaError._PARTITION_EOF:
+                self.log.warning("consumer: %s", error)
             return
-        if msg.topic() == self.settings.snapshot_topic:
+        topic, offset, value = msg.topic(), msg.offset(), msg.value()
+        tp = (topic, msg.partition())
+        if topic == self.snapshot_topic:
             self._route_snapshot(msg, tp)
             return
-        value = msg.value()
+        assembler = self.assembler
         try:
-            if msg.topic() == self.tx_topic:
+            if topic == self.tx_topic:
                 if value is None:
-                    self.assembler.add_done(tp, msg.offset())
+                    assembler.add_done(tp, offset)
                 else:
-                    self.assembler.add_marker(self.decoder.decode_transaction(*tp, msg.offset(), value))
+                    assembler.add_marker(self.decoder.decode_transaction(topic, tp[1], offset, value))
             elif value is None:  # tombstone: the delete before it did the work
-                self.assembler.add_done(tp, msg.offset())
+                assembler.add_done(tp, offset)
             else:
-                event = self.decoder.decode_change(*tp, msg.offset(), msg.key(), value)
-                self.assembler.add_event(event, event.tx_id, event.total_order, tp, msg.offset())
+                event = self.decoder.decode_change(topic, tp[1], offset, msg.key(), value)
+                assembler.add_event(event, event.tx_id, event.total_order, tp, offset)
         except PoisonMessage as e:
             self._dead_letter(msg, str(e))
-            position = _tx_of_poison(value) if value is not None and msg.topic() != self.tx_topic else None
+            position = _tx_of_poison(value) if value is not None and topic != self.tx_topic else None
             if position is not None:
-                self.assembler.add_event(None, position[0], position[1], tp, msg.offset())
+                assembler.add_event(None, position[0], position[1], tp, offset)
             else:
-                self.assembler.add_done(tp, msg.offset())
+                assembler.add_done(tp, offset)
 
     # -- snapshots ---------------------------------------------------------------------
 
