@@ -16,12 +16,10 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from mallard.core.pgtypes import INT_RANGES, UNAVAILABLE, UNAVAILABLE_B64, ColumnType, column_type, is_unavailable
+from mallard.core.pgtypes import INT_RANGES, ColumnType, column_type, is_unavailable, placeholder_texts
 
 OPS = frozenset("cudrt")
 _NOTHING_UNAVAILABLE: frozenset[int] = frozenset()
-_UNAVAILABLE_RAW = UNAVAILABLE.encode()
-_UNAVAILABLE_B64_RAW = UNAVAILABLE_B64.encode()
 
 
 class PoisonMessage(ValueError):
@@ -145,13 +143,9 @@ class _Layout:
 
     @cached_property
     def placeholders(self) -> tuple[bytes, ...]:
-        """The texts Debezium's TOAST placeholder can take in this layout's messages: plain,
-        and base64 where a toastable column is binary (or an array, which may be of bytea)."""
-        if not self.toastable:
-            return ()
-        types = [self.types[i] for i in self.toastable]
-        binary = any(t.transport == "binary" or t.transport.startswith("list") for t in types)
-        return (_UNAVAILABLE_RAW, _UNAVAILABLE_B64_RAW) if binary else (_UNAVAILABLE_RAW,)
+        """The texts Debezium's TOAST placeholder can take in this layout's messages: it is
+        in a message's text whenever a column has it."""
+        return tuple(sorted({text.encode() for i in self.toastable for text in placeholder_texts(self.types[i])}))
 
     @cached_property
     def fast(self) -> tuple[msgspec.json.Decoder, tuple[tuple[int, Callable[[Any], Any]], ...]]:
@@ -290,8 +284,7 @@ class Decoder:
                 values = [None if (v := after.get(c)) is None else decode(v) for c, decode in layout.pairs]
             except Exception:  # noqa: BLE001
                 values = self._row(layout, after)
-            # The placeholder is in the message's text, plain or base64, whenever a column has it.
-            if layout.toastable and (_UNAVAILABLE_RAW in payload_raw or _UNAVAILABLE_B64_RAW in payload_raw):
+            if any(placeholder in payload_raw for placeholder in layout.placeholders):
                 missing = [i for i in layout.toastable
                            if (v := after.get(layout.columns[i])) is not None and is_unavailable(layout.types[i], v)]
                 for i in missing:

@@ -319,15 +319,24 @@ def decode_values(ct: ColumnType, values: Sequence[Any]) -> Sequence[Any]:
     return [None if v is None else decode(v) for v in values]
 
 
+def placeholder_texts(ct: ColumnType) -> tuple[str, ...]:
+    """How Debezium's placeholder for an unchanged TOASTed value reads in a column of this
+    type: plain, base64 for bytea, either as an array's one element."""
+    if not ct.toastable:
+        return ()
+    if ct.transport == "binary":
+        return (UNAVAILABLE_B64,)
+    if ct.transport.startswith("list"):
+        return (UNAVAILABLE, UNAVAILABLE_B64)
+    return (UNAVAILABLE,)
+
+
 def is_unavailable(ct: ColumnType, value: Any) -> bool:
     """Debezium's placeholder for an unchanged TOASTed column: keep the stored value."""
-    if not ct.toastable:
-        return False
-    if ct.transport == "binary":
-        return value == UNAVAILABLE_B64
+    texts = placeholder_texts(ct)
     if ct.transport.startswith("list"):
-        return type(value) is list and len(value) == 1 and value[0] in (UNAVAILABLE, UNAVAILABLE_B64)
-    return value == UNAVAILABLE
+        return type(value) is list and len(value) == 1 and value[0] in texts
+    return any(value == text for text in texts)
 
 
 _INT_RANK = {"TINYINT": 0, "SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
