@@ -134,7 +134,7 @@ class TransactionAssembler:
             self.buffered_events -= len(events)
             offsets = self._event_offsets.pop(end.tx_id, [])
             offsets.append(((end.topic, end.partition), end.offset))
-            ordered = [events[k] for k in sorted(events)] if len(events) > 1 else list(events.values())
+            ordered = [events[k] for k in sorted(events)]
             live = [e for e in ordered if e is not None]
             ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live), offsets))
             taken += end.event_count

@@ -90,7 +90,6 @@ class ApplierService(Service):
                        "partition_pauses": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
-        self.snapshot_topic = settings.snapshot_topic
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
         self.decoder = Decoder()
         self.snapshots = SnapshotTracker()
@@ -326,7 +325,7 @@ class ApplierService(Service):
             return
         topic, offset, value = msg.topic(), msg.offset(), msg.value()
         tp = (topic, msg.partition())
-        if topic == self.snapshot_topic:
+        if topic == self.settings.snapshot_topic:
             self._route_snapshot(msg, tp)
             return
         assembler = self.assembler
@@ -335,11 +334,11 @@ class ApplierService(Service):
                 if value is None:
                     assembler.add_done(tp, offset)
                 else:
-                    assembler.add_marker(self.decoder.decode_transaction(topic, tp[1], offset, value))
+                    assembler.add_marker(self.decoder.decode_transaction(*tp, offset, value))
             elif value is None:  # tombstone: the delete before it did the work
                 assembler.add_done(tp, offset)
             else:
-                event = self.decoder.decode_change(topic, tp[1], offset, msg.key(), value)
+                event = self.decoder.decode_change(*tp, offset, msg.key(), value)
                 assembler.add_event(event, event.tx_id, event.total_order, tp, offset)
         except PoisonMessage as e:
             self._dead_letter(msg, str(e))
