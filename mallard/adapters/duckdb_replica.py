@@ -764,8 +764,8 @@ class DuckDBReplica:
             cur.execute("BEGIN TRANSACTION")
             result = cur.execute(sql)
             columns = [d[0] for d in result.description or []]
-            rows = result.fetchmany(limit)
-            return {"columns": columns, "rows": rows}
+            rows = result.fetchmany(limit + 1)
+            return {"columns": columns, "rows": rows[:limit], "truncated": len(rows) > limit}
         finally:
             cur.execute("ROLLBACK")
             cur.close()

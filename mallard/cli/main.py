@@ -189,6 +189,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     print("\t".join(result["columns"]))
     for row in result["rows"]:
         print("\t".join("NULL" if v is None else str(v) for v in row))
+    if result.get("truncated"):
+        print(f"(only the first {len(result['rows'])} rows: add a LIMIT or narrow the query)", file=sys.stderr)
     return 0
 
 
