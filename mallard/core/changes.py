@@ -160,6 +160,25 @@ class _Layout:
         return msgspec.json.Decoder(envelope), tuple((i, t.from_wire) for i, t in enumerate(self.types) if t.from_wire)
 
 
+@dataclass(slots=True)
+class _Known:
+    """The key and value schemas of the last message on a topic the typed pass decoded: a
+    message that starts with both again is decoded with no lookup (the common case)."""
+
+    value_prefix: bytes
+    key_prefix: bytes | None
+    """None: the message had no key (a table without a primary key)."""
+    layout: _Layout
+    table: TableSchema
+
+    def matches(self, key_raw: bytes | None, value_raw: bytes) -> bool:
+        if not (value_raw.startswith(self.value_prefix) and value_raw.endswith(b"}")):
+            return False
+        if self.key_prefix is None:
+            return key_raw is None
+        return key_raw is not None and key_raw.startswith(self.key_prefix) and key_raw.endswith(b"}")
+
+
 def _layout(fields: list[dict]) -> _Layout:
     columns = tuple(f["field"] for f in fields)
     types = tuple(column_type(f) for f in fields)
@@ -181,6 +200,7 @@ class Decoder:
         self._tables: dict[tuple[int, int, str], TableSchema] = {}
         self._keys: dict[str, tuple[str, ...]] = {}
         self._tx_prefix: bytes | None = None
+        self._known: dict[str, _Known] = {}
 
     @staticmethod
     def _cached(cache: list[tuple[bytes, _Layout]], raw: bytes) -> tuple[_Layout, bytes] | None:
@@ -245,10 +265,17 @@ class Decoder:
 
     def decode_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None,
                       value_raw: bytes) -> ChangeEvent:
+        known = self._known.get(topic) if self.typed else None
+        if known is not None and known.matches(key_raw, value_raw):
+            event = self._fast_change(topic, partition, offset, key_raw, known.layout,
+                                      value_raw[len(known.value_prefix):-1], known)
+            if event is not None:
+                return event
         layout, payload, payload_raw = self._value(topic, value_raw)
         if payload is None and self.typed:
             event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw)
             if event is not None:
+                self._remember(topic, key_raw, value_raw, payload_raw, layout, event.schema)
                 return event
         if payload is None:
             payload = _loads(payload_raw)
@@ -310,11 +337,22 @@ class Decoder:
         return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                            key, row, unavailable, table)
 
+    def _remember(self, topic: str, key_raw: bytes | None, value_raw: bytes, payload_raw: bytes, layout: _Layout,
+                  table: TableSchema) -> None:
+        key_prefix = None
+        if key_raw is not None:
+            schema_raw, key_payload = split_envelope(key_raw)
+            if schema_raw is None:
+                return
+            key_prefix = key_raw[: len(key_raw) - len(key_payload) - 1]
+        self._known[topic] = _Known(value_raw[: len(value_raw) - len(payload_raw) - 1], key_prefix, layout, table)
+
     def _fast_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None, layout: _Layout,
-                     payload_raw: bytes) -> ChangeEvent | None:
+                     payload_raw: bytes, known: _Known | None = None) -> ChangeEvent | None:
         """The common case (an insert, update or read, every value of its declared JSON kind,
         no TOAST placeholder), decoded in one typed pass; None: anything else, which the
-        general path decodes (or names as poison) the same way."""
+        general path decodes (or names as poison) the same way. ``known``: the message has
+        that entry's schemas, so its table is known unless the source names another."""
         for placeholder in layout.placeholders:
             if placeholder in payload_raw:
                 return None
@@ -337,7 +375,12 @@ class Decoder:
                 return None
             values = tuple(values)
         stream = source.schema + "." + source.table
-        table = self._table(stream, layout, self._key(topic, key_raw, parse=False)[0])
+        if known is not None and known.table.stream == stream:
+            table = known.table
+            if self._keys.get(stream) is not table.key_columns:
+                self._keys[stream] = table.key_columns
+        else:
+            table = self._table(stream, layout, self._key(topic, key_raw, parse=False)[0])
         key = None
         if table.key_columns:
             key = table.key_of(values)
