@@ -6,7 +6,8 @@ END names the commit LSN and how many events the transaction wrote. A
 transaction is complete when END has come and that many distinct events
 (by ``total_order``) have come; complete transactions at the head of the
 commit order are released. Kafka offsets are tracked per partition so that
-only what has been applied is ever committed.
+only what has been applied is ever committed: per partition, the first offset of
+each transaction held (a partition holds a transaction's messages in commit order).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class Transaction:
     events: list[ChangeEvent]
     dead: int = 0
     """Events of this transaction that were dead-lettered (counted, never applied)."""
-    offsets: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    partitions: list[TopicPartition] = field(default_factory=list)
+    """Where its messages are (its events' partitions, its END's): held there until it is applied."""
 
 
 def position(commit_lsn: int, total_order: int) -> int:
@@ -42,10 +44,12 @@ class TransactionAssembler:
         """tx_id -> commit LSN of recently applied transactions, to drop their replayed events."""
         self.recent_limit = recent_limit
         self._events: dict[int, dict[int, ChangeEvent | None]] = {}
-        self._event_offsets: dict[int, list[tuple[TopicPartition, int]]] = {}
         self._ends: deque[TransactionMarker] = deque()
         self._ended: set[int] = set()
-        self._pending: dict[TopicPartition, set[int]] = {}
+        self._held: dict[TopicPartition, dict[int, int]] = {}
+        """Per partition: tx_id -> the first offset of that transaction's messages held there."""
+        self._held_in: dict[int, list[TopicPartition]] = {}
+        """tx_id -> the partitions where it has messages held."""
         self._next: dict[TopicPartition, int] = {}
         self._released: set[int] = set()
         """Transactions taken for DuckDB and not yet marked applied."""
@@ -57,15 +61,32 @@ class TransactionAssembler:
 
     # -- input -------------------------------------------------------------------
 
-    def _seen(self, tp: TopicPartition, offset: int, pending: bool) -> None:
+    def _seen(self, tp: TopicPartition, offset: int) -> None:
+        if offset >= self._next.get(tp, 0):
+            self._next[tp] = offset + 1
+
+    def _hold(self, tx_id: int, tp: TopicPartition, offset: int) -> None:
+        """Keep ``offset`` uncommitted until the transaction is applied (or dropped)."""
         # Runs for every message: no throwaway containers (setdefault's default is built each call).
         if offset >= self._next.get(tp, 0):
             self._next[tp] = offset + 1
-        if pending:
-            held = self._pending.get(tp)
-            if held is None:
-                held = self._pending[tp] = set()
-            held.add(offset)
+        held = self._held.get(tp)
+        if held is None:
+            held = self._held[tp] = {}
+        first = held.get(tx_id)
+        if first is None:
+            held[tx_id] = offset
+            partitions = self._held_in.get(tx_id)
+            if partitions is None:
+                self._held_in[tx_id] = [tp]
+            else:
+                partitions.append(tp)
+        elif offset < first:
+            held[tx_id] = offset
+
+    def _release(self, tx_id: int, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._held[tp].pop(tx_id, None)
 
     def is_applied(self, tx_id: int) -> bool:
         return tx_id in self.recent
@@ -74,23 +95,19 @@ class TransactionAssembler:
         """Forget a transaction DuckDB will never get (it is older than the replica): its
         events are done, and later copies of them are dropped as they come."""
         self.buffered_events -= len(self._events.pop(tx_id, ()))
-        for tp, offset in self._event_offsets.pop(tx_id, ()):
-            self._pending[tp].discard(offset)
+        self._release(tx_id, self._held_in.pop(tx_id, ()))
         self.recent[tx_id] = 0
 
     def add_event(self, event: ChangeEvent | None, tx_id: int, total_order: int, tp: TopicPartition, offset: int) -> None:
         """A data event (``event`` None: dead-lettered, but it still counts toward its transaction)."""
         if tx_id in self.recent or tx_id in self._released:  # a copy of an event DuckDB has (or is getting)
-            self._seen(tp, offset, pending=False)
+            self._seen(tp, offset)
             return
         self._last_tx[tp] = tx_id
         slot = self._events.get(tx_id)
         if slot is None:
             slot = self._events[tx_id] = {}
-            self._event_offsets[tx_id] = [(tp, offset)]
-        else:
-            self._event_offsets[tx_id].append((tp, offset))
-        self._seen(tp, offset, pending=True)
+        self._hold(tx_id, tp, offset)
         if total_order not in slot:  # a duplicate delivery counts once
             slot[total_order] = event
             self.buffered_events += 1
@@ -106,15 +123,15 @@ class TransactionAssembler:
             self._drop(marker.tx_id)
         if marker.status != "END" or marker.lsn <= self.applied_lsn or self.is_applied(marker.tx_id) \
                 or marker.tx_id in self._ended:
-            self._seen(tp, marker.offset, pending=False)
+            self._seen(tp, marker.offset)
             return
-        self._seen(tp, marker.offset, pending=True)
+        self._hold(marker.tx_id, tp, marker.offset)
         self._ends.append(marker)
         self._ended.add(marker.tx_id)
 
     def add_done(self, tp: TopicPartition, offset: int) -> None:
         """A message that needs nothing more (tombstone, BEGIN, dead-lettered garbage)."""
-        self._seen(tp, offset, pending=False)
+        self._seen(tp, offset)
 
     # -- output ------------------------------------------------------------------
 
@@ -132,22 +149,17 @@ class TransactionAssembler:
             self._released.add(end.tx_id)
             events = self._events.pop(end.tx_id, {})
             self.buffered_events -= len(events)
-            offsets = self._event_offsets.pop(end.tx_id, [])
-            offsets.append(((end.topic, end.partition), end.offset))
             ordered = [events[k] for k in sorted(events)]
             live = [e for e in ordered if e is not None]
-            ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live), offsets))
+            ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live),
+                                     self._held_in.pop(end.tx_id, [])))
             taken += end.event_count
         return ready
 
     def mark_applied(self, transactions: list[Transaction]) -> None:
         """After the DuckDB commit that holds them: their offsets may be committed."""
-        pending = self._pending
         for tx in transactions:
-            for tp, offset in tx.offsets:
-                held = pending.get(tp)
-                if held is not None:
-                    held.discard(offset)
+            self._release(tx.tx_id, tx.partitions)
             self.recent[tx.tx_id] = tx.commit_lsn
             self._released.discard(tx.tx_id)
             self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
@@ -156,7 +168,7 @@ class TransactionAssembler:
 
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition, the offset to commit: the first not yet applied, else the next one."""
-        return {tp: min(self._pending[tp]) if self._pending.get(tp) else nxt for tp, nxt in self._next.items()}
+        return {tp: min(held.values()) if (held := self._held.get(tp)) else nxt for tp, nxt in self._next.items()}
 
     def partitions_ahead(self, max_held: int) -> set[TopicPartition]:
         """Partitions to stop reading for now, so that memory stays bounded when some

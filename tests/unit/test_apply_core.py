@@ -215,6 +215,19 @@ def test_a_transaction_waits_for_all_its_events_across_partitions():
     assert assembler.committable() == {TX_TOPIC: 1, ("mallard.public.t", 0): 2, ("mallard.public.t", 1): 1}
 
 
+def test_the_first_offset_held_of_a_transaction_is_its_lowest_however_it_was_read():
+    """A partition re-read from an earlier offset (after a rebalance) gives a held
+    transaction's message at a lower offset than the first one seen: that one is kept."""
+    assembler = TransactionAssembler()
+    tp = ("mallard.public.t", 0)
+    assembler.add_event(None, 7, 2, tp, 5)
+    assembler.add_event(None, 7, 1, tp, 3)
+    assert assembler.committable()[tp] == 3
+    assembler.add_marker(TransactionMarker(*TX_TOPIC, 0, "END", 7, 100, 2, 0))
+    assembler.mark_applied(assembler.take_ready(10))
+    assert assembler.committable() == {TX_TOPIC: 1, tp: 6}
+
+
 def test_replayed_events_of_applied_transactions_are_dropped_at_once():
     assembler = TransactionAssembler(applied_lsn=100, recent={7: 100})
     assembler.add_marker(TransactionMarker(*TX_TOPIC, 5, "END", 7, 100, 1, 0))
