@@ -100,53 +100,6 @@ def position_sql(alias: str) -> str:
 
 
 @dataclass
-class LoadedChanges:
-    """One table's reduced changes as the Arrow tables its statements read: built from the
-    changes alone (no connection), so they can be built while DuckDB applies the batch before."""
-    upserts: pa.Table | None
-    toasted: list[int]
-    """Columns some upserted row lacks (unchanged TOAST): the stored value is kept."""
-    deletes: pa.Table | None
-
-
-def load_changes(changes: TableChanges) -> LoadedChanges:
-    schema = changes.schema
-    upserts = [s for s in changes.states.values() if s.row is not None]
-    deletes = [(k, s) for k, s in changes.states.items() if s.row is None]
-    upsert_table, toasted = (_upsert_table(schema, upserts) if upserts else (None, []))
-    delete_table = None
-    if deletes:
-        key_types = [schema.types[i] for i in schema.key_indexes]
-        data = {f"k{j}": pa.array([k[j] for k, _ in deletes], arrow_type(t)) for j, t in enumerate(key_types)}
-        data.update(position_arrays([s.position for _, s in deletes]))
-        data["tx_id"] = pa.array([s.tx_id for _, s in deletes], pa.int64())
-        delete_table = pa.table(data)
-    return LoadedChanges(upsert_table, toasted, delete_table)
-
-
-def load_steps(steps: list[dict[str, TableChanges]]) -> list[dict[str, LoadedChanges]]:
-    return [{stream: load_changes(changes) for stream, changes in step.items()} for step in steps]
-
-
-def _upsert_table(schema: TableSchema, states: list) -> tuple[pa.Table, list[int]]:
-    columns = list(zip(*(s.row for s in states)))
-    data: dict[str, pa.Array] = {}
-    for i, ct in enumerate(schema.types):
-        data[f"c{i}"] = pa.array(columns[i], arrow_type(ct))
-    data.update(position_arrays([s.position for s in states]))
-    data["tx_id"] = pa.array([s.tx_id for s in states], pa.int64())
-    data["committed_at"] = pa.array([s.committed_at_ms for s in states], pa.timestamp("ms", tz="UTC"))
-    toasted = sorted({i for s in states for i in s.unavailable})
-    for i in toasted:  # keep the stored value where Debezium did not send one
-        data[f"u{i}"] = pa.array([i in s.unavailable for s in states], pa.bool_())
-    if toasted:  # ... from the row's own key, or the old key of a primary-key update
-        for j, i in enumerate(schema.key_indexes):
-            data[f"s{j}"] = pa.array([s.row[i] if s.source_key is None else s.source_key[j] for s in states],
-                                     arrow_type(schema.types[i]))
-    return pa.table(data), toasted
-
-
-@dataclass
 class TableState:
     stream: str
     target: str
@@ -365,17 +318,13 @@ class DuckDBReplica:
 
     # -- applying --------------------------------------------------------------------
 
-    def apply(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction],
-              loaded: list[dict[str, LoadedChanges]] | None = None) -> ApplyStats:
-        """Apply whole transactions in one DuckDB transaction, with the position they reach.
-        ``loaded``: ``load_steps(steps)``, if built already."""
-        if loaded is None:
-            loaded = load_steps(steps)
+    def apply(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> ApplyStats:
+        """Apply whole transactions in one DuckDB transaction, with the position they reach."""
         stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
         now = datetime.now(timezone.utc)
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for step, loaded_step in zip(steps, loaded):
+            for step in steps:
                 for stream, changes in step.items():
                     state = self.ensure_table(changes.schema)
                     stats.events += changes.events
@@ -391,7 +340,7 @@ class DuckDBReplica:
                             state.held_back_tx_id = changes.last_tx_id
                             self._save_table(state)
                         continue
-                    self._apply_table(state, changes, loaded_step[stream], now, stats)
+                    self._apply_table(state, changes, now, stats)
             last = transactions[-1]
             self.con.execute(
                 """INSERT OR REPLACE INTO _mallard.progress
@@ -416,21 +365,26 @@ class DuckDBReplica:
             (SELECT min(commit_lsn) FROM (SELECT commit_lsn FROM _mallard.recent_transactions
              ORDER BY commit_lsn DESC LIMIT {RECENT_TRANSACTIONS}))""")
 
-    def _apply_table(self, state: TableState, changes: TableChanges, loaded: LoadedChanges, now: datetime,
-                     stats: ApplyStats) -> None:
+    def _apply_table(self, state: TableState, changes: TableChanges, now: datetime, stats: ApplyStats) -> None:
         target, schema = state.target, changes.schema
         if changes.truncated:
             self.con.execute(f"DELETE FROM {target}")
             state.truncated_tx_id = changes.truncated_tx_id
             self._save_table(state)
             stats.truncates += 1
-        if loaded.upserts is not None:
-            self._upsert(state, schema, loaded, now)
-            stats.upserts += loaded.upserts.num_rows
-        if loaded.deletes is not None:
-            key_idx = schema.key_indexes
-            self.con.register("_mallard_deletes", loaded.deletes)
-            keys = [value_sql(schema.types[i], f"d.k{j}") for j, i in enumerate(key_idx)]
+        upserts = [(k, s) for k, s in changes.states.items() if s.row is not None]
+        deletes = [(k, s) for k, s in changes.states.items() if s.row is None]
+        key_idx = schema.key_indexes
+        if upserts:
+            self._upsert(state, schema, [s for _, s in upserts], now)
+            stats.upserts += len(upserts)
+        if deletes:
+            key_types = [schema.types[i] for i in key_idx]
+            data = {f"k{j}": pa.array([k[j] for k, _ in deletes], arrow_type(t)) for j, t in enumerate(key_types)}
+            data.update(position_arrays([s.position for _, s in deletes]))
+            data["tx_id"] = pa.array([s.tx_id for _, s in deletes], pa.int64())
+            self.con.register("_mallard_deletes", pa.table(data))
+            keys = [value_sql(t, f"d.k{j}") for j, t in enumerate(key_types)]
             match = " AND ".join(f"{target}.{q(schema.columns[i])} = {k}" for i, k in zip(key_idx, keys))
             self.con.execute(f"""DELETE FROM {target} USING _mallard_deletes d WHERE {match}
                 AND {target}._mallard_position < {position_sql('d')}""")
@@ -438,11 +392,25 @@ class DuckDBReplica:
             self.con.execute(f"""INSERT OR REPLACE INTO {tombstones_name(state.stream)}
                 SELECT {', '.join(keys)}, d.tx_id, {position_sql('d')}, ?::TIMESTAMPTZ FROM _mallard_deletes d""", [now])
             self.con.unregister("_mallard_deletes")
-            stats.deletes += loaded.deletes.num_rows
+            stats.deletes += len(deletes)
 
-    def _upsert(self, state: TableState, schema: TableSchema, loaded: LoadedChanges, now: datetime) -> None:
-        target, toasted = state.target, loaded.toasted
-        self.con.register("_mallard_upserts", loaded.upserts)
+    def _upsert(self, state: TableState, schema: TableSchema, states: list, now: datetime) -> None:
+        target = state.target
+        columns = list(zip(*(s.row for s in states)))
+        data: dict[str, pa.Array] = {}
+        for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
+            data[f"c{i}"] = pa.array(columns[i], arrow_type(ct))
+        data.update(position_arrays([s.position for s in states]))
+        data["tx_id"] = pa.array([s.tx_id for s in states], pa.int64())
+        data["committed_at"] = pa.array([s.committed_at_ms for s in states], pa.timestamp("ms", tz="UTC"))
+        toasted = sorted({i for s in states for i in s.unavailable})
+        for i in toasted:  # keep the stored value where Debezium did not send one
+            data[f"u{i}"] = pa.array([i in s.unavailable for s in states], pa.bool_())
+        if toasted:  # ... from the row's own key, or the old key of a primary-key update
+            for j, i in enumerate(schema.key_indexes):
+                data[f"s{j}"] = pa.array([s.row[i] if s.source_key is None else s.source_key[j] for s in states],
+                                         arrow_type(schema.types[i]))
+        self.con.register("_mallard_upserts", pa.table(data))
         exprs = []
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
             e = value_sql(ct, f"b.c{i}")

@@ -29,7 +29,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
-from mallard.adapters.duckdb_replica import DuckDBReplica, load_steps
+from mallard.adapters.duckdb_replica import DuckDBReplica
 from mallard.core.arrow_rows import snapshot_table, transport_schema
 from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
@@ -37,7 +37,7 @@ from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
 from mallard.core.cut import Cut
 from mallard.core.merge import reduce
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
-from mallard.core.transactions import Transaction, TransactionAssembler
+from mallard.core.transactions import TransactionAssembler
 from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
@@ -194,8 +194,6 @@ class ApplierService(Service):
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
         self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets())
         applied_lsn, recent = self.replica.applied_position()
-        self._cuts = self.replica.snapshot_cuts()
-        """The snapshot cuts as of the last work DuckDB finished (replaced, never changed)."""
         self.assembler = TransactionAssembler(applied_lsn, recent)
         self.producer = kafka.producer(s.kafka_bootstrap_servers)  # dead letters, snapshot requests
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
@@ -262,7 +260,7 @@ class ApplierService(Service):
                     ready = None if self._snapshot_work and self._snapshot_turn \
                         else self.assembler.take_ready(s.max_batch_events)
                     if ready:
-                        self._to_apply.put(("cdc", self._prepare(ready)))
+                        self._to_apply.put(("cdc", ready))
                     elif self._snapshot_work and (self._snapshot_rows_waiting >= s.snapshot_stage_rows or not
                                                   snapshot_messages or self._snapshot_work[-1].kind != "rows"):
                         # Rows wait for a full statement's worth unless nothing more is coming now.
@@ -606,14 +604,6 @@ class ApplierService(Service):
         self.log.info("read-only copy published: %s (%.1f MB, %d tables) in %.0f ms", copy["path"],
                       copy["bytes"] / 1e6, copy["tables"], copy["seconds"] * 1000)
 
-    def _prepare(self, transactions: list[Transaction], cuts: dict[str, Cut] | None = None) -> tuple:
-        """A batch reduced and loaded into Arrow, by the decoding thread while DuckDB applies
-        the batch before (that thread is the busier one), with the snapshot cuts as of the
-        last work DuckDB finished: the DuckDB thread prepares it again if they changed."""
-        cuts = self._cuts if cuts is None else cuts
-        steps = reduce(transactions, cuts)
-        return transactions, cuts, steps, load_steps(steps)
-
     def _apply_loop(self) -> None:
         while (item := self._next_work()) is not None:
             self._changed_since_copy = True
@@ -621,19 +611,15 @@ class ApplierService(Service):
                 kind, work = item
                 if kind == "snapshot":
                     with self.lock:
-                        result = self._apply_snapshot_work(work)
-                    self._cuts = self.replica.snapshot_cuts()
-                    self._applied.put(("snapshot", result))
+                        self._applied.put(("snapshot", self._apply_snapshot_work(work)))
                     continue
-                transactions, cuts, steps, loaded = work
+                transactions = work
                 started = time.monotonic()
-                if cuts != self.replica.snapshot_cuts():  # changed since it was prepared: again
-                    transactions, cuts, steps, loaded = self._prepare(transactions, self.replica.snapshot_cuts())
+                steps = reduce(transactions, self.replica.snapshot_cuts())
                 with self.lock:
-                    stats = self.replica.apply(steps, transactions, loaded)
+                    stats = self.replica.apply(steps, transactions)
                     if self.counts["batches"] % 100 == 99:
                         self.replica.prune_recent()
-                self._cuts = self.replica.snapshot_cuts()
                 self._applied.put((transactions, stats, time.monotonic() - started))
             except BaseException as e:  # terminal: surfaced on the main thread, nothing committed
                 self._applied.put(e)
