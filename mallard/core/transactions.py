@@ -68,8 +68,7 @@ class TransactionAssembler:
     def _hold(self, tx_id: int, tp: TopicPartition, offset: int) -> None:
         """Keep ``offset`` uncommitted until the transaction is applied (or dropped)."""
         # Runs for every message: no throwaway containers (setdefault's default is built each call).
-        if offset >= self._next.get(tp, 0):
-            self._next[tp] = offset + 1
+        self._seen(tp, offset)
         held = self._held.get(tp)
         if held is None:
             held = self._held[tp] = {}
