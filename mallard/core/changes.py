@@ -107,6 +107,12 @@ def split_envelope(raw: bytes) -> tuple[bytes | None, bytes]:
     return None, raw
 
 
+def _prefix(raw: bytes, payload_raw: bytes) -> bytes:
+    """What comes before the payload (``split_envelope``'s payload text) in a message: the
+    same bytes in every message with the same schema."""
+    return raw[: len(raw) - len(payload_raw) - 1]
+
+
 class _Source(msgspec.Struct):
     schema: str
     table: str
@@ -227,7 +233,7 @@ class Decoder:
             raise PoisonMessage("unknown envelope: expected a Debezium change event (before/after/source/op)")
         layout = _layout(row["fields"])
         if schema_raw is not None:
-            cache.insert(0, (raw[: len(raw) - len(payload_raw) - 1], layout))
+            cache.insert(0, (_prefix(raw, payload_raw), layout))
             del cache[8:]  # a table's schema changes rarely; keep the latest few
         payload = doc["payload"] if doc is not None else _loads(payload_raw)
         return layout, payload, payload_raw
@@ -246,7 +252,7 @@ class Decoder:
             raise PoisonMessage("unknown key envelope: expected {schema, payload}")
         layout = _layout(doc["schema"].get("fields") or [])
         if schema_raw is not None:
-            cache.insert(0, (raw[: len(raw) - len(payload_raw) - 1], layout))
+            cache.insert(0, (_prefix(raw, payload_raw), layout))
             del cache[8:]
         return layout, doc.get("payload")
 
@@ -267,16 +273,18 @@ class Decoder:
                       value_raw: bytes) -> ChangeEvent:
         known = self._known.get(topic) if self.typed else None
         if known is not None and known.matches(key_raw, value_raw):
-            event = self._fast_change(topic, partition, offset, key_raw, known.layout,
-                                      value_raw[len(known.value_prefix):-1], known)
+            # Its schema is the known one: the general path, if needed, starts from it too.
+            layout, payload, payload_raw = known.layout, None, value_raw[len(known.value_prefix):-1]
+            event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw, known)
             if event is not None:
                 return event
-        layout, payload, payload_raw = self._value(topic, value_raw)
-        if payload is None and self.typed:
-            event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw)
-            if event is not None:
-                self._remember(topic, key_raw, value_raw, payload_raw, layout, event.schema)
-                return event
+        else:
+            layout, payload, payload_raw = self._value(topic, value_raw)
+            if payload is None and self.typed:
+                event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw)
+                if event is not None:
+                    self._remember(topic, key_raw, value_raw, payload_raw, layout, event.schema)
+                    return event
         if payload is None:
             payload = _loads(payload_raw)
         if not isinstance(payload, dict):
@@ -344,8 +352,8 @@ class Decoder:
             schema_raw, key_payload = split_envelope(key_raw)
             if schema_raw is None:
                 return
-            key_prefix = key_raw[: len(key_raw) - len(key_payload) - 1]
-        self._known[topic] = _Known(value_raw[: len(value_raw) - len(payload_raw) - 1], key_prefix, layout, table)
+            key_prefix = _prefix(key_raw, key_payload)
+        self._known[topic] = _Known(_prefix(value_raw, payload_raw), key_prefix, layout, table)
 
     def _fast_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None, layout: _Layout,
                      payload_raw: bytes, known: _Known | None = None) -> ChangeEvent | None:
@@ -413,7 +421,7 @@ class Decoder:
         else:
             schema_raw, payload_raw = split_envelope(value_raw)
             if schema_raw is not None:
-                self._tx_prefix = value_raw[: len(value_raw) - len(payload_raw) - 1]
+                self._tx_prefix = _prefix(value_raw, payload_raw)
         if self.typed:  # the common case, in one typed pass
             try:
                 m = _TX_DECODER.decode(payload_raw)
