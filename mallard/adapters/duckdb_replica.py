@@ -32,12 +32,13 @@ import pyarrow as pa
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
+from mallard.adapters.duckdb_native import NativeConnection, NativeUnavailable
 from mallard.core.arrow_rows import arrow_type
 from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
-from mallard.core.sql import quote_literal
+from mallard.core.sql import quote_literal, sql_int, sql_text, sql_time
 from mallard.core.transactions import Transaction
 
 log = logging.getLogger("mallard.duckdb")
@@ -99,6 +100,29 @@ def position_sql(alias: str) -> str:
     return f"(({alias}.pos_hi::HUGEINT << 32) + {alias}.pos_lo)"
 
 
+class Script:
+    """The statements of one DuckDB transaction, and the Arrow tables they read."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.scans: list[tuple[str, pa.Table]] = []
+
+    def add(self, sql: str) -> None:
+        self.statements.append(sql)
+
+    def scan(self, table: pa.Table) -> str:
+        """The name one statement reads ``table`` by (once: a name per reading)."""
+        name = f"_mallard_scan_{len(self.scans)}"
+        self.scans.append((name, table))
+        return name
+
+
+@dataclass
+class PreparedBatch:
+    script: Script
+    stats: ApplyStats
+
+
 @dataclass
 class TableState:
     stream: str
@@ -145,11 +169,21 @@ class ApplyStats:
 
 
 class DuckDBReplica:
-    def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None):
+    def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None,
+                 native: bool = True, threads: int = 0):
         self.path = path
         self.targets = targets or {}
         """stream -> DuckDB table ('table' in main, or 'schema.table') where the replication config names one."""
         self.con = duckdb.connect(path)
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self.native: NativeConnection | None = None
+        """Where batches are applied, if DuckDB's C API can be had (see duckdb_native); else the client does it."""
+        if native:
+            try:
+                self.native = NativeConnection(self.con, path)
+            except NativeUnavailable as e:
+                log.warning("%s; batches are applied through DuckDB's Python client (slower under load)", e)
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
@@ -224,16 +258,18 @@ class DuckDBReplica:
                 "applied_at": row[3].isoformat() if row[3] else None, "transactions": row[4], "events": row[5]}
 
     def _save_table(self, t: TableState) -> None:
+        self.con.execute(self._save_table_sql(t))
+
+    @staticmethod
+    def _save_table_sql(t: TableState) -> str:
         cut = t.snapshot_cut
-        self.con.execute(
-            "INSERT OR REPLACE INTO _mallard.tables (stream, target, status, reason, columns, key_columns, "
-            "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
-            [t.stream, t.target, t.status, t.reason, json.dumps(t.columns), json.dumps(t.key_columns),
-             json.dumps(t.dropped), json.dumps(t.unknown),
-             json.dumps({"xmin": cut.xmin, "xmax": cut.xmax, "xip": sorted(cut.xip)}) if cut else None,
-             t.truncated_tx_id, t.held_back_tx_id],
-        )
+        values = [t.stream, t.target, t.status, t.reason, json.dumps(t.columns), json.dumps(t.key_columns),
+                  json.dumps(t.dropped), json.dumps(t.unknown)]
+        return ("INSERT OR REPLACE INTO _mallard.tables (stream, target, status, reason, columns, key_columns, "
+                "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id) "
+                f"VALUES ({', '.join(sql_text(v) for v in values)}, now(), "
+                f"{sql_text(json.dumps({'xmin': cut.xmin, 'xmax': cut.xmax, 'xip': sorted(cut.xip)}) if cut else None)}, "
+                f"{sql_int(t.truncated_tx_id)}, {sql_int(t.held_back_tx_id)})")
 
     def snapshot_cuts(self) -> dict[str, Cut]:
         """Per stream, the cut of the last full snapshot merged (see merge.reduce)."""
@@ -320,81 +356,111 @@ class DuckDBReplica:
 
     def apply(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> ApplyStats:
         """Apply whole transactions in one DuckDB transaction, with the position they reach."""
+        return self.commit(self.prepare(steps, transactions))
+
+    def changes_schema(self, steps: list[dict[str, TableChanges]]) -> bool:
+        """Whether preparing ``steps`` would create or alter a table (statements of their own)."""
+        for step in steps:
+            for stream, changes in step.items():
+                state = self.tables.get(stream)
+                if changes.schema.key_known and (state is None or changes.schema.fingerprint not in state.fingerprints):
+                    return True
+        return False
+
+    def commit(self, batch: PreparedBatch) -> ApplyStats:
+        """Run a prepared batch: one DuckDB transaction."""
+        self._run(batch.script)
+        return batch.stats
+
+    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+        """The DuckDB transaction that applies whole transactions, with the position they reach.
+        A table's creation or schema change is applied here, on its own (applying it again is a no-op)."""
         stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
         now = datetime.now(timezone.utc)
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            for step in steps:
-                for stream, changes in step.items():
-                    state = self.ensure_table(changes.schema)
-                    stats.events += changes.events
-                    stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
-                    stats.covered += changes.covered
-                    if state.status == ABSENT and changes.truncated:
-                        state.truncated_tx_id = changes.truncated_tx_id
-                        self.tables[stream] = state
-                        self._save_table(state)
-                    if state.status != OK:
-                        stats.skipped += changes.events
-                        if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
-                            state.held_back_tx_id = changes.last_tx_id
-                            self._save_table(state)
-                        continue
-                    self._apply_table(state, changes, now, stats)
-            last = transactions[-1]
-            self.con.execute(
-                """INSERT OR REPLACE INTO _mallard.progress
-                   SELECT 1, ?, ?, make_timestamp(?::BIGINT * 1000)::TIMESTAMPTZ, ?,
-                          coalesce((SELECT transactions FROM _mallard.progress WHERE id = 1), 0) + ?,
-                          coalesce((SELECT events FROM _mallard.progress WHERE id = 1), 0) + ?""",
-                [last.commit_lsn, last.tx_id, last.committed_at_ms, now, len(transactions), stats.events],
-            )
-            recent = pa.table({"tx_id": [t.tx_id for t in transactions], "commit_lsn": [t.commit_lsn for t in transactions]})
-            self.con.register("_mallard_recent", recent)
-            self.con.execute("INSERT OR REPLACE INTO _mallard.recent_transactions SELECT * FROM _mallard_recent")
-            self.con.unregister("_mallard_recent")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+        script = Script()
+        for step in steps:
+            for stream, changes in step.items():
+                state = self.ensure_table(changes.schema)
+                stats.events += changes.events
+                stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
+                stats.covered += changes.covered
+                if state.status == ABSENT and changes.truncated:
+                    state.truncated_tx_id = changes.truncated_tx_id
+                    self.tables[stream] = state
+                    script.add(self._save_table_sql(state))
+                if state.status != OK:
+                    stats.skipped += changes.events
+                    if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
+                        state.held_back_tx_id = changes.last_tx_id
+                        script.add(self._save_table_sql(state))
+                    continue
+                self._apply_table(script, state, changes, now, stats)
+        last = transactions[-1]
+        committed_at = "NULL" if last.committed_at_ms is None else f"make_timestamp({int(last.committed_at_ms)} * 1000)::TIMESTAMPTZ"
+        script.add(f"""INSERT OR REPLACE INTO _mallard.progress
+            SELECT 1, {sql_int(last.commit_lsn)}, {sql_int(last.tx_id)}, {committed_at}, {sql_time(now)},
+                   coalesce((SELECT transactions FROM _mallard.progress WHERE id = 1), 0) + {len(transactions)},
+                   coalesce((SELECT events FROM _mallard.progress WHERE id = 1), 0) + {stats.events}""")
+        recent = script.scan(pa.table({"tx_id": pa.array([t.tx_id for t in transactions], pa.int64()),
+                                       "commit_lsn": pa.array([t.commit_lsn for t in transactions], pa.int64())}))
+        script.add(f"INSERT OR REPLACE INTO _mallard.recent_transactions SELECT * FROM {recent}")
         stats.needs_resnapshot, self.needing_resnapshot = self.needing_resnapshot, []
-        return stats
+        return PreparedBatch(script, stats)
+
+    def _run(self, script: Script) -> None:
+        """One DuckDB transaction: through the C API where it can be had (one call, the GIL free)."""
+        if self.native is not None:
+            self.native.run_transaction(script.statements, script.scans)
+            return
+        for name, table in script.scans:
+            self.con.register(name, table)
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                for sql in script.statements:
+                    self.con.execute(sql)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        finally:
+            for name, _ in script.scans:
+                self.con.unregister(name)
 
     def prune_recent(self) -> None:
         self.con.execute(f"""DELETE FROM _mallard.recent_transactions WHERE commit_lsn <
             (SELECT min(commit_lsn) FROM (SELECT commit_lsn FROM _mallard.recent_transactions
              ORDER BY commit_lsn DESC LIMIT {RECENT_TRANSACTIONS}))""")
 
-    def _apply_table(self, state: TableState, changes: TableChanges, now: datetime, stats: ApplyStats) -> None:
+    def _apply_table(self, script: Script, state: TableState, changes: TableChanges, now: datetime,
+                     stats: ApplyStats) -> None:
         target, schema = state.target, changes.schema
         if changes.truncated:
-            self.con.execute(f"DELETE FROM {target}")
+            script.add(f"DELETE FROM {target}")
             state.truncated_tx_id = changes.truncated_tx_id
-            self._save_table(state)
+            script.add(self._save_table_sql(state))
             stats.truncates += 1
-        upserts = [(k, s) for k, s in changes.states.items() if s.row is not None]
-        deletes = [(k, s) for k, s in changes.states.items() if s.row is None]
-        key_idx = schema.key_indexes
+        upserts = [s for s in changes.states.values() if s.row is not None]
+        deleted = [(k, s) for k, s in changes.states.items() if s.row is None]
         if upserts:
-            self._upsert(state, schema, [s for _, s in upserts], now)
+            self._upsert(script, state, schema, upserts, now)
             stats.upserts += len(upserts)
-        if deletes:
-            key_types = [schema.types[i] for i in key_idx]
-            data = {f"k{j}": pa.array([k[j] for k, _ in deletes], arrow_type(t)) for j, t in enumerate(key_types)}
-            data.update(position_arrays([s.position for _, s in deletes]))
-            data["tx_id"] = pa.array([s.tx_id for _, s in deletes], pa.int64())
-            self.con.register("_mallard_deletes", pa.table(data))
+        if deleted:
+            key_types = [schema.types[i] for i in schema.key_indexes]
+            data = {f"k{j}": pa.array([k[j] for k, _ in deleted], arrow_type(t)) for j, t in enumerate(key_types)}
+            data.update(position_arrays([s.position for _, s in deleted]))
+            data["tx_id"] = pa.array([s.tx_id for _, s in deleted], pa.int64())
+            table = pa.table(data)
             keys = [value_sql(t, f"d.k{j}") for j, t in enumerate(key_types)]
-            match = " AND ".join(f"{target}.{q(schema.columns[i])} = {k}" for i, k in zip(key_idx, keys))
-            self.con.execute(f"""DELETE FROM {target} USING _mallard_deletes d WHERE {match}
+            match = " AND ".join(f"{target}.{q(schema.columns[i])} = {k}" for i, k in zip(schema.key_indexes, keys))
+            script.add(f"""DELETE FROM {target} USING {script.scan(table)} d WHERE {match}
                 AND {target}._mallard_position < {position_sql('d')}""")
             # Remembered so that a snapshot taken before the delete cannot bring the key back.
-            self.con.execute(f"""INSERT OR REPLACE INTO {tombstones_name(state.stream)}
-                SELECT {', '.join(keys)}, d.tx_id, {position_sql('d')}, ?::TIMESTAMPTZ FROM _mallard_deletes d""", [now])
-            self.con.unregister("_mallard_deletes")
-            stats.deletes += len(deletes)
+            script.add(f"""INSERT OR REPLACE INTO {tombstones_name(state.stream)}
+                SELECT {', '.join(keys)}, d.tx_id, {position_sql('d')}, {sql_time(now)} FROM {script.scan(table)} d""")
+            stats.deletes += len(deleted)
 
-    def _upsert(self, state: TableState, schema: TableSchema, states: list, now: datetime) -> None:
+    def _upsert(self, script: Script, state: TableState, schema: TableSchema, states: list, now: datetime) -> None:
         target = state.target
         columns = list(zip(*(s.row for s in states)))
         data: dict[str, pa.Array] = {}
@@ -410,16 +476,14 @@ class DuckDBReplica:
             for j, i in enumerate(schema.key_indexes):
                 data[f"s{j}"] = pa.array([s.row[i] if s.source_key is None else s.source_key[j] for s in states],
                                          arrow_type(schema.types[i]))
-        self.con.register("_mallard_upserts", pa.table(data))
         exprs = []
         for i, (name, ct) in enumerate(zip(schema.columns, schema.types)):
             e = value_sql(ct, f"b.c{i}")
             if i in toasted:
                 e = f"CASE WHEN b.u{i} THEN t.{q(name)} ELSE {e} END"
             exprs.append(e)
-        exprs += [position_sql("b"), "b.tx_id", "'cdc'", "b.committed_at", "?::TIMESTAMPTZ", "NULL"]
+        exprs += [position_sql("b"), "b.tx_id", "'cdc'", "b.committed_at", sql_time(now), "NULL"]
         names = [*schema.columns, *(c for c, _ in META_COLUMNS)]
-        key_cols = [q(c) for c in schema.key_columns]
         join = ""
         if toasted:
             on = " AND ".join(f"t.{q(schema.columns[i])} = {value_sql(schema.types[i], f'b.s{j}')}"
@@ -427,14 +491,11 @@ class DuckDBReplica:
             join = f"LEFT JOIN {target} t ON {on}"
         updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in schema.key_columns)
         table_ref = target.split(".")[-1]
-        self.con.execute(
+        script.add(
             f"""INSERT INTO {target} ({', '.join(q(c) for c in names)})
-                SELECT {', '.join(exprs)} FROM _mallard_upserts b {join}
-                ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET {updates}
-                WHERE excluded._mallard_position > {table_ref}._mallard_position""",
-            [now],
-        )
-        self.con.unregister("_mallard_upserts")
+                SELECT {', '.join(exprs)} FROM {script.scan(pa.table(data))} b {join}
+                ON CONFLICT ({', '.join(q(c) for c in schema.key_columns)}) DO UPDATE SET {updates}
+                WHERE excluded._mallard_position > {table_ref}._mallard_position""")
 
     def target_of(self, stream: str) -> str:
         """The quoted DuckDB table of a new stream: the config's name for it, else main.<t> / <s>.<t>."""
@@ -771,4 +832,6 @@ class DuckDBReplica:
             cur.close()
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
         self.con.close()

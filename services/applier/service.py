@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from mallard.adapters import kafka
-from mallard.adapters.duckdb_replica import DuckDBReplica
+from mallard.adapters.duckdb_replica import ApplyStats, DuckDBReplica, PreparedBatch
 from mallard.core.arrow_rows import snapshot_table, transport_schema
 from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
@@ -96,6 +97,7 @@ class ApplierService(Service):
         self._snapshot_work: deque[SnapshotWork] = deque()
         self._snapshot_rows_waiting = 0
         self._snapshot_turn = False
+        self._batches_prepared = 0
         self._stuck: tuple[int, float, bool] | None = None
         self._paused: set[tuple[str, int]] = set()
         """CDC/transaction partitions paused while other partitions catch up."""
@@ -192,7 +194,8 @@ class ApplierService(Service):
         kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
         kafka.ensure_topics(s.kafka_bootstrap_servers, {s.dead_letter_topic: 1, s.snapshot_topic: 1})
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
-        self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets())
+        self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets(),
+                                     threads=s.duckdb_threads)
         applied_lsn, recent = self.replica.applied_position()
         self.assembler = TransactionAssembler(applied_lsn, recent)
         self.producer = kafka.producer(s.kafka_bootstrap_servers)  # dead letters, snapshot requests
@@ -605,25 +608,67 @@ class ApplierService(Service):
                       copy["bytes"] / 1e6, copy["tables"], copy["seconds"] * 1000)
 
     def _apply_loop(self) -> None:
-        while (item := self._next_work()) is not None:
-            self._changed_since_copy = True
-            try:
+        # Preparing a batch (Python: reduce per key, Arrow tables) overlaps with committing
+        # the one before it (DuckDB, with the GIL free where its C API can be had). Anything
+        # else on the connection (snapshot work, a schema change, pruning) waits for the commit.
+        committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-commit")
+        running = None
+
+        def finish() -> None:
+            nonlocal running
+            if running is not None:
+                future, running = running, None
+                future.result()
+
+        def committed(transactions: list, started: float):
+            def report(future) -> None:  # in commit order: one commit at a time
+                try:
+                    self._applied.put((transactions, future.result(), time.monotonic() - started))
+                except BaseException as e:  # terminal: surfaced on the main thread
+                    self._applied.put(e)
+            return report
+
+        try:
+            while True:
+                if self._to_apply.empty():
+                    finish()  # idle: the read-only copy, if due, holds what was committed
+                if (item := self._next_work()) is None:
+                    break
+                self._changed_since_copy = True
                 kind, work = item
                 if kind == "snapshot":
+                    finish()
                     with self.lock:
                         self._applied.put(("snapshot", self._apply_snapshot_work(work)))
                     continue
                 transactions = work
                 started = time.monotonic()
                 steps = reduce(transactions, self.replica.snapshot_cuts())
-                with self.lock:
-                    stats = self.replica.apply(steps, transactions)
-                    if self.counts["batches"] % 100 == 99:
+                if self.replica.changes_schema(steps):  # statements on the client's connection
+                    finish()
+                    with self.lock:
+                        batch = self.replica.prepare(steps, transactions)
+                else:
+                    batch = self.replica.prepare(steps, transactions)
+                finish()
+                running = committer.submit(self._commit, batch)
+                running.add_done_callback(committed(transactions, started))
+                if self._batches_prepared % 100 == 99:
+                    finish()
+                    with self.lock:
                         self.replica.prune_recent()
-                self._applied.put((transactions, stats, time.monotonic() - started))
-            except BaseException as e:  # terminal: surfaced on the main thread, nothing committed
-                self._applied.put(e)
-                return
+                self._batches_prepared += 1
+            finish()
+        except BaseException as e:  # terminal: surfaced on the main thread, nothing committed
+            self._applied.put(e)
+        finally:
+            committer.shutdown(wait=True)
+
+    def _commit(self, batch: PreparedBatch) -> ApplyStats:
+        if self.replica.native is not None:  # a connection of its own: the client's stays free
+            return self.replica.commit(batch)
+        with self.lock:
+            return self.replica.commit(batch)
 
     def _collect_applied(self) -> bool:
         """Account for batches DuckDB has committed; True if there were any."""
