@@ -35,7 +35,8 @@ class ApplierSettings(ServiceSettings):
         "through its WAL, at half the cost.")
     duckdb_memory_limit: str = Field("300MB", description="DuckDB's memory limit (its page cache, indexes included: they are evicted and reloaded as needed): keeps the applier's memory flat in the replica's size.")
     duckdb_threads: int = Field(
-        0, ge=0, description="DuckDB's worker threads; 0: its default (one per core).")
+        1, ge=0, description="DuckDB's worker threads; 0: its default (one per core). One: on a small machine "
+        "the decoding thread (and a broker) need the other cores more than DuckDB does.")
     session_timeout_ms: int = Field(6000, description="Kafka consumer session timeout (a group join takes about half of it).")
     topic_refresh_ms: int = Field(5000, description="How often new CDC topics (new tables) are discovered.")
     read_copy_path: str = Field(
