@@ -21,7 +21,6 @@ from typing import Sequence
 
 import pyarrow as pa
 
-
 _P = ctypes.c_void_p
 _RESULT_BYTES = 64  # sizeof(duckdb_result) is 48: six words
 
@@ -47,7 +46,6 @@ _SIGNATURES = {
     "duckdb_result_error": ([_P], ctypes.c_char_p),
     "duckdb_destroy_result": ([_P], None),
     "duckdb_arrow_scan": ([_P, ctypes.c_char_p, _P], ctypes.c_int),
-    "duckdb_free": ([_P], None),
 }
 _INSTANCE_CACHE = "_ZN6duckdb14instance_cacheE"  # the Python client's DBInstanceCache
 TESTED_VERSIONS = ("1.5.5",)

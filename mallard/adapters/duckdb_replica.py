@@ -29,10 +29,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from mallard.adapters.duckdb_native import NativeConnection, NativeUnavailable
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
-from mallard.adapters.duckdb_native import NativeConnection, NativeUnavailable
 from mallard.core.arrow_rows import arrow_type
 from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff

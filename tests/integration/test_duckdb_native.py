@@ -4,6 +4,7 @@ nothing of the batch's Arrow views left behind, and a failed batch rolled back w
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,7 +64,7 @@ def test_no_view_of_a_batch_is_left_and_a_failed_batch_leaves_nothing(tmp_path):
         apply_all(replica, [[transaction(0, 100, [("u", 1, 10), ("u", 2, 20)])]])
         script = Script()
         script.add("DELETE FROM main.t WHERE id = 1")
-        script.add(f"SELECT * FROM {script.scan(replica_table())}")
+        script.add(f"SELECT * FROM {script.scan(pa.table({'x': [1, 2, 3]}))}")
         script.add("SELECT no_such_column FROM main.t")  # fails after the delete
         with pytest.raises(duckdb.Error, match="no_such_column"):
             replica._run(script)
@@ -77,9 +78,3 @@ def test_no_view_of_a_batch_is_left_and_a_failed_batch_leaves_nothing(tmp_path):
         assert con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall() == []
     finally:
         con.close()
-
-
-def replica_table():
-    import pyarrow as pa
-
-    return pa.table({"x": [1, 2, 3]})
