@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
 from typing import Sequence
 
 import pyarrow as pa
@@ -77,6 +78,8 @@ class NativeConnection:
         """A C API connection to the database ``con`` (a Python client connection to ``path``) has open."""
         import duckdb
 
+        if not path or path.startswith(":memory:"):  # never cached: the C API would get a database of its own
+            raise NativeUnavailable("an in-memory database")
         if duckdb.__version__ not in TESTED_VERSIONS:
             raise NativeUnavailable(f"DuckDB {duckdb.__version__}: its C API is used on {', '.join(TESTED_VERSIONS)} only")
         try:
@@ -106,6 +109,20 @@ class NativeConnection:
             self._free.duckdb_close(ctypes.byref(self._db))
             raise NativeUnavailable("DuckDB's C API could not connect")
         self._result = (ctypes.c_char * _RESULT_BYTES)()
+        if not self._shares(con):
+            self.close()
+            raise NativeUnavailable("DuckDB's C API opened a database other than the client's")
+
+    def _shares(self, con) -> bool:
+        """Whether this is the client's database instance: a catalog attached here (in memory,
+        nothing written) shows there."""
+        probe = f"_mallard_probe_{os.getpid()}_{id(self)}"
+        self.execute(f"ATTACH ':memory:' AS {probe}")
+        try:
+            return con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
+                               [probe]).fetchone()[0] == 1
+        finally:
+            self.execute(f"DETACH {probe}")
 
     def _query(self, lib: ctypes.CDLL, sql: str) -> None:
         failed = lib.duckdb_query(self._con, sql.encode(), self._result)

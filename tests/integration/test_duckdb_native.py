@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mallard.adapters.duckdb_native import TESTED_VERSIONS
+from mallard.adapters.duckdb_native import TESTED_VERSIONS, NativeConnection
 from mallard.adapters.duckdb_replica import DuckDBReplica, Script
 from mallard.core.merge import reduce
 from tests.integration.test_snapshot_merge import replica_rows, transaction
@@ -27,6 +27,27 @@ def test_the_c_api_is_used_on_the_pinned_duckdb(tmp_path):
     replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
     try:
         assert replica.native is not None
+    finally:
+        replica.close()
+
+
+def test_the_c_api_connection_knows_whose_database_it_is(tmp_path):
+    a, b = duckdb.connect(str(tmp_path / "a.duckdb")), duckdb.connect(str(tmp_path / "b.duckdb"))
+    native = NativeConnection(a, str(tmp_path / "a.duckdb"))
+    try:
+        assert native._shares(a) and not native._shares(b)
+    finally:
+        native.close()
+        a.close()
+        b.close()
+
+
+def test_an_in_memory_replica_is_applied_through_the_client():
+    replica = DuckDBReplica(":memory:")
+    try:
+        assert replica.native is None
+        apply_all(replica, [[transaction(0, 100, [("u", 1, 10)])]])
+        assert replica_rows(replica) == {1: 10}
     finally:
         replica.close()
 
