@@ -287,9 +287,9 @@ class DuckDBReplica:
         state = self.tables.get(schema.stream)
         if not schema.key_known:  # a truncate: it changes no schema
             return state or TableState(schema.stream, self.target_of(schema.stream), ABSENT, None, [], [])
-        fingerprint = schema.fingerprint
-        if state is not None and fingerprint in state.fingerprints:
+        if self._settled(schema):
             return state
+        fingerprint = schema.fingerprint
         columns = [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)]
         unknown = [c for c, t in zip(schema.columns, schema.types) if not t.known]
         target = self.target_of(schema.stream)
@@ -358,14 +358,15 @@ class DuckDBReplica:
         """Apply whole transactions in one DuckDB transaction, with the position they reach."""
         return self.commit(self.prepare(steps, transactions))
 
+    def _settled(self, schema: TableSchema) -> bool:
+        """Whether ``schema`` is one its table was already checked against (nothing to do)."""
+        state = self.tables.get(schema.stream)
+        return state is not None and schema.fingerprint in state.fingerprints
+
     def changes_schema(self, steps: list[dict[str, TableChanges]]) -> bool:
         """Whether preparing ``steps`` would create or alter a table (statements of their own)."""
-        for step in steps:
-            for stream, changes in step.items():
-                state = self.tables.get(stream)
-                if changes.schema.key_known and (state is None or changes.schema.fingerprint not in state.fingerprints):
-                    return True
-        return False
+        return any(changes.schema.key_known and not self._settled(changes.schema)
+                   for step in steps for changes in step.values())
 
     def commit(self, batch: PreparedBatch) -> ApplyStats:
         """Run a prepared batch: one DuckDB transaction."""

@@ -97,7 +97,6 @@ class ApplierService(Service):
         self._snapshot_work: deque[SnapshotWork] = deque()
         self._snapshot_rows_waiting = 0
         self._snapshot_turn = False
-        self._batches_prepared = 0
         self._stuck: tuple[int, float, bool] | None = None
         self._paused: set[tuple[str, int]] = set()
         """CDC/transaction partitions paused while other partitions catch up."""
@@ -613,6 +612,7 @@ class ApplierService(Service):
         # else on the connection (snapshot work, a schema change, pruning) waits for the commit.
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-commit")
         running = None
+        prepared = 0
 
         def finish() -> None:
             nonlocal running
@@ -653,11 +653,11 @@ class ApplierService(Service):
                 finish()
                 running = committer.submit(self._commit, batch)
                 running.add_done_callback(committed(transactions, started))
-                if self._batches_prepared % 100 == 99:
+                prepared += 1
+                if prepared % 100 == 0:
                     finish()
                     with self.lock:
                         self.replica.prune_recent()
-                self._batches_prepared += 1
             finish()
         except BaseException as e:  # terminal: surfaced on the main thread, nothing committed
             self._applied.put(e)
