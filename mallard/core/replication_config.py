@@ -91,11 +91,20 @@ class TargetConnection(_Model):
     path: str = "${MALLARD_DUCKDB_PATH:-.mallard/duckdb/mallard.duckdb}"
 
 
+def _checked_where(v: str | None) -> str | None:
+    """A stream's filter, as Postgres' parser reads it (mallard/core/filters.py): one allowed expression."""
+    from mallard.core.filters import check_filter
+
+    return None if v is None else check_filter(v)
+
+
 class StreamDefaults(_Model):
     mode: Mode = "full-refresh"
     primary_key: list[str] | None = None
     update_key: str | None = None
     where: str | None = None
+
+    _where = field_validator("where")(_checked_where)
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -108,6 +117,7 @@ class StreamConfig(_Model):
     primary_key: list[str] | None = Field(None, description="Key columns; default: the table's primary key.")
     update_key: str | None = Field(None, description="Incremental: the column whose value grows with every change.")
     where: str | None = Field(None, description="SQL filter: replicate only these rows.")
+    _where = field_validator("where")(_checked_where)
     target: str | None = Field(None, description="Table in DuckDB: 'table' (in main) or 'schema.table'; default: "
                                "the stream's table (public.<t> -> <t>, <s>.<t> -> <s>.<t>).")
 

@@ -122,3 +122,13 @@ def test_env_references():
         c.model.source.resolved({})
     assert c.model.source.resolved({"PW": "s3cret"})["password"] == "s3cret"
     assert "s3cret" not in repr(c)
+
+
+def test_where_is_one_checked_expression():
+    c = parse_config(GOOD.replace("  public.customers:\n", "  public.customers:\n    where: '\"id\" % 5 = 0'\n"))
+    assert c.streams["public.customers"].where == "id % 5 = 0"
+    msg = one_line(GOOD.replace("  public.customers:\n",
+                                "  public.customers:\n    where: '1=1); CREATE TABLE public.pwned (x int); --'\n"))
+    assert msg.startswith("r.yaml:5: streams.public.customers.where: a filter is one expression: ';'"), msg
+    msg = one_line(GOOD.replace("  mode: full-refresh\n", "  mode: full-refresh\n  where: pg_sleep(10) IS NULL\n"))
+    assert "defaults.where: function pg_sleep() is not allowed in a filter" in msg, msg
