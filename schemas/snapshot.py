@@ -1,7 +1,8 @@
 """The snapshotter's messages on the snapshot topic, framed per snapshot:
 
 ``SnapshotBegin`` (the cut and the columns), any number of rows batches,
-``SnapshotEnd`` (the row count). A begin says how its rows batches are written
+``SnapshotEnd`` (the row count); or ``SnapshotFailed`` instead of the end (or of
+the whole snapshot, for a refused request). A begin says how its rows batches are written
 (``rows_format``): ``json``, ``SnapshotRows`` (values encoded as Debezium encodes
 them), or ``arrow``, an Arrow IPC stream of one record batch of the columns'
 transport types, with ``SnapshotRowsHeader`` in its schema metadata (see
@@ -85,6 +86,23 @@ class SnapshotEnd(_Message):
     update_key: str | None = Field(None, description="The column max_update_key is of (incremental streams).")
 
 
+class SnapshotFailed(BaseModel):
+    """A resnapshot request the snapshotter refused or could not finish, for one stream:
+    its answer, so that nothing waits for an end that will never come. A staged snapshot
+    (``snapshot_id`` set: its begin was published) is abandoned by the applier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = Field(SNAPSHOT_SCHEMA_VERSION, description="Version of this contract.")
+    kind: Literal["failed"] = "failed"
+    stream: str = Field(pattern=r"^[^.\s]+\.[^.\s]+$", description="'<schema>.<table>' the request named.")
+    request_id: str = Field(min_length=1, description="The resnapshot request this answers.")
+    snapshot_id: str | None = Field(None, description="The snapshot begun for it, if its begin was published.")
+    where: str | None = Field(None, description="The filter it asked for, as checked (or as given, if refused).")
+    reason: str = Field(min_length=1, description="Why, naming what was wrong.")
+    failed_at: datetime
+
+
 class SnapshotRowsHeader(_Message):
     """What an Arrow rows batch says of itself (schema metadata key ``mallard``, JSON)."""
 
@@ -124,5 +142,6 @@ def read_arrow_rows(value: bytes) -> tuple[SnapshotRowsHeader, Any]:
     return header, table.replace_schema_metadata(None)
 
 
-SnapshotMessage = Annotated[Union[SnapshotBegin, SnapshotRows, SnapshotEnd], Field(discriminator="kind")]
-snapshot_message_adapter: TypeAdapter[SnapshotBegin | SnapshotRows | SnapshotEnd] = TypeAdapter(SnapshotMessage)
+SnapshotMessage = Annotated[Union[SnapshotBegin, SnapshotRows, SnapshotEnd, SnapshotFailed], Field(discriminator="kind")]
+snapshot_message_adapter: TypeAdapter[SnapshotBegin | SnapshotRows | SnapshotEnd | SnapshotFailed] = TypeAdapter(
+    SnapshotMessage)

@@ -26,6 +26,9 @@ def connect(settings: PostgresSettings, dbname: str | None = None, timeout: int 
             dbname=dbname or settings.pg_database,
             connect_timeout=timeout,
             application_name="mallard",
+            # Literals are written with standard quoting (a backslash is a plain character):
+            # a server configured otherwise would read a filter's literal differently.
+            options="-c standard_conforming_strings=on",
         )
     except psycopg2.OperationalError as e:
         # psycopg2's message never contains the password; the DSN we print must not either.
@@ -36,7 +39,8 @@ def connect(settings: PostgresSettings, dbname: str | None = None, timeout: int 
 
 def scalar(conn: Any, query: str, *params: Any) -> Any:
     with conn.cursor() as cur:
-        cur.execute(query, params)
+        # No params, no placeholders: psycopg2 reads every '%' of the text as one when given any.
+        cur.execute(query, params or None)
         row = cur.fetchone()
         return row[0] if row else None
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from schemas import export
 from schemas.control import ResnapshotRequest
 from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows, snapshot_message_adapter
+from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotFailed, SnapshotRows, snapshot_message_adapter
 
 # Real messages, captured from Debezium 3.6.3 on the local stack: insert, update,
 # delete, tombstone and truncate on public.orders, and their transaction events.
@@ -68,7 +68,9 @@ def test_snapshot_messages_round_trip_through_the_discriminator():
                           started_at=NOW)
     rows = SnapshotRows(snapshot_id="s1", stream="public.orders", batch=1, rows=[[1], [2]])
     end = SnapshotEnd(snapshot_id="s1", stream="public.orders", batches=1, row_count=2, finished_at=NOW)
-    for msg in (begin, rows, end):
+    failed = SnapshotFailed(stream="public.orders", request_id="cli-1", snapshot_id="s1", reason="no such column",
+                            failed_at=NOW)
+    for msg in (begin, rows, end, failed):
         assert snapshot_message_adapter.validate_json(msg.model_dump_json()) == msg
 
 
@@ -78,6 +80,8 @@ def test_snapshot_messages_round_trip_through_the_discriminator():
     {"kind": "end", "snapshot_id": "s", "stream": "public.orders", "batches": 1, "row_count": -1, "finished_at": "2026-01-01T00:00:00Z"},
     {"kind": "rows", "snapshot_id": "s", "stream": "public.orders", "batch": 1, "rows": [], "schema_version": 2},
     {"kind": "other", "snapshot_id": "s", "stream": "public.orders"},
+    {"kind": "failed", "stream": "public.orders", "request_id": "r", "reason": "", "failed_at": "2026-01-01T00:00:00Z"},
+    {"kind": "failed", "stream": "public.orders", "reason": "why", "failed_at": "2026-01-01T00:00:00Z"},
 ])
 def test_invalid_snapshot_messages_are_refused(bad):
     with pytest.raises(ValidationError):
