@@ -8,10 +8,31 @@ transaction is complete when END has come and that many distinct events
 commit order are released. Kafka offsets are tracked per partition so that
 only what has been applied is ever committed: per partition, the first offset of
 each transaction held (a partition holds a transaction's messages in commit order).
+
+The topics are untrusted input: no single message may halt or corrupt replication.
+- An END claims a commit LSN; before it can become the replica's position it must
+  be one the source has reached: when it is beyond the last LSN known of the source,
+  the source is asked (``source_lsn``, a port: ``pg_current_wal_lsn()`` in the
+  applier), at most every ``lsn_check_interval_s``; an END beyond that answer is
+  refused. While the source cannot be asked, an END at most ``lsn_window`` beyond
+  the last LSN known passes (nothing known yet: anything passes, there is no bound).
+- An END claiming no events is refused (Debezium ends only transactions it began,
+  on their first event).
+- A transaction whose events are all dead-lettered never moves the position.
+- A transaction at the head of commit order that gains nothing for
+  ``stuck_after_s`` is reported (``stuck``); after ``give_up_after_s`` it is
+  expired: its events are handed back (``expired``) to be dead-lettered and their
+  streams re-snapshotted, and later transactions flow again. Events whose END never
+  comes are expired after ``give_up_after_s`` alike.
+Refused markers and expired events wait in ``refused`` / ``expired`` for the caller.
+Time comes only from ``tick(now)`` (and the injected ``clock`` for LSN checks), so
+tests drive it.
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mallard.core.changes import ChangeEvent, TransactionMarker
@@ -31,13 +52,33 @@ class Transaction:
     """Where its messages are (its events' partitions, its END's): held there until it is applied."""
 
 
+@dataclass(slots=True)
+class Refusal:
+    """A message that must not be applied, and why: dead-lettered by the caller."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    event: ChangeEvent | None = None
+    """An expired transaction's event (its stream is to be re-snapshotted); None: a marker."""
+    stream: str | None = None
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
 def position(commit_lsn: int, total_order: int) -> int:
     """A write's place in commit order: broker-independent, stable across replays."""
     return (commit_lsn << 32) | total_order
 
 
 class TransactionAssembler:
-    def __init__(self, applied_lsn: int = 0, recent: dict[int, int] | None = None, recent_limit: int = 100_000):
+    def __init__(self, applied_lsn: int = 0, recent: dict[int, int] | None = None, recent_limit: int = 100_000, *,
+                 source_lsn: Callable[[], int | None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 lsn_check_interval_s: float = 0.1, lsn_window: int = 64 << 30,
+                 stuck_after_s: float = 60.0, give_up_after_s: float = 600.0, expired_limit: int = 10_000):
         self.applied_lsn = applied_lsn
         """Commit LSN of the last transaction applied (persisted with the data)."""
         self.recent: OrderedDict[int, int] = OrderedDict(recent or {})
@@ -58,6 +99,33 @@ class TransactionAssembler:
         self._marker_partitions: set[TopicPartition] = set()
         self.buffered_events = 0
         self.unknown_old_transactions = 0
+        # -- bounds against hostile input (see the module's docstring)
+        self._source_port = source_lsn
+        self._clock = clock
+        self.lsn_check_interval_s = lsn_check_interval_s
+        self.lsn_window = lsn_window
+        self.stuck_after_s = stuck_after_s
+        self.give_up_after_s = give_up_after_s
+        self.source_lsn = applied_lsn
+        """The highest LSN the source is known to have reached (asked, or an END accepted)."""
+        self.source_unreachable = False
+        """The last time the source was asked, it did not answer (the window applies)."""
+        self._asked_at = float("-inf")
+        self._now = 0.0
+        self._first_seen: dict[int, float] = {}
+        """tx_id -> when its first event was held (events whose END never comes are expired)."""
+        self._head_state: tuple[int, int, float] | None = None
+        """(tx_id, events received, since when) of the head while it gains nothing."""
+        self._expired: OrderedDict[int, None] = OrderedDict()
+        """Transactions expired: their late messages are refused too (bounded memory)."""
+        self.expired_limit = expired_limit
+        self.refused: list[Refusal] = []
+        """Markers refused and events expired, for the caller to dead-letter (and drain)."""
+        self.stuck: str | None = None
+        """Why replication is held up past ``stuck_after_s``, or None."""
+        self.stuck_seconds = 0.0
+        self.markers_refused = 0
+        self.transactions_expired = 0
 
     # -- input -------------------------------------------------------------------
 
@@ -90,12 +158,24 @@ class TransactionAssembler:
     def is_applied(self, tx_id: int) -> bool:
         return tx_id in self.recent
 
-    def _drop(self, tx_id: int) -> None:
-        """Forget a transaction DuckDB will never get (it is older than the replica): its
-        events are done, and later copies of them are dropped as they come."""
+    def _drop(self, marker: TransactionMarker) -> None:
+        """Forget a transaction DuckDB will never get (it is older than the replica). Not taken
+        for applied (the END may be forged, naming a transaction still to come): its events,
+        held and late, are refused, so their streams are re-snapshotted, never silently lost."""
+        tx_id = marker.tx_id
+        reason = (f"transaction {tx_id} ends at LSN {lsn_text(marker.lsn)}, not after the replica's position "
+                  f"{lsn_text(self.applied_lsn)}, yet the replica never applied it: dropped")
+        self.refused.extend(Refusal(e.topic, e.partition, e.offset, reason, e, e.stream)
+                            for e in (self._events.get(tx_id) or {}).values() if e is not None)
         self.buffered_events -= len(self._events.pop(tx_id, ()))
         self._release(tx_id, self._held_in.pop(tx_id, ()))
-        self.recent[tx_id] = 0
+        self._first_seen.pop(tx_id, None)
+        self._remember_expired(tx_id)
+
+    def _remember_expired(self, tx_id: int) -> None:
+        self._expired[tx_id] = None
+        while len(self._expired) > self.expired_limit:
+            self._expired.popitem(last=False)
 
     def add_event(self, event: ChangeEvent | None, tx_id: int, total_order: int, tp: TopicPartition, offset: int) -> None:
         """A data event (``event`` None: dead-lettered, but it still counts toward its transaction)."""
@@ -104,22 +184,47 @@ class TransactionAssembler:
             return
         self._last_tx[tp] = tx_id
         slot = self._events.get(tx_id)
-        if slot is None:
+        if slot is None:  # once per transaction, not per event
+            if tx_id in self._expired:  # late: its transaction was given up on
+                self._seen(tp, offset)
+                if event is not None:
+                    self.refused.append(Refusal(tp[0], tp[1], offset, f"an event of transaction {tx_id}, which was "
+                                                f"expired incomplete before it came", event, event.stream))
+                return
             slot = self._events[tx_id] = {}
+            self._first_seen[tx_id] = self._now
         self._hold(tx_id, tp, offset)
         if total_order not in slot:  # a duplicate delivery counts once
             slot[total_order] = event
             self.buffered_events += 1
 
+    def _refuse_marker(self, marker: TransactionMarker, reason: str) -> None:
+        self.markers_refused += 1
+        self.refused.append(Refusal(marker.topic, marker.partition, marker.offset, reason))
+
     def add_marker(self, marker: TransactionMarker) -> None:
         tp = (marker.topic, marker.partition)
         self._marker_partitions.add(tp)
-        if marker.status == "END" and marker.lsn <= self.applied_lsn and not self.is_applied(marker.tx_id):
+        if marker.status == "END" and not self.is_applied(marker.tx_id) and marker.tx_id not in self._ended:
+            if marker.event_count < 1:
+                self._seen(tp, marker.offset)
+                self._refuse_marker(marker, f"END of transaction {marker.tx_id} claims {marker.event_count} events "
+                                    "(Debezium ends only transactions it began, on their first event)")
+                return
+            if marker.tx_id in self._expired:
+                self._seen(tp, marker.offset)
+                self._refuse_marker(marker, f"END of transaction {marker.tx_id}, which was expired (incomplete, "
+                                    "or older than the replica) before it came")
+                return
+        if marker.status == "END" and marker.lsn <= self.applied_lsn and not self.is_applied(marker.tx_id) \
+                and marker.tx_id not in self._ended:
             if len(self.recent) < self.recent_limit:
                 # Older than what DuckDB holds, yet not a transaction it applied: the source's
                 # LSNs went backwards (a new cluster behind an old replica?). Skipped, and said.
                 self.unknown_old_transactions += 1
-            self._drop(marker.tx_id)
+            self._drop(marker)
+            self._seen(tp, marker.offset)
+            return
         if marker.status != "END" or marker.lsn <= self.applied_lsn or self.is_applied(marker.tx_id) \
                 or marker.tx_id in self._ended:
             self._seen(tp, marker.offset)
@@ -140,6 +245,10 @@ class TransactionAssembler:
         taken = 0
         while self._ends:
             end = self._ends[0]
+            if end.lsn > self.source_lsn and not self._plausible(end):
+                if self._ends and self._ends[0] is not end:  # refused: the next one may go
+                    continue
+                break  # the source cannot tell yet: wait
             got = self._events.get(end.tx_id, {})
             if len(got) < end.event_count or (ready and taken + end.event_count > max_events):
                 break
@@ -161,7 +270,9 @@ class TransactionAssembler:
             self._release(tx.tx_id, tx.partitions)
             self.recent[tx.tx_id] = tx.commit_lsn
             self._released.discard(tx.tx_id)
-            self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
+            self._first_seen.pop(tx.tx_id, None)
+            if tx.events:  # nothing but dead letters (a forged END's fodder?) is no evidence of a position
+                self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
         while len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
 
@@ -202,3 +313,113 @@ class TransactionAssembler:
     @property
     def waiting_transactions(self) -> int:
         return len(self._ends)
+
+    # -- bounds against hostile input -----------------------------------------------
+
+    def _plausible(self, end: TransactionMarker) -> bool:
+        """Whether the head END's commit LSN (beyond the last known of the source) is one the
+        source has reached. False: refused (and popped), or the source cannot tell yet."""
+        answer = None
+        if self._source_port is not None:
+            now = self._clock()
+            if now - self._asked_at < self.lsn_check_interval_s:
+                return False  # asked moments ago, before this END perhaps: ask again shortly
+            self._asked_at = now
+            answer = self._source_port()
+        self.source_unreachable = self._source_port is not None and answer is None
+        if answer is not None:
+            self.source_lsn = max(self.source_lsn, answer)
+            if end.lsn <= self.source_lsn:
+                return True
+            why = f"beyond the source's current WAL position {lsn_text(answer)}"
+        elif self.source_lsn == 0 or end.lsn <= self.source_lsn + self.lsn_window:
+            # The source cannot be asked: what Debezium reported is the bound (nothing yet: none).
+            self.source_lsn = end.lsn
+            return True
+        else:
+            why = (f"more than {self.lsn_window:,} bytes beyond the last LSN known of the source "
+                   f"({lsn_text(self.source_lsn)}; the source could not be asked)")
+        self._ends.popleft()
+        self._ended.discard(end.tx_id)
+        self._forget_marker(end)
+        self._refuse_marker(end, f"END of transaction {end.tx_id} claims commit LSN {lsn_text(end.lsn)}, {why}: "
+                            "never adopted as the replica's position")
+        return False
+
+    def _forget_marker(self, end: TransactionMarker) -> None:
+        """A refused END no longer holds its offset; the events of its transaction stay (a
+        genuine END may still come for them, else they expire)."""
+        tp = (end.topic, end.partition)
+        held = self._held.get(tp)
+        if held is not None:
+            held.pop(end.tx_id, None)
+        partitions = self._held_in.get(end.tx_id)
+        if partitions is not None:
+            partitions = [p for p in partitions if p != tp]
+            if partitions:
+                self._held_in[end.tx_id] = partitions
+            else:
+                del self._held_in[end.tx_id]
+        if end.tx_id in self._events:
+            self._first_seen.setdefault(end.tx_id, self._now)
+
+    def tick(self, now: float) -> None:
+        """Advance time: report a head that gains nothing, expire what waited past the bound."""
+        self._now = now
+        self.stuck, self.stuck_seconds = None, 0.0
+        # The head of commit order: incomplete (or not yet verified) and gaining nothing.
+        while self._ends:
+            end = self._ends[0]
+            got = len(self._events.get(end.tx_id, ()))
+            unverified = end.lsn > self.source_lsn
+            if got >= end.event_count and not unverified:
+                self._head_state = None
+                break
+            state = self._head_state
+            if state is None or state[0] != end.tx_id or state[1] != got:
+                self._head_state = state = (end.tx_id, got, now)
+            waited = now - state[2]
+            if waited >= self.give_up_after_s and got < end.event_count:
+                self._expire(end.tx_id, f"transaction {end.tx_id} (commit LSN {lsn_text(end.lsn)}) had {got} of the "
+                             f"{end.event_count} events its END claims after {waited:.0f}s: expired incomplete",
+                             end)
+                continue  # the next one may be stuck as well
+            if waited >= self.stuck_after_s:
+                self.stuck_seconds = waited
+                self.stuck = (f"transaction {end.tx_id} has {got} of its {end.event_count} events after {waited:.0f}s"
+                              if got < end.event_count else
+                              f"transaction {end.tx_id}'s commit LSN {lsn_text(end.lsn)} cannot be checked against the "
+                              f"source for {waited:.0f}s (the source does not answer)")
+                self.stuck += f"; {len(self._ends) - 1} later transaction(s) wait behind it"
+                if got < end.event_count:
+                    self.stuck += f" (expired after {self.give_up_after_s:.0f}s)"
+            break
+        else:
+            self._head_state = None
+        # Events whose END never came.
+        if self._first_seen:
+            for tx_id, seen in list(self._first_seen.items()):
+                if tx_id not in self._events or tx_id in self._released:
+                    del self._first_seen[tx_id]
+                elif tx_id not in self._ended and now - seen >= self.give_up_after_s:
+                    self._expire(tx_id, f"transaction {tx_id}: {len(self._events[tx_id])} event(s) and no END after "
+                                 f"{now - seen:.0f}s: expired", None)
+
+    def _expire(self, tx_id: int, reason: str, end: TransactionMarker | None) -> None:
+        if end is not None:
+            self._ends.popleft()
+            self._ended.discard(tx_id)
+            self.refused.append(Refusal(end.topic, end.partition, end.offset, reason))
+        for event in (self._events.get(tx_id) or {}).values():
+            if event is not None:  # None: dead-lettered when it came
+                self.refused.append(Refusal(event.topic, event.partition, event.offset, reason, event, event.stream))
+        self.buffered_events -= len(self._events.pop(tx_id, ()))
+        self._release(tx_id, self._held_in.pop(tx_id, ()))
+        self._first_seen.pop(tx_id, None)
+        self._head_state = None
+        self._remember_expired(tx_id)
+        self.transactions_expired += 1
+
+    def drain_refused(self) -> list[Refusal]:
+        refused, self.refused = self.refused, []
+        return refused
