@@ -42,6 +42,7 @@ from mallard.adapters import kafka, postgres
 from mallard.connector import load_connector_config_file
 from mallard.core.arrow_rows import CsvPlan
 from mallard.core.cut import Cut
+from mallard.core.filters import FilterError, check_filter
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
                                             select_expression)
 from mallard.service import Service
@@ -50,8 +51,9 @@ from mallard.core.sql import quote_ident
 from mallard.core.replication_config import ReplicationConfig
 from mallard.metrics import SNAPSHOT_BUCKETS, counter, gauge
 from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
+from schemas.deadletter import DeadLetter
 from schemas.snapshot import (SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd,
-                              SnapshotRowsHeader, ARROW_ROWS_CONTENT_TYPE, arrow_rows_message)
+                              SnapshotFailed, SnapshotRowsHeader, ARROW_ROWS_CONTENT_TYPE, arrow_rows_message)
 from services.snapshotter.config import SnapshotterSettings
 
 _STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
@@ -59,6 +61,9 @@ _STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
 # row comes out as its JSON text and a newline, unescaped.
 _COPY_OPTIONS = "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
 
+
+DEAD_LETTER_VALUE_AT_MOST = 100_000
+"""Characters of a refused request kept in its dead letter: a dead letter must always be writable."""
 
 _ARROW_HEADERS = [("content-type", ARROW_ROWS_CONTENT_TYPE.encode())]  # for kcat's %h; the applier needs none
 
@@ -77,6 +82,14 @@ class SlotMissing(SnapshotError):
 
 class SnapshotAborted(RuntimeError):
     """The service is stopping: the snapshot is left without its end (the request is redone)."""
+
+
+class Refusal:
+    """A control message, or some streams of a request, refused before anything ran."""
+
+    def __init__(self, msg: Any, reason: str, request: ResnapshotRequest | None = None,
+                 streams: list[str] | None = None):
+        self.msg, self.reason, self.request, self.streams = msg, reason, request, streams or []
 
 
 class _Batcher:
@@ -137,6 +150,23 @@ class _RowSink:
             self.rows, self.size = [], 0
 
 
+def _checked(where: str | None) -> str | None:
+    """The filter that runs, as Postgres' parser reads it: one allowed expression, deparsed."""
+    if where is None:
+        return None
+    try:
+        return check_filter(where)
+    except FilterError as e:
+        raise SnapshotError(f"bad filter {where[:200]!r}: {e}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one line for a failure's answer (its type when it says nothing)."""
+    text = " ".join(str(e).split())
+    return text if isinstance(e, (SnapshotError, postgres.SourceError)) and text else (
+        f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
 def _parts(batch: Any, max_rows: int, max_bytes: int) -> list[Any]:
     """A record batch cut into slices of at most ``max_rows`` rows and about ``max_bytes``."""
     n = batch.num_rows
@@ -156,6 +186,11 @@ class SnapshotterService(Service):
         self.current: dict[str, Any] | None = None
         self.delivery_errors: list[str] = []
         self.config: ReplicationConfig | None = None
+        self.streams: frozenset[str] | None = None
+        """The streams requests may name: the replication config's, else the connector's
+        table list; None: every table (the connector includes all)."""
+        self.begun: str | None = None
+        """The snapshot whose begin the request being served has published."""
         self.served: set[str] = set()
         """Scheduled request ids served by this process: a fire published twice is snapshotted once."""
         self._duration = self.metrics.histogram("mallard_snapshot_duration_seconds", "Time to read and publish one "
@@ -179,12 +214,17 @@ class SnapshotterService(Service):
     def open(self) -> None:
         """Topics, the slot to check before a cut, and a producer with a bounded queue."""
         s = self.settings
-        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1})
-        self.slot_name = load_connector_config_file(s.connector_config).slot_name
+        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1,
+                                                        s.dead_letter_topic: 1})
+        connector = load_connector_config_file(s.connector_config)
+        self.slot_name = connector.slot_name
         if s.replication_config:
             from mallard.replication import load_config
 
             self.config = load_config(s.replication_config)
+            self.streams = frozenset(self.config.streams)
+        else:
+            self.streams = frozenset(connector.tables) or None
         self.producer = kafka.producer(s.kafka_bootstrap_servers, **{
             "linger.ms": 20, "compression.type": "none", "queue.buffering.max.kbytes": s.producer_queue_kb,
             "delivery.report.only.error": True, "on_delivery": self._delivered})
@@ -212,16 +252,20 @@ class SnapshotterService(Service):
                 messages = [m for m in [first, *consumer.consume(num_messages=100, timeout=0.05)] if not m.error()]
                 if not messages:
                     continue
-                for stream, request in self.coalesce(messages):
+                refused: list[Refusal] = []
+                todo = self.coalesce(messages, refused)
+                for refusal in refused:
+                    self._refuse(refusal)
+                for stream, request in todo:
                     try:
                         self._snapshot_when_the_slot_exists(stream, request)
                     except SnapshotAborted:
                         return  # stopping: nothing committed, the request is redone on restart
-                    except (SnapshotError, postgres.SourceError, psycopg2.Error, ValueError) as e:
-                        self.counts["failed"] += 1
-                        self.log.error("snapshot of %s (request %s) failed: %s", stream, request.request_id,
-                                       str(e).strip())
-                # Only now, every snapshot's end being in Kafka, are the requests done.
+                    except KafkaFailure:
+                        raise  # Kafka, not the request, failed: redone on restart
+                    except Exception as e:  # noqa: BLE001 - whatever went wrong, it fails this request only
+                        self._fail(stream, request, _reason(e))
+                # Only now, every snapshot's end (or failure) being in Kafka, are the requests done.
                 consumer.commit(asynchronous=False)
         finally:
             self.ready = False
@@ -245,17 +289,26 @@ class SnapshotterService(Service):
                 waited += delay
                 delay = min(delay * 2, 15.0)
 
-    def coalesce(self, messages: list[Any]) -> list[tuple[str, ResnapshotRequest]]:
+    def coalesce(self, messages: list[Any], refused: list[Refusal] | None = None) -> list[tuple[str, ResnapshotRequest]]:
         """One snapshot per stream (and subset) for requests waiting together; a full
-        snapshot of a stream covers the subsets asked for it."""
+        snapshot of a stream covers the subsets asked for it. Requests come from Kafka:
+        untrusted. A malformed one, a filter that is not one allowed expression, or a
+        stream that is not replicated is refused (appended to ``refused``), before
+        anything runs."""
         todo: dict[tuple[str, str | None], ResnapshotRequest] = {}
+        refused = refused if refused is not None else []
         for msg in messages:
             try:
                 request = control_message_adapter.validate_json(msg.value() or b"")
             except ValueError as e:
-                self.log.error("ignored a malformed request at %s[%d]@%d: %s", msg.topic(), msg.partition(),
-                               msg.offset(), str(e).splitlines()[0])
+                refused.append(Refusal(msg, f"malformed control message: {str(e).splitlines()[0]}"))
                 continue
+            if isinstance(request, ResnapshotRequest):
+                request, refusal = self._checked(msg, request)
+                if refusal is not None:
+                    refused.append(refusal)
+                if request is None:
+                    continue
             if isinstance(request, StateReset):
                 self.log.info("state reset %s of %s to %s (%s)", request.reset_id, ", ".join(request.streams),
                               request.to_value if request.to_value is not None else "nothing (read every row)",
@@ -277,10 +330,74 @@ class SnapshotterService(Service):
                 todo.setdefault((stream, request.where), request)
         return [(stream, request) for (stream, _), request in todo.items()]
 
+    def _checked(self, msg: Any, request: ResnapshotRequest) -> tuple[ResnapshotRequest | None, Refusal | None]:
+        """(the request with its filter as checked and only the streams it may name, or None;
+        what of it is refused, or None)."""
+        if request.where is not None:
+            try:
+                where = check_filter(request.where)
+            except FilterError as e:
+                return None, Refusal(msg, f"bad filter {request.where[:200]!r}: {e}", request, request.streams)
+            request = request.model_copy(update={"where": where})
+        bad = [x for x in request.streams if not _STREAM.match(x)]
+        unknown = [x for x in request.streams if _STREAM.match(x) and self.streams is not None
+                   and x not in self.streams]
+        if not bad and not unknown:
+            return request, None
+        why = []
+        if bad:
+            why.append("bad stream name(s) " + ", ".join(repr(x[:200]) for x in bad[:10]) + " (expected '<schema>.<table>')")
+        if unknown:
+            why.append("stream(s) not replicated " + ", ".join(repr(x) for x in unknown[:10]) + " (replicated: "
+                       + ", ".join(sorted(self.streams or ())) + ")")
+        refusal = Refusal(msg, "; ".join(why), request, unknown)
+        rest = [x for x in request.streams if x not in bad and x not in unknown]
+        return (request.model_copy(update={"streams": rest}) if rest else None), refusal
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Dead-letter the message with its reason, and answer each stream it named that
+        can be answered (so that whoever waits for it learns why at once)."""
+        msg = refusal.msg
+        self.counts["failed"] += 1
+        self.log.error("refused the control message at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(),
+                       refusal.reason, extra={"kind": "request_refused", "reason": refusal.reason,
+                                              "request_id": refusal.request.request_id if refusal.request else None})
+        key, value = msg.key() if hasattr(msg, "key") else None, msg.value() or b""
+        try:
+            text, encoding = value.decode(), "utf-8"
+        except UnicodeDecodeError:
+            import base64
+
+            text, encoding = base64.b64encode(value).decode(), "base64"
+        letter = DeadLetter(error=refusal.reason, service=self.name, source_topic=msg.topic(),
+                            source_partition=msg.partition(), source_offset=msg.offset(),
+                            key=key.decode(errors="replace") if key else None,
+                            value=text[:DEAD_LETTER_VALUE_AT_MOST], encoding=encoding,
+                            failed_at=datetime.now(timezone.utc))
+        self.producer.produce(self.settings.dead_letter_topic, key=key, value=letter.model_dump_json().encode())
+        for stream in refusal.streams:
+            if _STREAM.match(stream):
+                self._answer_failure(stream, refusal.request, refusal.reason, None)
+        self._flush("a refusal's dead letter and answers")
+
+    def _fail(self, stream: str, request: ResnapshotRequest, reason: str) -> None:
+        self.counts["failed"] += 1
+        self.log.error("snapshot of %s (request %s) failed: %s", stream, request.request_id, reason,
+                       extra={"kind": "snapshot_failed", "stream": stream, "request_id": request.request_id,
+                              "snapshot_id": self.begun, "reason": reason})
+        self._answer_failure(stream, request, reason, self.begun)
+        self._flush(f"the failure of snapshot {self.begun}" if self.begun else "a failure's answer")
+
+    def _answer_failure(self, stream: str, request: ResnapshotRequest, reason: str, snapshot_id: str | None) -> None:
+        failed = SnapshotFailed(stream=stream, request_id=request.request_id, snapshot_id=snapshot_id,
+                                where=request.where, reason=reason[:2000], failed_at=datetime.now(timezone.utc))
+        self.producer.produce(self.settings.snapshot_topic, key=stream.encode(), value=failed.model_dump_json().encode())
+
     def snapshot(self, stream: str, request: ResnapshotRequest) -> SnapshotEnd:
         s = self.settings
         if not _STREAM.match(stream):
             raise SnapshotError(f"bad stream name {stream!r}: expected '<schema>.<table>'")
+        self.begun = None
         snapshot_id = f"{stream}@{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         table = postgres.quote_stream(stream)
         conn = postgres.connect(s)
@@ -291,16 +408,12 @@ class SnapshotterService(Service):
             if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", table) is not True:
                 raise SnapshotError(f"table {stream} does not exist in Postgres")
             where, incremental, update_key, state_value = self._run_filter(stream, request)
-            if where is not None:
-                if not postgres.primary_key(conn, stream):
-                    raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "
-                                        "the applier replaces such a table whole; ask for a full snapshot")
-                try:
-                    postgres.scalar(conn, f"EXPLAIN SELECT 1 FROM {table} WHERE ({where})")
-                except psycopg2.Error as e:
-                    raise SnapshotError(f"bad --where for {stream} ({where!r}): "
-                                        f"{(e.pgerror or str(e)).strip()}") from None
+            if where is not None and not postgres.primary_key(conn, stream):
+                raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "
+                                    "the applier replaces such a table whole; ask for a full snapshot")
             use_sql = s.sql_encoding and conn.server_version >= 140000
+            # From here on nothing runs outside one READ ONLY transaction: not the filter's
+            # check, not the read (the slot check above stays before it: the cut comes after).
             conn.autocommit = False
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with conn.cursor() as cur:  # the first statement fixes the transaction's snapshot: the cut
@@ -309,6 +422,13 @@ class SnapshotterService(Service):
                             "FROM pg_class c WHERE c.oid = %s::regclass", (table,))
                 cut_text, reltuples, pages = cur.fetchone()
             cut = Cut.parse(cut_text)
+            if where is not None:
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(f"EXPLAIN SELECT 1 FROM {table} WHERE ({where})")
+                except psycopg2.Error as e:
+                    raise SnapshotError(f"bad filter for {stream} ({where!r}): "
+                                        f"{(e.pgerror or str(e)).strip()}") from None
             columns = postgres.table_columns(conn, stream)
             plan = CsvPlan.of(columns) if use_sql and s.rows_format == "arrow" else None
             key = postgres.primary_key(conn, stream)
@@ -324,6 +444,7 @@ class SnapshotterService(Service):
                                         connect_schema=connect_schema(c)) for c in columns],
                 started_at=datetime.now(timezone.utc))
             self._send(stream, begin.model_dump_json().encode())
+            self.begun = snapshot_id
             self.current = {"stream": stream, "snapshot_id": snapshot_id, "rows": 0, "estimate": estimate,
                             "readers": readers}
             fix = use_sql and any(c.type_name == "numeric" and (c.numeric_precision or (99, 0))[0] > 18
@@ -350,7 +471,7 @@ class SnapshotterService(Service):
                               row_count=batcher.rows, finished_at=datetime.now(timezone.utc),
                               max_update_key=max_update_key, update_key=update_key)
             self._send(stream, end.model_dump_json().encode())
-            self._flush(snapshot_id)
+            self._flush(f"snapshot {snapshot_id}")
             conn.rollback()
         finally:
             conn.close()
@@ -377,17 +498,18 @@ class SnapshotterService(Service):
         records no state: it does not say where the whole stream is."""
         cfg = self.config.stream(stream) if self.config else None
         if cfg is None:
-            return request.where, False, None, None
+            return _checked(request.where), False, None, None
         where = and_filters(cfg.where, request.where)
         update_key = cfg.update_key if cfg.incremental and request.where is None else None
         if not is_incremental_run(cfg.mode, request.full, request.where, request.requested_by):
-            return where, False, update_key, None
+            return _checked(where), False, update_key, None
         from mallard.state import read_states
 
         s = self.settings
         state = read_states(s.kafka_bootstrap_servers, s.snapshot_topic, s.control_topic).get(stream)
         value = state.value if state is not None and state.update_key in (None, cfg.update_key) else None
-        return and_filters(where, incremental_filter(cfg.update_key, value)), True, cfg.update_key, value
+        # The state came from Kafka: it is a quoted literal, and the whole filter is checked again.
+        return _checked(and_filters(where, incremental_filter(cfg.update_key, value))), True, cfg.update_key, value
 
     def _query(self, table: str, select: str, where: str | None, pages: tuple[int | None, int | None]) -> str:
         conditions = []
@@ -508,11 +630,11 @@ class SnapshotterService(Service):
                 if self.delivery_errors:
                     raise KafkaFailure(f"Kafka refused snapshot messages: {self.delivery_errors[0]}")
 
-    def _flush(self, snapshot_id: str) -> None:
+    def _flush(self, what: str) -> None:
         if self.producer.flush(60) != 0:
-            raise KafkaFailure(f"Kafka did not take snapshot {snapshot_id} in 60s")
+            raise KafkaFailure(f"Kafka did not take {what} in 60s")
         if self.delivery_errors:
-            raise KafkaFailure(f"Kafka refused messages of snapshot {snapshot_id}: {self.delivery_errors[0]}")
+            raise KafkaFailure(f"Kafka refused messages of {what}: {self.delivery_errors[0]}")
 
     def _progress(self, stream: str, rows: int, estimate: int, started: float) -> None:
         elapsed = time.monotonic() - started

@@ -25,6 +25,9 @@ class FakeProducer:
         self.sent.append((topic, key, value))
         self.headers.append(headers)
 
+    def flush(self, timeout=None):
+        return 0
+
 
 def service() -> SnapshotterService:
     svc = SnapshotterService(SnapshotterSettings(health_port=0, progress_interval_s=0))
@@ -168,3 +171,52 @@ def test_resets_are_not_requests_a_forced_full_refresh_wins_and_a_fire_is_served
         ("public.o", "b", True), ("public.c", "daily@2026-01-01T06:00:00+00:00", False)]
     # the same fire published again (two schedulers racing) is not snapshotted twice
     assert svc.coalesce([req("daily@2026-01-01T06:00:00+00:00", ["public.c"], by="scheduler:daily")]) == []
+
+
+def test_untrusted_requests_are_refused_before_anything_runs():
+    """A malformed request, a filter that is not one allowed expression, a stream that is
+    not replicated: refused, dead-lettered with the reason, and answered per stream."""
+    from schemas.deadletter import DeadLetter
+    from schemas.snapshot import SnapshotFailed
+
+    svc = service()
+    svc.streams = frozenset({"public.orders", "public.customers"})
+    refused = []
+    todo = svc.coalesce([
+        Msg(b"not json"),
+        request("a", ["public.orders"], where="1=1); CREATE TABLE public.pwned AS SELECT current_user; --"),
+        request("b", ["public.orders"], where="COPY (SELECT 1) TO PROGRAM 'touch /tmp/x'"),
+        request("c", ["public.pwned", "public.customers"]),
+        request("d", ["no-schema"]),
+        request("e", ["public.orders"], where='"id" % 5 = 0'),
+    ], refused)
+    assert [(s, r.request_id, r.where) for s, r in todo] == [("public.customers", "c", None),
+                                                            ("public.orders", "e", "id % 5 = 0")]
+    reasons = [r.reason for r in refused]
+    assert reasons[0].startswith("malformed control message")
+    assert reasons[1].startswith("bad filter") and "';'" in reasons[1]
+    assert reasons[2].startswith("bad filter") and "not a valid SQL expression" in reasons[2]
+    assert reasons[3].startswith("stream(s) not replicated 'public.pwned'")
+    assert reasons[4].startswith("bad stream name(s) 'no-schema'")
+    for refusal in refused:
+        svc._refuse(refusal)
+    letters = [DeadLetter.model_validate_json(v) for t, _, v in svc.producer.sent if t == svc.settings.dead_letter_topic]
+    assert [x.error for x in letters] == reasons and {x.service for x in letters} == {"snapshotter"}
+    answers = [SnapshotFailed.model_validate_json(v) for t, _, v in svc.producer.sent if t == svc.settings.snapshot_topic]
+    assert [(a.stream, a.request_id, a.snapshot_id) for a in answers] == [
+        ("public.orders", "a", None), ("public.orders", "b", None), ("public.pwned", "c", None)]
+    assert svc.counts["failed"] == 5
+
+
+def test_a_failure_is_answered_with_the_snapshot_it_began():
+    from schemas.snapshot import SnapshotFailed
+
+    svc = service()
+    req = ResnapshotRequest(request_id="r1", streams=["public.t"], reason="t", requested_by="t",
+                            requested_at=datetime.now(timezone.utc))
+    svc.begun = "public.t@1"
+    svc._fail("public.t", req, "precision not supported by type")
+    (topic, key, value), = svc.producer.sent
+    failed = SnapshotFailed.model_validate_json(value)
+    assert (topic, key) == (svc.settings.snapshot_topic, b"public.t")
+    assert (failed.snapshot_id, failed.request_id, failed.reason) == ("public.t@1", "r1", "precision not supported by type")
