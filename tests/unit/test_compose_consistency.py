@@ -137,3 +137,19 @@ def test_no_other_topic_looks_like_a_table_topic_to_the_applier():
 def test_the_snapshotter_reads_the_repo_connector_config_in_its_container():
     path = SERVICES["snapshotter"]["environment"]["MALLARD_CONNECTOR_CONFIG"]
     assert container_path_to_repo(path).resolve() == DEFAULT_CONNECTOR_CONFIG.resolve()
+
+
+def test_published_ports_listen_on_loopback_only():
+    published = [(name, port) for name, svc in SERVICES.items() for port in svc.get("ports", [])]
+    assert published
+    for name, port in published:
+        spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port.get('published')}"
+        assert isinstance(port, (str, dict)) and spec.startswith("127.0.0.1:"), \
+            f"{name} publishes {port!r} on every interface: bind it to 127.0.0.1"
+
+
+def test_the_applier_http_port_is_not_published():
+    # /query and /tables read the replica: reachable from inside the compose network only.
+    assert "ports" not in SERVICES["applier"]
+    for name in MALLARD_SERVICES:
+        assert not SERVICES[name].get("expose"), f"{name} exposes ports"
