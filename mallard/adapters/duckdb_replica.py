@@ -562,10 +562,15 @@ class DuckDBReplica:
     def abandon_snapshot(self, frame: SnapshotFrame, reason: str) -> None:
         if frame.snapshot_id in self.merged_snapshots:
             return
-        self.con.execute(f"DROP TABLE IF EXISTS {self.staging_name(frame)}")
-        del self._staging[frame.snapshot_id]
-        self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
-                         "WHERE snapshot_id = ?", [reason, frame.snapshot_id])
+        if frame.snapshot_id in self._staging:  # staged here (a request refused before its begin never was)
+            self.con.execute(f"DROP TABLE IF EXISTS {self._staging.pop(frame.snapshot_id)}")
+        if not self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
+                                "WHERE snapshot_id = ? RETURNING snapshot_id", [reason, frame.snapshot_id]).fetchall():
+            # Failed before its begin reached the replica: recorded all the same, so that
+            # `mallard status` and `resnapshot --wait` say why.
+            self.con.execute("INSERT INTO _mallard.snapshots VALUES (?, ?, ?, ?, NULL, ?, 'abandoned', ?, 0, NULL, "
+                             "NULL, now())", [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
+                                              frame.started_at, reason])
 
     def finish_snapshot(self, frame: SnapshotFrame) -> SnapshotResult:
         """Merge a complete snapshot into its table with the cut rule, in one DuckDB

@@ -270,25 +270,44 @@ def _request_snapshot(s, streams: list[str], reason: str, where: str | None = No
 
 
 def cmd_resnapshot(args: argparse.Namespace) -> int:
+    import re
+
+    from mallard.core.filters import FilterError, check_filter
+
     s = _stack_settings()
     if args.full and args.where:
         raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
-    request = _request_snapshot(s, args.streams, args.reason, where=args.where, full=args.full)
+    bad = [x for x in args.streams if not re.fullmatch(r"[^.\s]+\.[^.\s]+", x)]
+    if bad:
+        raise ValueError(f"bad stream name(s) {', '.join(map(repr, bad))}: expected '<schema>.<table>'")
+    where = None
+    if args.where is not None:
+        try:
+            where = check_filter(args.where)  # refused here, before anything is published
+        except FilterError as e:
+            raise ValueError(f"--where: {e}") from None
+    request = _request_snapshot(s, args.streams, args.reason, where=where, full=args.full)
     print(f"requested {request.request_id}: {', '.join(args.streams)}")
-    return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout) if args.wait else 0
+    return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout,
+                               request_id=request.request_id) if args.wait else 0
 
 
-def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float) -> int:
-    """Follow the request until every stream's snapshot is merged into DuckDB (or given up):
-    a progress bar on a terminal, a line per stream otherwise."""
+def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, request_id: str | None = None) -> int:
+    """Follow the request until every stream's snapshot is merged into DuckDB; stop at the
+    first one abandoned, or failed or refused by the snapshotter (its answer is recorded as
+    abandoned, with the reason): a progress bar on a terminal, a line per stream otherwise."""
     import time
+
+    from mallard.core.sql import quote_literal
 
     interactive = sys.stderr.isatty()
     started, done, failed = time.monotonic(), {}, False
-    listed = ", ".join(f"'{x}'" for x in streams)
+    listed = ", ".join(quote_literal(x) for x in streams)
+    ours = f" OR request_id = {quote_literal(request_id)}" if request_id else ""
     sql = (f"SELECT stream, status, rows_staged, rows_applied, rows_deleted, reason FROM _mallard.snapshots "
-           f"WHERE stream IN ({listed}) AND started_at >= '{requested_at.isoformat()}' ORDER BY started_at")
-    while len(done) < len(streams):
+           f"WHERE stream IN ({listed}) AND (started_at >= {quote_literal(requested_at.isoformat())}{ours}) "
+           f"ORDER BY started_at")
+    while len(done) < len(streams) and not failed:
         if time.monotonic() - started > timeout:
             print(f"\nno end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}", file=sys.stderr)
             return 1
@@ -305,6 +324,11 @@ def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float) -> 
             line = (f"{stream}: merged, {staged:,} rows ({applied:,} applied, {deleted:,} deleted)"
                     if status == "merged" else f"{stream}: abandoned: {reason}")
             print(("\r\033[K" if interactive else "") + line, file=sys.stderr if interactive else sys.stdout)
+        if failed:
+            left = [x for x in streams if x not in done]
+            if left:
+                print(f"not waiting for: {', '.join(left)}", file=sys.stderr)
+            break
         if interactive and current.get("stream") in streams and current.get("stream") not in done:
             rows_read, estimate = current.get("rows", 0), max(current.get("estimate") or 0, 1)
             elapsed = time.monotonic() - started

@@ -147,6 +147,20 @@ class SnapshotTracker:
             del self.in_flight[frame.stream]
         return SnapshotWork("abandon", frame, reason=reason)
 
+    def failed(self, stream: str, snapshot_id: str | None, request_id: str, where: str | None, reason: str,
+               failed_at: datetime, tp: TopicPartition, offset: int) -> list[SnapshotWork]:
+        """The snapshotter's answer that a request failed (or was refused): the snapshot it
+        began, if any, is abandoned (its end will never come: nothing stays staging); one
+        it never began is recorded as abandoned all the same, with the reason."""
+        self._seen(tp, offset)
+        why = f"the snapshotter failed it: {reason}"
+        frame = self.in_flight.get(stream)
+        if frame is not None and snapshot_id is not None and frame.snapshot_id == snapshot_id:
+            return [self.abandon(frame, why)]
+        placeholder = SnapshotFrame(snapshot_id or f"failed:{request_id}:{stream}", stream, Cut(0, 0, frozenset()),
+                                    TableSchema(stream, (), (), ()), where, failed_at, request_id)
+        return [SnapshotWork("abandon", placeholder, reason=why)]
+
     def skip(self, tp: TopicPartition, offset: int) -> None:
         """A message that needs nothing (a batch of an abandoned or unknown snapshot)."""
         self._seen(tp, offset)

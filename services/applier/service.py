@@ -43,7 +43,8 @@ from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
 from schemas.deadletter import DeadLetter
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, is_arrow_rows, read_arrow_rows, snapshot_message_adapter
+from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
+                              snapshot_message_adapter)
 from services.applier.config import ApplierSettings
 
 
@@ -382,10 +383,19 @@ class ApplierService(Service):
             self.snapshots.skip(tp, offset)
             return
         if isinstance(message, SnapshotBegin):
+            # The filter runs again here (the end-of-snapshot delete): from Kafka, so checked.
+            from mallard.core.filters import FilterError, check_filter
+
+            try:
+                where = check_filter(message.where) if message.where is not None else None
+            except FilterError as e:
+                self._dead_letter(msg, f"snapshot begin: bad filter: {e}")
+                self.snapshots.skip(tp, offset)
+                return
             columns = [c.model_dump() for c in message.columns]
             frame = SnapshotFrame(message.snapshot_id, message.stream,
                                   Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
-                                  frame_schema(message.stream, columns), message.where, message.started_at,
+                                  frame_schema(message.stream, columns), where, message.started_at,
                                   message.request_id, incremental=message.incremental,
                                   rows_format=message.rows_format)
             self._queue_snapshot_work(self.snapshots.begin(frame, tp, offset))
@@ -395,6 +405,10 @@ class ApplierService(Service):
                 self.snapshots.skip(tp, offset)
             else:
                 self._queue_snapshot_work(self.snapshots.end(frame, message.batches, message.row_count, tp, offset))
+        elif isinstance(message, SnapshotFailed):  # abandons what it began; recorded for status and --wait
+            self._queue_snapshot_work(self.snapshots.failed(message.stream, message.snapshot_id, message.request_id,
+                                                            message.where, message.reason, message.failed_at, tp,
+                                                            offset))
 
     def _route_arrow_rows(self, value: bytes, tp: tuple[str, int], offset: int) -> None:
         """An Arrow rows batch: already the transport arrays DuckDB loads, once its columns

@@ -122,3 +122,32 @@ def test_the_new_key_of_a_primary_key_update_takes_unchanged_toast_values_from_t
     apply_event(in_batch, event("d", (1,), None, 2), 2)
     apply_event(in_batch, event("c", (2,), (2, None), 3, frozenset({1})), 3)
     assert in_batch.states[(2,)].row == (2, "x" * 5000) and not in_batch.states[(2,)].unavailable
+
+
+def test_a_failed_snapshot_is_abandoned_and_releases_its_offsets():
+    """The snapshotter's failure answer ends a staging snapshot: nothing stays staging, and
+    the snapshot topic's offset moves past it."""
+    t = SnapshotTracker()
+    f = frame()
+    t.begin(f, TP, 5)
+    t.rows(f, 1, [[1], ["AQ=="], [0]], TP, 6)
+    assert t.committable() == {TP: 5}
+    (w,) = t.failed("public.t", "s1", "r1", None, "precision not supported by type", datetime.now(timezone.utc), TP, 7)
+    assert (w.kind, w.frame is f) == ("abandon", True)
+    assert "precision not supported by type" in w.reason
+    assert t.frame("public.t", "s1") is None
+    t.done(w)
+    assert t.committable() == {TP: 8}
+
+
+def test_a_request_refused_before_its_begin_is_recorded_under_its_request():
+    t = SnapshotTracker()
+    other = frame("s2")
+    t.begin(other, TP, 1)
+    at = datetime.now(timezone.utc)
+    (w,) = t.failed("public.t", None, "cli-1", "id > 1", "bad filter", at, TP, 2)
+    assert (w.kind, w.frame.snapshot_id, w.frame.request_id, w.frame.where, w.frame.started_at) == (
+        "abandon", "failed:cli-1:public.t", "cli-1", "id > 1", at)
+    assert t.frame("public.t", "s2") is other  # a failure of another request leaves a snapshot in flight alone
+    t.done(w)
+    assert t.committable() == {TP: 1}
