@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mallard.core.sql import quote_ident, quote_literal
+from mallard.health import client_request
 from mallard.core.status import KafkaFacts, ReplicaFacts, build_report, dead_letters_by_stream, partition_lag, \
     service_summary
 
@@ -70,7 +71,7 @@ def _http_run(port: int) -> Run:
     def run(sql: str) -> list[list[Any]]:
         url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
         try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
+            with urllib.request.urlopen(client_request(url, "status"), timeout=90) as resp:
                 return json.loads(resp.read())["rows"]
         except urllib.error.HTTPError as e:
             raise RuntimeError(json.loads(e.read() or b"{}").get("error") or f"the applier answered {e.code}") from None
@@ -175,7 +176,8 @@ def service_states(stack: Any) -> dict[str, dict[str, Any]]:
             detail = "not running"
         health = {k: v for k, v in detail.items() if k != "tables"} if isinstance(detail, dict) else detail
         out[c.name] = {"state": state, "pid": pid, "port": c.port, "log": str(c.log),
-                       "summary": service_summary(c.name, detail) if ok else (detail if isinstance(detail, str) else ""),
+                       "summary": service_summary(c.name, detail) if ok or isinstance(detail, dict)
+                       else (detail if isinstance(detail, str) else ""),
                        "health": health}
     return out
 
@@ -206,7 +208,11 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None) -> di
     scheduler = services.get("scheduler", {}).get("health")
     if isinstance(scheduler, dict):
         for name, sched in (scheduler.get("schedules") or {}).items():
-            if sched.get("next_fire"):
-                announced[name] = datetime.fromisoformat(sched["next_fire"])
+            try:
+                at = datetime.fromisoformat(sched["next_fire"])
+            except (TypeError, KeyError, ValueError):
+                continue  # none announced (or not a time): computed here instead
+            if at.tzinfo is not None:
+                announced[name] = at
     return build_report(now, services, replica, kafka, config, prefix, other_topics, announced,
                         home=str(stack.home), duckdb_path=str(stack.duckdb_path))

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class DeadLetter(BaseModel):
     """Keyed like the original message; the original key and value travel as text
-    (UTF-8) or, when not UTF-8, base64."""
+    (UTF-8) or, when not UTF-8, base64, cut to a bounded size so that a dead letter is
+    always writable (the original stays at its topic, partition and offset)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,4 +24,7 @@ class DeadLetter(BaseModel):
     key: str | None = None
     value: str | None = None
     encoding: Literal["utf-8", "base64"] = "utf-8"
+    truncated: bool = Field(False, description="Whether key or value is only the first bytes of the original.")
+    key_bytes: int | None = Field(None, description="Size of the original key in bytes (None: no key).")
+    value_bytes: int | None = Field(None, description="Size of the original value in bytes (None: no value).")
     failed_at: datetime

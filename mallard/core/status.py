@@ -73,14 +73,17 @@ def next_run(stream: str, schedules: Mapping[str, Any], now: datetime,
     ``announced``: name -> next fire as the running scheduler says (its clock and its
     last fires); otherwise computed from ``now``."""
     best = None
+    never = None
     for name, sched in schedules.items():
         if stream not in sched.streams:
             continue
         at = (announced or {}).get(name) or next_fire(sched.cron, now, None)
-        if best is None or at < best[0]:
+        if at is None:
+            never = never or (name, sched.cron.expression)
+        elif best is None or at < best[0]:
             best = (at, name, sched.cron.expression)
     if best is None:
-        return None
+        return {"at": None, "schedule": never[0], "cron": never[1]} if never else None
     return {"at": iso(best[0]), "schedule": best[1], "cron": best[2]}
 
 
@@ -197,10 +200,17 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
         progress = {"commit_lsn": lsn_text(p["commit_lsn"]), "tx_id": p.get("tx_id"), "committed_at": iso(committed),
                     "applied_at": iso(applied), "delay_s": seconds_between(committed, applied)}
     behind = None
+    unapplied = None
     if kafka.error is None:
+        unapplied = sum(sum(parts.values()) for parts in kafka.lag.values() if parts)
         oldest = from_ms(kafka.oldest_unapplied_ms)
         behind = {"oldest_unapplied_committed_at": iso(oldest),
-                  "behind_s": max(0.0, seconds_between(oldest, now)) if oldest is not None else 0.0}
+                  "behind_s": max(0.0, seconds_between(oldest, now)) if oldest is not None else
+                  (0.0 if unapplied == 0 else None)}  # messages wait, but when they committed is unknown
+    # Caught up means an applier that answers and nothing waiting on any of its topics:
+    # a stopped applier's zero lag is only that nothing new arrived.
+    applier = (services.get("applier") or {}).get("state")
+    caught_up = applier == "running" and unapplied == 0 and kafka.oldest_unapplied_ms is None
     topics = {}
     for topic in other_topics:
         parts = kafka.lag.get(topic)
@@ -211,7 +221,8 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
         "home": home,
         "services": services,
         "replica": {"path": duckdb_path, "read_from": replica.source, "error": replica.error,
-                    "applied_up_to": progress, "behind": behind},
+                    "applied_up_to": progress, "behind": behind, "applier": applier, "unapplied_messages": unapplied,
+                    "caught_up": caught_up},
         "kafka": {"error": kafka.error, "consumer_group": kafka.group, "snapshot_consumer_group": kafka.snapshot_group,
                   "topics": topics},
         "streams": streams,
@@ -256,7 +267,8 @@ def service_summary(name: str, health: Any) -> str:
     if name == "applier":
         p = health.get("progress") or {}
         head = f"applied up to LSN {p['commit_lsn']} (tx {p['tx_id']})" if p else "nothing applied yet"
-        return f"{head}; {health.get('events_applied', 0):,} events since start, {health.get('dead_letters', 0)} dead-lettered"
+        line = f"{head}; {health.get('events_applied', 0):,} events since start, {health.get('dead_letters', 0)} dead-lettered"
+        return line + (f"; HELD UP: {health['not_ready_reason']}" if health.get("not_ready_reason") else "")
     if name == "cdc-publisher":
         slot = health.get("slot") or {}
         head = (f"slot {'active' if slot.get('active') else 'INACTIVE'}, {(slot.get('retained_wal_bytes') or 0) / 1024:,.0f}"
@@ -298,11 +310,20 @@ def render(report: dict[str, Any], now: datetime) -> str:
     if p:
         out.append(f"  applied up to LSN {p['commit_lsn']} (tx {p['tx_id']}), committed in Postgres "
                    f"{_when(p['committed_at'], now)}, applied {_span(p['delay_s'] or 0)} later")
+    waiting = r.get("unapplied_messages")
+    if r.get("applier") != "running":
+        state = r.get("applier") or "not known to run"
+        out.append(f"  ! the applier is {state}: nothing is being applied"
+                   + (f" ({waiting:,} message(s) wait on Kafka)" if waiting else ""))
     b = r.get("behind")
     if b:
-        out.append(f"  behind by {_span(b['behind_s'])}: the oldest transaction not applied yet committed "
-                   f"{_when(b['oldest_unapplied_committed_at'], now)}" if b["oldest_unapplied_committed_at"]
-                   else "  caught up: every transaction on Kafka is applied")
+        if b["oldest_unapplied_committed_at"]:
+            out.append(f"  behind by {_span(b['behind_s'])}: the oldest transaction not applied yet committed "
+                       f"{_when(b['oldest_unapplied_committed_at'], now)}")
+        elif r.get("caught_up"):
+            out.append("  caught up: every transaction on Kafka is applied")
+        elif waiting:
+            out.append(f"  {waiting:,} message(s) on Kafka not applied yet")
 
     k = report["kafka"]
     out += ["", f"streams  (lag: messages on the stream's CDC topic not yet applied by consumer group {k['consumer_group']})"]
@@ -338,8 +359,11 @@ def render(report: dict[str, Any], now: datetime) -> str:
         else:
             out.append("    last snapshot   none")
         nr = st["next_run"]
-        out.append(f"    next run        {_when(nr['at'], now)}, schedule {nr['schedule']} ({nr['cron']})" if nr
-                   else "    next run        not scheduled")
+        if nr and nr["at"] is None:
+            out.append(f"    next run        never: schedule {nr['schedule']} ({nr['cron']}) does not fire again")
+        else:
+            out.append(f"    next run        {_when(nr['at'], now)}, schedule {nr['schedule']} ({nr['cron']})" if nr
+                       else "    next run        not scheduled")
         out.append(f"    dead letters    {_count(st['dead_letters'])}")
     if k["topics"]:
         out += ["", f"the applier's other topics (group {k['consumer_group']}; the snapshot topic: group "

@@ -114,6 +114,8 @@ class TransactionAssembler:
         self._now = 0.0
         self._first_seen: dict[int, float] = {}
         """tx_id -> when its first event was held (events whose END never comes are expired)."""
+        self._end_seen: dict[int, float] = {}
+        """tx_id -> when its END came (a forged one waits from then, not from reaching the head)."""
         self._head_state: tuple[int, int, float] | None = None
         """(tx_id, events received, since when) of the head while it gains nothing."""
         self._expired: OrderedDict[int, None] = OrderedDict()
@@ -232,6 +234,7 @@ class TransactionAssembler:
         self._hold(marker.tx_id, tp, marker.offset)
         self._ends.append(marker)
         self._ended.add(marker.tx_id)
+        self._end_seen[marker.tx_id] = self._now
 
     def add_done(self, tp: TopicPartition, offset: int) -> None:
         """A message that needs nothing more (tombstone, BEGIN, dead-lettered garbage)."""
@@ -254,6 +257,7 @@ class TransactionAssembler:
                 break
             self._ends.popleft()
             self._ended.discard(end.tx_id)
+            self._end_seen.pop(end.tx_id, None)
             self._released.add(end.tx_id)
             events = self._events.pop(end.tx_id, {})
             self.buffered_events -= len(events)
@@ -341,6 +345,7 @@ class TransactionAssembler:
                    f"({lsn_text(self.source_lsn)}; the source could not be asked)")
         self._ends.popleft()
         self._ended.discard(end.tx_id)
+        self._end_seen.pop(end.tx_id, None)
         self._forget_marker(end)
         self._refuse_marker(end, f"END of transaction {end.tx_id} claims commit LSN {lsn_text(end.lsn)}, {why}: "
                             "never adopted as the replica's position")
@@ -376,7 +381,9 @@ class TransactionAssembler:
                 self._head_state = None
                 break
             state = self._head_state
-            if state is None or state[0] != end.tx_id or state[1] != got:
+            if state is None or state[0] != end.tx_id:  # a new head: it has waited since its END came
+                self._head_state = state = (end.tx_id, got, self._end_seen.get(end.tx_id, now))
+            elif state[1] != got:  # it gained events: it waits anew
                 self._head_state = state = (end.tx_id, got, now)
             waited = now - state[2]
             if waited >= self.give_up_after_s and got < end.event_count:
@@ -409,6 +416,7 @@ class TransactionAssembler:
         if end is not None:
             self._ends.popleft()
             self._ended.discard(tx_id)
+            self._end_seen.pop(tx_id, None)
             self.refused.append(Refusal(end.topic, end.partition, end.offset, reason))
         for event in (self._events.get(tx_id) or {}).values():
             if event is not None:  # None: dead-lettered when it came

@@ -3,11 +3,19 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG, ServiceSettings
+from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
 
 
-class ApplierSettings(ServiceSettings):
+class ApplierSettings(ServiceSettings, PostgresSettings):
+    """The Postgres settings serve one query only: the source's current WAL position
+    (pg_current_wal_lsn(), which needs no privilege), the bound of a commit LSN."""
+
     health_port: int = Field(18082, description="Port of the applier's HTTP endpoint: /healthz, /tables, /query; 0 disables it.")
+    query_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a /query read may run before it is interrupted (DuckDB has no statement "
+        "timeout of its own).")
+    query_max_rows: int = Field(
+        10_000, ge=1, description="Rows a /query answer holds at most (\"truncated\": true when there were more).")
     duckdb_path: str = Field(".mallard/duckdb/mallard.duckdb", description="The DuckDB file the applier alone writes.")
     consumer_group: str = Field("mallard-applier", description="Kafka consumer group; its committed offsets are the replication state.")
     max_batch_events: int = Field(
@@ -50,6 +58,21 @@ class ApplierSettings(ServiceSettings):
     connector_config: str = Field(str(DEFAULT_CONNECTOR_CONFIG),
                                   description="Debezium connector config: its table.include.list are the streams that get a "
                                   "first snapshot when the replica has none.")
+    tx_stuck_after_s: float = Field(
+        60.0, gt=0, description="Seconds the next transaction in commit order may gain none of its missing events "
+        "before the applier reports itself not ready (/healthz 503, with the reason).")
+    tx_give_up_after_s: float = Field(
+        600.0, gt=0, description="Seconds after which such a transaction (or events whose END never comes) is expired: "
+        "its events go to the dead-letter topic, the streams they touch are re-snapshotted, later transactions flow.")
+    commit_lsn_check_interval_s: float = Field(
+        0.1, ge=0, description="At most this often the source is asked its WAL position, when a transaction's END "
+        "claims a commit LSN beyond the last known one (one beyond the source's is dead-lettered).")
+    commit_lsn_window_bytes: int = Field(
+        64 << 30, gt=0, description="While the source cannot be asked: how far beyond the last LSN known a commit LSN "
+        "may be (farther: dead-lettered).")
+    dead_letter_max_bytes: int = Field(
+        64 * 1024, gt=0, description="Bytes of the original key and value a dead letter carries at most (it says when "
+        "it was cut and the original size; the original stays at its offset).")
 
     @property
     def snapshot_group(self) -> str:

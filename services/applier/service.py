@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import re
 import queue
 import sys
 import threading
@@ -38,7 +39,7 @@ from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
 from mallard.core.cut import Cut
 from mallard.core.merge import reduce
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
-from mallard.core.transactions import TransactionAssembler
+from mallard.core.transactions import Refusal, TransactionAssembler
 from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
 from mallard.service import Service
 from schemas.control import ResnapshotRequest
@@ -80,6 +81,56 @@ def _tx_of_poison(raw: bytes) -> tuple[int, int] | None:
         return None
 
 
+SOURCE_RETRY_S = 30.0
+"""After the source did not answer, how long the window of what Debezium reported bounds
+commit LSNs before the source is asked again."""
+WAL_POSITION = ("SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)"
+                " - '0/0'::pg_lsn")
+
+
+class SourcePosition:
+    """The source's current WAL position (the assembler's ``source_lsn`` port): a commit LSN
+    beyond it cannot be real. One connection, kept; when the source does not answer, None
+    (said once) and no new try for SOURCE_RETRY_S."""
+
+    def __init__(self, settings: ApplierSettings, log: Any):
+        self.settings, self.log = settings, log
+        self._conn: Any = None
+        self._retry_at = 0.0
+        self._failing = False
+
+    def __call__(self) -> int | None:
+        if self._conn is None and time.monotonic() < self._retry_at:
+            return None
+        try:
+            from mallard.adapters import postgres
+
+            if self._conn is None:
+                self._conn = postgres.connect(self.settings, timeout=3)
+            lsn = int(postgres.scalar(self._conn, WAL_POSITION))
+        except Exception as e:  # noqa: BLE001 - transient: the window bounds meanwhile
+            self.close()
+            self._retry_at = time.monotonic() + SOURCE_RETRY_S
+            if not self._failing:
+                self._failing = True
+                self.log.warning("cannot ask the source its WAL position (%s); meanwhile a commit LSN may be at most "
+                                 "%d bytes beyond the last one known (retrying every %.0fs)", str(e).strip(),
+                                 self.settings.commit_lsn_window_bytes, SOURCE_RETRY_S)
+            return None
+        if self._failing:
+            self._failing = False
+            self.log.info("the source answers its WAL position again")
+        return lsn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._conn = None
+
+
 class ApplierService(Service):
     name = "applier"
 
@@ -89,7 +140,7 @@ class ApplierService(Service):
         self.lock = threading.Lock()  # the DuckDB connection: applying, pruning, closing
         self.counts = {"events_applied": 0, "transactions_applied": 0, "dead_letters": 0, "batches": 0,
                        "snapshots_merged": 0, "snapshots_abandoned": 0, "snapshot_rows_staged": 0,
-                       "partition_pauses": 0}
+                       "partition_pauses": 0, "dead_letters_failed": 0}
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
@@ -117,6 +168,11 @@ class ApplierService(Service):
         """The last read-only copy published: path, bytes, tables, seconds, published_at."""
         self._copy_due = 0.0  # monotonic time of the next copy; 0: as soon as the replica is open
         self._changed_since_copy = True
+        self._stream_allowed: dict[str, bool] = {}
+        """stream -> whether it is one the replication config (else the connector config) names."""
+        self._allowed: re.Pattern | None = None
+        self._source_position: SourcePosition | None = None
+        self._next_tick = 0.0
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -130,6 +186,11 @@ class ApplierService(Service):
         if self.assembler is not None:
             base["buffered_events"] = self.assembler.buffered_events
             base["waiting_transactions"] = self.assembler.waiting_transactions
+            base["transactions_expired"] = self.assembler.transactions_expired
+            base["markers_refused"] = self.assembler.markers_refused
+            if self.assembler.stuck:  # replication is held up: not ready, and why
+                base["ready"] = False
+                base["not_ready_reason"] = self.assembler.stuck
         return base
 
     def _metric_families(self) -> list[Any]:
@@ -147,8 +208,19 @@ class ApplierService(Service):
                   {(t, str(p)): lag for (t, p), lag in sorted(self._lag.items())}, ("topic", "partition")),
         ]
         if self.assembler is not None:
+            a = self.assembler
             families.append(gauge("mallard_buffered_events", "Decoded events waiting for their transaction or for "
-                                  "DuckDB.", self.assembler.buffered_events))
+                                  "DuckDB.", a.buffered_events))
+            families.append(gauge("mallard_stuck_transaction_seconds", "How long the next transaction in commit order "
+                                  "has waited for its missing events, once past MALLARD_TX_STUCK_AFTER_S (0: none).",
+                                  a.stuck_seconds))
+            families.append(counter("mallard_transactions_expired", "Transactions given up on incomplete (their "
+                                    "events dead-lettered, their streams re-snapshotted).", a.transactions_expired))
+            families.append(counter("mallard_transaction_markers_refused", "Transaction markers dead-lettered (a "
+                                    "commit LSN beyond the source's, no events, a transaction given up on).",
+                                    a.markers_refused))
+            families.append(counter("mallard_dead_letters_failed", "Messages that could not even be dead-lettered "
+                                    "(logged and skipped).", c["dead_letters_failed"]))
         if self._last_commit_ms is not None:
             families.append(gauge("mallard_last_applied_commit_timestamp_seconds", "Postgres commit time of the last "
                                   "transaction applied (now minus this is how far behind the replica is).",
@@ -179,11 +251,13 @@ class ApplierService(Service):
                 "/query": self._query}
 
     def _query(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """A read on the applier's own connection: sees whole applied transactions only."""
-        if self.replica is None:
+        """One read on the applier's confined DuckDB instance (DuckDBReplica.query): sees whole
+        applied transactions only; anything but one read is refused with 400."""
+        if self.replica is None or not self.replica.confined:
             return 503, {"error": "the replica is not open yet"}
         try:
-            return 200, self.replica.query(params.get("sql", ""))
+            return 200, self.replica.query(params.get("sql", ""), limit=self.settings.query_max_rows,
+                                           timeout_s=self.settings.query_timeout_s)
         except Exception as e:  # noqa: BLE001 - the caller's SQL: report, do not crash
             return 400, {"error": str(e)}
 
@@ -196,8 +270,14 @@ class ApplierService(Service):
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
         self.replica = DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=self._configured_targets(),
                                      threads=s.duckdb_threads)
+        self.replica.confine(s.read_copy_path or None)  # before /query can serve anything
         applied_lsn, recent = self.replica.applied_position()
-        self.assembler = TransactionAssembler(applied_lsn, recent)
+        self._source_position = SourcePosition(s, self.log)
+        self.assembler = TransactionAssembler(
+            applied_lsn, recent, source_lsn=self._source_position, lsn_check_interval_s=s.commit_lsn_check_interval_s,
+            lsn_window=s.commit_lsn_window_bytes, stuck_after_s=s.tx_stuck_after_s,
+            give_up_after_s=s.tx_give_up_after_s)
+        self._allowed = self._configured_streams()
         self.producer = kafka.producer(s.kafka_bootstrap_servers)  # dead letters, snapshot requests
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": s.session_timeout_ms,
@@ -262,6 +342,8 @@ class ApplierService(Service):
                     self._snapshot_turn = not self._snapshot_turn
                     ready = None if self._snapshot_work and self._snapshot_turn \
                         else self.assembler.take_ready(s.max_batch_events)
+                    if self.assembler.refused:
+                        self._handle_refused()
                     if ready:
                         self._to_apply.put(("cdc", ready))
                     elif self._snapshot_work and (self._snapshot_rows_waiting >= s.snapshot_stage_rows or not
@@ -271,6 +353,11 @@ class ApplierService(Service):
                 # Offsets of what DuckDB committed, at most every COMMIT_INTERVAL_S (working out
                 # the committable offsets has a cost in the number of held events).
                 uncommitted = self._collect_applied() or uncommitted
+                if time.monotonic() >= self._next_tick:  # bounds on what waits: reported, then expired
+                    self.assembler.tick(time.monotonic())
+                    self._next_tick = time.monotonic() + 0.25
+                    if self.assembler.refused:
+                        self._handle_refused()
                 since = time.monotonic() - last_commit
                 if (uncommitted and since >= COMMIT_INTERVAL_S) or since > 5:
                     self._commit_offsets(consumer, snapshot_consumer)
@@ -291,6 +378,7 @@ class ApplierService(Service):
                 consumer.close()
                 snapshot_consumer.close()
             finally:
+                self._source_position.close()
                 with self.lock:
                     self.replica.close()
         self.log.info("applier stopped: %d events in %d transactions applied, %d dead-lettered",
@@ -342,6 +430,15 @@ class ApplierService(Service):
                 assembler.add_done(tp, offset)
             else:
                 event = self.decoder.decode_change(*tp, offset, msg.key(), value)
+                allowed = self._stream_allowed.get(event.stream)
+                if allowed is None:
+                    allowed = self._stream_allowed[event.stream] = self._allowed is None or bool(
+                        self._allowed.fullmatch(event.stream))
+                if not allowed:  # never creates a table; still counts toward its transaction
+                    self._dead_letter(msg, f"an event for {event.stream}, which is not a stream of the replication "
+                                      "config (nor of the connector's table.include.list)")
+                    assembler.add_event(None, event.tx_id, event.total_order, tp, offset)
+                    return
                 assembler.add_event(event, event.tx_id, event.total_order, tp, offset)
         except PoisonMessage as e:
             self._dead_letter(msg, str(e))
@@ -540,6 +637,33 @@ class ApplierService(Service):
         if never:
             self._request_snapshot(never, "first snapshot of an empty replica")
 
+    def _configured_streams(self) -> re.Pattern | None:
+        """The streams events may be applied for: the replication config's, else the
+        connector config's table.include.list (Debezium's regexes); None: every table."""
+        if self.settings.replication_config:
+            from mallard.replication import load_config
+
+            names = [re.escape(name) for name in load_config(self.settings.replication_config).streams]
+        else:
+            try:
+                names = load_connector_config_file(self.settings.connector_config).tables
+            except Exception as e:  # noqa: BLE001 - said in _request_first_snapshots too
+                self.log.warning("cannot read the connector config %s: events of every table are applied (%s)",
+                                 self.settings.connector_config, e)
+                return None
+        return re.compile("|".join(f"(?:{n})" for n in names)) if names else None
+
+    def _handle_refused(self) -> None:
+        """Markers the assembler refused and events it expired: to the dead-letter topic; the
+        streams of expired events are re-snapshotted (their changes were not all applied)."""
+        streams: list[str] = []
+        for r in self.assembler.drain_refused():
+            self._dead_letter_at(r.topic, r.partition, r.offset, None, None, r.reason, r.event)
+            if r.stream is not None and r.stream not in streams:
+                streams.append(r.stream)
+        if streams:
+            self._request_snapshot(streams, "a transaction was expired incomplete (its events dead-lettered)")
+
     def _configured_targets(self) -> dict[str, str]:
         """stream -> DuckDB table, as the replication config names them (a new table only:
         one the replica already has keeps its name)."""
@@ -555,17 +679,41 @@ class ApplierService(Service):
             self.log.warning("offset commit failed, the next one carries the same offsets: %s", error)
 
     def _dead_letter(self, msg: Any, error: str) -> None:
-        key, key_utf8 = _text(msg.key())
-        value, value_utf8 = _text(msg.value())
-        letter = DeadLetter(error=error, service=self.name, source_topic=msg.topic(), source_partition=msg.partition(),
-                            source_offset=msg.offset(), key=key, value=value,
-                            encoding="utf-8" if key_utf8 and value_utf8 else "base64",
-                            failed_at=datetime.now(timezone.utc))
-        self.producer.produce(self.settings.dead_letter_topic, key=msg.key(), value=letter.model_dump_json().encode())
-        if self.producer.flush(30) != 0:
-            raise RuntimeError(f"dead-letter topic {self.settings.dead_letter_topic} did not take a message")
+        self._dead_letter_at(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), error)
+
+    def _dead_letter_at(self, topic: str, partition: int, offset: int, raw_key: bytes | None, raw_value: bytes | None,
+                        error: str, event: Any = None) -> None:
+        """Always writable: key and value cut to dead_letter_max_bytes (the original stays at its
+        offset). If the topic still does not take it, that is logged and the message skipped:
+        one message never stops the applier."""
+        limit = self.settings.dead_letter_max_bytes
+        truncated = (raw_key is not None and len(raw_key) > limit) or (raw_value is not None and len(raw_value) > limit)
+        key, key_utf8 = _text(raw_key[:limit] if raw_key is not None else None)
+        value, value_utf8 = _text(raw_value[:limit] if raw_value is not None else None)
+        if event is not None and value is None:  # an expired event: what it was, readable
+            value, value_utf8 = orjson.dumps({"stream": event.stream, "op": event.op, "key": event.key,
+                                              "tx_id": event.tx_id, "total_order": event.total_order},
+                                             default=str).decode(), True
+        try:
+            letter = DeadLetter(error=error, service=self.name, source_topic=topic, source_partition=partition,
+                                source_offset=offset, key=key, value=value,
+                                encoding="utf-8" if key_utf8 and value_utf8 else "base64", truncated=truncated,
+                                key_bytes=None if raw_key is None else len(raw_key),
+                                value_bytes=None if raw_value is None else len(raw_value),
+                                failed_at=datetime.now(timezone.utc))
+            self.producer.produce(self.settings.dead_letter_topic, key=(raw_key or b"")[:limit] or None,
+                                  value=letter.model_dump_json().encode())
+            if self.producer.flush(30) != 0:
+                raise RuntimeError(f"the dead-letter topic {self.settings.dead_letter_topic} did not take it in 30s")
+        except Exception as e:  # noqa: BLE001 - logged and skipped, never a crash loop
+            self.counts["dead_letters_failed"] += 1
+            self.log.error("could not dead-letter %s[%d]@%d (%s); skipped, the reason was: %s", topic, partition,
+                           offset, e, error)
+            return
         self.counts["dead_letters"] += 1
-        self.log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+        self.log.warning("dead-lettered %s[%d]@%d%s: %s", topic, partition, offset,
+                         f" (cut to {limit:,} of {max(len(raw_key or b''), len(raw_value or b'')):,} bytes)"
+                         if truncated else "", error)
 
     def _warn_about_the_source(self) -> None:
         if self.assembler.unknown_old_transactions and not self._warned_old:
