@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mallard.core.cron import Cron
+from mallard.core.cron import Cron, CronError
 
 
 @dataclass(frozen=True)
@@ -47,5 +47,10 @@ def due(cron: Cron, now: datetime, last: datetime | None, anchor: datetime,
     return Due(fire, missed=now - fire > grace)
 
 
-def next_fire(cron: Cron, now: datetime, last: datetime | None) -> datetime:
-    return cron.next_after(max(now, last) if last is not None else now)
+def next_fire(cron: Cron, now: datetime, last: datetime | None) -> datetime | None:
+    """The next fire after ``now`` (and after ``last``); None if the schedule never fires
+    again (parse refuses one that never fires at all, but a health check must not fail)."""
+    try:
+        return cron.next_after(max(now, last) if last is not None else now)
+    except CronError:
+        return None

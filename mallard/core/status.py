@@ -313,7 +313,8 @@ def render(report: dict[str, Any], now: datetime) -> str:
     waiting = r.get("unapplied_messages")
     if r.get("applier") != "running":
         state = r.get("applier") or "not known to run"
-        out.append(f"  ! the applier is {state}: nothing is being applied"
+        out.append(f"  ! the applier is {state}: "
+                   + ("nothing is being applied" if state == "stopped" else "not answering as ready, so not caught up")
                    + (f" ({waiting:,} message(s) wait on Kafka)" if waiting else ""))
     b = r.get("behind")
     if b:

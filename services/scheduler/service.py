@@ -75,10 +75,12 @@ class SchedulerService(Service):
         ]
         if self.config and self.config.schedules:
             now = self.clock.now()
+            upcoming = {name: next_fire(sched.cron, now, self.last_fire.get(name))
+                        for name, sched in self.config.schedules.items()}
             families.append(gauge(
-                "mallard_schedule_next_fire_timestamp_seconds", "When each schedule fires next (Unix time).",
-                {(name, ): next_fire(sched.cron, now, self.last_fire.get(name)).timestamp()
-                 for name, sched in self.config.schedules.items()}, ("schedule",)))
+                "mallard_schedule_next_fire_timestamp_seconds", "When each schedule fires next (Unix time; absent: "
+                "it never fires again).", {(name, ): at.timestamp() for name, at in upcoming.items() if at is not None},
+                ("schedule",)))
             families.append(gauge(
                 "mallard_schedule_last_fire_timestamp_seconds", "The last fire of each schedule found on the control "
                 "topic or published (Unix time).",
@@ -91,9 +93,10 @@ class SchedulerService(Service):
         if self.config:
             for name, sched in self.config.schedules.items():
                 last = self.last_fire.get(name)
+                upcoming = next_fire(sched.cron, now, last)
                 schedules[name] = {"cron": sched.cron.expression, "streams": list(sched.streams),
                                    "last_fire": last.isoformat() if last else None,
-                                   "next_fire": next_fire(sched.cron, now, last).isoformat()}
+                                   "next_fire": upcoming.isoformat() if upcoming else None}
         return {**super().state(), "leader": self.leader, "caught_up": self.caught_up, "now": now.isoformat(),
                 "published": self.published, "schedules": schedules}
 

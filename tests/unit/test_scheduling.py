@@ -82,3 +82,18 @@ def test_incremental_state_folds_ends_and_resets():
     assert not is_incremental_run("incremental", False, "id < 5", "cli:me")  # --where
     assert not is_incremental_run("incremental", False, None, "applier")  # first snapshots, rebuilds
     assert not is_incremental_run("full-refresh", False, None, "scheduler:daily")
+
+
+def test_next_fire_is_none_not_a_traceback_for_a_schedule_that_does_not_fire_again():
+    from mallard.core.cron import CronError
+    from mallard.core.scheduling import next_fire
+
+    class Exhausted:  # parse refuses a schedule that never fires; a health check must still not fail on one
+        expression = "0 0 1 1 *"
+
+        def next_after(self, after):
+            raise CronError("'0 0 1 1 *' never fires")
+
+    assert next_fire(Exhausted(), t("2026-01-01T00:00:00+00:00"), None) is None
+    assert next_fire(DAILY, t("2026-01-01T06:00:00+00:00"), t("2026-01-02T06:00:00+00:00")) == \
+        t("2026-01-03T06:00:00+00:00")

@@ -144,3 +144,71 @@ def test_service_summaries():
                                            "snapshots": 2}).startswith("snapshotting public.t (10/~100 rows)")
     assert service_summary("scheduler", {"leader": False, "schedules": {"a": {}}}).startswith("standing by; 1 schedule(s)")
     assert service_summary("postgres", "accepting connections") == "accepting connections"
+
+
+def quiet_kafka(**lag):
+    topics = {"mallard.public.orders": {0: 0}, "mallard.transaction": {0: 0}, "mallard.snapshots": {0: 0}}
+    topics.update({k.replace("_", "."): v for k, v in lag.items()})
+    return KafkaFacts(lag=topics, dead_letters_total=0)
+
+
+def report_for(applier_state, kafka):
+    services, replica, _ = facts()
+    if applier_state is None:
+        services.pop("applier")
+    else:
+        services["applier"]["state"] = applier_state
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", ["mallard.transaction",
+                                                                             "mallard.snapshots"])
+    json.dumps(report)
+    return report, render(report, NOW)
+
+
+def test_caught_up_only_with_an_applier_that_answers_and_nothing_waiting():
+    report, text = report_for("running", quiet_kafka())
+    assert report["replica"]["caught_up"] and "caught up: every transaction on Kafka is applied" in text
+    for state in ("stopped", "unhealthy", None):
+        report, text = report_for(state, quiet_kafka())
+        assert not report["replica"]["caught_up"] and "caught up:" not in text, state
+        assert f"! the applier is {state or 'not known to run'}: " + (
+            "nothing is being applied" if state == "stopped" else "not answering as ready, so not caught up") in text
+
+
+def test_a_stopped_applier_with_messages_waiting_says_how_many():
+    report, text = report_for("stopped", quiet_kafka(mallard_public_orders={0: 4, 1: 1}))
+    assert report["replica"]["unapplied_messages"] == 5
+    assert "! the applier is stopped: nothing is being applied (5 message(s) wait on Kafka)" in text
+    assert "caught up" not in text
+
+
+def test_a_stuck_snapshot_topic_is_not_caught_up():
+    # lag on the snapshot topic (a snapshot that cannot finish) while no transaction waits
+    report, text = report_for("running", quiet_kafka(mallard_snapshots={0: 3}))
+    assert not report["replica"]["caught_up"]
+    assert report["replica"]["behind"] == {"oldest_unapplied_committed_at": None, "behind_s": None}
+    assert "3 message(s) on Kafka not applied yet" in text and "caught up" not in text
+
+
+def test_kafka_unreadable_is_never_caught_up():
+    report, text = report_for("running", KafkaFacts(error="no Kafka broker answered"))
+    assert not report["replica"]["caught_up"] and report["replica"]["unapplied_messages"] is None
+    assert "caught up" not in text
+
+
+def test_a_schedule_that_does_not_fire_again_is_reported_not_raised():
+    from dataclasses import replace
+
+    from mallard.core.cron import CronError
+
+    class Exhausted:
+        expression = "0 0 1 1 *"
+
+        def next_after(self, after):
+            raise CronError("never fires")
+
+    schedules = {"orders": replace(CONFIG.schedules["orders"], cron=Exhausted())}
+    assert next_run("public.orders", schedules, NOW) == {"at": None, "schedule": "orders", "cron": "0 0 1 1 *"}
+    services, replica, kafka = facts()
+    config = replace(CONFIG, schedules=schedules)
+    text = render(build_report(NOW, services, replica, kafka, config, "mallard", []), NOW)
+    assert "next run        never: schedule orders (0 0 1 1 *) does not fire again" in text
