@@ -112,6 +112,60 @@ def postgres_fix(message: str) -> str:
             "(source: in the replication config) at it")
 
 
+@dataclass(frozen=True)
+class RoleFacts:
+    """A role's attributes, as pg_roles gives them."""
+    name: str
+    superuser: bool
+    replication: bool
+
+
+def _role_fix(facts: RoleFacts | None, create: list[str], attributes: str) -> list[str]:
+    """The statements that make a role what it should be: created with its grants when
+    missing, stripped of superuser when it has it, nothing when it is fine."""
+    from mallard.core.sql import quote_ident
+
+    if facts is None:
+        return create
+    if facts.superuser:
+        return [f"ALTER ROLE {quote_ident(facts.name)} WITH NOSUPERUSER {attributes}".rstrip(), *create[1:]]
+    return []
+
+
+def privileges(user: RoleFacts, debezium: RoleFacts | None, snapshotter: RoleFacts | None, *,
+               debezium_user: str, snapshotter_user: str, owner: str, database: str,
+               schemas: list[str]) -> Result:
+    """Whether Debezium may stream WAL, and whether anything connects as a superuser: a
+    superuser is a warning, with the statements that give each part only what it needs.
+    ``debezium`` / ``snapshotter``: their roles' facts, None when no such role exists
+    (Debezium then presumably connects as ``user``)."""
+    from mallard.core.sql import quote_ident
+    from mallard.stack.roles import Roles, debezium_statements, snapshotter_statements
+
+    streamer = debezium or user
+    if not (streamer.replication or streamer.superuser):
+        return Result("privileges", FAIL, f"{streamer.name} may not stream WAL (no REPLICATION attribute)",
+                      f"as a superuser: ALTER ROLE {quote_ident(streamer.name)} WITH REPLICATION")
+    supers = list(dict.fromkeys(r.name for r in (user, debezium, snapshotter) if r is not None and r.superuser))
+    if supers:
+        roles = Roles(owner=owner, debezium=debezium_user, snapshotter=snapshotter_user)
+        statements = [*_role_fix(debezium, debezium_statements(roles, database, schemas), "REPLICATION"),
+                      *_role_fix(snapshotter, snapshotter_statements(roles, database, schemas), "")]
+        if user.superuser and user.name not in (debezium_user, snapshotter_user):
+            statements.append(f"ALTER ROLE {quote_ident(user.name)} WITH NOSUPERUSER")
+        one = len(supers) == 1
+        return Result("privileges", WARN,
+                      f"{', '.join(supers)} {'is a superuser' if one else 'are superusers'}: whatever connects as "
+                      f"{'it' if one else 'them'} may write and run anything in Postgres (Debezium needs only "
+                      "REPLICATION and SELECT, the snapshotter only SELECT)",
+                      "as a superuser: " + "; ".join(statements)
+                      + f"; then Debezium connects as {debezium_user} (database.user), the snapshotter as "
+                      f"{snapshotter_user} (MALLARD_PG_USER)")
+    named = [r.name for r in (user, debezium, snapshotter) if r is not None]
+    return Result("privileges", OK, f"{streamer.name} has REPLICATION; no superuser among "
+                  + ", ".join(dict.fromkeys(named)))
+
+
 # -- what to check: from the same settings the other commands use ---------------------
 
 
@@ -369,14 +423,19 @@ class Checker:
         return Result("slots", OK, detail)
 
     def _privileges(self) -> Result:
-        replication, superuser = self._rows(
-            "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user")[0]
-        user = self.t.pg.pg_user
-        if not (replication or superuser):
-            return Result("privileges", FAIL, f"{user} may not stream WAL (no REPLICATION attribute)",
-                          f'as a superuser: ALTER ROLE "{user}" WITH REPLICATION')
-        return Result("privileges", OK, f"{user} has " + ("superuser (which includes REPLICATION)"
-                                                           if superuser else "REPLICATION"))
+        pg = self.t.pg
+        debezium_user = getattr(pg, "pg_debezium_user", "mallard_debezium")
+        snapshotter_user = getattr(pg, "pg_snapshotter_user", "mallard_snapshotter")
+        facts = {name: RoleFacts(name, sup, rep) for name, sup, rep in self._rows(
+            "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname IN (current_user, %s, %s)",
+            debezium_user, snapshotter_user)}
+        user = facts[self._rows("SELECT current_user")[0][0]]
+        schemas = sorted({s.partition(".")[0] for s in self.t.streams}) or ["public"]
+        owners = self._rows("SELECT tableowner FROM pg_tables WHERE schemaname = ANY(%s) GROUP BY tableowner "
+                            "ORDER BY count(*) DESC LIMIT 1", schemas)
+        return privileges(user, facts.get(debezium_user), facts.get(snapshotter_user), debezium_user=debezium_user,
+                          snapshotter_user=snapshotter_user, owner=owners[0][0] if owners else user.name,
+                          database=pg.pg_database, schemas=schemas)
 
     def _tables(self) -> Result:
         streams = self.t.streams

@@ -42,7 +42,8 @@ class KafkaSettings(MallardSettings):
 class PostgresSettings(MallardSettings):
     pg_host: str = Field("127.0.0.1", description="Source Postgres host.")
     pg_port: int = Field(DEFAULT_PG_PORT, description="Source Postgres port.")
-    pg_user: str = Field("mallard", description="Source Postgres user (needs REPLICATION for the CDC publisher).")
+    pg_user: str = Field("mallard", description="Source Postgres user. The local stack gives each service a role of "
+                         "its own; this one owns the demo schema and is what the CLI connects as.")
     pg_password: SecretStr = Field(SecretStr("mallard"), description="Source Postgres password; never logged.")
     pg_database: str = Field("shop", description="Source Postgres database.")
 
@@ -85,6 +86,15 @@ class PostgresSettings(MallardSettings):
             "MALLARD_PG_PASSWORD": self.pg_password.get_secret_value(),
             "MALLARD_PG_DATABASE": self.pg_database,
         }
+
+
+class PostgresRoleSettings(MallardSettings):
+    """The roles each part connects as: none of them a superuser (see ``mallard check``)."""
+
+    pg_debezium_user: str = Field("mallard_debezium", description="Role Debezium streams WAL as: LOGIN REPLICATION "
+                                  "and SELECT on the captured tables, nothing else.")
+    pg_snapshotter_user: str = Field("mallard_snapshotter", description="Role the snapshotter (and the other services' "
+                                     "reads) connects as: SELECT only.")
 
 
 class ServiceSettings(KafkaSettings):

@@ -45,11 +45,17 @@ class Stack:
         return out
 
     def status(self) -> dict:
-        return json.loads(self.mallard("stack", "status", "--json", check=False).stdout)
+        """``stack status --json --show-secrets``: DSNs tests can connect with."""
+        return json.loads(self.mallard("stack", "status", "--json", "--show-secrets", check=False).stdout)
 
     @property
     def dsn(self) -> str:
+        """The owner role's DSN (no superuser): tests write as applications do."""
         return self.status()["postgres"]["dsn"]
+
+    def role_dsn(self, role: str) -> str:
+        """The DSN of one of the stack's roles: admin, owner, debezium, snapshotter."""
+        return self.status()["postgres"]["roles"][role]["dsn"]
 
     def query(self, sql: str, timeout: float = 10) -> list[list]:
         """Read the replica through the applier (it alone may open the DuckDB file)."""

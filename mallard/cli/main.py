@@ -41,7 +41,7 @@ def cmd_stack_down(args: argparse.Namespace) -> int:
 def cmd_stack_status(args: argparse.Namespace) -> int:
     from mallard.stack.local import LocalStack
 
-    status = LocalStack(_stack_settings()).status()
+    status = LocalStack(_stack_settings()).status(show_secrets=args.show_secrets)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -49,7 +49,10 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
         for name, c in status["components"].items():
             pid = c["pid"] or "-"
             print(f"  {name:<14} {c['state']:<9} pid {pid!s:<8} port {c['port']:<6} log {c['log']}")
-        print(f"  postgres DSN       {_stack_settings().pg_dsn(with_password=False)}")
+        print(f"  postgres DSN       {status['postgres']['dsn']}")
+        for role, r in status["postgres"]["roles"].items():
+            if role != "owner":
+                print(f"    {role + ' role':<16} {r['dsn']}")
         print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
         print(f"  duckdb file        {status['duckdb']['path']}")
         applier = status["components"]["applier"]["detail"]
@@ -485,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also drop Debezium's replication slot and publication, and delete the stack's data")
     down.set_defaults(func=cmd_stack_down)
     st = ssub.add_parser("status", help="state and connection details of every component (exit 3 if any is not running)")
-    st.add_argument("--json", action="store_true", help="machine-readable, with the full Postgres DSN")
+    st.add_argument("--json", action="store_true", help="machine-readable, with the Postgres DSN of every role")
+    st.add_argument("--show-secrets", action="store_true", help="print the passwords in the DSNs (masked otherwise)")
     st.set_defaults(func=cmd_stack_status)
     ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
 

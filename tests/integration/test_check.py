@@ -87,7 +87,7 @@ def replica_wal_postgres():
         shutil.chown(pwfile, "postgres", "postgres")
     bin_dir = postgres_bin(StackSettings())
     subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "mallard", "--pwfile", str(pwfile),
-                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+                    "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
                    check=True, capture_output=True, **as_postgres)
     port, = free_ports(1)
     options = f"-p {port} -c listen_addresses=127.0.0.1 -k {socket} -c wal_level=replica -c fsync=off"
@@ -112,7 +112,10 @@ def test_check_fails_usefully_when_wal_level_is_not_logical(make_stack, replica_
     assert found["wal_level"] == ("✗ wal_level    wal_level is 'replica': CDC needs 'logical'\n"
                                   "fix: set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = "
                                   "logical) and restart Postgres")
-    assert found["privileges"].startswith("✓ ")  # the initdb user is a superuser
+    # The initdb user is a superuser: a warning, with the roles Debezium and the snapshotter should use instead.
+    assert found["privileges"].startswith("! privileges   mallard is a superuser: ")
+    assert 'CREATE ROLE "mallard_debezium" LOGIN REPLICATION' in found["privileges"]
+    assert 'CREATE ROLE "mallard_snapshotter" LOGIN PASSWORD' in found["privileges"]
     assert found["slot"].startswith("✗ slot         replication slot mallard_debezium does not exist")
     assert "fix: fix wal_level first (above), then start Debezium" in found["slot"]
     assert "check-pw" not in out.stdout + out.stderr

@@ -271,3 +271,78 @@ def test_connect_not_answering(tmp_path):
 def test_without_connect_the_local_publisher_is_checked(tmp_path):
     r = Checker(_targets(tmp_path)).check_debezium()
     assert r.status == FAIL and "CDC publisher does not answer" in r.detail and "mallard stack up" in r.fix
+
+
+# -- privileges: a superuser is a warning, with the statements to use instead ----------------
+
+RF = checks.RoleFacts
+ROLE_NAMES = dict(debezium_user="mallard_debezium", snapshotter_user="mallard_snapshotter", owner="app",
+                  database="shop", schemas=["public"])
+
+
+def test_least_privilege_roles_pass():
+    r = checks.privileges(RF("app", False, False), RF("mallard_debezium", False, True),
+                          RF("mallard_snapshotter", False, False), **ROLE_NAMES)
+    assert r.status == OK
+    assert r.detail == ("mallard_debezium has REPLICATION; no superuser among app, mallard_debezium, "
+                        "mallard_snapshotter")
+
+
+def test_a_superuser_connecting_is_a_warning_with_the_roles_to_create_instead():
+    r = checks.privileges(RF("postgres", True, True), None, None, **ROLE_NAMES)
+    assert r.status == WARN
+    assert r.detail.startswith("postgres is a superuser: ")
+    assert "Debezium needs only REPLICATION and SELECT, the snapshotter only SELECT" in r.detail
+    fix = r.fix
+    assert fix.startswith("as a superuser: ")
+    assert "CREATE ROLE \"mallard_debezium\" LOGIN REPLICATION PASSWORD '<password>'" in fix
+    assert "CREATE ROLE \"mallard_snapshotter\" LOGIN PASSWORD '<password>'" in fix
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "mallard_debezium"' in fix
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "mallard_snapshotter"' in fix
+    assert 'ALTER DEFAULT PRIVILEGES FOR ROLE "app" GRANT SELECT ON TABLES TO "mallard_snapshotter"' in fix
+    assert 'GRANT CONNECT ON DATABASE "shop" TO "mallard_debezium"' in fix
+    assert 'ALTER ROLE "postgres" WITH NOSUPERUSER' in fix
+    assert "SUPERUSER REPLICATION" not in fix and "GRANT ALL" not in fix
+    assert "Debezium connects as mallard_debezium (database.user)" in fix
+    # One line: `check` prints the fix under its check, and parsers read one line per fix.
+    assert "\n" not in fix
+    assert checks.exit_code([r]) == 0  # a warning does not fail the run
+
+
+def test_a_superuser_debezium_role_is_demoted_not_created_again():
+    r = checks.privileges(RF("app", False, False), RF("mallard_debezium", True, False),
+                          RF("mallard_snapshotter", False, False), **ROLE_NAMES)
+    assert r.status == WARN and r.detail.startswith("mallard_debezium is a superuser")
+    assert 'ALTER ROLE "mallard_debezium" WITH NOSUPERUSER REPLICATION' in r.fix
+    assert 'CREATE ROLE "mallard_debezium"' not in r.fix
+    assert 'mallard_snapshotter"' not in r.fix.split("; then")[0]  # the snapshotter's role is fine already
+    assert 'ALTER ROLE "app"' not in r.fix
+
+
+def test_several_superusers_are_named_once_each():
+    r = checks.privileges(RF("mallard_debezium", True, True), RF("mallard_debezium", True, True),
+                          RF("mallard_snapshotter", True, False), **ROLE_NAMES)
+    assert r.status == WARN
+    assert r.detail.startswith("mallard_debezium, mallard_snapshotter are superusers: ")
+    assert 'ALTER ROLE "mallard_snapshotter" WITH NOSUPERUSER' in r.fix
+    assert r.fix.count('ALTER ROLE "mallard_debezium"') == 1
+
+
+def test_debezium_without_replication_fails_with_the_alter_role():
+    r = checks.privileges(RF("app", False, False), RF("mallard_debezium", False, False), None, **ROLE_NAMES)
+    assert r == Result("privileges", FAIL, "mallard_debezium may not stream WAL (no REPLICATION attribute)",
+                       'as a superuser: ALTER ROLE "mallard_debezium" WITH REPLICATION')
+
+
+def test_without_a_debezium_role_the_connecting_user_must_stream():
+    r = checks.privileges(RF("app", False, False), None, None, **ROLE_NAMES)
+    assert r.status == FAIL and r.detail.startswith("app may not stream WAL")
+    ok = checks.privileges(RF("app", False, True), None, None, **ROLE_NAMES)
+    assert ok.status == OK and ok.detail == "app has REPLICATION; no superuser among app"
+
+
+def test_role_names_are_quoted_in_the_statements():
+    names = {**ROLE_NAMES, "owner": 'we"ird', "schemas": ["Sales"]}
+    r = checks.privileges(RF("postgres", True, True), None, None, **names)
+    assert 'ALTER DEFAULT PRIVILEGES FOR ROLE "we""ird"' in r.fix
+    assert 'GRANT USAGE ON SCHEMA "Sales" TO "mallard_snapshotter"' in r.fix
