@@ -205,8 +205,7 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
         unapplied = sum(sum(parts.values()) for parts in kafka.lag.values() if parts)
         oldest = from_ms(kafka.oldest_unapplied_ms)
         behind = {"oldest_unapplied_committed_at": iso(oldest),
-                  "behind_s": max(0.0, seconds_between(oldest, now)) if oldest is not None else
-                  (0.0 if unapplied == 0 else None)}  # messages wait, but when they committed is unknown
+                  "behind_s": max(0.0, seconds_between(oldest, now)) if oldest is not None else 0.0}
     # Caught up means an applier that answers and nothing waiting on any of its topics:
     # a stopped applier's zero lag is only that nothing new arrived.
     applier = (services.get("applier") or {}).get("state")

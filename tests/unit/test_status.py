@@ -185,7 +185,8 @@ def test_a_stuck_snapshot_topic_is_not_caught_up():
     # lag on the snapshot topic (a snapshot that cannot finish) while no transaction waits
     report, text = report_for("running", quiet_kafka(mallard_snapshots={0: 3}))
     assert not report["replica"]["caught_up"]
-    assert report["replica"]["behind"] == {"oldest_unapplied_committed_at": None, "behind_s": None}
+    assert report["replica"]["behind"] == {"oldest_unapplied_committed_at": None, "behind_s": 0.0}  # no transaction
+    assert report["replica"]["unapplied_messages"] == 3
     assert "3 message(s) on Kafka not applied yet" in text and "caught up" not in text
 
 
