@@ -326,8 +326,9 @@ class TransactionAssembler:
         answer = None
         if self._source_port is not None:
             now = self._clock()
-            if now - self._asked_at < self.lsn_check_interval_s:
+            if not self.source_unreachable and now - self._asked_at < self.lsn_check_interval_s:
                 return False  # asked moments ago, before this END perhaps: ask again shortly
+            # (While the source does not answer, the port itself waits before trying again.)
             self._asked_at = now
             answer = self._source_port()
         self.source_unreachable = self._source_port is not None and answer is None

@@ -192,3 +192,27 @@ def test_an_end_claiming_no_events_is_refused():
     a.add_marker(TransactionMarker(*TX, 0, "END", 66, 10, 0, 0))
     assert a.waiting_transactions == 0 and a.markers_refused == 1
     assert a.committable() == {TX: 1}
+
+
+def test_while_the_source_does_not_answer_transactions_do_not_wait_for_the_check_interval():
+    clock, calls = Clock(), []
+    a = TransactionAssembler(source_lsn=lambda: calls.append(1), clock=clock, lsn_check_interval_s=10.0)
+    for n in range(3):
+        a.add_event(event(7 + n, 1, PARTS[0], n), 7 + n, 1, PARTS[0], n)
+        a.add_marker(TransactionMarker(*TX, n, "END", 7 + n, 1000 + n, 1, 0))
+        assert [tx.tx_id for tx in a.take_ready(10)] == [7 + n]  # the clock never moved
+    assert len(calls) == 3
+
+
+def test_a_source_that_answers_is_asked_at_most_once_per_interval():
+    clock, source, calls = Clock(), [1000], []
+    a = TransactionAssembler(source_lsn=lambda: calls.append(1) or source[0], clock=clock, lsn_check_interval_s=1.0)
+    a.add_event(event(7, 1, PARTS[0], 0), 7, 1, PARTS[0], 0)
+    a.add_marker(TransactionMarker(*TX, 0, "END", 7, 900, 1, 0))
+    assert [tx.tx_id for tx in a.take_ready(10)] == [7]
+    source[0] = 2000
+    a.add_event(event(8, 1, PARTS[0], 1), 8, 1, PARTS[0], 1)
+    a.add_marker(TransactionMarker(*TX, 1, "END", 8, 1500, 1, 0))
+    assert a.take_ready(10) == [] and len(calls) == 1  # asked moments ago: waits
+    clock.now = 1.0
+    assert [tx.tx_id for tx in a.take_ready(10)] == [8] and len(calls) == 2
