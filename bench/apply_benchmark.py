@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mallard.health import client_request  # noqa: E402
 from mallard.stack.local import tansu_binary  # noqa: E402
 
 PREFIX = "bench"
@@ -206,7 +207,7 @@ def duckdb_mb(port: int) -> float:
     """What DuckDB's own allocator holds in the applier (its buffer pool: data, indexes)."""
     try:
         q = urllib.parse.quote("SELECT sum(memory_usage_bytes) FROM duckdb_memory()")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/query?sql={q}", timeout=10) as r:
+        with urllib.request.urlopen(client_request(f"http://127.0.0.1:{port}/query?sql={q}", "bench"), timeout=10) as r:
             return json.loads(r.read())["rows"][0][0] / 2**20
     except (OSError, KeyError, IndexError, TypeError, ValueError):
         return float("nan")

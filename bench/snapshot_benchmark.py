@@ -62,6 +62,7 @@ PEERS_PY = PEERS_VENV / "bin" / "python"
 SITE = next(iter(sorted(PEERS_VENV.glob("lib/python3*/site-packages"))), PEERS_VENV / "lib" / "site-packages")
 sys.path.insert(0, str(REPO))
 
+from mallard.health import client_request  # noqa: E402
 from mallard.stack.processes import free_ports  # noqa: E402
 
 PORT_VARIABLES = (
@@ -233,7 +234,7 @@ class Stack:
         """Read the replica through the applier (the only process that may open its file)."""
         port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
         url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(client_request(url, "bench"), timeout=10) as resp:
             return json.loads(resp.read())["rows"]
 
     @property

@@ -1,6 +1,12 @@
 """A tiny HTTP health endpoint per service: GET /healthz -> 200 when ready, else 503;
 GET /metrics -> the service's Prometheus metrics (text format, ``mallard/metrics.py``).
 
+A service's other routes (the applier's /tables and /query) answer only requests that
+carry the ``X-Mallard-Client`` header: a web page the user opens cannot send a custom
+header to another origin without a CORS preflight, which is never granted here (no
+OPTIONS handler), so no page can make the user's browser call them. Callers build
+their requests with ``client_request``.
+
 ``python -m mallard.health URL`` exits 0 when the endpoint answers 200: the
 docker-compose health checks use it (the slim image has no curl).
 """
@@ -17,9 +23,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+CLIENT_HEADER = "X-Mallard-Client"
+
+
+def client_request(url: str, client: str = "mallard") -> urllib.request.Request:
+    """A GET of a service's route, with the header that says it comes from a mallard client."""
+    return urllib.request.Request(url, headers={CLIENT_HEADER: client})
+
+
 class HealthServer:
     """Serves ``state()`` (a dict with at least ``ready: bool``) as JSON on /healthz, and
-    any extra ``routes``: path -> handler(query parameters) -> (status, JSON body), and
+    any extra ``routes`` (to mallard's clients only): path -> handler(query parameters) ->
+    (status, JSON body), and
     ``metrics()`` (Prometheus text) on /metrics."""
 
     def __init__(self, host: str, port: int, state: Callable[[], dict[str, Any]],
@@ -34,8 +49,12 @@ class HealthServer:
                 url = urllib.parse.urlsplit(self.path)
                 path = url.path.rstrip("/")
                 if path in extra:
-                    params = dict(urllib.parse.parse_qsl(url.query))
-                    code, body = extra[path](params)
+                    if not self.headers.get(CLIENT_HEADER):
+                        code, body = 403, {"error": f"refused: {path} answers mallard's clients only (send the "
+                                                    f"{CLIENT_HEADER} header; a browser cannot, cross-site)"}
+                    else:
+                        params = dict(urllib.parse.parse_qsl(url.query))
+                        code, body = extra[path](params)
                 elif path == "/metrics" and metrics is not None:
                     self._send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8")
                     return

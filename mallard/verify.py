@@ -31,6 +31,7 @@ from mallard.core.verify import (
     key_type, parse_lsn, parse_split, parse_summaries, qi, row_hash_sql,
 )
 from mallard.core import verify as core
+from mallard.health import client_request
 
 MAX_SQL_CHARS = 30_000
 """A GET request line is limited (64 KiB in the applier's HTTP server): longer batches are split."""
@@ -60,7 +61,7 @@ class ApplierReplica(Replica):
     def _get(self, path: str, **params: str) -> tuple[int, dict[str, Any]]:
         url = self.base + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         try:
-            with urllib.request.urlopen(url, timeout=120) as resp:
+            with urllib.request.urlopen(client_request(url, "verify"), timeout=120) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             try:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mallard.health import client_request
 from mallard.stack.processes import free_ports
 
 import pytest
@@ -62,7 +63,7 @@ class Stack:
         port = self.ports["MALLARD_APPLIER_HEALTH_PORT"]
         url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(client_request(url, "tests"), timeout=timeout) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raise AssertionError(f"query failed: {e.read().decode()}") from None

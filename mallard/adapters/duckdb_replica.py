@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from mallard.adapters.duckdb_native import NativeConnection, NativeUnavailable
 from mallard.core.changes import PoisonMessage, TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
+from mallard.core import read_query
 from mallard.core.arrow_rows import arrow_type
 from mallard.core.pgtypes import ColumnType
 from mallard.core.schema_diff import diff
@@ -76,6 +78,16 @@ def tombstones_name(stream: str) -> str:
 
 STAGING_PREFIX = "_mallard_staging:"
 
+RESERVED_PREFIX = "_mallard_"
+"""Mallard's own columns (META_COLUMNS, and ``_mallard_deleted_at`` of the deleted keys) and any
+it may add later: a source column may not use it."""
+RESERVED_REASON = "columns named like mallard's own:"
+
+
+def reserved_columns(columns: list[str]) -> list[str]:
+    """Source columns that would collide with mallard's (DuckDB matches names case-insensitively)."""
+    return [c for c in columns if c.lower().startswith(RESERVED_PREFIX)]
+
 
 
 
@@ -98,6 +110,13 @@ def position_arrays(positions: list[int]) -> dict[str, pa.Array]:
 
 def position_sql(alias: str) -> str:
     return f"(({alias}.pos_hi::HUGEINT << 32) + {alias}.pos_lo)"
+
+
+def _interrupt(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.interrupt()
+    except duckdb.Error:
+        pass  # the read ended (and its cursor closed) meanwhile
 
 
 class Script:
@@ -187,8 +206,12 @@ class DuckDBReplica:
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
+        self.confined = False
+        """Whether ``confine`` ran: ``query`` serves only a confined instance."""
         self.needing_resnapshot: list[str] = []
         self._staging: dict[str, str] = {}
+        self._refused_snapshots: dict[str, str] = {}
+        """snapshot_id -> why its stream is refused: nothing of it is staged or merged."""
         """snapshot_id -> its staging table, fixed when it begins (the merge may create or rebuild the table)."""
         self._bootstrap()
 
@@ -289,6 +312,16 @@ class DuckDBReplica:
             return state or TableState(schema.stream, self.target_of(schema.stream), ABSENT, None, [], [])
         if self._settled(schema):
             return state
+        clash = reserved_columns(schema.columns)
+        if clash:
+            return self._refuse_reserved(schema, state, clash)
+        if state is not None and state.status == REFUSED and (state.reason or "").startswith(RESERVED_REASON):
+            # The column was renamed in Postgres: changes were skipped meanwhile, a snapshot rebuilds the table.
+            state.status, state.reason = NEEDS_RESNAPSHOT, "its columns no longer use mallard's reserved names"
+            self.needing_resnapshot.append(schema.stream)
+            log.warning("%s: %s; re-snapshot requested", schema.stream, state.reason)
+            self._save_table(state)
+            return state
         fingerprint = schema.fingerprint
         columns = [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)]
         unknown = [c for c, t in zip(schema.columns, schema.types) if not t.known]
@@ -332,6 +365,25 @@ class DuckDBReplica:
             self._save_table(state)
         if state.status == OK:
             state.fingerprints.add(fingerprint)
+        return state
+
+    def _refuse_reserved(self, schema: TableSchema, state: TableState | None, clash: list[str]) -> TableState:
+        """A source column named like mallard's own (``_mallard_position``...): the table cannot
+        hold both. That one stream is refused (its changes skipped), the others go on."""
+        reason = (f"{RESERVED_REASON} {', '.join(clash)} (mallard keeps its own columns under the prefix "
+                  f"{RESERVED_PREFIX}): rename the column in Postgres (the table is then re-snapshotted), "
+                  "or leave the table out of the replication config")
+        if state is not None and state.status == REFUSED and state.reason == reason:
+            return state
+        if state is None or state.status == ABSENT:
+            state = self.tables[schema.stream] = TableState(
+                schema.stream, self.target_of(schema.stream), REFUSED, reason,
+                [(c, t.duckdb) for c, t in zip(schema.columns, schema.types)], list(schema.key_columns),
+                truncated_tx_id=state.truncated_tx_id if state else None)
+        else:  # its table keeps the columns and rows it had
+            state.status, state.reason = REFUSED, reason
+        log.error("%s refused: %s", schema.stream, reason)
+        self._save_table(state)
         return state
 
     def _create(self, state: TableState) -> None:
@@ -523,13 +575,18 @@ class DuckDBReplica:
         if frame.snapshot_id in self.merged_snapshots:
             return  # re-read after a restart: already merged
         schema = frame.schema
+        clash = reserved_columns(schema.columns)
+        if clash:  # nothing is staged; its end is refused (and the snapshot abandoned with the reason)
+            self._refused_snapshots[frame.snapshot_id] = self._refuse_reserved(
+                schema, self.tables.get(frame.stream), clash).reason
         cols = ", ".join(f"{q(c)} {t}" for c, t in [*((c, t.duckdb) for c, t in zip(schema.columns, schema.types)),
                                                     *META_COLUMNS])
         self._staging.pop(frame.snapshot_id, None)  # a re-read after a restart chooses again
         staging = self.staging_name(frame)
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {staging.split('.')[0]}")
-        self.con.execute(f"DROP TABLE IF EXISTS {staging}")
-        self.con.execute(f"CREATE TABLE {staging} ({cols})")
+        if not clash:
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {staging.split('.')[0]}")
+            self.con.execute(f"DROP TABLE IF EXISTS {staging}")
+            self.con.execute(f"CREATE TABLE {staging} ({cols})")
         cut = frame.cut
         self.con.execute(
             "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
@@ -538,7 +595,8 @@ class DuckDBReplica:
 
     def stage_rows(self, frame: SnapshotFrame, rows: pa.Table) -> None:
         """``rows``: from ``snapshot_table``."""
-        if frame.snapshot_id in self.merged_snapshots or not rows.num_rows:
+        if frame.snapshot_id in self.merged_snapshots or frame.snapshot_id in self._refused_snapshots \
+                or not rows.num_rows:
             return
         schema = frame.schema
         # One contiguous batch: DuckDB then writes whole row groups straight to the file; from
@@ -562,6 +620,7 @@ class DuckDBReplica:
     def abandon_snapshot(self, frame: SnapshotFrame, reason: str) -> None:
         if frame.snapshot_id in self.merged_snapshots:
             return
+        self._refused_snapshots.pop(frame.snapshot_id, None)
         if frame.snapshot_id in self._staging:  # staged here (a request refused before its begin never was)
             self.con.execute(f"DROP TABLE IF EXISTS {self._staging.pop(frame.snapshot_id)}")
         if not self.con.execute("UPDATE _mallard.snapshots SET status = 'abandoned', reason = ?, finished_at = now() "
@@ -577,6 +636,8 @@ class DuckDBReplica:
         transaction: a reader sees the table before or after, never in between."""
         if frame.snapshot_id in self.merged_snapshots:
             return SnapshotResult(status="already merged")
+        if frame.snapshot_id in self._refused_snapshots:
+            raise ValueError(f"{frame.stream} refused: {self._refused_snapshots.pop(frame.snapshot_id)}")
         staging = self.staging_name(frame)
         now = datetime.now(timezone.utc)
         state = self.tables.get(frame.stream)
@@ -776,11 +837,11 @@ class DuckDBReplica:
         says when the copy was taken."""
         started = time.monotonic()
         target = os.path.abspath(path)
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
-        for leftover in (tmp, tmp + ".wal"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = self._copy_staging(path)
+        tmp = os.path.join(staging, "copy.duckdb")
+        os.makedirs(staging, exist_ok=True)
+        for leftover in os.listdir(staging):
+            os.remove(os.path.join(staging, leftover))
         alias = "_mallard_read_copy"
         self.con.execute(f"ATTACH {quote_literal(tmp)} AS {alias}")
         try:
@@ -815,6 +876,13 @@ class DuckDBReplica:
                 "seconds": time.monotonic() - started}
 
     @staticmethod
+    def _copy_staging(path: str) -> str:
+        """The directory a copy is written in before its rename: the only one ``confine`` leaves
+        reachable besides the replica's own files (same file system as ``path``: the rename is atomic)."""
+        target = os.path.abspath(path)
+        return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.staging")
+
+    @staticmethod
     def _copied(schema: str, name: str) -> bool:
         if name.startswith(STAGING_PREFIX):
             return False
@@ -824,17 +892,58 @@ class DuckDBReplica:
 
     # -- reading -------------------------------------------------------------------
 
-    def query(self, sql: str, limit: int = 10_000) -> dict[str, Any]:
-        """Run a read on a cursor of its own: it sees only committed transactions."""
+    def confine(self, read_copy_path: str | None = None) -> None:
+        """From now on the database instance cannot reach the file system (read_csv,
+        COPY TO, ATTACH of a file, INSTALL/LOAD) nor change its configuration (SET
+        GLOBAL): what ``query`` runs is a read of the replica and nothing more.
+
+        Chosen over a read-only attach or the read copy: /query must see the live
+        replica (verify and status read it there), and DuckDB lets one process open the
+        file with one configuration only. Call it once the applier has set DuckDB up
+        (threads, memory limit): both settings are global and one-way. The replica's
+        own file, WAL and spill directory stay reachable to DuckDB; the read copy is
+        written in a directory of its own, the only other one allowed."""
+        if read_copy_path:
+            staging = self._copy_staging(read_copy_path)
+            self.con.execute(f"SET allowed_directories = [{quote_literal(staging + os.sep)}]")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+        self.confined = True
+
+    def query(self, sql: str, limit: int = 10_000, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Run one read on a cursor of its own: it sees only committed transactions, is
+        interrupted after ``timeout_s`` (DuckDB has no statement timeout) and returns at
+        most ``limit`` rows. Raises QueryRefused for anything but one read."""
+        try:
+            statements = [(s.type.name, s.query) for s in duckdb.extract_statements(sql)]
+            toks = read_query.tokens(sql, [(o, t.name) for o, t in duckdb.tokenize(sql)])
+        except duckdb.Error as e:
+            raise read_query.QueryRefused(str(e).splitlines()[0]) from None
+        refused = read_query.refusal(sql, statements, toks)
+        if refused:
+            raise read_query.QueryRefused(f"refused: {refused}")
+        if not self.confined:  # a writable, unconfined instance never serves a caller's SQL
+            raise read_query.QueryRefused("refused: the replica is not confined (DuckDBReplica.confine)")
         cur = self.con.cursor()
+        timer = threading.Timer(timeout_s, _interrupt, (cur,))
+        timer.daemon = True
+        timer.start()
         try:
             cur.execute("BEGIN TRANSACTION")
             result = cur.execute(sql)
             columns = [d[0] for d in result.description or []]
             rows = result.fetchmany(limit + 1)
             return {"columns": columns, "rows": rows[:limit], "truncated": len(rows) > limit}
+        except duckdb.InterruptException:
+            raise read_query.QueryRefused(
+                f"stopped at the time limit ({timeout_s:g} s): narrow the query, or raise "
+                "MALLARD_QUERY_TIMEOUT_S") from None
         finally:
-            cur.execute("ROLLBACK")
+            timer.cancel()
+            try:  # an interrupt that fired just as the read ended may hit the rollback: the cursor goes anyway
+                cur.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
             cur.close()
 
     def close(self) -> None:

@@ -155,9 +155,11 @@ def _service_get(service: str, port: int, path: str, **params: str) -> dict:
     import urllib.parse
     import urllib.request
 
+    from mallard.health import client_request
+
     url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(client_request(url, "cli"), timeout=90) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         body = json.loads(e.read() or b"{}")
