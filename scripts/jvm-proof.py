@@ -230,8 +230,8 @@ def kcat(bootstrap: str) -> None:
     if exe is None:
         say("  kcat: not installed (apt-get install kcat) - skipped")
         return
-    ver = subprocess.run([exe, "-V"], capture_output=True, text=True).stdout.splitlines()[0]
-    say(f"  {ver}")
+    lines = subprocess.run([exe, "-V"], capture_output=True, text=True).stdout.splitlines()
+    say("  " + next((line.strip() for line in lines if "version" in line.lower()), lines[0] if lines else exe))
     listing = subprocess.run([exe, "-b", bootstrap, "-L"], capture_output=True, text=True, timeout=30)
     say("  kcat -L: " + " | ".join(line.strip() for line in listing.stdout.splitlines() if "topic \"" in line))
     read = subprocess.run([exe, "-b", bootstrap, "-C", "-t", CDC_TOPIC, "-o", "beginning", "-e", "-q",
@@ -262,16 +262,21 @@ def main() -> int:
         proof.sql("CREATE DATABASE shop", dbname="postgres")
         proof.sql(SCHEMA)
         say(f"  postgres   pid {proof.pids['postgres']} port {proof.pg_port}: {time.monotonic() - t0:.1f}s")
-        t = proof.start_broker()
+        t = proof.times["broker first start (with format)"] = proof.start_broker()
         say(f"  broker     pid {proof.pids['broker']} port {proof.broker.port}: answers metadata after {t:.1f}s")
-        t = proof.start_connect()
+        t = proof.times["connect first start"] = proof.start_connect()
         info = connect_info(proof.connect.url)
         say(f"  connect    pid {proof.pids['connect']} port {proof.connect.rest_port}: REST up after {t:.1f}s "
             f"(Kafka {info.get('version')}, cluster {info.get('kafka_cluster_id')})")
         t0 = time.monotonic()
         state = register_connector(proof.connect.url, connector["name"], connector["config"])
+        proof.times["connector RUNNING after registration"] = time.monotonic() - t0
         say(f"  connector  {connector['name']}: {state.detail} {time.monotonic() - t0:.1f}s after registration")
-        say(f"  slot       {proof.slot()}")
+        # RUNNING comes before Debezium opens its replication stream: healthy means the slot is active too.
+        while not any(active for _, active, _ in proof.slot()) and time.monotonic() - t0 < 120:
+            time.sleep(0.25)
+        proof.times["slot active after registration"] = time.monotonic() - t0
+        say(f"  slot       {proof.slot()} after {proof.times['slot active after registration']:.1f}s")
 
         say("\n== a change event")
         proof.sql("INSERT INTO customers (name, email) VALUES (%s, %s)", ("Ada", "ada@example.com"))
@@ -296,9 +301,9 @@ def main() -> int:
         proof.start_postgres()
         proof.sql("INSERT INTO customers (name, email) VALUES (%s, %s)", ("Grace", "grace@example.com"))
         say("  inserted 'Grace' while the broker and Connect were down")
-        t = proof.start_broker()
+        t = proof.times["broker restart"] = proof.start_broker()
         say(f"  broker     restarted: answers metadata after {t:.1f}s")
-        t = proof.start_connect()
+        t = proof.times["connect restart"] = proof.start_connect()
         say(f"  connect    restarted: REST up after {t:.1f}s")
         t0 = time.monotonic()
         # Not registered again: the worker finds the connector in its config topic.
@@ -325,8 +330,14 @@ def main() -> int:
         say(f"  the row written while Kafka was down arrived, and nothing was re-read: {name_seen == 'Grace'}")
         say(f"  Connect's offsets now: {json.dumps(proof.connect_offsets(connector['name']))}")
         time.sleep(2)
-        say(f"  RSS: broker {mib(proof.pids.get('broker'))}, connect {mib(proof.pids.get('connect'))}")
+        rss_again = {n: mib(proof.pids.get(n)) for n in ("broker", "connect")}
+        say(f"  RSS: broker {rss_again['broker']}, connect {rss_again['connect']}")
         say(f"  slot       {proof.slot()}")
+        say("\n== summary (seconds; a JVM counts as up when the broker answers metadata / Connect's REST answers)")
+        for what, seconds in proof.times.items():
+            say(f"  {what:<38} {seconds:5.1f}")
+        say(f"  RSS after the first start   broker {rss_first['broker']}, connect {rss_first['connect']}")
+        say(f"  RSS after the restart       broker {rss_again['broker']}, connect {rss_again['connect']}")
         ok = topics_after == topics_before and offsets_after == offsets_before and name_seen == "Grace"
         say(f"\nPROOF {'PASSED' if ok else 'FAILED'}")
         return 0 if ok else 1
