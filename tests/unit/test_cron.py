@@ -161,3 +161,71 @@ EXPRESSIONS = ["0 6 * * *", "0 12,18 * * *", "*/7 * * * *", "15 */5 * * 1-5", "0
 def test_next_after_equals_brute_force_in_utc(expr, after):
     after = after.replace(tzinfo=UTC)
     assert parse(expr).next_after(after) == brute_force(expr, after)
+
+
+@pytest.mark.parametrize("expr", ["0 6 31 2 *", "0 6 30 2 *", "0 0 30,31 feb *", "0 0 31 4,6,9,11 *",
+                                  "0 0 31 2 */2", "0 0 31 2 *   "])
+def test_a_schedule_that_never_fires_is_refused_when_parsed(expr):
+    with pytest.raises(CronError, match="never fires: day of month .* does not occur in month"):
+        parse(expr)
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("0 0 L * *", "day of month: 'L' is not a number"), ("0 0 LW * *", "day of month: 'LW'"),
+    ("0 0 * * 5#2", "day of week: '5#2'"), ("0 0 * * 5L", "day of week: '5L'"), ("0 0 ? * *", "'?' is not"),
+    ("0 0 0 6 * * *", "has 7 field"), ("0 0 6 * * *", "has 6 field"), ("0 0 * * mon-", "day of week: '' is not"),
+    ("0 0 * * ２", "day of week: '２' is not a number"), ("0 0 * * 1/", "step ''"), ("0 0 * * */1/2", "step '1/2'"),
+    ("0 0 * * sat-mon", "backwards"), ("0 0 1-0x1 * *", "'0x1' is not a number"),
+])
+def test_cronsims_extensions_and_oddities_are_refused(expr, message):
+    with pytest.raises(CronError, match=message.replace("?", r"\?")):
+        parse(expr)
+
+
+def test_a_one_value_stepped_range_is_that_value():
+    # cronsim alone would read 6-6/1 as 6 to the field's end (Saturday and Sunday)
+    assert parse("0 0 * * 6-6/1").weekdays == {5}
+    assert parse("0 0 18-18/2 * *").days == {18}
+    assert parse("0 0 * * fri-fri/3,mon").weekdays == {0, 4}
+    assert fires("0 0 * * 6-6/1", "2026-01-02T00:00:00+00:00", 2) == ["2026-01-03T00:00:00+00:00",
+                                                                       "2026-01-10T00:00:00+00:00"]
+
+
+def test_names_any_case_and_the_expression_kept_as_written():
+    c = parse("0  6 * JAN-Mar Mon")
+    assert c.months == {1, 2, 3} and c.weekdays == {0} and c.expression == "0  6 * JAN-Mar Mon"
+
+
+def test_dense_schedules_are_quick():
+    import time
+
+    c = parse("* * * * *", "Europe/Berlin")
+    start = time.perf_counter()
+    for day in range(20):
+        at = t("2026-03-20T10:00:30+00:00") + timedelta(days=day)  # through the spring change
+        assert c.next_after(at) == at.replace(second=0) + timedelta(minutes=1)
+        assert c.latest_at_or_before(at) == at.replace(second=0)
+    assert time.perf_counter() - start < 5  # the scheduler asks every 0.2 s
+
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago", "Pacific/Apia",
+         "Asia/Kolkata"]
+DST_DAYS = [datetime(2026, 3, 8, 6, tzinfo=UTC), datetime(2026, 3, 29, 0, tzinfo=UTC),
+            datetime(2026, 10, 25, 0, tzinfo=UTC), datetime(2026, 4, 4, 15, tzinfo=UTC),
+            datetime(2011, 12, 29, 10, tzinfo=UTC), datetime(2026, 9, 5, 23, tzinfo=UTC)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(EXPRESSIONS + ["30 2 * * *", "*/20 * * * *", "0,30 0-3 * * *", "59 23 * * *"]),
+       st.sampled_from(ZONES), st.sampled_from(DST_DAYS), st.integers(-3 * 24 * 60, 3 * 24 * 60))
+def test_next_and_latest_agree_in_every_zone_around_dst_changes(expr, zone_name, day, minutes):
+    """latest <= at < next, and no fire in between: the two searches see the same fires."""
+    c = parse(expr, zone_name)
+    at = day + timedelta(minutes=minutes, seconds=17)
+    nxt = c.next_after(at)
+    latest = c.latest_at_or_before(at)
+    assert nxt > at and (latest is None or latest <= at)
+    assert c.latest_at_or_before(nxt) == nxt
+    assert c.latest_at_or_before(nxt - timedelta(microseconds=1)) == latest
+    if latest is not None:
+        assert c.next_after(latest) == nxt
