@@ -12,9 +12,15 @@ def load_config(path: str | Path) -> ReplicationConfig:
     """Read and validate the file; ConfigError (one line) when it is unusable."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the replication config: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} is not "
+                          "UTF-8): is this the replication config?") from None
     return parse_config(text, str(path))
 
 

@@ -70,9 +70,14 @@ class SourceConnection(_Model):
     @field_validator("password")
     @classmethod
     def _password_is_a_reference(cls, v: str) -> str:
-        if not _ENV_REF.fullmatch(v):
+        m = _ENV_REF.fullmatch(v)
+        if not m:
             raise ValueError("a password must be an environment variable reference such as ${MALLARD_PG_PASSWORD}, "
                              "never the secret itself")
+        # ${NAME:-} (no password: peer auth or ~/.pgpass) keeps no secret; any other default is one, in the file.
+        if m.group(2):
+            raise ValueError(f"a password reference may not carry a default (${{{m.group(1)}:-...}}): the default "
+                             f"would be the secret itself, in the file; write ${{{m.group(1)}}}")
         return v
 
     def resolved(self, env: Mapping[str, str]) -> dict[str, str]:
@@ -225,6 +230,28 @@ class ReplicationConfig:
 
 # -- line numbers from the YAML nodes --------------------------------------------------
 
+def _duplicate_key(node: yaml.Node, path: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...], int, int] | None:
+    """The first mapping key given twice anywhere (YAML keeps the last silently): (its
+    location, its line, the line of the first), or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                line = k.start_mark.line + 1
+                if (k.tag, k.value) in seen:
+                    return path + (k.value,), line, seen[(k.tag, k.value)]
+                seen[(k.tag, k.value)] = line
+            found = _duplicate_key(v, path + (k.value if isinstance(k, yaml.ScalarNode) else str(k.value),))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, path + (i,))
+            if found:
+                return found
+    return None
+
+
 def _node_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -244,6 +271,9 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     while loc:
         if loc in lines:
             return lines[loc]
+        text = tuple(str(p) for p in loc)  # a key YAML read as a number (streams: {1: ...})
+        if text in lines:
+            return lines[text]
         loc = loc[:-1]
     return lines.get((), 1)
 
@@ -277,11 +307,23 @@ def parse_config(text: str, path: str = "replication.yaml") -> ReplicationConfig
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
+        if mark is not None:
+            line = mark.line + 1
+        elif isinstance(e, yaml.reader.ReaderError):  # a control character: its position in the text
+            line = text.count("\n", 0, e.position) + 1
+        else:
+            line = 1
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}:{line}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}:1: not valid YAML: nested too deeply") from None
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
+        duplicate = _duplicate_key(node)
+        if duplicate:
+            loc, line, first = duplicate
+            raise ConfigError(f"{path}:{line}: {_dotted(loc)}: given twice (first on line {first}); YAML would keep "
+                              "only the last")
         _node_lines(node, (), lines)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with 'streams' (and 'schedules', 'defaults', 'source', 'target')")

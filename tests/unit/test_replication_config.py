@@ -132,3 +132,73 @@ def test_where_is_one_checked_expression():
     assert msg.startswith("r.yaml:5: streams.public.customers.where: a filter is one expression: ';'"), msg
     msg = one_line(GOOD.replace("  mode: full-refresh\n", "  mode: full-refresh\n  where: pg_sleep(10) IS NULL\n"))
     assert "defaults.where: function pg_sleep() is not allowed in a filter" in msg, msg
+
+
+def test_a_password_reference_with_a_literal_default_is_refused_without_echoing_it():
+    msg = one_line("source:\n  password: ${NOPE:-hunter2}\nstreams:\n  public.a:\n")
+    assert msg.startswith("r.yaml:2: source.password: a password reference may not carry a default"), msg
+    assert "hunter2" not in msg
+    # an empty default keeps no secret (no password: peer auth or ~/.pgpass)
+    c = parse_config("source:\n  password: ${PW:-}\nstreams:\n  public.a:\n")
+    assert c.model.source.resolved({})["password"] == ""
+    assert c.model.source.resolved({"PW": "s3cret"})["password"] == "s3cret"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("streams:\n  public.a:\n  public.b:\n  public.a:\n    mode: incremental\n",
+     "r.yaml:4: streams.public.a: given twice (first on line 2)"),
+    ("streams:\n  public.a:\n    mode: full-refresh\n    mode: incremental\n",
+     "r.yaml:4: streams.public.a.mode: given twice (first on line 3)"),
+    ("streams:\n  public.a:\nstreams:\n  public.b:\n", "r.yaml:3: streams: given twice (first on line 1)"),
+    ("streams:\n  public.a:\nschedules:\n  d:\n    cron: '0 6 * * *'\n  d:\n    cron: '0 7 * * *'\n",
+     "r.yaml:6: schedules.d: given twice (first on line 4)"),
+])
+def test_a_key_given_twice_is_refused_naming_its_line(text, expected):
+    assert one_line(text).startswith(expected)
+
+
+def test_merge_keys_are_not_duplicates():
+    c = parse_config("streams:\n  public.a: &a\n    mode: incremental\n    update_key: u\n  public.b:\n    <<: *a\n")
+    assert c.streams["public.b"].mode == "incremental"
+
+
+@pytest.mark.parametrize("cron", ["0 6 31 2 *", "0 6 30 2 *", "0 0 31 4,6,9,11 *", "0 6 30,31 feb *",
+                                  "0 0 31 2 */2"])
+def test_a_schedule_that_never_fires_is_refused_when_read(cron):
+    msg = one_line(GOOD.replace("0 12,18 * * *", cron))
+    assert msg.startswith(f"r.yaml:14: schedules.orders.cron: bad cron: '{cron}' never fires"), msg
+
+
+def test_a_rare_schedule_is_fine():
+    assert parse_config(GOOD.replace("0 12,18 * * *", "0 0 29 2 *")).schedules["orders"].cron.days == {29}
+    parse_config(GOOD.replace("0 12,18 * * *", "0 0 31 2 mon"))  # either day matches: every Monday of February
+
+
+@pytest.mark.parametrize("text, start", [
+    ("a: 1\nb: \x00\n", "r.yaml:2: not valid YAML: unacceptable character #x0000"),
+    ("[" * 5000, "r.yaml:1: not valid YAML"),
+    ("? [a]\n: 1\n", "r.yaml:1: not valid YAML: found unhashable key"),
+    ("streams: !!python/object/apply:os.system ['id']\n", "r.yaml:1: not valid YAML"),
+    ("---\nstreams: {}\n---\nb: 2\n", "r.yaml:3: not valid YAML"),
+    ("streams:\n  public.a:\n  7:\n", "r.yaml:3: streams[7]"),
+])
+def test_hostile_yaml_is_one_line_naming_the_file(text, start):
+    assert one_line(text).startswith(start)
+
+
+def test_a_binary_or_unreadable_file_is_named(tmp_path):
+    from mallard.replication import load_config
+
+    binary = tmp_path / "replication.yaml"
+    binary.write_bytes(b"streams:\n  public.a:\n\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError) as e:
+        load_config(binary)
+    assert str(e.value).startswith(f"{binary}:3: not a text file (byte 0x89 at offset 21 is not UTF-8)"), e.value
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read the replication config: Is a directory"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="^.*nope.yaml: cannot read the replication config: No such file"):
+        load_config(tmp_path / "nope.yaml")
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"streams:\n  public.a:\n\x00\x00")
+    with pytest.raises(ConfigError, match=f"^{nul}:3: not valid YAML"):
+        load_config(nul)
