@@ -872,6 +872,7 @@ class DuckDBReplica:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+        os.rmdir(staging)  # nothing left beside the copy
         return {"path": target, "bytes": os.path.getsize(target), "tables": len(tables),
                 "seconds": time.monotonic() - started}
 
