@@ -38,7 +38,8 @@ fi
 
 mkdir -p "$out"
 staging=$out/.staging
-rm -rf "$staging"
+# Maven's markers would let it skip unpacking into a fresh staging folder: start clean.
+rm -rf "$staging" "$out/.maven-target"
 log=$out/mvn.log
 echo "jvm-setup: resolving $pom from Maven Central into $out (first time: a minute or so)"
 start=$(date +%s)
@@ -46,6 +47,10 @@ if ! mvn -B -q -f "$pom" -Djvm.out="$PWD/$staging" package > "$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "jvm-setup: maven failed to resolve $pom (log: $log)" >&2
     rm -rf "$staging"
+    exit 1
+fi
+if [ ! -d "$staging/kafka" ] || ! ls "$staging/plugins/debezium-connector-postgres"/debezium-connector-postgres-*.jar >/dev/null 2>&1; then
+    echo "jvm-setup: maven succeeded but $staging lacks Kafka's jars or Debezium's plugin (log: $log)" >&2
     exit 1
 fi
 rm -rf "$out/kafka" "$out/plugins"
