@@ -55,10 +55,13 @@ class PostgresSettings(MallardSettings):
         fields = ("pg_host", "pg_port", "pg_user", "pg_password", "pg_database")
         if not path or not Path(path).is_file() or all(f in self.model_fields_set for f in fields):
             return self
-        from mallard.core.replication_config import resolve_env
+        from mallard.core.replication_config import ConfigError, resolve_env
         from mallard.replication import load_config  # reads one small file; nothing connects
 
-        source = load_config(path).model.source
+        try:
+            source = load_config(path).model.source
+        except ConfigError:
+            return self  # whoever uses the config loads it again and reports it in one line (not a settings traceback)
         for field in fields:
             if field in self.model_fields_set:
                 continue

@@ -125,3 +125,18 @@ def test_a_table_that_does_not_exist_fails_in_one_line(stack, tmp_path):
     assert p.wait(60) == 1
     errors = [line for line in (tmp_path / "bad.log").read_text().splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "streams.public.invoices: table public.invoices does not exist" in errors[0], errors
+
+
+@pytest.mark.parametrize("cron", ["0 6 31 2 *", "0 0 30,31 feb *"])
+def test_a_schedule_that_never_fires_is_refused_by_config_check_and_the_scheduler(stack, tmp_path, cron):
+    config = config_file(tmp_path, cron)
+    out = stack.mallard("config", "check", "--config", str(config), check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"mallard: {config}:5: schedules.every.cron: bad cron: '{cron}' never fires: day of "
+                                  f"month {cron.split()[2]} does not occur in month {cron.split()[3]}")
+    p = start_scheduler(stack, tmp_path, f"test.control.{uuid.uuid4().hex[:8]}", config, "", 1, "never")
+    assert p.wait(60) == 1
+    log = (tmp_path / "never.log").read_text()
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"{config}:5: schedules.every.cron: bad cron" in errors[0], errors
+    assert "Traceback" not in log

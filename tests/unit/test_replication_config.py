@@ -202,3 +202,18 @@ def test_a_binary_or_unreadable_file_is_named(tmp_path):
     nul.write_bytes(b"streams:\n  public.a:\n\x00\x00")
     with pytest.raises(ConfigError, match=f"^{nul}:3: not valid YAML"):
         load_config(nul)
+
+
+def test_a_broken_config_leaves_the_settings_to_their_defaults_for_its_user_to_report(tmp_path, monkeypatch):
+    """Settings read the source from the config; a config that cannot be read is reported
+    by whoever uses it (in one line), not as a traceback while building settings."""
+    from mallard.replication import load_config
+    from mallard.settings import PostgresSettings
+
+    config = tmp_path / "replication.yaml"
+    config.write_text('source:\n  host: db.example\nstreams:\n  public.a:\nschedules:\n  d:\n    cron: "0 6 31 2 *"\n')
+    monkeypatch.setenv("MALLARD_REPLICATION_CONFIG", str(config))
+    monkeypatch.delenv("MALLARD_PG_HOST", raising=False)
+    assert PostgresSettings().pg_host == "127.0.0.1"
+    with pytest.raises(ConfigError, match=r"replication.yaml:7: schedules.d.cron: bad cron: '0 6 31 2 \*' never fires"):
+        load_config(config)
