@@ -5,9 +5,10 @@ Every error is ONE line naming the file, the line and the key::
 
     replication.yaml:14: streams.public.orders.mode: unknown mode 'fast' (expected full-refresh or incremental)
 
-Secrets are only ever environment variable references (``${MALLARD_PG_PASSWORD}``):
-the config keeps the reference, ``resolve_env`` gives the value to whoever connects,
-and nothing prints or writes the value back.
+Secrets are only ever environment variable references (``${MALLARD_PG_PASSWORD}``,
+with no default but an empty one): the config keeps the reference, ``resolve_env``
+gives the value to whoever connects, and nothing prints or writes the value back.
+A key given twice is refused (YAML would keep the last one silently).
 """
 from __future__ import annotations
 
