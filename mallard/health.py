@@ -5,14 +5,19 @@ A service's other routes (the applier's /tables and /query) answer only requests
 carry the ``X-Mallard-Client`` header: a web page the user opens cannot send a custom
 header to another origin without a CORS preflight, which is never granted here (no
 OPTIONS handler), so no page can make the user's browser call them. Callers build
-their requests with ``client_request``.
+their requests with ``client_request``. The same routes refuse a ``Host`` that is a DNS
+name other than ``localhost`` (or one listed in ``MALLARD_HTTP_ALLOWED_HOSTS``): a page
+that rebinds its own domain to 127.0.0.1 is same-origin and could send the header, but
+its requests still name its domain.
 
 ``python -m mallard.health URL`` exits 0 when the endpoint answers 200: the
 docker-compose health checks use it (the slim image has no curl).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import sys
 import threading
 import urllib.error
@@ -24,6 +29,26 @@ from typing import Any
 
 
 CLIENT_HEADER = "X-Mallard-Client"
+
+
+def host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a request's Host names this machine by address or by a name we trust
+    (never the DNS name of a page that rebinds it to us)."""
+    if not host_header:
+        return False
+    host = urllib.parse.urlsplit(f"//{host_header}").hostname or ""
+    if host == "localhost" or host in allowed:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def allowed_hosts() -> frozenset[str]:
+    """Extra host names the client routes answer (e.g. a compose service name)."""
+    return frozenset(h.strip().lower() for h in os.environ.get("MALLARD_HTTP_ALLOWED_HOSTS", "").split(",") if h.strip())
 
 
 def client_request(url: str, client: str = "mallard") -> urllib.request.Request:
@@ -43,6 +68,7 @@ class HealthServer:
         self._state = state
         outer = self
         extra = routes or {}
+        trusted_hosts = allowed_hosts()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -52,6 +78,9 @@ class HealthServer:
                     if not self.headers.get(CLIENT_HEADER):
                         code, body = 403, {"error": f"refused: {path} answers mallard's clients only (send the "
                                                     f"{CLIENT_HEADER} header; a browser cannot, cross-site)"}
+                    elif not host_allowed(self.headers.get("Host"), trusted_hosts):
+                        code, body = 403, {"error": f"refused: Host {self.headers.get('Host')!r} is not this machine "
+                                                    "(an IP address, localhost, or MALLARD_HTTP_ALLOWED_HOSTS)"}
                     else:
                         params = dict(urllib.parse.parse_qsl(url.query))
                         code, body = extra[path](params)
