@@ -214,9 +214,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             replica = FileReplica(str(LocalStack(s).duckdb_path))
     slot = load_connector_config_file(s.connector_config).slot_name
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    from mallard.stack.local import LocalStack
+
+    reader = LocalStack(s).reader()  # verify only reads: the stack's SELECT-only role where it has one
 
     def run(streams):
-        return verify(s, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
+        return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
                       leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr))
 
     try:

@@ -186,6 +186,13 @@ class LocalStack:
                              "`mallard stack down --purge` and `mallard stack up` create it again with its roles")
         return self.s.model_copy(update={"pg_user": self.role_names()[role], "pg_password": SecretStr(password)})
 
+    def reader(self) -> StackSettings:
+        """Settings for reading only (verify): the stack's SELECT-only role while its Postgres
+        runs, else the settings' own user (a source the stack did not set up)."""
+        if self.components[0].running_pid() is not None and "snapshotter" in self._generated_passwords():
+            return self.as_role("snapshotter")
+        return self.s
+
     def service_env(self, health_port: int, role: str = "owner") -> dict[str, str]:
         """What every service process gets: the same MALLARD_* names docker-compose sets,
         with the credentials of the service's own role."""

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg2.errors
+
 from mallard.adapters import kafka, postgres
 from mallard.connector import load_connector_config_file
 from mallard.core.connector_config import ConnectorConfig, embedded_engine_properties
@@ -146,7 +148,17 @@ class CdcPublisherService(Service):
             tables, missing = postgres.existing_tables(conn, config.tables)
             if missing:
                 self.log.warning("tables in table.include.list not found in Postgres: %s", ", ".join(missing))
-            if postgres.ensure_publication(conn, config.publication_name, config.tables, tables):
+            try:
+                created = postgres.ensure_publication(conn, config.publication_name, config.tables, tables)
+            except psycopg2.errors.InsufficientPrivilege:
+                # Debezium's role has REPLICATION and SELECT only: the publication is set up by someone who may.
+                what = f"FOR TABLE {', '.join(tables)}" if config.tables else "FOR ALL TABLES"
+                raise postgres.SourceError(
+                    f"publication {config.publication_name} does not exist and {self.settings.pg_user} may not "
+                    f"create it (FOR ALL TABLES takes a superuser, FOR TABLE the tables' owner): as such, CREATE "
+                    f"PUBLICATION {config.publication_name} {what} (the local stack does at `mallard stack up`)"
+                ) from None
+            if created:
                 what = ", ".join(tables) if config.tables else "all tables"
                 self.log.info("created publication %s for %s", config.publication_name, what or "no table yet")
             if postgres.ensure_slot(conn, config.slot_name):

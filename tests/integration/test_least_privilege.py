@@ -142,6 +142,9 @@ def test_replication_works_end_to_end_with_these_roles(stack):
     expected = one(stack.dsn, "SELECT count(*) FROM customers")[0]
     stack.wait_for("SELECT count(*) FROM customers", [[expected]], timeout=60)
     stack.wait_for(f"SELECT email FROM customers WHERE id = {new_id}", [[email]], timeout=10)
+    # verify reads Postgres as the SELECT-only role, and finds the replica equal.
+    out = stack.mallard("verify", "public.customers", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
     # No password of any role reached a log.
     passwords = [r["dsn"].split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
                  for r in stack.status()["postgres"]["roles"].values()]
