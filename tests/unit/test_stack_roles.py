@@ -1,0 +1,75 @@
+"""The local stack's roles without a server: the statements, which credentials each service
+gets, where the passwords live, and what `stack status` shows of them."""
+import json
+import os
+import stat
+
+import pytest
+
+from mallard.stack import roles
+from mallard.stack.local import SERVICE_ROLES, LocalStack, StackError, StackSettings
+
+ROLES = roles.Roles(owner="mallard", debezium="mallard_debezium", snapshotter="mallard_snapshotter")
+
+
+@pytest.fixture
+def stack(monkeypatch, tmp_path):
+    for name in [k for k in os.environ if k.startswith("MALLARD_")]:
+        monkeypatch.delenv(name)
+    return LocalStack(StackSettings(home=tmp_path / "home", replication_config="", pg_password="owner-pw"))
+
+
+def test_debezium_gets_replication_and_select_only():
+    statements = roles.debezium_statements(ROLES, "shop", ["public"])
+    assert statements[0] == "CREATE ROLE \"mallard_debezium\" LOGIN REPLICATION PASSWORD '<password>'"
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "mallard_debezium"' in statements
+    assert 'ALTER DEFAULT PRIVILEGES FOR ROLE "mallard" GRANT SELECT ON TABLES TO "mallard_debezium"' in statements
+    text = " ".join(statements)
+    for word in ("SUPERUSER", "INSERT", "UPDATE", "DELETE", "ALL PRIVILEGES", "CREATE ON", "TEMPORARY"):
+        assert word not in text, word
+
+
+def test_the_snapshotter_gets_select_and_stats_only():
+    statements = roles.snapshotter_statements(ROLES, "shop", ["public", "sales"])
+    assert statements[0] == "CREATE ROLE \"mallard_snapshotter\" LOGIN PASSWORD '<password>'"
+    assert 'GRANT USAGE ON SCHEMA "sales" TO "mallard_snapshotter"' in statements
+    assert statements[-1] == 'GRANT pg_read_all_stats TO "mallard_snapshotter"'
+    assert "REPLICATION" not in " ".join(statements)
+
+
+def test_each_service_runs_as_its_role(stack):
+    stack.home.mkdir(parents=True)
+    passwords = stack._new_passwords()
+    assert stat.S_IMODE(os.stat(stack.secrets_file).st_mode) == 0o600
+    assert set(passwords) == {"admin", "debezium", "snapshotter"} and len(set(passwords.values())) == 3
+    assert SERVICE_ROLES["services.cdc_publisher"] == "debezium"
+    assert SERVICE_ROLES["services.snapshotter"] == "snapshotter"
+    publisher = stack.service_env(1, "debezium")
+    assert (publisher["MALLARD_PG_USER"], publisher["MALLARD_PG_PASSWORD"]) == ("mallard_debezium",
+                                                                                passwords["debezium"])
+    snapshotter = stack.service_env(1, "snapshotter")
+    assert (snapshotter["MALLARD_PG_USER"], snapshotter["MALLARD_PG_PASSWORD"]) == ("mallard_snapshotter",
+                                                                                    passwords["snapshotter"])
+    assert stack.service_env(1)["MALLARD_PG_PASSWORD"] == "owner-pw"
+    assert "admin" not in SERVICE_ROLES.values()  # no service gets the superuser
+
+
+def test_a_cluster_without_the_roles_passwords_is_refused_with_the_fix(stack):
+    with pytest.raises(StackError, match=r"down --purge"):
+        stack.as_role("admin")
+    with pytest.raises(StackError):
+        stack.service_env(1, "debezium")  # never falls back to another role's credentials
+
+
+def test_status_masks_every_password_unless_asked(stack):
+    stack.home.mkdir(parents=True)
+    passwords = stack._new_passwords()
+    masked = stack.status()
+    text = json.dumps(masked)
+    assert not [p for p in [*passwords.values(), "owner-pw"] if p in text]
+    dsns = {r: v["dsn"] for r, v in masked["postgres"]["roles"].items()}
+    assert dsns["debezium"].startswith("postgresql://mallard_debezium:***@127.0.0.1:")
+    assert masked["postgres"]["dsn"].startswith("postgresql://mallard:***@")
+    shown = stack.status(show_secrets=True)
+    assert shown["postgres"]["dsn"].startswith("postgresql://mallard:owner-pw@")
+    assert f"mallard_admin:{passwords['admin']}@" in shown["postgres"]["roles"]["admin"]["dsn"]
