@@ -470,7 +470,16 @@ def register_connector(url: str, name: str, config: Mapping[str, str], *, timeou
     while True:
         try:
             if not registered:
-                _request(base + "/config", "PUT", dict(config), timeout=30)
+                try:
+                    current = _request(base + "/config", timeout=10)
+                except urllib.error.HTTPError as e:
+                    if e.code != 404:
+                        raise
+                    current = None
+                # The same config again would restart the connector for nothing.
+                if current is None or {k: v for k, v in current.items() if k != "name"} != \
+                        {k: v for k, v in config.items() if k != "name"}:
+                    _request(base + "/config", "PUT", dict(config), timeout=30)
                 registered = True
             state = judge_status(_request(base + "/status", timeout=10))
             if state.failed:
