@@ -9,17 +9,15 @@ from mallard.core.connector_config import placeholders
 from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
 from mallard.stack.local import LocalStack, StackSettings
 from services.applier.config import ApplierSettings
-from services.cdc_publisher.config import CdcPublisherSettings
 from services.scheduler.config import SchedulerSettings
 from services.snapshotter.config import SnapshotterSettings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 MALLARD_SERVICES = {"snapshotter": SnapshotterSettings, "applier": ApplierSettings, "scheduler": SchedulerSettings}
-ALL_SETTINGS = [*MALLARD_SERVICES.values(), CdcPublisherSettings]
+ALL_SETTINGS = list(MALLARD_SERVICES.values())
 CONNECTOR = load_connector_config_file(DEFAULT_CONNECTOR_CONFIG)
-# Local-stack only: the embedded publisher's offsets; in compose, Kafka Connect keeps them.
-LOCAL_ONLY = {"MALLARD_OFFSETS_FILE"}
+LOCAL_ONLY: set[str] = set()
 
 
 def env_names(settings_cls) -> set[str]:
@@ -45,11 +43,12 @@ def test_kafka_is_real_apache_kafka_in_kraft_mode():
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
-def test_connect_runs_the_debezium_version_the_local_stack_embeds():
-    from importlib.metadata import version
+def test_compose_runs_the_kafka_and_debezium_versions_the_local_stack_pins():
+    from mallard.stack.jvm import pinned_versions
 
-    embedded = version("pydbzengine").rsplit(".", 1)[0]  # 3.6.3.0 -> Debezium 3.6.3
-    assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{embedded}.Final"
+    pinned = pinned_versions()
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{pinned['kafka']}"
+    assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{pinned['debezium']}"
 
 
 def test_connect_resolves_every_placeholder_of_the_connector_config():
