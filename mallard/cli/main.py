@@ -24,8 +24,11 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
 
     stack = LocalStack(StackSettings())
     print(f"mallard stack up ({stack.home})")
-    stack.up(demo=not args.no_demo)
-    print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+    stack.up(demo=not args.no_demo, only=args.only)
+    if args.only:
+        print(f"{args.only} healthy; `mallard stack up` starts the rest")
+    else:
+        print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
     return 0
 
 
@@ -486,10 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local stack: Postgres, Kafka API broker, Debezium, services")
+    stack = sub.add_parser("stack", help="the local stack: Postgres, Apache Kafka, Kafka Connect with Debezium, services")
     ssub = stack.add_subparsers(dest="stack_command", required=True)
     up = ssub.add_parser("up", help="start every component (harmless when already running)")
     up.add_argument("--no-demo", action="store_true", help="do not load the demo shop schema into a new database")
+    up.add_argument("--only", choices=["postgres"], help="start only this component (e.g. to change the source "
+                    "while replication is stopped)")
     up.set_defaults(func=cmd_stack_up)
     down = ssub.add_parser("down", help="stop what `up` started")
     down.add_argument("--purge", action="store_true",

@@ -311,6 +311,7 @@ class LocalStack:
         conn = postgres.connect(admin)
         try:
             roles.ensure_grants(conn, the_roles, self.s.pg_database)
+            roles.ensure_heartbeat(conn, the_roles)
         finally:
             conn.close()
         if demo and self.load_demo():
@@ -320,8 +321,8 @@ class LocalStack:
     def _ensure_publication(self, admin: StackSettings, report: Callable[[str], None]) -> None:
         """Created here, as the admin, so Debezium's role needs no more than REPLICATION
         and SELECT: FOR ALL TABLES takes a superuser, FOR TABLE the tables' owner. In
-        'filtered' mode Debezium alters the publication only when its tables differ from
-        the included ones that exist: kept equal here, it never needs to."""
+        connector config says publication.autocreate.mode=disabled: Debezium never alters
+        it, so it may hold the heartbeat table besides the included ones."""
         from mallard.adapters import postgres
         from mallard.connector import load_connector_config_file
         from mallard.stack import roles
@@ -332,6 +333,8 @@ class LocalStack:
             every_table = not config.tables or config.config.get("publication.autocreate.mode") == "all_tables"
             existing, _ = postgres.existing_tables(conn, [] if every_table else config.tables)
             include = [] if every_table else config.tables
+            if not every_table:  # FOR ALL TABLES has it already
+                existing.append(roles.HEARTBEAT)
             if postgres.ensure_publication(conn, config.publication_name, include, existing):
                 report(f"  {'publication':<14} created {config.publication_name} for "
                        + ("all tables" if every_table else ", ".join(existing) or "no table yet"))
@@ -480,24 +483,25 @@ class LocalStack:
 
     # -- up / down / status -----------------------------------------------------
 
-    def up(self, demo: bool = True, report: Callable[[str], None] = print) -> None:
+    def up(self, demo: bool = True, report: Callable[[str], None] = print, only: str | None = None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.derive_connector_config()  # a bad replication config stops here, in one line
+        components = [c for c in self.components if only is None or c.name == only]
         # Fail fast, before starting anything: a port taken by a process that is not ours.
-        for c in self.components:
+        for c in components:
             if c.running_pid() is None and port_in_use(c.port):
                 raise StackError(
                     f"{c.name}: port {c.port} on 127.0.0.1 is already in use by another process; "
                     f"stop it or choose another port with {c.port_hint}"
                 )
         broker = self.components[1]
-        if broker.running_pid() is None and port_in_use(self.s.kafka_controller_port):
+        if broker in components and broker.running_pid() is None and port_in_use(self.s.kafka_controller_port):
             raise StackError(f"broker: controller port {self.s.kafka_controller_port} on 127.0.0.1 is already in use by "
                              "another process; stop it or choose another port with MALLARD_KAFKA_CONTROLLER_PORT")
         self._write_state()
         started: list[Component] = []
         try:
-            for c in self.components:
+            for c in components:
                 if c.running_pid() is not None:
                     report(f"  {c.name:<14} already running (pid {c.running_pid()})")
                     if c.name == "postgres":
