@@ -474,8 +474,8 @@ class Checker:
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
             return Result("publication", WARN, f"{name} lacks {', '.join(uncovered)}: their changes are not captured",
-                          f"restart Debezium (publication.autocreate.mode=filtered updates it), or ALTER PUBLICATION "
-                          f"{name} ADD TABLE {', '.join(uncovered)}")
+                          f"the local stack: mallard stack up (it keeps the publication in step); elsewhere, as "
+                          f"the tables' owner: ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}")
         return Result("publication", OK, f"{name} ({len(covered)} table(s)" +
                       (", every stream's" if self.t.streams else "") + ")")
 
