@@ -201,8 +201,13 @@ def java_command(main_class: str, args: list[str], *, classpath: str, heap: str,
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding (Kafka's Uuid form)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, base64url without padding (Kafka's Uuid form),
+    never starting with '-' (the storage tool would take it for an option, as Kafka's own
+    Uuid.randomUuid avoids)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
