@@ -5,7 +5,7 @@ events into DuckDB, measured in the same run.
 
     .venv/bin/python bench/apply_benchmark.py [--events 100000 200000 400000] [--naive-events 20000]
 
-Needs nothing running: it starts its own Tansu broker on a free port.
+Needs nothing running: it starts its own Apache Kafka broker (KRaft, from .jvm/) on free ports.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mallard.health import client_request  # noqa: E402
-from mallard.stack.local import tansu_binary  # noqa: E402
+from mallard.stack import jvm  # noqa: E402
 
 PREFIX = "bench"
 TOPIC = f"{PREFIX}.public.orders"
@@ -157,19 +157,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_broker() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bootstrap = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+def start_broker(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A fresh one-node broker in a folder of its own (the same config as the local stack's)."""
+    home = Path(tempfile.mkdtemp(prefix="broker-", dir=workdir))
+    config = jvm.BrokerConfig(home, free_port(), free_port())
+    artifacts = jvm.Artifacts()
+    config.write_config()
+    subprocess.run(config.format_command(artifacts), check=True, capture_output=True)
+    proc = subprocess.Popen(config.command(artifacts), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bootstrap = config.bootstrap_servers
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        try:
-            AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
-            return proc, bootstrap
-        except Exception:  # noqa: BLE001
-            time.sleep(0.2)
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", config.port)) == 0:
+                try:
+                    AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
+                    return proc, bootstrap
+                except Exception:  # noqa: BLE001
+                    pass
+        time.sleep(0.2)
     raise RuntimeError("broker did not start")
 
 
@@ -301,7 +307,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for n in args.events:
-            broker, bootstrap = start_broker()
+            broker, bootstrap = start_broker(workdir)
             try:
                 t0 = time.monotonic()
                 events = preload(bootstrap, n)
@@ -317,7 +323,7 @@ def main() -> None:
                           f"(one INSERT ... ON CONFLICT / DELETE per event, same events)")
             finally:
                 broker.terminate()
-                broker.wait(10)
+                broker.wait(60)
     print(json.dumps(results))
 
 

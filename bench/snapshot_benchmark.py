@@ -193,7 +193,7 @@ class Stack:
 
     def _connector_config(self, sizes: list[int]) -> Path:
         """The repo's connector config, with the bench tables added to table.include.list.
-        They do not exist yet when the publisher starts (it warns and leaves them out of
+        They do not exist yet when the stack starts (it leaves them out of
         the publication), so their bulk fill makes no CDC events; each is added to the
         publication once filled (``add_to_publication``)."""
         doc = json.loads((REPO / "debezium" / "postgres-connector.json").read_text())

@@ -9,7 +9,7 @@ peak RSS.
 
     .venv/bin/python bench/snapshotter_read.py [--rows 1000000] [--runs 1] [--home DIR] [--keep]
 
-Without --home it starts a local stack (Postgres, Tansu, Debezium — the slot must
+Without --home it starts a local stack (Postgres, Kafka, Kafka Connect with Debezium — the slot must
 exist before a cut) in a temporary home on free ports and purges it afterwards;
 with --home it uses the stack running there (``mallard stack up`` with that
 MALLARD_HOME).

@@ -179,8 +179,8 @@ class Targets:
     dead_letter_topic: str
     duckdb_path: Path
     applier_url: str
-    publisher_url: str
-    connect_url: str | None = None
+    connect_url: str = "http://127.0.0.1:18084"
+    """Kafka Connect's REST API: the local stack's worker unless MALLARD_CONNECT_URL names another."""
     max_retained_wal: int = DEFAULT_MAX_RETAINED_WAL
     config_path: str | None = None
     connector_config_path: str | None = None
@@ -262,8 +262,7 @@ def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_
         duckdb_path=duckdb_path.resolve(),
         applier_url=(applier_url or env.get("MALLARD_APPLIER_URL")
                      or f"http://127.0.0.1:{stack.applier_health_port}").rstrip("/"),
-        publisher_url=f"http://127.0.0.1:{stack.publisher_health_port}",
-        connect_url=(connect_url or env.get("MALLARD_CONNECT_URL") or "").rstrip("/") or None,
+        connect_url=(connect_url or env.get("MALLARD_CONNECT_URL") or "").rstrip("/") or stack.connect_url,
         max_retained_wal=max_retained_wal, timeout=timeout,
         config_path=path, connector_config_path=str(stack.connector_config),
         config=config, connector=connector, streams=streams, setup_errors=setup,
@@ -475,8 +474,8 @@ class Checker:
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
             return Result("publication", WARN, f"{name} lacks {', '.join(uncovered)}: their changes are not captured",
-                          f"restart Debezium (publication.autocreate.mode=filtered updates it), or ALTER PUBLICATION "
-                          f"{name} ADD TABLE {', '.join(uncovered)}")
+                          f"the local stack: mallard stack up (it keeps the publication in step); elsewhere, as "
+                          f"the tables' owner: ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}")
         return Result("publication", OK, f"{name} ({len(covered)} table(s)" +
                       (", every stream's" if self.t.streams else "") + ")")
 
@@ -619,21 +618,7 @@ class Checker:
         t = self.t
         if t.connector is None:
             return Result("debezium", SKIP, "no connector config")
-        name = t.connector.name
-        if t.connect_url:
-            return self._connect(name)
-        status, body = _get_json(f"{t.publisher_url}/healthz", t.timeout)
-        if status is None or not isinstance(body, dict) or body.get("service") != "cdc-publisher":
-            return Result("debezium", FAIL, f"the CDC publisher does not answer at {t.publisher_url}/healthz",
-                          ("fix wal_level first (above), then start it" if not self.wal_level_ok else "start it")
-                          + " (the local stack: mallard stack up); with Kafka Connect (docker-compose) set "
-                          "MALLARD_CONNECT_URL=http://localhost:8083 (--connect-url) to check the connector there")
-        slot = body.get("slot") or {}
-        if status != 200 or not slot.get("active"):
-            return Result("debezium", FAIL, f"the CDC publisher at {t.publisher_url} runs but does not stream from "
-                          f"slot {t.connector.slot_name}", self._see_log("cdc-publisher"))
-        return Result("debezium", OK, f"{name}: the CDC publisher at {t.publisher_url} streams from slot "
-                      f"{t.connector.slot_name}; {body.get('events_published', 0)} event(s) published since start")
+        return self._connect(t.connector.name)
 
     def _connect(self, name: str) -> Result:
         t = self.t
@@ -641,8 +626,9 @@ class Checker:
         status, body = _get_json(url, t.timeout)
         if status is None:
             return Result("debezium", FAIL, f"Kafka Connect does not answer at {t.connect_url} ({body})",
-                          "start Kafka Connect (docker compose up -d connect), or set MALLARD_CONNECT_URL "
-                          "(--connect-url) to its REST address")
+                          ("fix wal_level first (above), then start" if not self.wal_level_ok else "start")
+                          + " Kafka Connect (the local stack: mallard stack up; docker-compose: docker compose up -d "
+                          "connect), or set MALLARD_CONNECT_URL (--connect-url) to its REST address")
         if status == 404:
             return Result("debezium", FAIL, f"connector {name} is not registered at {t.connect_url}",
                           f"mallard connector register --connect-url {t.connect_url} --replication-config "

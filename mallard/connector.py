@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,34 +39,13 @@ def derive_connector_config(connector_config: Path | str, replication_config: Pa
 
 def register(connect_url: str, config: ConnectorConfig, timeout: float = 300.0) -> str:
     """PUT the config (placeholders unresolved: Connect resolves them from its own
-    environment) and wait until the connector's task runs. Returns its state."""
-    url = f"{connect_url.rstrip('/')}/connectors/{config.name}"
-    body = json.dumps(config.config).encode()
-    deadline = time.monotonic() + timeout
-    delay = 1.0
-    registered = False
-    while True:
-        try:
-            if not registered:
-                req = urllib.request.Request(f"{url}/config", data=body, method="PUT",
-                                             headers={"Content-Type": "application/json"})
-                urllib.request.urlopen(req, timeout=30).close()
-                registered = True
-                log.info("registered connector %s at %s", config.name, connect_url)
-            with urllib.request.urlopen(f"{url}/status", timeout=30) as resp:
-                status = json.loads(resp.read())
-            tasks = status.get("tasks", [])
-            if tasks and all(t.get("state") == "RUNNING" for t in tasks):
-                return "RUNNING"
-            if any(t.get("state") == "FAILED" for t in tasks):
-                trace = next(t.get("trace", "") for t in tasks if t.get("state") == "FAILED")
-                raise RuntimeError(f"connector {config.name} failed: {trace.splitlines()[0] if trace else 'no trace'}")
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # Connect still starting: transient
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Kafka Connect at {connect_url} not reachable: {e}") from None
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"connector {config.name} not RUNNING after {timeout:.0f}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
+    environment) and wait until the connector and its task run. Returns its state.
+    One code path for docker-compose's connector-init and the local stack."""
+    from mallard.stack.jvm import JvmError, register_connector
 
-
+    try:
+        register_connector(connect_url, config.name, config.config, timeout=timeout)
+    except JvmError as e:
+        raise RuntimeError(str(e)) from None
+    log.info("connector %s RUNNING at %s", config.name, connect_url)
+    return "RUNNING"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: system packages (apt, when root),
-# a virtual environment in .venv, and the project with its local-stack and test extras.
+# the JVM half of the local stack (.jvm/), a virtual environment in .venv, and the project with its local-stack and test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,7 @@ missing=()
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || missing+=(postgresql)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
@@ -24,6 +25,16 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+
+# Debian's kcat: a real Kafka client to look at the local stack's topics (optional).
+if ! command -v kcat >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null 2>&1 \
+        || echo "setup: kcat not installed (optional: apt-get install kcat)" >&2
+fi
+
+# Apache Kafka, Kafka Connect and Debezium's connector, pinned in jvm/pom.xml, into .jvm/
+# (resolved from Maven Central again only when the pom changed).
+bash scripts/jvm-setup.sh
 
 python3 - <<'PY'
 import sys

@@ -73,8 +73,7 @@ def ensure_topics(bootstrap_servers: str, partitions_by_topic: dict[str, int], t
 
 def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     """An idempotent, all-acks producer whose partitioner matches the Java client's
-    (murmur2), so a key lands on the same partition whether Kafka Connect or our
-    publisher wrote it."""
+    (murmur2), so a key lands on the same partition as when Kafka Connect writes it."""
     config = {
         "bootstrap.servers": bootstrap_servers,
         "enable.idempotence": True,
@@ -122,42 +121,13 @@ def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
 
 def end_offsets(bootstrap_servers: str, partitions: list[tuple[str, int]], timeout: float = 10.0
                 ) -> dict[tuple[str, int], tuple[int, int]]:
-    """(low, high) watermark per partition, high being the offset the next message gets.
-
-    Not ListOffsets alone: Tansu answers it with the base offset of the partition's last
-    record batch, short of the end. A fetch response carries the true high watermark, so
-    each partition is also fetched once, from the offset ListOffsets gave (at most its
-    last batch comes back); with real Kafka that fetch just confirms it."""
+    """(low, high) watermark per partition (ListOffsets), high being the offset the next
+    message gets."""
     from confluent_kafka import TopicPartition
 
-    reader = consumer(bootstrap_servers, "mallard-cli-inspect", **{
-        "enable.partition.eof": True, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 1024,
-        "max.partition.fetch.bytes": 64 * 1024})
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect")
     try:
-        listed = {tp: reader.get_watermark_offsets(TopicPartition(*tp), timeout=timeout) for tp in partitions}
-        result = dict(listed)
-        if not partitions:
-            return result
-        reader.assign([TopicPartition(t, p, max(low, high)) for (t, p), (low, high) in listed.items()])
-        pending = set(partitions)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = reader.poll(0.1)
-            if msg is None:
-                continue
-            tp = (msg.topic(), msg.partition())
-            if msg.error() and msg.error().code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(msg.error())
-            if tp not in pending:
-                continue
-            high = reader.get_watermark_offsets(TopicPartition(*tp), cached=True)[1]
-            if msg.error():  # end of partition: its offset is the end
-                high = max(high, msg.offset())
-            low = listed[tp][0]
-            result[tp] = (low, max(high, listed[tp][1]))
-            pending.discard(tp)
-            reader.pause([TopicPartition(*tp)])
-        return result
+        return {tp: reader.get_watermark_offsets(TopicPartition(*tp), timeout=timeout) for tp in partitions}
     finally:
         reader.close()
 
@@ -251,7 +221,7 @@ def read_topic(
 ) -> Iterable[Any]:
     """Yield a topic's messages (all partitions) without joining a consumer group,
     until ``limit`` messages or ``idle_timeout`` seconds without one."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
     deadline = time.monotonic() + idle_timeout
     while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
@@ -263,9 +233,8 @@ def read_topic(
     partitions = sorted(metadata.topics[topic].partitions)
     if from_beginning:
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    else:  # the true end (not OFFSET_END: Tansu resolves it to its last batch's start)
-        ends = end_offsets(bootstrap_servers, [(topic, p) for p in partitions])
-        reader.assign([TopicPartition(topic, p, ends[(topic, p)][1]) for p in partitions])
+    else:
+        reader.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
     seen = 0
     try:
         # The idle time counts from the broker's first answer (a message, or the end of a
@@ -291,8 +260,7 @@ def read_topic(
 def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: float = 120.0) -> Iterable[Any]:
     """Yield every message of ``topic`` (all partitions, from the beginning, no consumer
     group) up to its end: each partition's high watermark as of the start, and then
-    until every partition has said it is at its end (Tansu under-reports watermarks: the
-    end of what the broker holds is what counts), or ``idle`` seconds pass without a message.
+    until every partition has said it is at its end, or ``idle`` seconds pass without a message.
     A topic that does not exist yields nothing."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 

@@ -24,8 +24,11 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
 
     stack = LocalStack(StackSettings())
     print(f"mallard stack up ({stack.home})")
-    stack.up(demo=not args.no_demo)
-    print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+    stack.up(demo=not args.no_demo, only=args.only)
+    if args.only:
+        print(f"{args.only} healthy; `mallard stack up` starts the rest")
+    else:
+        print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
     return 0
 
 
@@ -60,12 +63,15 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
             p = applier["progress"]
             print(f"  applied up to      LSN {p['commit_lsn']} (tx {p['tx_id']}, committed {p['committed_at']}); "
                   f"{applier['events_applied']} event(s) since start, {applier['dead_letters']} dead-lettered")
-        publisher = status["components"]["cdc-publisher"]["detail"]
-        if isinstance(publisher, dict) and publisher.get("slot"):
-            slot = publisher["slot"]
+        connect = status["components"]["connect"]
+        print(f"  kafka connect      {connect.get('url')} (Kafka {connect.get('version')}, Debezium "
+              f"{connect.get('debezium_version')})")
+        detail = connect["detail"]
+        if isinstance(detail, dict) and detail.get("slot"):
+            slot = detail["slot"]
+            print(f"  connector          {detail['connector']['name']}: {detail['connector']['state']}")
             print(f"  replication slot   {'active' if slot['active'] else 'INACTIVE'}, confirmed up to "
-                  f"{slot['confirmed_flush_lsn']}, retaining {slot['retained_wal_bytes'] / 1024:.0f} KiB of WAL; "
-                  f"{publisher['events_published']} event(s) published since start")
+                  f"{slot['confirmed_flush_lsn']}, retaining {slot['retained_wal_bytes'] / 1024:.0f} KiB of WAL")
     running = all(c["state"] == "running" for c in status["components"].values())
     return 0 if running else 3
 
@@ -85,7 +91,7 @@ How to look at the running stack:
   Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
   Transaction metadata:      .venv/bin/mallard tail {config.transaction_topic} --from-beginning --limit 4
   Topics and message counts: .venv/bin/mallard topics
-  With kcat (apt install kcat):  bash scripts/kcat.sh -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -q -f '%k\\n%s\\n\\n'
+  With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -q -f '%k\\n%s\\n\\n'
   Lag, delay, last snapshots:    .venv/bin/mallard status
   Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
                              .venv/bin/mallard demo changes --count 10
@@ -483,10 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local stack: Postgres, Kafka API broker, Debezium, services")
+    stack = sub.add_parser("stack", help="the local stack: Postgres, Apache Kafka, Kafka Connect with Debezium, services")
     ssub = stack.add_subparsers(dest="stack_command", required=True)
     up = ssub.add_parser("up", help="start every component (harmless when already running)")
     up.add_argument("--no-demo", action="store_true", help="do not load the demo shop schema into a new database")
+    up.add_argument("--only", choices=["postgres"], help="start only this component (e.g. to change the source "
+                    "while replication is stopped)")
     up.set_defaults(func=cmd_stack_up)
     down = ssub.add_parser("down", help="stop what `up` started")
     down.add_argument("--purge", action="store_true",

@@ -11,13 +11,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 PLACEHOLDER = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Settings that only mean something to a Kafka Connect worker: the embedded
 # engine hands events to our publisher instead, and we create topics ourselves.
-_CONNECT_ONLY_PREFIXES = ("key.converter", "value.converter", "topic.creation.", "tasks.max")
 
 REQUIRED = {
     "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
@@ -60,30 +58,12 @@ class ConnectorConfig:
         raw = self.config.get("table.include.list", "")
         return [t.strip() for t in raw.split(",") if t.strip()]
 
-    def topic_partitions(self, topic: str) -> int:
-        """Partitions Kafka Connect would create ``topic`` with: the first group of
-        ``topic.creation.groups`` whose include regexes match (and excludes do not),
-        else the default. The transaction topic gets its own group with one
-        partition, so BEGIN and END events stay in commit order."""
-        groups = [g.strip() for g in self.config.get("topic.creation.groups", "").split(",") if g.strip()]
-        for group in groups:
-            include = _regexes(self.config.get(f"topic.creation.{group}.include", ""))
-            exclude = _regexes(self.config.get(f"topic.creation.{group}.exclude", ""))
-            if any(r.fullmatch(topic) for r in include) and not any(r.fullmatch(topic) for r in exclude):
-                return int(self.config.get(f"topic.creation.{group}.partitions",
-                                           self.config.get("topic.creation.default.partitions", "1")))
-        return int(self.config.get("topic.creation.default.partitions", "1"))
-
     def cdc_topic(self, stream: str) -> str:
         return cdc_topic(self.topic_prefix, stream)
 
     @property
     def transaction_topic(self) -> str:
         return transaction_topic(self.topic_prefix)
-
-
-def _regexes(spec: str) -> list[re.Pattern[str]]:
-    return [re.compile(r.strip()) for r in spec.split(",") if r.strip()]
 
 
 def cdc_topic(prefix: str, stream: str) -> str:
@@ -140,28 +120,3 @@ def resolve_placeholders(config: ConnectorConfig, env: Mapping[str, str]) -> Con
         raise ConnectorConfigError("connector config needs environment variable(s): " + ", ".join(missing))
     resolved = {k: PLACEHOLDER.sub(lambda m: env[m.group(1)], v) for k, v in config.config.items()}
     return ConnectorConfig(name=config.name, config=resolved)
-
-
-def embedded_engine_properties(
-    config: ConnectorConfig, offsets_file: str, offset_flush_interval_ms: int
-) -> dict[str, Any]:
-    """Properties for Debezium's embedded engine from a resolved connector config.
-
-    Offsets go to a file so they survive a restart of the publisher; the engine
-    only commits offsets of records our handler returned from, i.e. after the
-    Kafka flush (at-least-once).
-    """
-    props: dict[str, Any] = {
-        k: v for k, v in config.config.items() if not k.startswith(_CONNECT_ONLY_PREFIXES)
-    }
-    props.update(
-        {
-            "name": config.name,
-            # Embedded JSON format: one converter config for key and value.
-            "converter.schemas.enable": config.config["value.converter.schemas.enable"],
-            "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
-            "offset.storage.file.filename": offsets_file,
-            "offset.flush.interval.ms": str(offset_flush_interval_ms),
-        }
-    )
-    return props

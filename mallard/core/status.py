@@ -268,11 +268,12 @@ def service_summary(name: str, health: Any) -> str:
         head = f"applied up to LSN {p['commit_lsn']} (tx {p['tx_id']})" if p else "nothing applied yet"
         line = f"{head}; {health.get('events_applied', 0):,} events since start, {health.get('dead_letters', 0)} dead-lettered"
         return line + (f"; HELD UP: {health['not_ready_reason']}" if health.get("not_ready_reason") else "")
-    if name == "cdc-publisher":
+    if name == "connect":
         slot = health.get("slot") or {}
         head = (f"slot {'active' if slot.get('active') else 'INACTIVE'}, {(slot.get('retained_wal_bytes') or 0) / 1024:,.0f}"
                 f" KiB WAL retained" if slot else "no replication slot yet")
-        return f"{head}; {health.get('events_published', 0):,} events published since start"
+        connector = health.get("connector") or {}
+        return f"{head}; connector {connector.get('name', '?')}: {connector.get('state', '?')}"
     if name == "snapshotter":
         cur = health.get("current")
         head = (f"snapshotting {cur['stream']} ({cur.get('rows', 0):,}/~{cur.get('estimate', 0):,} rows)" if cur

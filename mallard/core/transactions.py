@@ -208,10 +208,15 @@ class TransactionAssembler:
         tp = (marker.topic, marker.partition)
         self._marker_partitions.add(tp)
         if marker.status == "END" and not self.is_applied(marker.tx_id) and marker.tx_id not in self._ended:
-            if marker.event_count < 1:
+            if marker.event_count == 0:
+                # Every change of it was filtered out by Debezium (the heartbeat table's update,
+                # in the publication but not captured): nothing to apply, no position to move.
+                self._drop(marker)
                 self._seen(tp, marker.offset)
-                self._refuse_marker(marker, f"END of transaction {marker.tx_id} claims {marker.event_count} events "
-                                    "(Debezium ends only transactions it began, on their first event)")
+                return
+            if marker.event_count < 0:
+                self._seen(tp, marker.offset)
+                self._refuse_marker(marker, f"END of transaction {marker.tx_id} claims {marker.event_count} events")
                 return
             if marker.tx_id in self._expired:
                 self._seen(tp, marker.offset)

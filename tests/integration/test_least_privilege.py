@@ -37,9 +37,10 @@ def test_no_part_of_the_stack_is_a_superuser_and_each_runs_as_its_own_role(stack
     assert found == {"mallard_admin": (True, True, True, True), "mallard": (False, False, False, False),
                      "mallard_debezium": (False, True, False, False),
                      "mallard_snapshotter": (False, False, False, False)}
-    # Debezium streams as its role; each service process was given its role's credentials.
+    # Debezium streams as its role (the Connect worker resolves ${env:MALLARD_PG_*} from its
+    # environment); each service process was given its role's credentials.
     assert one(admin, "SELECT usename FROM pg_stat_replication") == ("mallard_debezium",)
-    wanted = {"cdc-publisher": "mallard_debezium", "snapshotter": "mallard_snapshotter",
+    wanted = {"connect": "mallard_debezium", "snapshotter": "mallard_snapshotter",
               "scheduler": "mallard_snapshotter", "applier": "mallard_snapshotter"}
     for service, user in wanted.items():
         env = environ(status["components"][service]["pid"])

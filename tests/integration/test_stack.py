@@ -11,7 +11,7 @@ from mallard.adapters.kafka import broker_metadata
 from mallard.stack.processes import is_alive
 
 pytestmark = pytest.mark.integration
-COMPONENTS = ["postgres", "broker", "cdc-publisher", "snapshotter", "applier", "scheduler"]
+COMPONENTS = ["postgres", "broker", "connect", "snapshotter", "applier", "scheduler"]
 
 
 def test_status_json_gives_every_component_and_connection_details(stack):
@@ -27,6 +27,12 @@ def test_status_json_gives_every_component_and_connection_details(stack):
         assert cur.fetchone()[0] > 0
     assert status["postgres"]["port"] == int(stack.ports["MALLARD_PG_PORT"])
     assert broker_metadata(status["kafka"]["bootstrap_servers"]).topics is not None
+    broker, connect = status["components"]["broker"], status["components"]["connect"]
+    assert broker["version"] == connect["version"] == "4.3.0" and connect["debezium_version"] == "3.6.3.Final"
+    assert broker["port"] == int(stack.ports["MALLARD_KAFKA_PORT"])
+    assert broker["controller_port"] == int(stack.ports["MALLARD_KAFKA_CONTROLLER_PORT"])
+    assert connect["port"] == int(stack.ports["MALLARD_CONNECT_PORT"])
+    assert connect["detail"]["connector"]["running"] and connect["detail"]["slot"]["active"]
     assert status["duckdb"]["path"].startswith(str(stack.home))
     human = stack.mallard("stack", "status").stdout
     assert "mallard:***@" in human and ":mallard@" not in human  # no password on screen
@@ -72,10 +78,11 @@ def test_a_component_that_fails_to_start_is_named_and_nothing_is_left_running(ma
     stack = make_stack(MALLARD_CONNECTOR_CONFIG=str(config))
     out = stack.mallard("stack", "up", check=False)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "cdc-publisher: exited during start-up" in out.stderr
-    assert str(stack.home / "logs" / "cdc-publisher.log") in out.stderr
+    # Connect refuses the config when it is registered: named with Connect's own reason.
+    assert "connect: connector mallard-postgres" in out.stderr and "slot" in out.stderr.lower()
+    assert str(stack.home / "logs" / "connect.log") in out.stderr
     started = [line.split()[0] for line in out.stdout.splitlines() if " started (pid " in line]
-    assert started == ["postgres", "broker"]
+    assert started == ["postgres", "broker", "connect"]
     pids = [int(line.split("(pid ")[1].split(")")[0]) for line in out.stdout.splitlines() if " started (pid " in line]
     assert not any(is_alive(p) for p in pids), "components started by a failed `up` must be stopped"
     assert all(c["state"] == "stopped" for c in stack.status()["components"].values())
@@ -117,7 +124,7 @@ def test_the_postgres_password_never_reaches_a_log_or_the_stack_record(stack):
     password = stack.env["MALLARD_PG_PASSWORD"]
     assert password in stack.dsn  # status --json gives a usable DSN ...
     files = [p for p in stack.home.rglob("*") if p.is_file() and (p.suffix in (".log", ".json") or p.name == "stack.json")]
-    assert any(p.name == "cdc-publisher.log" for p in files)
+    assert any(p.name == "connect.log" for p in files)
     leaks = [str(p) for p in files if password in p.read_text(errors="replace")]
     assert not leaks  # ... but no log and no file the stack writes holds the password
 

@@ -116,7 +116,7 @@ def test_a_config_given_with_config_names_the_source_and_the_target(tmp_path, cl
     assert t.pg.pg_password.get_secret_value() == "s3cret" and "s3cret" not in repr(t)
     assert t.duckdb_path == Path("/data/warehouse.duckdb")
     assert t.streams == ["public.orders"] and t.connector.tables == ["public.orders"]  # table.include.list derived
-    assert t.connect_url is None and not t.setup_errors
+    assert t.connect_url == "http://127.0.0.1:18084" and not t.setup_errors  # the local stack's worker
 
 
 def test_the_local_stack_recorded_in_the_home_names_its_duckdb_file(tmp_path, clean_env):
@@ -141,11 +141,11 @@ def test_an_unreadable_config_is_a_failed_check_not_a_crash(tmp_path, clean_env)
 
 
 def _targets(tmp_path: Path, **overrides) -> Targets:
-    applier, publisher = free_ports(2)  # nothing answers there
+    applier, connect = free_ports(2)  # nothing answers there
     fields = {"pg": PostgresSettings(), "bootstrap_servers": "127.0.0.1:1", "control_topic": "mallard.control",
               "snapshot_topic": "mallard.snapshots", "dead_letter_topic": "mallard.dead-letter",
               "duckdb_path": tmp_path / "replica.duckdb", "applier_url": f"http://127.0.0.1:{applier}",
-              "publisher_url": f"http://127.0.0.1:{publisher}", "timeout": 2.0,
+              "connect_url": f"http://127.0.0.1:{connect}", "timeout": 2.0,
               "connector": parse_connector_config(DEFAULT_CONNECTOR_CONFIG.read_text())}
     return Targets(**{**fields, **overrides})
 
@@ -268,9 +268,12 @@ def test_connect_not_answering(tmp_path):
     assert r.status == FAIL and "does not answer" in r.detail and "MALLARD_CONNECT_URL" in r.fix
 
 
-def test_without_connect_the_local_publisher_is_checked(tmp_path):
+def test_without_connect_url_the_local_stacks_worker_is_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv("MALLARD_CONNECT_URL", raising=False)
+    t = checks.resolve_targets(StackSettings(connect_port=18999), env={})
+    assert t.connect_url == "http://127.0.0.1:18999"
     r = Checker(_targets(tmp_path)).check_debezium()
-    assert r.status == FAIL and "CDC publisher does not answer" in r.detail and "mallard stack up" in r.fix
+    assert r.status == FAIL and "Kafka Connect does not answer" in r.detail and "mallard stack up" in r.fix
 
 
 # -- privileges: a superuser is a warning, with the statements to use instead ----------------

@@ -9,17 +9,15 @@ from mallard.core.connector_config import placeholders
 from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
 from mallard.stack.local import LocalStack, StackSettings
 from services.applier.config import ApplierSettings
-from services.cdc_publisher.config import CdcPublisherSettings
 from services.scheduler.config import SchedulerSettings
 from services.snapshotter.config import SnapshotterSettings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 MALLARD_SERVICES = {"snapshotter": SnapshotterSettings, "applier": ApplierSettings, "scheduler": SchedulerSettings}
-ALL_SETTINGS = [*MALLARD_SERVICES.values(), CdcPublisherSettings]
+ALL_SETTINGS = list(MALLARD_SERVICES.values())
 CONNECTOR = load_connector_config_file(DEFAULT_CONNECTOR_CONFIG)
-# Local-stack only: the embedded publisher's offsets; in compose, Kafka Connect keeps them.
-LOCAL_ONLY = {"MALLARD_OFFSETS_FILE"}
+LOCAL_ONLY: set[str] = set()
 
 
 def env_names(settings_cls) -> set[str]:

@@ -6,7 +6,6 @@ from mallard.connector import load_connector_config_file
 from mallard.core.connector_config import (
     REQUIRED,
     ConnectorConfigError,
-    embedded_engine_properties,
     parse_connector_config,
     placeholders,
     resolve_placeholders,
@@ -75,40 +74,6 @@ def test_placeholders_resolve_like_connects_env_provider():
 def test_missing_variables_are_all_named():
     with pytest.raises(ConnectorConfigError, match="MALLARD_PG_DATABASE, MALLARD_PG_HOST"):
         resolve_placeholders(repo_config(), {"MALLARD_PG_PORT": "1", "MALLARD_PG_USER": "u", "MALLARD_PG_PASSWORD": "p"})
-
-
-def test_embedded_properties_drop_connect_only_settings_and_keep_offsets_in_a_file():
-    props = embedded_engine_properties(repo_config(), "/x/offsets.dat", 1000)
-    assert not any(k.startswith(("key.converter", "value.converter", "topic.creation.")) for k in props)
-    assert "tasks.max" not in props
-    assert props["converter.schemas.enable"] == "true"
-    assert props["offset.storage"].endswith("FileOffsetBackingStore")
-    assert props["offset.storage.file.filename"] == "/x/offsets.dat"
-    assert props["name"] == "mallard-postgres"
-    assert props["snapshot.mode"] == "no_data"
-    assert props["decimal.handling.mode"] == "precise"
-
-
-def test_transaction_topic_gets_one_partition_and_tables_the_default():
-    config = repo_config()
-    assert config.topic_partitions("mallard.transaction") == 1
-    assert config.topic_partitions("mallard.public.orders") == 3
-    # Regexes match whole names, as in Connect.
-    assert config.topic_partitions("mallard.transaction.extra") == 3
-
-
-def test_topic_group_exclude_and_order():
-    config = parse_connector_config(doc(**{
-        "topic_creation_groups": "a,b",
-        "topic_creation_a_include": "mallard\\.public\\..*",
-        "topic_creation_a_exclude": "mallard\\.public\\.orders",
-        "topic_creation_a_partitions": "6",
-        "topic_creation_b_include": "mallard\\..*",
-        "topic_creation_b_partitions": "2",
-    }), "f")
-    assert config.topic_partitions("mallard.public.customers") == 6
-    assert config.topic_partitions("mallard.public.orders") == 2
-    assert config.topic_partitions("other") == 3
 
 
 def test_topic_names():

@@ -286,3 +286,9 @@ def test_importing_the_module_connects_to_nothing():
             "print([m for m in ('confluent_kafka', 'psycopg2', 'duckdb') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_new_cluster_id_never_starts_with_a_dash():
+    from mallard.stack.jvm import new_cluster_id
+
+    assert not any(new_cluster_id().startswith("-") for _ in range(2000))

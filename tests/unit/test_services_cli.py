@@ -5,7 +5,6 @@ import sys
 import pytest
 
 from services.applier.config import ApplierSettings
-from services.cdc_publisher.config import CdcPublisherSettings
 from services.scheduler.config import SchedulerSettings
 from services.snapshotter.config import SnapshotterSettings
 from mallard.stack.local import StackSettings
@@ -14,7 +13,6 @@ SERVICES = {
     "snapshotter": (SnapshotterSettings, "consistent REPEATABLE READ"),
     "applier": (ApplierSettings, "only writer of the DuckDB file"),
     "scheduler": (SchedulerSettings, "cron schedules"),
-    "cdc_publisher": (CdcPublisherSettings, "real Debezium PostgreSQL connector"),
 }
 
 

@@ -139,7 +139,9 @@ def test_text():
 def test_service_summaries():
     assert service_summary("applier", {"progress": {"commit_lsn": "0/1", "tx_id": 5}, "events_applied": 1200,
                                        "dead_letters": 1}) == "applied up to LSN 0/1 (tx 5); 1,200 events since start, 1 dead-lettered"
-    assert "slot INACTIVE" in service_summary("cdc-publisher", {"slot": {"active": False, "retained_wal_bytes": 4096}})
+    summary = service_summary("connect", {"slot": {"active": False, "retained_wal_bytes": 4096},
+                                          "connector": {"name": "mallard-postgres", "state": "connector RUNNING"}})
+    assert "slot INACTIVE" in summary and "mallard-postgres: connector RUNNING" in summary
     assert service_summary("snapshotter", {"current": {"stream": "public.t", "rows": 10, "estimate": 100},
                                            "snapshots": 2}).startswith("snapshotting public.t (10/~100 rows)")
     assert service_summary("scheduler", {"leader": False, "schedules": {"a": {}}}).startswith("standing by; 1 schedule(s)")

@@ -187,11 +187,21 @@ def test_when_the_source_cannot_be_asked_a_window_of_what_was_known_bounds_the_l
     assert refusal.offset == 1 and "could not be asked" in refusal.reason
 
 
-def test_an_end_claiming_no_events_is_refused():
+def test_an_end_with_no_events_is_an_empty_transaction_and_an_event_claiming_it_later_is_refused():
+    # Debezium ends a transaction whose changes it all filtered (the heartbeat table's update).
     a = assembler(Clock(), [5000])
     a.add_marker(TransactionMarker(*TX, 0, "END", 66, 10, 0, 0))
-    assert a.waiting_transactions == 0 and a.markers_refused == 1
+    assert a.waiting_transactions == 0 and a.markers_refused == 0 and not a.refused
     assert a.committable() == {TX: 1}
+    # Forged for a real transaction: its events, when they come, are refused (re-snapshotted), never lost.
+    a.add_event(event(66, 1, PARTS[0], 0), 66, 1, PARTS[0], 0)
+    assert [r.stream for r in a.refused] and not a.take_ready(10)
+
+
+def test_an_end_claiming_a_negative_count_is_refused():
+    a = assembler(Clock(), [5000])
+    a.add_marker(TransactionMarker(*TX, 0, "END", 66, 10, -1, 0))
+    assert a.waiting_transactions == 0 and a.markers_refused == 1
 
 
 def test_while_the_source_does_not_answer_transactions_do_not_wait_for_the_check_interval():
