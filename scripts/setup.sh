@@ -28,7 +28,10 @@ fi
 
 # Debian's kcat: a real Kafka client to look at the local stack's topics (optional).
 if ! command -v kcat >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null 2>&1 \
+    export DEBIAN_FRONTEND=noninteractive
+    # Package lists may be stale or absent on a fresh machine: update once if the first try fails.
+    { apt-get install -y -qq --no-install-recommends kcat >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends kcat >/dev/null 2>&1; }; } \
         || echo "setup: kcat not installed (optional: apt-get install kcat)" >&2
 fi
 
