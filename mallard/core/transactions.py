@@ -434,6 +434,27 @@ class TransactionAssembler:
         self._remember_expired(tx_id)
         self.transactions_expired += 1
 
+    def partition_lost(self, tp: TopicPartition, restart_at: int, reason: str) -> None:
+        """Kafka lost messages of ``tp`` (mallard/core/data_loss.py): read it again from
+        ``restart_at`` (the start of what exists; what was applied is recognised and skipped),
+        and never commit an offset of what it was before. Any transaction still incomplete may
+        have lost events (or, for the transaction topic, its END) there: each is expired now,
+        its streams re-snapshotted (refused), so none holds the commit order back until
+        ``give_up_after_s``. One that was merely in flight is caught by the same re-snapshot."""
+        self._held[tp] = {}
+        self._next[tp] = restart_at
+        self._last_tx.pop(tp, None)
+        for end in list(self._ends):
+            if len(self._events.get(end.tx_id, ())) < end.event_count:
+                self._ends.remove(end)
+                self._ended.discard(end.tx_id)
+                self._end_seen.pop(end.tx_id, None)
+                self.refused.append(Refusal(end.topic, end.partition, end.offset, f"{reason}: transaction {end.tx_id} "
+                                            "could not be completed"))
+                self._expire(end.tx_id, f"{reason}: transaction {end.tx_id} may have lost events", None)
+        for tx_id in [t for t in self._events if t not in self._ended and t not in self._released]:
+            self._expire(tx_id, f"{reason}: transaction {tx_id} may have lost its END", None)
+
     def drain_refused(self) -> list[Refusal]:
         refused, self.refused = self.refused, []
         return refused
