@@ -25,8 +25,11 @@ The topics are untrusted input: no single message may halt or corrupt replicatio
   streams re-snapshotted, and later transactions flow again. Events whose END never
   comes are expired after ``give_up_after_s`` alike.
 Refused markers and expired events wait in ``refused`` / ``expired`` for the caller.
-Time comes only from ``tick(now)`` (and the injected ``clock`` for LSN checks), so
-tests drive it.
+Time comes only from ``tick(now)`` and the injected ``clock`` (LSN checks, and the
+time of what arrives before the first ``tick``), so tests drive it. ``tick`` takes the
+clock's time: a restarted applier reads a backlog before it first ticks, and that
+backlog waits from when the assembler was made, never from the clock's zero
+(``time.monotonic()`` counts from boot: "since 0" would be hours, and a replay expired).
 """
 from __future__ import annotations
 
@@ -111,7 +114,8 @@ class TransactionAssembler:
         self.source_unreachable = False
         """The last time the source was asked, it did not answer (the window applies)."""
         self._asked_at = float("-inf")
-        self._now = 0.0
+        self._now = clock()
+        """The time of the last ``tick``; before the first one, when this assembler was made."""
         self._first_seen: dict[int, float] = {}
         """tx_id -> when its first event was held (events whose END never comes are expired)."""
         self._end_seen: dict[int, float] = {}

@@ -226,3 +226,24 @@ def test_a_source_that_answers_is_asked_at_most_once_per_interval():
     assert a.take_ready(10) == [] and len(calls) == 1  # asked moments ago: waits
     clock.now = 1.0
     assert [tx.tx_id for tx in a.take_ready(10)] == [8] and len(calls) == 2
+
+
+def test_what_came_before_the_first_tick_waits_from_that_tick_not_from_clock_zero():
+    # A restarted applier reads a backlog before it first ticks, and time.monotonic() counts
+    # from boot: a replay must never look hours old (expired, dead-lettered, re-snapshotted).
+    boot = 32_096.0
+    clock, source = Clock(), [5000]
+    clock.now = boot
+    a = assembler(clock, source)
+    a.add_event(event(7, 1, PARTS[0], 0), 7, 1, PARTS[0], 0)  # its END is still to come
+    a.add_event(event(8, 1, PARTS[1], 0), 8, 1, PARTS[1], 0)
+    a.add_marker(TransactionMarker(*TX, 0, "END", 8, 4000, 2, 0))  # at the head, one event still to come
+    a.tick(boot)
+    assert not a.refused and a.transactions_expired == 0 and a.stuck is None
+    a.add_event(event(8, 2, PARTS[1], 1), 8, 2, PARTS[1], 1)
+    a.add_marker(TransactionMarker(*TX, 1, "END", 7, 4100, 1, 0))
+    assert [tx.tx_id for tx in a.take_ready(10)] == [8, 7]
+    # The bound still holds from the first tick on.
+    a.add_event(event(9, 1, PARTS[0], 1), 9, 1, PARTS[0], 1)
+    a.tick(boot + GIVE_UP + 1)
+    assert [r.event.tx_id for r in a.drain_refused()] == [9]
