@@ -296,3 +296,43 @@ def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: 
         raise BrokerUnavailable(f"reading {topic} to its end took more than {timeout:.0f}s")
     finally:
         reader.close()
+
+
+def partition_facts(admin: AdminClient, group: str, topics: Iterable[str], timeout: float = 5.0) -> dict[tuple[str, int], Any]:
+    """What Kafka says now of every partition of ``topics`` (mallard/core/data_loss.py's
+    ``Observed``): low and high watermarks, ``group``'s committed offset, the topic's id. A
+    topic that does not exist (or does not answer) is left out: no evidence either way."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicCollection, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    from mallard.core.data_loss import Observed
+
+    topics = sorted(set(topics))
+    if not topics:
+        return {}
+    ids, parts = {}, []
+    for topic, future in admin.describe_topics(TopicCollection(topics), request_timeout=timeout).items():
+        try:
+            described = future.result(timeout)
+        except KafkaException:
+            continue
+        ids[topic] = str(described.topic_id)
+        parts += [(topic, p.id) for p in described.partitions]
+    if not parts:
+        return {}
+    ends = {}
+    for name, spec in (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest())):
+        futures = admin.list_offsets({TopicPartition(t, p): spec for t, p in parts}, request_timeout=timeout)
+        for tp, future in futures.items():
+            try:
+                ends.setdefault((tp.topic, tp.partition), {})[name] = future.result(timeout).offset
+            except KafkaException:
+                pass
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in parts])]
+    committed = {}
+    for future in admin.list_consumer_group_offsets(request, request_timeout=timeout).values():
+        for tp in future.result(timeout).topic_partitions or []:
+            if tp.error is None and tp.offset >= 0:
+                committed[(tp.topic, tp.partition)] = tp.offset
+    return {tp: Observed(e["low"], e["high"], committed.get(tp), ids[tp[0]])
+            for tp, e in ends.items() if "low" in e and "high" in e}

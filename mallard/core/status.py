@@ -169,6 +169,8 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
     """The whole report. Streams: the replication config's, then any other the replica has."""
     configured = dict(config.streams) if config is not None else {}
     names = list(configured) + sorted(s for s in replica.tables if s not in configured)
+    health = (services.get("applier") or {}).get("health")
+    lost = ((health.get("data_loss") or {}).get("streams") or {}) if isinstance(health, dict) else {}
     streams = {}
     for name in names:
         cfg = configured.get(name)
@@ -192,6 +194,7 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
             "last_snapshot": _snapshot(replica.snapshots.get(name)),
             "next_run": next_run(name, config.schedules, now, announced_fires) if config is not None else None,
             "dead_letters": kafka.dead_letters_by_stream.get(name, 0) if kafka.dead_letters_total is not None else None,
+            "data_loss": lost.get(name),
         }
     progress = None
     if replica.progress:
@@ -267,6 +270,11 @@ def service_summary(name: str, health: Any) -> str:
         p = health.get("progress") or {}
         head = f"applied up to LSN {p['commit_lsn']} (tx {p['tx_id']})" if p else "nothing applied yet"
         line = f"{head}; {health.get('events_applied', 0):,} events since start, {health.get('dead_letters', 0)} dead-lettered"
+        loss = health.get("data_loss") or {}
+        if loss.get("detected"):
+            unrepaired = loss.get("unrepaired_streams") or []
+            line += (f"; DATA LOSS on Kafka: {loss['detected']} partition(s), "
+                     + (f"re-snapshot pending for {', '.join(unrepaired)}" if unrepaired else "every stream repaired"))
         return line + (f"; HELD UP: {health['not_ready_reason']}" if health.get("not_ready_reason") else "")
     if name == "connect":
         slot = health.get("slot") or {}
@@ -366,6 +374,12 @@ def render(report: dict[str, Any], now: datetime) -> str:
             out.append(f"    next run        {_when(nr['at'], now)}, schedule {nr['schedule']} ({nr['cron']})" if nr
                        else "    next run        not scheduled")
         out.append(f"    dead letters    {_count(st['dead_letters'])}")
+        loss = st.get("data_loss")
+        if loss:
+            state = ("repaired: snapshot " + str(loss.get("snapshot_id")) + " merged" if loss.get("resnapshot") == "merged"
+                     else "re-snapshot requested, not merged yet")
+            out.append(f"    ! DATA LOSS     {loss['kind']} on {loss['topic']}[{loss['partition']}], detected "
+                       f"{_when(loss['detected_at'].replace('+00:00', 'Z'), now)}: {state}")
     if k["topics"]:
         out += ["", f"the applier's other topics (group {k['consumer_group']}; the snapshot topic: group "
                     f"{k['snapshot_consumer_group']})"]

@@ -70,6 +70,11 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
     commit_lsn_window_bytes: int = Field(
         64 << 30, gt=0, description="While the source cannot be asked: how far beyond the last LSN known a commit LSN "
         "may be (farther: dead-lettered).")
+    data_loss_check_interval_s: float = Field(
+        5.0, gt=0, description="How often the applier asks Kafka whether it lost data under it (a recreated topic, an "
+        "offset beyond a partition's end, messages removed unread): four requests, off the main loop. A loss is "
+        "reported (log, /healthz data_loss, mallard status, metrics), the partition read again from its start and "
+        "its stream re-snapshotted.")
     dead_letter_max_bytes: int = Field(
         64 * 1024, gt=0, description="Bytes of the original key and value a dead letter carries at most (it says when "
         "it was cut and the original size; the original stays at its offset).")

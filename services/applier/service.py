@@ -37,6 +37,7 @@ from mallard.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
 from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
 from mallard.core.cut import Cut
+from mallard.core.data_loss import detect
 from mallard.core.merge import reduce
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
 from mallard.core.transactions import Refusal, TransactionAssembler
@@ -47,6 +48,7 @@ from schemas.deadletter import DeadLetter
 from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
                               snapshot_message_adapter)
 from services.applier.config import ApplierSettings
+from services.applier.data_loss import DataLossWatch
 
 
 GC_INTERVAL_S = 300
@@ -173,6 +175,7 @@ class ApplierService(Service):
         self._allowed: re.Pattern | None = None
         self._source_position: SourcePosition | None = None
         self._next_tick = 0.0
+        self._loss = DataLossWatch()
 
     # -- what the HTTP endpoint shows -------------------------------------------------
 
@@ -188,6 +191,8 @@ class ApplierService(Service):
             base["waiting_transactions"] = self.assembler.waiting_transactions
             base["transactions_expired"] = self.assembler.transactions_expired
             base["markers_refused"] = self.assembler.markers_refused
+            if self._loss.detected:  # loud, but ready: the re-snapshot that repairs it is under way
+                base["data_loss"] = self._loss.report()
             if self.assembler.stuck:  # replication is held up: not ready, and why
                 base["ready"] = False
                 base["not_ready_reason"] = self.assembler.stuck
@@ -221,6 +226,7 @@ class ApplierService(Service):
                                     a.markers_refused))
             families.append(counter("mallard_dead_letters_failed", "Messages that could not even be dead-lettered "
                                     "(logged and skipped).", c["dead_letters_failed"]))
+        families += self._loss.metric_families()
         if self._last_commit_ms is not None:
             families.append(gauge("mallard_last_applied_commit_timestamp_seconds", "Postgres commit time of the last "
                                   "transaction applied (now minus this is how far behind the replica is).",
@@ -278,6 +284,8 @@ class ApplierService(Service):
             lsn_window=s.commit_lsn_window_bytes, stuck_after_s=s.tx_stuck_after_s,
             give_up_after_s=s.tx_give_up_after_s)
         self._allowed = self._configured_streams()
+        self._loss.configure(s.kafka_bootstrap_servers, s.consumer_group, s.topic_prefix, s.data_loss_check_interval_s,
+                             self.log)
         self.producer = kafka.producer(s.kafka_bootstrap_servers)  # dead letters, snapshot requests
         consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
             "session.timeout.ms": s.session_timeout_ms,
@@ -358,6 +366,7 @@ class ApplierService(Service):
                     self._next_tick = time.monotonic() + 0.25
                     if self.assembler.refused:
                         self._handle_refused()
+                    self._check_data_loss(consumer)
                 since = time.monotonic() - last_commit
                 if (uncommitted and since >= COMMIT_INTERVAL_S) or since > 5:
                     self._commit_offsets(consumer, snapshot_consumer)
@@ -378,6 +387,7 @@ class ApplierService(Service):
                 consumer.close()
                 snapshot_consumer.close()
             finally:
+                self._loss.close()
                 self._source_position.close()
                 with self.lock:
                     self.replica.close()
@@ -388,6 +398,53 @@ class ApplierService(Service):
         # Whether librdkafka keeps a partition's pause across a rebalance is its business:
         # count them all as paused, so the next round resumes what need not be.
         self._paused = {(tp.topic, tp.partition) for tp in partitions}
+        self._loss.due = 0.0  # partitions (re)assigned: look for data loss at once
+
+    def _check_data_loss(self, consumer: Consumer) -> None:
+        """Has Kafka lost messages under the applier (services/applier/data_loss.py)? Each
+        partition that did is read again from its start (what was applied is recognised and
+        skipped), transactions that may have lost events are expired, and its stream is
+        re-snapshotted through the exact cut: the replica converges by itself."""
+        answer = self._loss.answer()
+        if answer is not None:
+            losses = detect(*answer)
+            lost_streams: list[str] = []
+            for loss in losses:
+                tp = (loss.topic, loss.partition)
+                self.assembler.partition_lost(tp, loss.restart_at, f"Kafka lost data on {loss.topic}[{loss.partition}]")
+                self._committed.pop(tp, None)
+                try:
+                    consumer.seek(TopicPartition(loss.topic, loss.partition, loss.restart_at))
+                except KafkaException:
+                    pass  # not assigned now: it starts at the offset committed below
+                try:
+                    consumer.commit(offsets=[TopicPartition(loss.topic, loss.partition, loss.restart_at)],
+                                    asynchronous=False)
+                except KafkaException:
+                    pass  # the assembler commits it with the next round
+                entry = self._loss.record(loss, "requested" if loss.topic != self.tx_topic else None)
+                if entry["stream"] and entry["stream"] not in lost_streams:
+                    lost_streams.append(entry["stream"])
+                self.log.error("DATA LOSS on Kafka: %s; reading %s[%d] again from offset %d%s", loss.detail,
+                               loss.topic, loss.partition, loss.restart_at,
+                               f", re-snapshotting {entry['stream']}" if entry["stream"] else
+                               " (transactions that may have lost their END are expired, their streams re-snapshotted)",
+                               extra={**entry, "loss": entry["kind"], "kind": "data_loss"})
+            if self.assembler.refused:
+                self._handle_refused()
+            if lost_streams:
+                self._request_snapshot(lost_streams, "Kafka lost data of its CDC topic: " + "; ".join(
+                    f"{x.topic}[{x.partition}] {x.kind}" for x in losses if x.topic != self.tx_topic))
+        if not self._loss.due_now(time.monotonic()):
+            return
+        known = {**self._committed}  # what the applier knew, taken before Kafka is asked
+        for tp, offset in self.assembler.committable().items():
+            known[tp] = max(offset, known.get(tp, offset))
+        try:
+            topics = {tp.topic for tp in consumer.assignment()} | {t for t, _ in known}
+        except KafkaException:
+            return
+        self._loss.ask(time.monotonic(), topics, known)
 
     def _pause_partitions_ahead(self, consumer: Consumer) -> None:
         """Read only what the next transaction still needs while the held events are at
@@ -607,6 +664,7 @@ class ApplierService(Service):
                                      "elapsed_ms": round(seconds * 1000)})
                 if result.resnapshot_again:
                     self._request_snapshot([f.stream], "changes were held back after the last snapshot's cut")
+                self._loss.snapshot_merged(f)
             else:
                 self.counts["snapshots_abandoned"] += 1
                 self.log.error("snapshot %s of %s abandoned: %s; the table keeps its content, and the snapshot "

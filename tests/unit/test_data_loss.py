@@ -131,3 +131,45 @@ def test_transactions_that_may_have_lost_events_are_expired_at_once_and_later_on
     # A late END of an expired transaction is refused, not waited for.
     a.add_marker(TransactionMarker(*TX, 2, "END", 77, 4050, 1, 0))
     assert a.waiting_transactions == 0 and a.drain_refused()
+
+
+# -- the applier's watch (services/applier/data_loss.py), without Kafka ----------------------
+
+
+def test_the_watch_asks_with_what_was_known_before_and_remembers_topic_ids():
+    from concurrent.futures import wait
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from services.applier.data_loss import DataLossWatch
+
+    answers = [{TP: Observed(0, 10, 10, "a"), ("mallard.public.t", 1): Observed(0, 0, None, "a")},
+               {TP: Observed(0, 2, None, "b"), ("mallard.public.t", 1): Observed(0, 0, None, "b")}]
+    watch = DataLossWatch(prefix="mallard", interval_s=5.0)
+
+    watch._observe = lambda topics: answers.pop(0)  # Kafka's answer
+
+    def ask(now, known):
+        watch.ask(now, {TP[0]}, known)
+        wait([watch._pending[0]])
+        return watch.answer()
+
+    known, observed = ask(0.0, {TP: 10})
+    assert detect(known, observed) == [] and watch.topic_ids == {TP[0]: "a"}
+    watch.ask(1.0, {TP[0]}, {TP: 10})
+    assert watch._pending is None  # not due yet
+    known, observed = ask(5.0, {TP: 10})
+    losses = detect(known, observed)
+    assert [(x.partition, x.kind) for x in losses] == [(0, RECREATED), (1, RECREATED)]  # unread partitions too
+    for loss in losses:
+        watch.record(loss, "requested")
+    assert watch.unrepaired() == ["public.t"] and watch.by_kind[RECREATED] == 2
+    detected = datetime.fromisoformat(watch.streams["public.t"]["detected_at"])
+    watch.snapshot_merged(SimpleNamespace(stream="public.t", snapshot_id="old", started_at=detected - timedelta(1)))
+    assert watch.unrepaired() == ["public.t"]  # its cut is older than the loss
+    watch.snapshot_merged(SimpleNamespace(stream="public.t", snapshot_id="s2",
+                                          started_at=datetime.now(timezone.utc)))
+    assert watch.unrepaired() == [] and watch.report()["streams"]["public.t"]["snapshot_id"] == "s2"
+    watch.close()
+    assert {m.name for m in watch.metric_families()} == {"mallard_kafka_data_loss",
+                                                         "mallard_streams_unrepaired_after_data_loss"}

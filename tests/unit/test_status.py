@@ -215,3 +215,23 @@ def test_a_schedule_that_does_not_fire_again_is_reported_not_raised():
     config = replace(CONFIG, schedules=schedules)
     text = render(build_report(NOW, services, replica, kafka, config, "mallard", []), NOW)
     assert "next run        never: schedule orders (0 0 1 1 *) does not fire again" in text
+
+
+def test_data_loss_on_kafka_is_reported_per_stream_and_in_the_applier_line():
+    services, replica, kafka = facts()
+    entry = {"topic": "mallard.public.orders", "partition": 1, "stream": "public.orders", "kind": "recreated",
+             "detail": "topic mallard.public.orders was recreated", "read_again_from": 0,
+             "detected_at": "2026-01-01T10:58:00.000+00:00", "resnapshot": "requested", "snapshot_id": None}
+    services["applier"]["health"] = {"data_loss": {"detected": 1, "unrepaired_streams": ["public.orders"],
+                                                   "streams": {"public.orders": entry}}}
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])
+    json.dumps(report)
+    assert report["streams"]["public.orders"]["data_loss"]["kind"] == "recreated"
+    assert report["streams"]["public.customers"]["data_loss"] is None
+    text = render(report, NOW)
+    assert ("! DATA LOSS     recreated on mallard.public.orders[1], detected 2026-01-01 10:58:00Z (2m 0s ago): "
+            "re-snapshot requested, not merged yet") in text
+    summary = service_summary("applier", services["applier"]["health"])
+    assert "DATA LOSS on Kafka: 1 partition(s), re-snapshot pending for public.orders" in summary
+    entry.update(resnapshot="merged", snapshot_id="s9")
+    assert "repaired: snapshot s9 merged" in render(build_report(NOW, services, replica, kafka, CONFIG, "mallard", []), NOW)
