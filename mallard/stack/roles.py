@@ -8,10 +8,20 @@
   ``pg_read_all_stats`` to see the Debezium sender's position.
 
 The statements are plain functions, so ``mallard check`` prints the same ones it runs.
+
+Applied by ``mallard stack up`` on every run, also while the stack runs and applications
+write. A GRANT rewrites its object's catalog row even when nothing changes, without
+locking the object: with a concurrent TRUNCATE (which rewrites the table's ``pg_class``
+row) or another ``up``, Postgres fails it with "tuple concurrently updated". So the set-up
+runs only what is missing (a table's SELECT is granted table by table), ``up``s on one
+cluster take turns (an advisory lock), and a statement that still meets that error is
+run again.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mallard.core.sql import quote_ident
@@ -63,6 +73,78 @@ def least_privilege_statements(roles: Roles, database: str, schemas: Iterable[st
 
 # -- applied by the local stack, as its admin ------------------------------------------------
 
+SETUP_LOCK = 0x6D616C6C61726401
+"""pg_advisory_lock key: one ``stack up`` at a time sets up roles and grants (per database)."""
+RETRIES = 6
+
+
+@contextmanager
+def _serialized(cur) -> Iterator[None]:
+    cur.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK,))
+    try:
+        yield
+    finally:
+        try:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+        except Exception:  # noqa: BLE001 - a broken connection: closing it releases the lock
+            pass
+
+
+def _run(cur, statement: str, params: tuple | None = None) -> None:
+    """One statement (autocommit), run again when a concurrent session updated the same
+    catalog row first ("tuple concurrently updated": transient, the next try sees its row)."""
+    import psycopg2
+
+    for attempt in range(RETRIES):
+        try:
+            cur.execute(statement, params)
+            return
+        except psycopg2.errors.InternalError_ as e:
+            if "tuple concurrently updated" not in str(e) or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+
+
+def _true(cur, query: str, *params) -> bool:
+    cur.execute(query, params or None)
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+ROLE_OID = "(SELECT oid FROM pg_roles WHERE rolname = %s)"
+
+
+def _granted(acl: str, kind: str, owner: str) -> str:
+    """SQL: whether the ACL ``acl`` (NULL: the default of object kind ``kind``) names the
+    role given as the next parameter directly, with the privilege given after it: what a
+    GRANT makes sure of (a privilege held through PUBLIC or a membership does not count)."""
+    return (f"EXISTS (SELECT 1 FROM aclexplode(coalesce({acl}, acldefault('{kind}', {owner}))) a "
+            f"WHERE a.grantee = {ROLE_OID} AND a.privilege_type = %s)")
+
+
+def _missing_reader_grants(cur, role: str, owner: str, database: str, schemas: list[str]) -> list[str]:
+    """Of ``_reader_grants``, what ``role`` does not have yet; SELECT per table that lacks it."""
+    r, o = quote_ident(role), quote_ident(owner)
+    statements = []
+    if not _true(cur, f"SELECT {_granted('datacl', 'd', 'datdba')} FROM pg_database WHERE datname = %s",
+                 role, "CONNECT", database):
+        statements.append(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {r}")
+    cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
+                f"AND NOT {_granted('nspacl', 'n', 'nspowner')} ORDER BY nspname", (schemas, role, "USAGE"))
+    statements += [f"GRANT USAGE ON SCHEMA {quote_ident(n)} TO {r}" for (n,) in cur.fetchall()]
+    # What GRANT ... ON ALL TABLES IN SCHEMA covers: tables, views, materialized views,
+    # foreign and partitioned tables.
+    cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'v', 'm', 'f', 'p') "
+                f"AND NOT {_granted('c.relacl', 'r', 'c.relowner')} ORDER BY 1, 2", (schemas, role, "SELECT"))
+    statements += [f"GRANT SELECT ON TABLE {quote_ident(n)}.{quote_ident(t)} TO {r}" for n, t in cur.fetchall()]
+    for objtype, privilege, what in (("r", "SELECT", "TABLES"), ("n", "USAGE", "SCHEMAS")):
+        if not _true(cur, f"""SELECT EXISTS (SELECT 1 FROM pg_default_acl d, aclexplode(d.defaclacl) a
+                WHERE d.defaclrole = {ROLE_OID} AND d.defaclnamespace = 0 AND d.defaclobjtype = %s
+                AND a.grantee = {ROLE_OID} AND a.privilege_type = %s)""", owner, objtype, role, privilege):
+            statements.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} GRANT {privilege} ON {what} TO {r}")
+    return statements
+
 
 def _set_role(cur, name: str, attributes: str, password: str) -> None:
     """Create the role, or bring an existing one to these attributes and this password.
@@ -73,13 +155,13 @@ def _set_role(cur, name: str, attributes: str, password: str) -> None:
     verifier = encrypt_password(password, name, cur.connection, "scram-sha-256")
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
     verb = "ALTER" if cur.fetchone() else "CREATE"
-    cur.execute(f"{verb} ROLE {quote_ident(name)} WITH {attributes} PASSWORD %s", (verifier,))
+    _run(cur, f"{verb} ROLE {quote_ident(name)} WITH {attributes} PASSWORD %s", (verifier,))
 
 
 def ensure_roles(admin_conn, roles: Roles, passwords: dict[str, str]) -> None:
     """In the cluster (any database): the three roles, none a superuser; idempotent."""
     plain = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
-    with admin_conn.cursor() as cur:
+    with admin_conn.cursor() as cur, _serialized(cur):
         _set_role(cur, roles.owner, f"{plain} NOREPLICATION", passwords["owner"])
         _set_role(cur, roles.debezium, f"{plain} REPLICATION", passwords["debezium"])
         _set_role(cur, roles.snapshotter, f"{plain} NOREPLICATION", passwords["snapshotter"])
@@ -96,22 +178,35 @@ def ensure_database(admin_conn, database: str, owner: str) -> None:
 
 def ensure_grants(admin_db_conn, roles: Roles, database: str) -> None:
     """In the database: only our roles connect, nobody but the owner creates anything
-    (not even temporary tables), and the readers read every schema's tables."""
-    with admin_db_conn.cursor() as cur:
+    (not even temporary tables), and the readers read every schema's tables. Runs only
+    what is missing (see the module's docstring): safe while the stack runs."""
+    import psycopg2
+
+    with admin_db_conn.cursor() as cur, _serialized(cur):
         db = quote_ident(database)
-        cur.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC")
-        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-        cur.execute(f"ALTER SCHEMA public OWNER TO {quote_ident(roles.owner)}")
+        if _true(cur, "SELECT has_database_privilege('public', %s, 'CONNECT') "
+                 "OR has_database_privilege('public', %s, 'TEMPORARY')", database, database):
+            _run(cur, f"REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC")
+        if _true(cur, "SELECT has_schema_privilege('public', 'public', 'CREATE')"):
+            _run(cur, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        if not _true(cur, f"SELECT nspowner = {ROLE_OID} FROM pg_namespace WHERE nspname = 'public'",
+                     roles.owner):
+            _run(cur, f"ALTER SCHEMA public OWNER TO {quote_ident(roles.owner)}")
         cur.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%%' "
                     "AND nspname <> 'information_schema'")
         schemas = [r[0] for r in cur.fetchall()]
-        statements = [*_reader_grants(roles.debezium, roles.owner, database, schemas),
-                      *_reader_grants(roles.snapshotter, roles.owner, database, schemas),
-                      f"GRANT pg_read_all_stats TO {quote_ident(roles.snapshotter)}",
-                      # verify, run as the owner outside the stack's roles, reads the sender's position too
-                      f"GRANT pg_read_all_stats TO {quote_ident(roles.owner)}"]
+        statements = [*_missing_reader_grants(cur, roles.debezium, roles.owner, database, schemas),
+                      *_missing_reader_grants(cur, roles.snapshotter, roles.owner, database, schemas)]
+        # verify, run as the owner outside the stack's roles, reads the sender's position too
+        for role in (roles.snapshotter, roles.owner):
+            if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_auth_members "
+                         f"WHERE roleid = 'pg_read_all_stats'::regrole AND member = {ROLE_OID})", role):
+                statements.append(f"GRANT pg_read_all_stats TO {quote_ident(role)}")
         for statement in statements:
-            cur.execute(statement)
+            try:
+                _run(cur, statement)
+            except psycopg2.errors.UndefinedTable:  # dropped meanwhile: nothing left to read
+                pass
 
 
 def sync_publication_tables(admin_db_conn, publication: str, tables: list[str]) -> bool:
@@ -154,6 +249,16 @@ def heartbeat_statements(roles: Roles) -> list[str]:
 
 
 def ensure_heartbeat(admin_db_conn, roles: Roles) -> None:
-    with admin_db_conn.cursor() as cur:
-        for statement in heartbeat_statements(roles):
-            cur.execute(statement)
+    with admin_db_conn.cursor() as cur, _serialized(cur):
+        create, grants = heartbeat_statements(roles)[:-2], heartbeat_statements(roles)[-2:]
+        for statement in create:
+            _run(cur, statement)
+        table = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(HEARTBEAT_TABLE)}"
+        granted = _true(cur, f"SELECT {_granted('nspacl', 'n', 'nspowner')} FROM pg_namespace WHERE nspname = %s",
+                        roles.debezium, "USAGE", HEARTBEAT_SCHEMA)
+        for privilege in ("SELECT", "UPDATE"):
+            granted = granted and _true(cur, f"SELECT {_granted('relacl', 'r', 'relowner')} FROM pg_class "
+                                        "WHERE oid = %s::regclass", roles.debezium, privilege, table)
+        if not granted:
+            for statement in grants:
+                _run(cur, statement)
