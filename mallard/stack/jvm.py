@@ -380,6 +380,10 @@ class ConnectConfig:
             "offset.storage.partitions": "5",
             "status.storage.partitions": "1",
             "offset.flush.interval.ms": str(self.offset_flush_interval_ms),
+            # One worker: when it loses the broker for longer than its session it stops the
+            # connector and task (KAFKA-9184), and when it rejoins the default (5 min) kept
+            # them unassigned, waiting for a worker that will not come back: reassign at once.
+            "scheduled.rebalance.max.delay.ms": "0",
             "key.converter": JSON_CONVERTER,
             "value.converter": JSON_CONVERTER,
             "key.converter.schemas.enable": "true",

@@ -193,6 +193,14 @@ def test_connect_worker_is_distributed_with_its_state_in_kafka(tmp_path):
     assert c.url == "http://127.0.0.1:18083"
 
 
+def test_the_one_worker_takes_its_connector_back_at_once_after_losing_kafka(tmp_path):
+    # It stops the connector when the broker is gone longer than its session; by default
+    # the rejoined worker then waits 5 minutes for the "departed" one before reassigning.
+    p = ConnectConfig(tmp_path, "127.0.0.1:19092", 18083, tmp_path).properties()
+    assert p["scheduled.rebalance.max.delay.ms"] == "0"
+    assert "CONNECT_SCHEDULED_REBALANCE_MAX_DELAY_MS: 0" in (REPO_ROOT / "docker-compose.yml").read_text()
+
+
 def test_connect_resolves_env_and_file_placeholders_like_compose(tmp_path):
     p = ConnectConfig(tmp_path, "127.0.0.1:19092", 18083, tmp_path).properties()
     providers = p["config.providers"].split(",")
