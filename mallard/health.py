@@ -100,7 +100,10 @@ class HealthServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a probe's timeout): nothing to tell anyone
 
             def log_message(self, *args: Any) -> None:  # health probes are not operator news
                 pass
