@@ -60,7 +60,12 @@ def test_down_and_up_keep_topics_and_offsets_and_replicate_what_was_written_mean
     committed_before = wait_committed_at_end(stack)
     topics_before = set(kafka.broker_metadata(stack.bootstrap_servers).topics)
     url = stack.status()["components"]["connect"]["url"]
-    assert connector_offsets(url, "mallard-postgres"), "Connect keeps Debezium's offsets in its offset topic"
+    # Connect writes a source task's offsets every offset.flush.interval.ms (5 s), not as it
+    # sends: right after the rows land, its offset topic may not hold them yet.
+    deadline = time.monotonic() + 30
+    while not (offsets := connector_offsets(url, "mallard-postgres")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert offsets, "Connect keeps Debezium's offsets in its offset topic"
 
     pids = {n: c["pid"] for n, c in stack.status()["components"].items()}
     out = stack.mallard("stack", "down").stdout
