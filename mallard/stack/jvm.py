@@ -509,10 +509,15 @@ def register_connector(url: str, name: str, config: Mapping[str, str], *, timeou
 
 
 def _error_message(e: urllib.error.HTTPError) -> str:
+    """Connect's message, on one line: an invalid config lists its errors on the lines
+    after the first, and they are what a user can act on."""
     try:
-        return str(json.loads(e.read()).get("message", "")).splitlines()[0]
-    except Exception:
-        return e.reason or ""
+        message = str(json.loads(e.read()).get("message", ""))
+    except (OSError, ValueError, AttributeError):
+        return str(e.reason or "")
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.startswith("You can also find the above list of errors")]
+    return " ".join(lines) or str(e.reason or "")
 
 
 # -- a process's resident memory ----------------------------------------------------------

@@ -39,7 +39,7 @@ def test_check_passes_on_a_running_stack(stack):
     assert list(found) == CHECKS
     assert all(line.startswith("✓ ") for line in found.values()), out.stdout
     assert "held by the applier (pid " in found["duckdb"]
-    assert "streams from slot mallard_debezium" in found["debezium"]
+    assert "connector mallard-postgres at http://127.0.0.1:" in found["debezium"] and ": RUNNING (1 task(s))" in found["debezium"]
     assert "fix:" not in out.stdout
     assert stack.env["MALLARD_PG_PASSWORD"] not in out.stdout + out.stderr
     results = json.loads(stack.mallard("check", "--json").stdout)

@@ -1,5 +1,6 @@
 """The JVM stack's command lines and config files (mallard/stack/jvm.py): pure, no JVM."""
 import base64
+import json
 import os
 import re
 import subprocess
@@ -300,3 +301,19 @@ def test_a_new_cluster_id_never_starts_with_a_dash():
     from mallard.stack.jvm import new_cluster_id
 
     assert not any(new_cluster_id().startswith("-") for _ in range(2000))
+
+
+def test_connects_refusal_of_a_config_keeps_the_errors_it_lists():
+    import io
+    import urllib.error
+
+    from mallard.stack.jvm import _error_message
+
+    body = json.dumps({"error_code": 400, "message": (
+        "Connector configuration is invalid and contains the following 1 error(s):\n"
+        "slot.name: Valid replication slot name must contain only digits, lowercase characters and underscores\n"
+        "You can also find the above list of errors at the endpoint `/connector-plugins/{connectorType}/config/validate`")})
+    error = urllib.error.HTTPError("http://x", 400, "Bad Request", {}, io.BytesIO(body.encode()))
+    message = _error_message(error)
+    assert message.startswith("Connector configuration is invalid") and "slot.name: Valid replication slot" in message
+    assert "You can also find" not in message and "\n" not in message
