@@ -14,7 +14,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 pytestmark = pytest.mark.integration
 
-STUCK_S, GIVE_UP_S = 3, 12
+# The held-up window (STUCK_S to GIVE_UP_S after the forged END is read) must outlast a slow
+# applier loop and slow /healthz answers on a loaded machine, or it can pass unseen.
+STUCK_S, GIVE_UP_S = 3, 30
 FAR_LSN = (0xE8 << 32) | 0xD65E5A90
 TX_TOPIC = "mallard.transaction"
 
