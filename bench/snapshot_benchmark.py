@@ -210,7 +210,7 @@ class Stack:
 
     def up(self) -> None:
         self.mallard("stack", "up", timeout=900)
-        self._status = json.loads(self.mallard("stack", "status", "--json").stdout)
+        self._status = json.loads(self.mallard("stack", "status", "--json", "--show-secrets").stdout)
 
     def down(self) -> None:
         try:

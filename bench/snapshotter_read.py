@@ -170,7 +170,7 @@ def main() -> int:
     else:
         env, started_here = start_stack()
     try:
-        status = json.loads(mallard(env, "stack", "status", "--json").stdout)
+        status = json.loads(mallard(env, "stack", "status", "--json", "--show-secrets").stdout)
         dsn = status["postgres"]["dsn"]
         stream = ensure_table(dsn, args.rows)
         pg = status["postgres"]
