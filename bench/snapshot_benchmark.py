@@ -186,7 +186,10 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
         self.env.update({k: str(v) for k, v in self.ports.items()})
         self.env.update({"MALLARD_HOME": str(self.home), "MALLARD_START_TIMEOUT_S": "180",
-                         "MALLARD_CONNECTOR_CONFIG": str(self._connector_config(sizes))})
+                         "MALLARD_CONNECTOR_CONFIG": str(self._connector_config(sizes)),
+                         # No replication config: the streams are the connector's tables, the bench's among them
+                         # (the snapshotter refuses a request for a stream that is not replicated).
+                         "MALLARD_REPLICATION_CONFIG": ""})
         # Settings to try on the services, e.g. BENCH_SERVICE_ENV=MALLARD_DUCKDB_MEMORY_LIMIT=300MB
         self.env.update(kv.split("=", 1) for kv in os.environ.get("BENCH_SERVICE_ENV", "").split(",") if "=" in kv)
         self._status: dict | None = None
@@ -226,6 +229,11 @@ class Stack:
     @property
     def dsn(self) -> str:
         return self.status["postgres"]["dsn"]
+
+    @property
+    def admin_dsn(self) -> str:
+        """The stack's admin: the publication is its (Debezium's role may not change it)."""
+        return self.status["postgres"]["roles"]["admin"]["dsn"]
 
     def pid(self, component: str) -> int:
         return self.status["components"][component]["pid"]
@@ -401,7 +409,7 @@ def snapshotter_done(log: Path, stream: str, skip_bytes: int) -> dict | None:
 def bench_mallard(stack: Stack, n: int, timeout: float) -> tuple[dict, dict | None]:
     """Resnapshot request -> the replica's count equals N; and the snapshotter's own time."""
     t, stream = table_name(n), f"public.{table_name(n)}"
-    add_to_publication(stack.dsn, n)
+    add_to_publication(stack.admin_dsn, n)
     log_start = stack.snapshotter_log.stat().st_size if stack.snapshotter_log.exists() else 0
     applier_log = Path(stack.status["components"]["applier"]["log"])
     applier_log_start = applier_log.stat().st_size if applier_log.exists() else 0
