@@ -155,9 +155,8 @@ def up_capturing_every_table(stack: Stack) -> Stack:
     return stack
 
 
-@pytest.fixture(scope="session")
-def cdc_stack():
-    """A running stack whose Debezium captures every table, for the applier tests."""
+def running_stack_capturing_every_table():
+    """A running stack whose Debezium captures every table, torn down after (a fixture's body)."""
     home = new_home()
     s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)), MALLARD_TOPIC_REFRESH_MS="1000")
     try:
@@ -165,3 +164,9 @@ def cdc_stack():
         yield s
     finally:
         s.teardown()
+
+
+@pytest.fixture(scope="session")
+def cdc_stack():
+    """A running stack whose Debezium captures every table, for the applier tests."""
+    yield from running_stack_capturing_every_table()

@@ -20,7 +20,7 @@ from mallard.core.pgtypes import column_type
 from mallard.core.snapshot_encoding import (connect_schema, encode, fix_marked, json_expression, row_json_expression,
                                             select_expression)
 from mallard.core.snapshots import decode_columns
-from tests.conftest import Stack, all_tables_connector_config, new_home
+from tests.conftest import running_stack_capturing_every_table
 from tests.integration.test_applier_types import COLUMNS, ROWS
 
 
@@ -29,13 +29,8 @@ def cdc_stack():
     """A stack of this module's own, capturing every table: its edge-value tables (a new CDC
     topic each, whose events are dead-lettered on purpose) stay off the session's stack, where
     they have held later transactions up (an open bug: see docs/limits.md)."""
-    home = new_home()
-    s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)), MALLARD_TOPIC_REFRESH_MS="1000")
-    try:
-        s.mallard("stack", "up")
-        yield s
-    finally:
-        s.teardown()
+    yield from running_stack_capturing_every_table()
+
 
 pytestmark = pytest.mark.integration
 TYPES = {c: t for c, t in COLUMNS.items() if c != "c_point"}  # unknown types are kept as text, not mapped
