@@ -188,11 +188,19 @@ def _check(node: Any) -> None:
     _refuse(node)
 
 
+def _catalog_name(names: list[str]) -> str:
+    """A function's or type's name, lower case, when it is unqualified or in pg_catalog;
+    '?' otherwise (never on an allow-list): another schema's could be anyone's."""
+    if not names or len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
+        return "?"
+    return names[-1].lower()
+
+
 def _check_function(node: ast.FuncCall) -> None:
     names = _names(node.funcname)
-    name = names[-1].lower() if names else "?"
+    name = _catalog_name(names)
     qualified = ".".join(names)
-    if (len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_FUNCTIONS):
+    if name not in ALLOWED_FUNCTIONS:
         raise FilterError(f"function {qualified}() is not allowed in a filter "
                           f"(allowed: {', '.join(sorted(ALLOWED_FUNCTIONS))}, and coalesce, nullif, greatest, least)")
     if node.agg_star or node.agg_distinct or node.agg_order or node.agg_filter or node.over \
@@ -208,9 +216,8 @@ def _check_function(node: ast.FuncCall) -> None:
 
 def _check_type(type_name: ast.TypeName) -> None:
     names = _names(type_name.names)
-    name = names[-1].lower() if names else "?"
-    if (len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_TYPES
-            or type_name.setof or type_name.pct_type):
+    name = _catalog_name(names)
+    if name not in ALLOWED_TYPES or type_name.setof or type_name.pct_type:
         raise FilterError(f"a cast to {'.'.join(names) or '?'} is not allowed in a filter "
                           f"(allowed: {', '.join(sorted(ALLOWED_TYPES))})")
     for modifier in type_name.typmods or ():
