@@ -92,7 +92,17 @@ class Stack:
             if rows is not None and (expected(rows) if callable(expected) else rows == expected):
                 return rows
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {sql!r} to give {expected}; last: {rows}")
+        raise AssertionError(f"timed out waiting for {sql!r} to give {expected}; last: {rows}\n{self.log_tails()}")
+
+    def log_tails(self, lines: int = 25) -> str:
+        """The end of the applier's log and Connect's warnings: what CI shows of a timeout."""
+        out = []
+        for name, keep in (("applier", lambda l: True), ("connect", lambda l: " WARN " in l or " ERROR " in l)):
+            path = self.home / "logs" / f"{name}.log"
+            if path.exists():
+                tail = [l for l in path.read_text(errors="replace").splitlines() if keep(l)][-lines:]
+                out.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(l[:400] for l in tail))
+        return "\n".join(out)
 
     @property
     def bootstrap_servers(self) -> str:
