@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mallard.health import client_request  # noqa: E402
+from mallard.runtime.health import client_request  # noqa: E402
 from mallard.stack import jvm  # noqa: E402
 
 PREFIX = "bench"
@@ -225,7 +225,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
            "MALLARD_DUCKDB_PATH": str(workdir / f"bench-{n}.duckdb"), "MALLARD_HEALTH_PORT": str(port),
            "MALLARD_CONSUMER_GROUP": f"bench-{n}", "MALLARD_DEAD_LETTER_TOPIC": "bench.dead-letter",
            "MALLARD_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "MALLARD_TOPIC_REFRESH_MS": "1000"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.applier"], env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "mallard.services.applier"], env=env, cwd=REPO)
     if os.environ.get("BENCH_PROFILE"):  # py-spy flame data of the applier, for tuning
         subprocess.Popen(["py-spy", "record", "--gil", "-r", "400", "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -62,7 +62,7 @@ PEERS_PY = PEERS_VENV / "bin" / "python"
 SITE = next(iter(sorted(PEERS_VENV.glob("lib/python3*/site-packages"))), PEERS_VENV / "lib" / "site-packages")
 sys.path.insert(0, str(REPO))
 
-from mallard.health import client_request  # noqa: E402
+from mallard.runtime.health import client_request  # noqa: E402
 from mallard.stack.processes import free_ports  # noqa: E402
 
 PORT_VARIABLES = (

@@ -84,10 +84,10 @@ def child(args: argparse.Namespace) -> None:
     """Runs in its own process so that its peak RSS is the snapshotter's alone."""
     from datetime import datetime, timezone
 
-    from mallard.logs import configure
-    from schemas.control import ResnapshotRequest
-    from services.snapshotter.config import SnapshotterSettings
-    from services.snapshotter.service import SnapshotterService
+    from mallard.runtime.logs import configure
+    from mallard.schemas.control import ResnapshotRequest
+    from mallard.services.snapshotter.config import SnapshotterSettings
+    from mallard.services.snapshotter.service import SnapshotterService
 
     configure("WARNING")
     settings = SnapshotterSettings(snapshot_topic=TOPIC, health_port=0)
@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
         service.open()
     else:  # the service before the speed work
         from mallard.adapters import kafka
-        from mallard.connector import load_connector_config_file
+        from mallard.config.connector import load_connector_config_file
 
         kafka.ensure_topics(settings.kafka_bootstrap_servers, {TOPIC: 1})
         service.slot_name = load_connector_config_file(settings.connector_config).slot_name
@@ -113,7 +113,7 @@ def verify(bootstrap: str, stream: str, expected_rows: int) -> None:
     """The last snapshot on the bench topic is complete and valid (every message through the pydantic contract)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
+    from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
                                   snapshot_message_adapter)
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-verify", "enable.auto.commit": False})

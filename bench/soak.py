@@ -49,8 +49,8 @@ sys.path.insert(0, str(REPO))
 import psycopg2  # noqa: E402
 from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E402
 
-from mallard.health import client_request  # noqa: E402
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
+from mallard.runtime.health import client_request  # noqa: E402
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
 from mallard.stack.processes import free_ports  # noqa: E402
 
 PG_BIN = Path(os.environ.get("MALLARD_PG_BIN", "/usr/lib/postgresql/15/bin"))

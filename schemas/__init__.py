@@ -6,5 +6,5 @@
 - ``control``: resnapshot requests on the control topic.
 
 JSON Schema files exported from these models live in ``schemas/json/``;
-``python -m schemas.export`` rewrites them and a test fails when they are stale.
+``python -m mallard.schemas.export`` rewrites them and a test fails when they are stale.
 """

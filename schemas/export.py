@@ -1,4 +1,4 @@
-"""Export the JSON Schema of every contract: ``python -m schemas.export [--check]``."""
+"""Export the JSON Schema of every contract: ``python -m mallard.schemas.export [--check]``."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from schemas.control import ResnapshotRequest, StateReset
-from schemas.deadletter import DeadLetter
-from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
-from schemas.snapshot import SnapshotMessage, SnapshotRowsHeader
+from mallard.schemas.control import ResnapshotRequest, StateReset
+from mallard.schemas.deadletter import DeadLetter
+from mallard.schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
+from mallard.schemas.snapshot import SnapshotMessage, SnapshotRowsHeader
 
 JSON_DIR = Path(__file__).parent / "json"
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 JSON_DIR.mkdir(exist_ok=True)
                 path.write_text(text)
     if check and stale:
-        print("stale JSON Schema files (run python -m schemas.export):", ", ".join(stale))
+        print("stale JSON Schema files (run python -m mallard.schemas.export):", ", ".join(stale))
         return 1
     print("JSON Schema files", "checked" if check else "written", "in", JSON_DIR)
     return 0

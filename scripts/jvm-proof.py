@@ -29,7 +29,7 @@ import psycopg2  # noqa: E402
 from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
 from mallard.stack.jvm import (  # noqa: E402
     Artifacts, BrokerConfig, ConnectConfig, connect_info, connector_offsets, connector_status, pinned_versions,
     register_connector, rss_bytes,

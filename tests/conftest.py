@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mallard.health import client_request
+from mallard.runtime.health import client_request
 from mallard.stack.processes import free_ports
 
 import pytest
@@ -147,7 +147,7 @@ def stack():
 
 def all_tables_connector_config(folder: Path) -> Path:
     """The repo's connector config, capturing every table (tests create their own)."""
-    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
 
     doc = json.loads(DEFAULT_CONNECTOR_CONFIG.read_text())
     doc["config"].pop("table.include.list")

@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from mallard.logs import librdkafka_logger
+from mallard.runtime.logs import librdkafka_logger
 
 log = logging.getLogger("mallard.kafka")
 

@@ -9,21 +9,19 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from mallard.core.sql import quote_ident
-from mallard.settings import PostgresSettings
 
 
 class SourceError(RuntimeError):
     """The source Postgres cannot serve mallard as configured; the message says how to fix it."""
 
 
-def connect(settings: PostgresSettings, dbname: str | None = None, timeout: int = 5) -> psycopg2.extensions.connection:
+def connect(host: str, port: int, user: str, password: str, dbname: str, *,
+            timeout: int = 5) -> psycopg2.extensions.connection:
+    """An autocommit connection. Plain parameters (PostgresSettings.pg_params() gives them),
+    so this adapter depends on no settings module."""
     try:
         conn = psycopg2.connect(
-            host=settings.pg_host,
-            port=settings.pg_port,
-            user=settings.pg_user,
-            password=settings.pg_password.get_secret_value(),
-            dbname=dbname or settings.pg_database,
+            host=host, port=port, user=user, password=password, dbname=dbname,
             connect_timeout=timeout,
             application_name="mallard",
             # Literals are written with standard quoting (a backslash is a plain character):
@@ -32,7 +30,8 @@ def connect(settings: PostgresSettings, dbname: str | None = None, timeout: int 
         )
     except psycopg2.OperationalError as e:
         # psycopg2's message never contains the password; the DSN we print must not either.
-        raise SourceError(f"cannot connect to Postgres {settings.pg_dsn(with_password=False)}: {str(e).strip()}") from None
+        raise SourceError(f"cannot connect to Postgres postgresql://{user}:***@{host}:{port}/{dbname}: "
+                          f"{str(e).strip()}") from None
     conn.autocommit = True
     return conn
 

@@ -77,7 +77,7 @@ def cmd_stack_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stack_guide(args: argparse.Namespace) -> int:
-    from mallard.connector import load_connector_config_file
+    from mallard.config.connector import load_connector_config_file
 
     from mallard.stack.local import LocalStack
 
@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from mallard.core.status import render
-    from mallard.status import gather
+    from mallard.ops.status import gather
 
     s = _stack_settings()
     config = _replication_config(args) if (getattr(args, "config", None) or s.replication_config) else None
@@ -161,7 +161,7 @@ def _service_get(service: str, port: int, path: str, **params: str) -> dict:
     import urllib.parse
     import urllib.request
 
-    from mallard.health import client_request
+    from mallard.runtime.health import client_request
 
     url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
     try:
@@ -206,8 +206,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mallard.connector import load_connector_config_file
-    from mallard.verify import ApplierReplica, FileReplica, as_json, render, repair_request, verify
+    from mallard.config.connector import load_connector_config_file
+    from mallard.ops.verify import ApplierReplica, FileReplica, as_json, render, repair_request, verify
 
     s = _stack_settings()
     if args.duckdb:
@@ -267,8 +267,8 @@ def _request_snapshot(s, streams: list[str], reason: str, where: str | None = No
     from datetime import datetime, timezone
 
     from mallard.adapters import kafka
-    from mallard.settings import KafkaSettings
-    from schemas.control import ResnapshotRequest
+    from mallard.config.settings import KafkaSettings
+    from mallard.schemas.control import ResnapshotRequest
 
     request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
                                 requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
@@ -355,7 +355,7 @@ def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, req
 
 
 def _replication_config(args: argparse.Namespace):
-    from mallard.replication import load_config
+    from mallard.config.replication import load_config
 
     path = getattr(args, "config", None) or _stack_settings().replication_config
     if not path:
@@ -365,11 +365,11 @@ def _replication_config(args: argparse.Namespace):
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
-    from mallard.replication import check_against_postgres
+    from mallard.config.replication import check_against_postgres
 
     config = _replication_config(args)
     if not args.offline:
-        conn = postgres.connect(_stack_settings())
+        conn = postgres.connect(**_stack_settings().pg_params())
         try:
             check_against_postgres(config, conn)
         finally:
@@ -383,8 +383,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_state_show(args: argparse.Namespace) -> int:
-    from mallard.settings import KafkaSettings
-    from mallard.state import read_states
+    from mallard.config.settings import KafkaSettings
+    from mallard.ops.state import read_states
 
     k = KafkaSettings()
     config = _replication_config(args)
@@ -411,8 +411,8 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from mallard.adapters import kafka
-    from mallard.settings import KafkaSettings
-    from schemas.control import StateReset
+    from mallard.config.settings import KafkaSettings
+    from mallard.schemas.control import StateReset
 
     config = _replication_config(args)
     if args.all == bool(args.streams):
@@ -437,7 +437,7 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mallard import checks
+    from mallard.ops import checks
 
     targets = checks.resolve_targets(
         _stack_settings(), config_path=args.config, bootstrap_servers=args.bootstrap_servers,
@@ -456,9 +456,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_demo_changes(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
-    from mallard.demo import make_changes
+    from mallard.stack.demo import make_changes
 
-    conn = postgres.connect(_stack_settings())
+    conn = postgres.connect(**_stack_settings().pg_params())
     try:
         done = make_changes(conn, args.count, seed=args.seed)
     finally:
@@ -468,14 +468,14 @@ def cmd_demo_changes(args: argparse.Namespace) -> int:
 
 
 def cmd_connector_register(args: argparse.Namespace) -> int:
-    from mallard.connector import load_connector_config_file, register
-    from mallard.logs import configure
+    from mallard.config.connector import load_connector_config_file, register
+    from mallard.runtime.logs import configure
 
     configure()
     config = load_connector_config_file(args.config)
     if args.replication_config:
-        from mallard.core.connector_config import with_streams
-        from mallard.replication import load_config
+        from mallard.core.connector import with_streams
+        from mallard.config.replication import load_config
 
         config = with_streams(config, list(load_config(args.replication_config).streams))
     state = register(args.connect_url, config, timeout=args.timeout)
@@ -484,7 +484,7 @@ def cmd_connector_register(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
 
     p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
     sub = p.add_subparsers(dest="command", required=True)

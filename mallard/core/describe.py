@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from schemas.snapshot import is_arrow_rows, read_arrow_rows
+from mallard.schemas.snapshot import is_arrow_rows, read_arrow_rows
 
 OPS = {"c": "insert", "u": "update", "d": "delete", "r": "read", "t": "truncate", "m": "message"}
 

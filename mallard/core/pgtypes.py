@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from schemas.debezium import UNAVAILABLE_VALUE as UNAVAILABLE  # one definition: the Debezium contract
+from mallard.schemas.debezium import UNAVAILABLE_VALUE as UNAVAILABLE  # one definition: the Debezium contract
 # The same placeholder as Debezium sends it for bytea columns (the string's bytes, base64).
 UNAVAILABLE_B64 = binascii.b2a_base64(UNAVAILABLE.encode(), newline=False).decode()
 

@@ -1,7 +1,7 @@
 """``mallard status``, pure: facts gathered elsewhere (services, the replica, Kafka, the
 replication config) become one report per stream, as a dict (``--json``) and as text.
 
-No I/O here: ``mallard/status.py`` gathers the facts. Times are aware datetimes in,
+No I/O here: ``mallard/ops/status.py`` gathers the facts. Times are aware datetimes in,
 ISO 8601 strings (UTC) out.
 """
 from __future__ import annotations

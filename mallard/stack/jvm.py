@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mallard.settings import REPO_ROOT
+from mallard.config.settings import REPO_ROOT
 
 POM = REPO_ROOT / "jvm" / "pom.xml"
 JVM_HOME = REPO_ROOT / ".jvm"

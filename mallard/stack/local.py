@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from mallard.settings import (DEFAULT_CONNECTOR_CONFIG, DEFAULT_KAFKA_PORT, REPO_ROOT, PostgresRoleSettings,
+from mallard.config.settings import (DEFAULT_CONNECTOR_CONFIG, DEFAULT_KAFKA_PORT, REPO_ROOT, PostgresRoleSettings,
                               PostgresSettings)
 from mallard.stack.processes import PidFile, is_alive, port_in_use, spawn, tail, terminate
 
@@ -99,9 +99,9 @@ def postgres_dir(home: Path) -> Path:
     return Path("/var/lib/mallard") / f"postgres-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
 
 
-SERVICE_ROLES = {"services.snapshotter": "snapshotter",
+SERVICE_ROLES = {"mallard.services.snapshotter": "snapshotter",
                  # they only read Postgres (the scheduler checks the tables exist): the SELECT-only role
-                 "services.scheduler": "snapshotter", "services.applier": "snapshotter"}
+                 "mallard.services.scheduler": "snapshotter", "mallard.services.applier": "snapshotter"}
 
 
 @dataclass
@@ -156,9 +156,9 @@ class LocalStack:
                       PidFile(self.pids / "connect.pid"), self._check_connect, self._launch_connect,
                       # Graceful: Debezium's task commits its last offsets before the worker exits.
                       lambda pid: terminate(pid, timeout=60.0), started=self._connect_answers),
-            self._service("snapshotter", "services.snapshotter", s.snapshotter_health_port, "MALLARD_SNAPSHOTTER_HEALTH_PORT"),
-            self._service("applier", "services.applier", s.applier_health_port, "MALLARD_APPLIER_HEALTH_PORT"),
-            self._service("scheduler", "services.scheduler", s.scheduler_health_port, "MALLARD_SCHEDULER_HEALTH_PORT"),
+            self._service("snapshotter", "mallard.services.snapshotter", s.snapshotter_health_port, "MALLARD_SNAPSHOTTER_HEALTH_PORT"),
+            self._service("applier", "mallard.services.applier", s.applier_health_port, "MALLARD_APPLIER_HEALTH_PORT"),
+            self._service("scheduler", "mallard.services.scheduler", s.scheduler_health_port, "MALLARD_SCHEDULER_HEALTH_PORT"),
         ]
 
     # -- roles ------------------------------------------------------------------------
@@ -229,12 +229,12 @@ class LocalStack:
 
     def derive_connector_config(self) -> None:
         if self.s.replication_config:
-            from mallard.connector import derive_connector_config
+            from mallard.config.connector import derive_connector_config
 
             derive_connector_config(self.s.connector_config, self.s.replication_config, self.connector_config_path())
 
     def _service(self, name: str, module: str, port: int, hint: str) -> Component:
-        from mallard.health import probe
+        from mallard.runtime.health import probe
 
         log = self.logs / f"{name}.log"
 
@@ -302,13 +302,13 @@ class LocalStack:
         names = self.role_names()
         passwords = {"owner": self.s.pg_password.get_secret_value(), **self._generated_passwords()}
         the_roles = roles.Roles(owner=names["owner"], debezium=names["debezium"], snapshotter=names["snapshotter"])
-        conn = postgres.connect(admin, dbname="postgres")
+        conn = postgres.connect(**admin.pg_params(dbname="postgres"))
         try:
             roles.ensure_roles(conn, the_roles, passwords)
             roles.ensure_database(conn, self.s.pg_database, the_roles.owner)
         finally:
             conn.close()
-        conn = postgres.connect(admin)
+        conn = postgres.connect(**admin.pg_params())
         try:
             roles.ensure_grants(conn, the_roles, self.s.pg_database)
             roles.ensure_heartbeat(conn, the_roles)
@@ -324,11 +324,11 @@ class LocalStack:
         connector config says publication.autocreate.mode=disabled: Debezium never alters
         it, so it may hold the heartbeat table besides the included ones."""
         from mallard.adapters import postgres
-        from mallard.connector import load_connector_config_file
+        from mallard.config.connector import load_connector_config_file
         from mallard.stack import roles
 
         config = load_connector_config_file(self.connector_config_path())
-        conn = postgres.connect(admin)
+        conn = postgres.connect(**admin.pg_params())
         try:
             every_table = not config.tables or config.config.get("publication.autocreate.mode") == "all_tables"
             existing, _ = postgres.existing_tables(conn, [] if every_table else config.tables)
@@ -347,7 +347,7 @@ class LocalStack:
         """Load the demo shop schema and rows into an empty database, as its owner."""
         from mallard.adapters import postgres
 
-        conn = postgres.connect(self.s)
+        conn = postgres.connect(**self.s.pg_params())
         try:
             if postgres.scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"):
                 return False
@@ -361,7 +361,7 @@ class LocalStack:
         from mallard.adapters import postgres
 
         try:
-            postgres.connect(self.as_role("admin"), dbname="postgres", timeout=2).close()
+            postgres.connect(**self.as_role("admin").pg_params(dbname="postgres"), timeout=2).close()
             return True, "accepting connections"
         except (postgres.SourceError, StackError) as e:
             return False, str(e)
@@ -422,14 +422,14 @@ class LocalStack:
             return False, f"REST API not answering at {self.s.connect_url}: {e}"
 
     def _connector(self):
-        from mallard.connector import load_connector_config_file
+        from mallard.config.connector import load_connector_config_file
 
         return load_connector_config_file(self.connector_config_path())
 
     def _slot_state(self, slot: str) -> dict[str, Any] | None:
         from mallard.adapters import postgres
 
-        conn = postgres.connect(self.as_role("admin"), timeout=2)
+        conn = postgres.connect(**self.as_role("admin").pg_params(), timeout=2)
         try:
             return postgres.slot_state(conn, slot)
         finally:
@@ -461,7 +461,7 @@ class LocalStack:
     def register_connector(self, report: Callable[[str], None] = print) -> None:
         """Register the connector through Connect's REST API (the code path of ``mallard
         connector register``), then wait until Debezium streams from its slot."""
-        from mallard.connector import register
+        from mallard.config.connector import register
 
         config = self._connector()
         t0 = time.monotonic()
@@ -576,10 +576,10 @@ class LocalStack:
 
     def _drop_slot_and_publication(self, report: Callable[[str], None]) -> None:
         from mallard.adapters import postgres
-        from mallard.connector import load_connector_config_file
+        from mallard.config.connector import load_connector_config_file
 
         config = load_connector_config_file(self.s.connector_config)
-        conn = postgres.connect(self.as_role("admin"))
+        conn = postgres.connect(**self.as_role("admin").pg_params())
         try:
             for what in postgres.drop_slot_and_publication(conn, config.slot_name, config.publication_name):
                 report(f"  dropped {what}")

@@ -1,9 +1,6 @@
-import os
-from pathlib import Path
+from pydantic import Field
 
-from pydantic import Field, model_validator
-
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
 
 
 class ApplierSettings(ServiceSettings, PostgresSettings):
@@ -82,15 +79,3 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
     @property
     def snapshot_group(self) -> str:
         return self.snapshot_consumer_group or f"{self.consumer_group}-snapshots"
-
-    @model_validator(mode="after")
-    def _target_from_the_replication_config(self) -> "ApplierSettings":
-        """The replication config's ``target`` names the DuckDB file, unless MALLARD_DUCKDB_PATH does."""
-        path = os.environ.get("MALLARD_REPLICATION_CONFIG")
-        if "duckdb_path" in self.model_fields_set or not path or not Path(path).is_file():
-            return self
-        from mallard.core.replication_config import resolve_env
-        from mallard.replication import load_config
-
-        self.duckdb_path = resolve_env(load_config(path).model.target.path, os.environ)
-        return self

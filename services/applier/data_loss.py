@@ -20,7 +20,7 @@ from typing import Any
 
 from mallard.core.data_loss import KINDS, Known, Loss, Observed
 from mallard.core.status import stream_of_topic
-from mallard.metrics import counter, gauge
+from mallard.runtime.metrics import counter, gauge
 
 RECENT = 20
 """Losses kept for /healthz (the counters keep counting)."""

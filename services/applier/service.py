@@ -33,22 +33,22 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from mallard.adapters import kafka
 from mallard.adapters.duckdb_replica import ApplyStats, DuckDBReplica, PreparedBatch
 from mallard.core.arrow_rows import snapshot_table, transport_schema
-from mallard.connector import load_connector_config_file
+from mallard.config.connector import load_connector_config_file
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
-from mallard.core.connector_config import cdc_topic_pattern, transaction_topic
+from mallard.core.connector import cdc_topic_pattern, transaction_topic
 from mallard.core.cut import Cut
 from mallard.core.data_loss import detect
 from mallard.core.merge import reduce
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, SnapshotWork, decode_columns, frame_schema
 from mallard.core.transactions import Refusal, TransactionAssembler
-from mallard.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
-from mallard.service import Service
-from schemas.control import ResnapshotRequest
-from schemas.deadletter import DeadLetter
-from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
+from mallard.runtime.metrics import BATCH_BUCKETS, DELAY_BUCKETS, counter, gauge
+from mallard.runtime.service import Service
+from mallard.schemas.control import ResnapshotRequest
+from mallard.schemas.deadletter import DeadLetter
+from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
                               snapshot_message_adapter)
-from services.applier.config import ApplierSettings
-from services.applier.data_loss import DataLossWatch
+from mallard.services.applier.config import ApplierSettings
+from mallard.services.applier.data_loss import DataLossWatch
 
 
 GC_INTERVAL_S = 300
@@ -108,7 +108,7 @@ class SourcePosition:
             from mallard.adapters import postgres
 
             if self._conn is None:
-                self._conn = postgres.connect(self.settings, timeout=3)
+                self._conn = postgres.connect(**self.settings.pg_params(), timeout=3)
             lsn = int(postgres.scalar(self._conn, WAL_POSITION))
         except Exception as e:  # noqa: BLE001 - transient: the window bounds meanwhile
             self.close()
@@ -699,7 +699,7 @@ class ApplierService(Service):
         """The streams events may be applied for: the replication config's, else the
         connector config's table.include.list (Debezium's regexes); None: every table."""
         if self.settings.replication_config:
-            from mallard.replication import load_config
+            from mallard.config.replication import load_config
 
             names = [re.escape(name) for name in load_config(self.settings.replication_config).streams]
         else:
@@ -727,7 +727,7 @@ class ApplierService(Service):
         one the replica already has keeps its name)."""
         if not self.settings.replication_config:
             return {}
-        from mallard.replication import load_config
+        from mallard.config.replication import load_config
 
         return {name: stream.target for name, stream in load_config(self.settings.replication_config).streams.items()
                 if stream.target}

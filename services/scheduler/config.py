@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mallard.settings import PostgresSettings, ServiceSettings
+from mallard.config.settings import PostgresSettings, ServiceSettings
 
 
 class SchedulerSettings(ServiceSettings, PostgresSettings):

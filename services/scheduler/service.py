@@ -23,12 +23,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mallard.adapters import kafka
-from mallard.core.replication_config import ReplicationConfig
+from mallard.core.replication import ReplicationConfig
 from mallard.core.scheduling import due, next_fire, parse_request_id, request_id
-from mallard.metrics import counter, gauge
-from mallard.service import Service
-from schemas.control import ResnapshotRequest, control_message_adapter
-from services.scheduler.config import SchedulerSettings
+from mallard.runtime.metrics import counter, gauge
+from mallard.runtime.service import Service
+from mallard.schemas.control import ResnapshotRequest, control_message_adapter
+from mallard.services.scheduler.config import SchedulerSettings
 
 
 class Clock:
@@ -106,7 +106,7 @@ class SchedulerService(Service):
         s = self.settings
         if not s.replication_config:
             return
-        from mallard.replication import check_against_postgres, load_config
+        from mallard.config.replication import check_against_postgres, load_config
 
         self.config = load_config(s.replication_config)
         if s.check_tables and self.config.streams:
@@ -115,7 +115,7 @@ class SchedulerService(Service):
             delay = 0.5
             while True:  # Postgres not up yet is transient; a missing table is terminal
                 try:
-                    conn = postgres.connect(s)
+                    conn = postgres.connect(**s.pg_params())
                     break
                 except postgres.SourceError as e:
                     if self.stopping.wait(delay):

@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
 
 
 class SnapshotterSettings(ServiceSettings, PostgresSettings):

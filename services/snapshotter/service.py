@@ -39,22 +39,22 @@ import orjson
 import psycopg2
 
 from mallard.adapters import kafka, postgres
-from mallard.connector import load_connector_config_file
+from mallard.config.connector import load_connector_config_file
 from mallard.core.arrow_rows import CsvPlan
 from mallard.core.cut import Cut
 from mallard.core.filters import FilterError, check_filter
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
                                             select_expression)
-from mallard.service import Service
+from mallard.runtime.service import Service
 from mallard.core.incremental import and_filters, incremental_filter, is_incremental_run
 from mallard.core.sql import quote_ident
-from mallard.core.replication_config import ReplicationConfig
-from mallard.metrics import SNAPSHOT_BUCKETS, counter, gauge
-from schemas.control import ResnapshotRequest, StateReset, control_message_adapter
-from schemas.deadletter import DeadLetter
-from schemas.snapshot import (SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd,
+from mallard.core.replication import ReplicationConfig
+from mallard.runtime.metrics import SNAPSHOT_BUCKETS, counter, gauge
+from mallard.schemas.control import ResnapshotRequest, StateReset, control_message_adapter
+from mallard.schemas.deadletter import DeadLetter
+from mallard.schemas.snapshot import (SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd,
                               SnapshotFailed, SnapshotRowsHeader, ARROW_ROWS_CONTENT_TYPE, arrow_rows_message)
-from services.snapshotter.config import SnapshotterSettings
+from mallard.services.snapshotter.config import SnapshotterSettings
 
 _STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
 # COPY's CSV form with quote and delimiter characters JSON text never holds raw: each
@@ -219,7 +219,7 @@ class SnapshotterService(Service):
         connector = load_connector_config_file(s.connector_config)
         self.slot_name = connector.slot_name
         if s.replication_config:
-            from mallard.replication import load_config
+            from mallard.config.replication import load_config
 
             self.config = load_config(s.replication_config)
             self.streams = frozenset(self.config.streams)
@@ -400,7 +400,7 @@ class SnapshotterService(Service):
         self.begun = None
         snapshot_id = f"{stream}@{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         table = postgres.quote_stream(stream)
-        conn = postgres.connect(s)
+        conn = postgres.connect(**s.pg_params())
         try:
             if not postgres.slot_exists(conn, self.slot_name):
                 raise SlotMissing(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
@@ -503,7 +503,7 @@ class SnapshotterService(Service):
         update_key = cfg.update_key if cfg.incremental and request.where is None else None
         if not is_incremental_run(cfg.mode, request.full, request.where, request.requested_by):
             return _checked(where), False, update_key, None
-        from mallard.state import read_states
+        from mallard.ops.state import read_states
 
         s = self.settings
         state = read_states(s.kafka_bootstrap_servers, s.snapshot_topic, s.control_topic).get(stream)
@@ -587,7 +587,7 @@ class SnapshotterService(Service):
         conns = []
         try:
             for _ in ranges:
-                c = postgres.connect(self.settings)
+                c = postgres.connect(**self.settings.pg_params())
                 c.autocommit = False
                 c.set_session(isolation_level="REPEATABLE READ", readonly=True)
                 with c.cursor() as cur:

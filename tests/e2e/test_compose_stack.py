@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from mallard.settings import REPO_ROOT
+from mallard.config.settings import REPO_ROOT
 
 
 def docker_engine() -> bool:

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from mallard.stack.processes import is_alive
-from schemas.debezium import ChangeEventKey, ChangeEventValue
+from mallard.schemas.debezium import ChangeEventKey, ChangeEventValue
 
 pytestmark = pytest.mark.integration
 TOPIC = "mallard.public.orders"

@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka import Producer
 
 from mallard.adapters import kafka
-from schemas.control import ResnapshotRequest
-from schemas.deadletter import DeadLetter
+from mallard.schemas.control import ResnapshotRequest
+from mallard.schemas.deadletter import DeadLetter
 
 pytestmark = pytest.mark.integration
 

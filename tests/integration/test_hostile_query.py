@@ -27,7 +27,7 @@ from mallard.core.pgtypes import column_type
 from mallard.core.read_query import QueryRefused
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.transactions import Transaction
-from mallard.health import CLIENT_HEADER
+from mallard.runtime.health import CLIENT_HEADER
 from tests.conftest import Stack, all_tables_connector_config, new_home
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import re
 import psycopg2
 import pytest
 
-from mallard.settings import REPO_ROOT
+from mallard.config.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mallard.adapters import kafka
-from mallard.settings import REPO_ROOT
+from mallard.config.settings import REPO_ROOT
 from mallard.stack.processes import is_alive
 
 pytestmark = pytest.mark.integration

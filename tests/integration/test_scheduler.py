@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mallard.adapters.kafka import read_to_end
-from mallard.settings import REPO_ROOT
-from schemas.control import ResnapshotRequest, control_message_adapter
+from mallard.config.settings import REPO_ROOT
+from mallard.schemas.control import ResnapshotRequest, control_message_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def start_scheduler(stack, folder: Path, topic: str, config: Path, now: str, sca
            "MALLARD_CONTROL_TOPIC": topic, "MALLARD_CONSUMER_GROUP": f"sched-{topic}",
            "MALLARD_REPLICATION_CONFIG": str(config), "MALLARD_NOW": now, "MALLARD_TIME_SCALE": str(scale)}
     log = open(folder / f"{name}.log", "a")
-    return subprocess.Popen([sys.executable, "-m", "services.scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "mallard.services.scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=REPO_ROOT)
 
 

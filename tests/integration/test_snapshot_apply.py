@@ -137,7 +137,7 @@ def test_a_snapshot_with_a_bad_batch_is_dead_lettered_and_never_merged(stack):
     from confluent_kafka import Producer
 
     from mallard.adapters.kafka import read_topic
-    from schemas.snapshot import SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
+    from mallard.schemas.snapshot import SnapshotBegin, SnapshotColumn, SnapshotCut, SnapshotEnd
 
     count = stack.query("SELECT count(*) FROM products")[0][0]
     columns = [SnapshotColumn(name="id", pg_type="int4", primary_key_position=1, connect_schema={"type": "int32"}),

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from mallard.core.cut import Cut
 from mallard.core.pgtypes import column_type
-from schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
+from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
                               snapshot_message_adapter)
 
 pytestmark = pytest.mark.integration
@@ -100,9 +100,9 @@ def test_a_filtered_snapshot_holds_only_its_subset(stack):
 def test_no_cut_is_taken_while_the_replication_slot_does_not_exist(stack):
     from datetime import datetime, timezone
 
-    from schemas.control import ResnapshotRequest
-    from services.snapshotter.config import SnapshotterSettings
-    from services.snapshotter.service import SnapshotError, SnapshotterService
+    from mallard.schemas.control import ResnapshotRequest
+    from mallard.services.snapshotter.config import SnapshotterSettings
+    from mallard.services.snapshotter.service import SnapshotError, SnapshotterService
 
     settings = SnapshotterSettings(pg_port=int(stack.ports["MALLARD_PG_PORT"]),
                                    pg_password=stack.env["MALLARD_PG_PASSWORD"],
@@ -117,8 +117,8 @@ def test_no_cut_is_taken_while_the_replication_slot_does_not_exist(stack):
 
 def direct_service(stack, topic: str, **overrides):
     """The snapshotter's snapshot function, run here against the stack (its own topic)."""
-    from services.snapshotter.config import SnapshotterSettings
-    from services.snapshotter.service import SnapshotterService
+    from mallard.services.snapshotter.config import SnapshotterSettings
+    from mallard.services.snapshotter.service import SnapshotterService
 
     settings = SnapshotterSettings(pg_port=int(stack.ports["MALLARD_PG_PORT"]), pg_password=stack.env["MALLARD_PG_PASSWORD"],
                                    kafka_bootstrap_servers=stack.bootstrap_servers, snapshot_topic=topic, health_port=0,
@@ -148,7 +148,7 @@ def topic_messages(stack, topic: str, idle: float = 3.0) -> list:
 def request_for(stream: str, where: str | None = None):
     from datetime import datetime, timezone
 
-    from schemas.control import ResnapshotRequest
+    from mallard.schemas.control import ResnapshotRequest
 
     return ResnapshotRequest(request_id=f"test-{time.monotonic_ns()}", streams=[stream], reason="test",
                              requested_by="test", requested_at=datetime.now(timezone.utc), where=where)

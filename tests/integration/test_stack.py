@@ -72,7 +72,7 @@ def test_up_fails_fast_naming_the_port_and_component_when_the_broker_port_is_tak
 
 def test_a_component_that_fails_to_start_is_named_and_nothing_is_left_running(make_stack, tmp_path):
     config = tmp_path / "broken-connector.json"
-    from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
 
     config.write_text(DEFAULT_CONNECTOR_CONFIG.read_text().replace('"mallard_debezium"', '"Not A Valid Slot!"'))
     stack = make_stack(MALLARD_CONNECTOR_CONFIG=str(config))

@@ -11,7 +11,7 @@ import pytest
 
 from mallard.core.arrow_rows import CsvPlan
 from mallard.core.snapshot_encoding import PgColumn
-from services.snapshotter.service import _parts
+from mallard.services.snapshotter.service import _parts
 
 COLUMNS = [PgColumn("id", "int8"), PgColumn("note", "text"), PgColumn("total", "numeric", (12 << 16 | 2) + 4),
            PgColumn("big", "numeric", (30 << 16 | 3) + 4), PgColumn("ok", "bool"), PgColumn("day", "date"),

@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mallard import checks
-from mallard.checks import FAIL, OK, SKIP, WARN, Checker, Result, Targets
-from mallard.core.connector_config import parse_connector_config
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings
+from mallard.ops import checks
+from mallard.ops.checks import FAIL, OK, SKIP, WARN, Checker, Result, Targets
+from mallard.core.connector import parse_connector_config
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings
 from mallard.stack.local import StackSettings
 from mallard.stack.processes import free_ports
 
@@ -190,7 +190,7 @@ def test_duckdb_locked_by_another_process_fails_naming_it(tmp_path):
 
 
 def test_duckdb_held_by_the_applier_is_not_a_failure(tmp_path):
-    with _hold(tmp_path / "replica.duckdb", "services.applier") as holder:  # what `python -m services.applier` shows
+    with _hold(tmp_path / "replica.duckdb", "mallard.services.applier") as holder:  # what `python -m mallard.services.applier` shows
         r = Checker(_targets(tmp_path)).check_duckdb()
     # Its lock is the applier's own; its health endpoint does not answer here: a warning, not a failure.
     assert r.status == WARN and f"held by the applier (pid {holder.pid})" in r.detail

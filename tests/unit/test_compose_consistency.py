@@ -4,13 +4,13 @@ from pathlib import Path
 
 import yaml
 
-from mallard.connector import load_connector_config_file
-from mallard.core.connector_config import placeholders
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
+from mallard.config.connector import load_connector_config_file
+from mallard.core.connector import placeholders
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
 from mallard.stack.local import LocalStack, StackSettings
-from services.applier.config import ApplierSettings
-from services.scheduler.config import SchedulerSettings
-from services.snapshotter.config import SnapshotterSettings
+from mallard.services.applier.config import ApplierSettings
+from mallard.services.scheduler.config import SchedulerSettings
+from mallard.services.snapshotter.config import SnapshotterSettings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -105,7 +105,7 @@ def test_postgres_has_logical_wal_a_wal_bound_and_the_demo_schema():
 
 
 def test_each_part_connects_as_its_own_least_privileged_role():
-    from mallard.settings import PostgresRoleSettings
+    from mallard.config.settings import PostgresRoleSettings
 
     defaults = PostgresRoleSettings.model_fields
     script = (REPO_ROOT / "docker" / "postgres" / "10-mallard.sh").read_text()
@@ -124,7 +124,7 @@ def test_mallard_services_run_their_modules_with_known_settings():
     known = set().union(*(env_names(s) for s in ALL_SETTINGS))
     for name, settings_cls in MALLARD_SERVICES.items():
         svc = SERVICES[name]
-        assert svc["command"] == ["python", "-m", f"services.{name}"]
+        assert svc["command"] == ["python", "-m", f"mallard.services.{name}"]
         assert (REPO_ROOT / "services" / name / "__main__.py").exists()
         env = svc["environment"]
         unknown = {k for k in env if k.startswith("MALLARD_")} - known
@@ -154,19 +154,20 @@ def test_topic_names_agree_with_the_connector_and_settings():
 
 
 def test_the_image_contains_every_package():
+    import tomllib
+
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    copied = set(re.findall(r"^COPY (\S+) \./", dockerfile, re.M))
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    packages = {p.rstrip("*") for p in re.search(r"include = \[(.*?)\]", pyproject).group(1).replace('"', "").split(", ")}
-    assert packages <= copied
-    assert "debezium" in copied
+    copied = set(re.findall(r"^COPY (\S+) /src/", dockerfile, re.M))
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"mallard", *setuptools["package-dir"].values()}  # every folder the wheel is built from
+    assert folders <= copied and "debezium" in folders
     assert all(svc.get("build") == "." for n, svc in SERVICES.items() if n in MALLARD_SERVICES or n == "connector-init")
 
 
 def test_no_other_topic_looks_like_a_table_topic_to_the_applier():
     import re
 
-    from mallard.core.connector_config import cdc_topic_pattern
+    from mallard.core.connector import cdc_topic_pattern
 
     pattern = re.compile(cdc_topic_pattern(CONNECTOR.topic_prefix))
     topics = [v for svc in SERVICES.values() for k, v in (svc.get("environment") or {}).items()

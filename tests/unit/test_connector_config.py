@@ -2,15 +2,15 @@ import json
 
 import pytest
 
-from mallard.connector import load_connector_config_file
-from mallard.core.connector_config import (
+from mallard.config.connector import load_connector_config_file
+from mallard.core.connector import (
     REQUIRED,
     ConnectorConfigError,
     parse_connector_config,
     placeholders,
     resolve_placeholders,
 )
-from mallard.settings import DEFAULT_CONNECTOR_CONFIG
+from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
 
 
 def repo_config():
@@ -85,7 +85,7 @@ def test_topic_names():
 def test_the_applier_subscribes_to_table_topics_only():
     import re
 
-    from mallard.core.connector_config import cdc_topic_pattern
+    from mallard.core.connector import cdc_topic_pattern
 
     pattern = re.compile(cdc_topic_pattern("mallard"))
     assert pattern.match("mallard.public.orders") and pattern.match("mallard.sales.new_table")
@@ -95,9 +95,9 @@ def test_the_applier_subscribes_to_table_topics_only():
 
 
 def test_the_table_list_is_derived_from_the_replication_config(tmp_path):
-    from mallard.connector import derive_connector_config, load_connector_config_file
-    from mallard.replication import load_config
-    from mallard.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
+    from mallard.config.connector import derive_connector_config, load_connector_config_file
+    from mallard.config.replication import load_config
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, REPO_ROOT
 
     demo = REPO_ROOT / "demo" / "replication.yaml"
     streams = list(load_config(demo).streams)

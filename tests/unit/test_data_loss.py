@@ -141,7 +141,7 @@ def test_the_watch_asks_with_what_was_known_before_and_remembers_topic_ids():
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from services.applier.data_loss import DataLossWatch
+    from mallard.services.applier.data_loss import DataLossWatch
 
     answers = [{TP: Observed(0, 10, 10, "a"), ("mallard.public.t", 1): Observed(0, 0, None, "a")},
                {TP: Observed(0, 2, None, "b"), ("mallard.public.t", 1): Observed(0, 0, None, "b")}]

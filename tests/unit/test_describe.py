@@ -3,9 +3,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mallard.core.describe import describe, key_matches
-from schemas.control import ResnapshotRequest, StateReset
-from schemas.deadletter import DeadLetter
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows
+from mallard.schemas.control import ResnapshotRequest, StateReset
+from mallard.schemas.deadletter import DeadLetter
+from mallard.schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotRows
 
 EVENTS = json.loads((Path(__file__).parent.parent / "fixtures" / "debezium" / "orders_events.json").read_text())
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -109,7 +109,7 @@ def test_key_matches_the_keys_value_a_json_object_or_plain_text():
 def test_arrow_rows_are_rendered():
     import pyarrow as pa
 
-    from schemas.snapshot import SnapshotRowsHeader, arrow_rows_message
+    from mallard.schemas.snapshot import SnapshotRowsHeader, arrow_rows_message
 
     value = arrow_rows_message(SnapshotRowsHeader(snapshot_id="s1", stream="public.orders", batch=3),
                                pa.record_batch({"c0": pa.array([7, 8]), "c1": pa.array(["a", None])}))

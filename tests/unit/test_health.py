@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mallard.health import CLIENT_HEADER, HealthServer, host_allowed
+from mallard.runtime.health import CLIENT_HEADER, HealthServer, host_allowed
 from mallard.stack.processes import free_ports
 
 

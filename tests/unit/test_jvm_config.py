@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mallard.settings import REPO_ROOT
+from mallard.config.settings import REPO_ROOT
 from mallard.stack.jvm import (
     BROKER_MAIN, CONNECT_MAIN, ENV_CONFIG_PROVIDER, FILE_CONFIG_PROVIDER, JSON_CONVERTER, STORAGE_TOOL_MAIN, Artifacts,
     BrokerConfig, ConnectConfig, JvmError, java_command, judge_status, new_cluster_id, parse_properties,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mallard import logs
+from mallard.runtime import logs
 
 
 def _record(**extra) -> logging.LogRecord:
@@ -78,7 +78,7 @@ def test_a_service_logs_json_lines_from_the_flag_or_the_variable(how, tmp_path):
                 "MALLARD_REPLICATION_CONFIG": "", "MALLARD_PG_PASSWORD": "pw-not-in-logs"})
     if not how:
         env["MALLARD_LOG_FORMAT"] = "json"
-    proc = subprocess.Popen([sys.executable, "-m", "services.scheduler", *how], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "mallard.services.scheduler", *how], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output = [proc.stdout.readline()]  # librdkafka failing to connect, at once

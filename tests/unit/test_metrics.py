@@ -4,8 +4,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mallard.health import HealthServer
-from mallard.metrics import ServiceMetrics, counter, gauge
+from mallard.runtime.health import HealthServer
+from mallard.runtime.metrics import ServiceMetrics, counter, gauge
 from mallard.stack.processes import free_ports
 
 

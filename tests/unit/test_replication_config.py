@@ -1,8 +1,8 @@
 """The replication config: the demo file, and every invalid config fails with one line naming file, line and key."""
 import pytest
 
-from mallard.core.replication_config import ConfigError, parse_config, resolve_env
-from mallard.settings import REPO_ROOT
+from mallard.core.replication import ConfigError, parse_config, resolve_env
+from mallard.config.settings import REPO_ROOT
 
 DEMO = REPO_ROOT / "demo" / "replication.yaml"
 
@@ -27,7 +27,7 @@ schedules:
 
 
 def test_demo_config():
-    from mallard.replication import load_config
+    from mallard.config.replication import load_config
 
     c = load_config(DEMO)
     assert list(c.streams) == ["public.customers", "public.products", "public.orders"]
@@ -187,7 +187,7 @@ def test_hostile_yaml_is_one_line_naming_the_file(text, start):
 
 
 def test_a_binary_or_unreadable_file_is_named(tmp_path):
-    from mallard.replication import load_config
+    from mallard.config.replication import load_config
 
     binary = tmp_path / "replication.yaml"
     binary.write_bytes(b"streams:\n  public.a:\n\x89PNG\r\n\x1a\n\xff\xfe")
@@ -207,8 +207,8 @@ def test_a_binary_or_unreadable_file_is_named(tmp_path):
 def test_a_broken_config_leaves_the_settings_to_their_defaults_for_its_user_to_report(tmp_path, monkeypatch):
     """Settings read the source from the config; a config that cannot be read is reported
     by whoever uses it (in one line), not as a traceback while building settings."""
-    from mallard.replication import load_config
-    from mallard.settings import PostgresSettings
+    from mallard.config.replication import load_config
+    from mallard.config.settings import PostgresSettings
 
     config = tmp_path / "replication.yaml"
     config.write_text('source:\n  host: db.example\nstreams:\n  public.a:\nschedules:\n  d:\n    cron: "0 6 31 2 *"\n')

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from schemas import export
-from schemas.control import ResnapshotRequest
-from schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
-from schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotFailed, SnapshotRows, snapshot_message_adapter
+from mallard.schemas import export
+from mallard.schemas.control import ResnapshotRequest
+from mallard.schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
+from mallard.schemas.snapshot import SnapshotBegin, SnapshotEnd, SnapshotFailed, SnapshotRows, snapshot_message_adapter
 
 # Real messages, captured from Debezium 3.6.3 on the local stack: insert, update,
 # delete, tombstone and truncate on public.orders, and their transaction events.
@@ -17,9 +17,9 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def test_exported_json_schemas_are_fresh():
-    """Fails when a model changed without `python -m schemas.export`."""
+    """Fails when a model changed without `python -m mallard.schemas.export`."""
     stale = [name for name, text in export.rendered().items() if (export.JSON_DIR / name).read_text() != text]
-    assert not stale, f"stale JSON Schema files, run python -m schemas.export: {stale}"
+    assert not stale, f"stale JSON Schema files, run python -m mallard.schemas.export: {stale}"
     assert sorted(p.name for p in export.JSON_DIR.glob("*.json")) == sorted(export.rendered())
 
 

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from services.applier.config import ApplierSettings
-from services.scheduler.config import SchedulerSettings
-from services.snapshotter.config import SnapshotterSettings
+from mallard.services.applier.config import ApplierSettings
+from mallard.services.scheduler.config import SchedulerSettings
+from mallard.services.snapshotter.config import SnapshotterSettings
 from mallard.stack.local import StackSettings
 
 SERVICES = {
@@ -19,7 +19,7 @@ SERVICES = {
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_help_says_what_the_service_does_and_lists_every_setting(name):
     settings_cls, phrase = SERVICES[name]
-    out = subprocess.run([sys.executable, "-m", f"services.{name}", "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", f"mallard.services.{name}", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert phrase in text

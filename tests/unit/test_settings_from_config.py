@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.snapshotter.config import SnapshotterSettings
+from mallard.services.snapshotter.config import SnapshotterSettings
 
 CONFIG = """
 source:
@@ -47,7 +47,7 @@ def test_a_reference_to_a_variable_not_set_leaves_the_default(config):
 
 
 def test_the_duckdb_file_comes_from_the_config_target(tmp_path, monkeypatch):
-    from services.applier.config import ApplierSettings
+    from mallard.services.applier.config import ApplierSettings
 
     path = tmp_path / "replication.yaml"
     path.write_text("target:\n  path: /data/shop.duckdb\nstreams:\n  public.orders:\n")

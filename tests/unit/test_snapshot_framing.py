@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from mallard.core.snapshot_encoding import PY_MARKER, PgColumn, encode
-from schemas.control import ResnapshotRequest
-from schemas.snapshot import SnapshotRows, is_arrow_rows, read_arrow_rows, snapshot_message_adapter
-from services.snapshotter.config import SnapshotterSettings
-from services.snapshotter.service import SnapshotAborted, SnapshotterService, _Batcher, _RowSink
+from mallard.schemas.control import ResnapshotRequest
+from mallard.schemas.snapshot import SnapshotRows, is_arrow_rows, read_arrow_rows, snapshot_message_adapter
+from mallard.services.snapshotter.config import SnapshotterSettings
+from mallard.services.snapshotter.service import SnapshotAborted, SnapshotterService, _Batcher, _RowSink
 
 
 class FakeProducer:
@@ -156,7 +156,7 @@ def test_requests_waiting_together_are_coalesced_per_stream():
 
 
 def test_resets_are_not_requests_a_forced_full_refresh_wins_and_a_fire_is_served_once():
-    from schemas.control import StateReset
+    from mallard.schemas.control import StateReset
 
     def req(rid, streams, by="t", full=False):
         return Msg(ResnapshotRequest(request_id=rid, streams=streams, reason="t", requested_by=by, full=full,
@@ -176,8 +176,8 @@ def test_resets_are_not_requests_a_forced_full_refresh_wins_and_a_fire_is_served
 def test_untrusted_requests_are_refused_before_anything_runs():
     """A malformed request, a filter that is not one allowed expression, a stream that is
     not replicated: refused, dead-lettered with the reason, and answered per stream."""
-    from schemas.deadletter import DeadLetter
-    from schemas.snapshot import SnapshotFailed
+    from mallard.schemas.deadletter import DeadLetter
+    from mallard.schemas.snapshot import SnapshotFailed
 
     svc = service()
     svc.streams = frozenset({"public.orders", "public.customers"})
@@ -209,7 +209,7 @@ def test_untrusted_requests_are_refused_before_anything_runs():
 
 
 def test_a_failure_is_answered_with_the_snapshot_it_began():
-    from schemas.snapshot import SnapshotFailed
+    from mallard.schemas.snapshot import SnapshotFailed
 
     svc = service()
     req = ResnapshotRequest(request_id="r1", streams=["public.t"], reason="t", requested_by="t",

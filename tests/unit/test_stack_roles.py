@@ -42,7 +42,7 @@ def test_each_service_runs_as_its_role(stack):
     passwords = stack._new_passwords()
     assert stat.S_IMODE(os.stat(stack.secrets_file).st_mode) == 0o600
     assert set(passwords) == {"admin", "debezium", "snapshotter"} and len(set(passwords.values())) == 3
-    assert SERVICE_ROLES["services.snapshotter"] == "snapshotter"
+    assert SERVICE_ROLES["mallard.services.snapshotter"] == "snapshotter"
     connect = stack.connect_env()  # the worker resolves the connector's ${env:MALLARD_PG_*} from it
     assert (connect["MALLARD_PG_USER"], connect["MALLARD_PG_PASSWORD"]) == ("mallard_debezium", passwords["debezium"])
     snapshotter = stack.service_env(1, "snapshotter")

@@ -2,7 +2,7 @@
 import json
 from datetime import datetime, timezone
 
-from mallard.core.replication_config import parse_config
+from mallard.core.replication import parse_config
 from mallard.core.status import (KafkaFacts, ReplicaFacts, build_report, dead_letters_by_stream, next_run,
                                  partition_lag, position_parts, render, service_summary, stream_of_topic)
 

@@ -1,0 +1,1 @@
+"""Thin adapters to Kafka, Postgres and DuckDB. Nothing connects at import time."""

@@ -1,0 +1,338 @@
+"""Kafka adapter (confluent-kafka: librdkafka's idempotent producer, fast consumer)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from mallard.runtime.logs import librdkafka_logger
+
+log = logging.getLogger("mallard.kafka")
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered at the bootstrap servers in time."""
+
+
+def _logging(config: dict[str, Any]) -> dict[str, Any]:
+    """With JSON logs, librdkafka logs through Python logging (served when the client polls)."""
+    logger = librdkafka_logger()
+    return {**config, "logger": logger} if logger is not None else config
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    return AdminClient(_logging({"bootstrap.servers": bootstrap_servers, "log_level": 3}))
+
+
+def broker_metadata(bootstrap_servers: str, timeout: float = 5.0) -> ClusterMetadata:
+    """Cluster metadata, or BrokerUnavailable naming the servers."""
+    admin = admin_client(bootstrap_servers)
+    try:
+        return admin.list_topics(timeout=timeout)
+    except KafkaException as e:
+        admin.poll(0)  # hand librdkafka's queued log lines to logging (JSON logs)
+        raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap_servers}: {e}") from None
+
+
+def wait_for_broker(bootstrap_servers: str, timeout: float, stop: Any = None) -> ClusterMetadata:
+    """Retry with backoff until the broker answers (transient at start-up); log once."""
+    deadline = time.monotonic() + timeout
+    delay, logged = 0.2, False
+    while True:
+        try:
+            return broker_metadata(bootstrap_servers, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        except BrokerUnavailable:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            if not logged:
+                log.warning("waiting for Kafka at %s", bootstrap_servers)
+                logged = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(bootstrap_servers: str, partitions_by_topic: dict[str, int], timeout: float = 15.0) -> list[str]:
+    """Create missing topics (replication factor 1 locally); return the ones created."""
+    admin = admin_client(bootstrap_servers)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions_by_topic.items() if t not in existing]
+    created = []
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items() if missing else []:
+        try:
+            future.result(timeout)
+            created.append(topic)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
+    """An idempotent, all-acks producer whose partitioner matches the Java client's
+    (murmur2), so a key lands on the same partition as when Kafka Connect writes it."""
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Producer(_logging(config))
+
+
+def consumer(bootstrap_servers: str, group: str, **overrides: Any) -> Any:
+    """A consumer that commits only when told (offsets are replication state) and
+    fetches big (change events are a few kB each and arrive in bursts)."""
+    from confluent_kafka import Consumer
+
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        # When the prefetch queue is full, fetching resumes this soon after it drains below
+        # its bound (librdkafka's default waits a whole second: the reader starves).
+        "fetch.queue.backoff.ms": 10,
+        "log_level": 3,
+    }
+    config.update(overrides)
+    return Consumer(_logging(config))
+
+
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
+INSPECTION_GROUPS = ("mallard-cli-inspect", "mallard-cli-tail", "mallard-read-to-end")
+"""Groups mallard's own readers use without consuming as a group (never listed as consumers)."""
+MALLARD_GROUPS = ("mallard-applier", "mallard-applier-snapshots", "mallard-snapshotter", "mallard-scheduler")
+
+
+def topic_names(metadata: ClusterMetadata) -> Iterable[str]:
+    """Every topic but Kafka's own (Debezium's ``__debezium-heartbeat.<prefix>`` is kept)."""
+    return (t for t in metadata.topics if t not in INTERNAL_TOPICS and not (t.startswith("__") and "heartbeat" not in t))
+
+
+def end_offsets(bootstrap_servers: str, partitions: list[tuple[str, int]], timeout: float = 10.0
+                ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) watermark per partition (ListOffsets), high being the offset the next
+    message gets."""
+    from confluent_kafka import TopicPartition
+
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect")
+    try:
+        return {tp: reader.get_watermark_offsets(TopicPartition(*tp), timeout=timeout) for tp in partitions}
+    finally:
+        reader.close()
+
+
+def committed_offsets(bootstrap_servers: str, group: str, partitions: list[tuple[str, int]], timeout: float = 10.0
+                      ) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset per partition (None: it committed none there). Reads
+    them without joining the group, so it disturbs no member."""
+    from confluent_kafka import TopicPartition
+
+    if not partitions:
+        return {}
+    reader = consumer(bootstrap_servers, group)
+    try:
+        out = {}
+        for tp in reader.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout):
+            out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        return out
+    finally:
+        reader.close()
+
+
+def read_at(bootstrap_servers: str, topic: str, partition: int, offset: int, timeout: float = 5.0) -> Any | None:
+    """The message at ``offset`` (or the first one after it), None if there is none yet."""
+    from confluent_kafka import TopicPartition
+
+    reader = consumer(bootstrap_servers, "mallard-cli-inspect", **{"enable.partition.eof": True,
+                                                                   "queued.max.messages.kbytes": 1024})
+    try:
+        reader.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                raise KafkaException(msg.error())
+            return msg
+        return None
+    finally:
+        reader.close()
+
+
+def consumer_groups(bootstrap_servers: str, timeout: float = 10.0) -> list[str]:
+    """Consumer groups the cluster knows, but mallard's own inspection readers."""
+    admin = admin_client(bootstrap_servers)  # kept until the answer is in: a collected client cancels it
+    groups = admin.list_consumer_groups(request_timeout=timeout).result()
+    if groups.errors and not groups.valid:
+        raise KafkaException(groups.errors[0])
+    return sorted(g.group_id for g in groups.valid if g.group_id not in INSPECTION_GROUPS)
+
+
+def topic_summaries(bootstrap_servers: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Per topic: partitions, messages (high - low watermark, summed) and, per consumer
+    group that committed offsets on it, the lag per partition (high watermark minus the
+    committed offset; a partition where the group committed nothing counts whole)."""
+    from mallard.core.status import partition_lag
+
+    metadata = broker_metadata(bootstrap_servers, timeout)
+    names = sorted(topic_names(metadata))
+    partitions = [(t, p) for t in names for p in sorted(metadata.topics[t].partitions)]
+    ends = end_offsets(bootstrap_servers, partitions, timeout)
+    try:
+        groups = consumer_groups(bootstrap_servers, timeout)
+    except KafkaException:  # a broker that cannot list groups: mallard's own, by their default names
+        groups = list(MALLARD_GROUPS)
+    committed = {g: committed_offsets(bootstrap_servers, g, partitions, timeout) for g in groups}
+    out = []
+    for name in names:
+        parts = [p for t, p in partitions if t == name]
+        groups = {}
+        for group, offsets in committed.items():
+            mine = {p: offsets.get((name, p)) for p in parts}
+            if any(o is not None for o in mine.values()):
+                groups[group] = partition_lag({p: ends[(name, p)] for p in parts}, mine)
+        out.append({"topic": name, "partitions": len(parts),
+                    "messages": sum(max(0, ends[(name, p)][1] - ends[(name, p)][0]) for p in parts),
+                    "groups": groups})
+    return out
+
+
+STARTUP_GRACE_S = 10.0
+"""How long a reader waits for the broker's first answer before its idle time starts."""
+
+
+def read_topic(
+    bootstrap_servers: str, topic: str, from_beginning: bool = True, limit: int | None = None,
+    idle_timeout: float = 5.0,
+) -> Iterable[Any]:
+    """Yield a topic's messages (all partitions) without joining a consumer group,
+    until ``limit`` messages or ``idle_timeout`` seconds without one."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+    deadline = time.monotonic() + idle_timeout
+    while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
+        if time.monotonic() > deadline:
+            raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+        time.sleep(0.5)
+    reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024,
+                                                                "enable.partition.eof": True})
+    partitions = sorted(metadata.topics[topic].partitions)
+    if from_beginning:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    else:
+        reader.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+    seen = 0
+    try:
+        # The idle time counts from the broker's first answer (a message, or the end of a
+        # partition), not from the assignment: reaching the partitions takes a moment.
+        last, answered, startup = time.monotonic(), False, STARTUP_GRACE_S
+        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout + (0 if answered else startup):
+            msg = reader.poll(0.2)
+            if msg is None:
+                continue
+            if not answered:
+                answered, last = True, time.monotonic()
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(msg.error())
+            last = time.monotonic()
+            seen += 1
+            yield msg
+    finally:
+        reader.close()
+
+
+def read_to_end(bootstrap_servers: str, topic: str, idle: float = 1.0, timeout: float = 120.0) -> Iterable[Any]:
+    """Yield every message of ``topic`` (all partitions, from the beginning, no consumer
+    group) up to its end: each partition's high watermark as of the start, and then
+    until every partition has said it is at its end, or ``idle`` seconds pass without a message.
+    A topic that does not exist yields nothing."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    metadata = broker_metadata(bootstrap_servers)
+    if topic not in metadata.topics:
+        return
+    reader = consumer(bootstrap_servers, "mallard-read-to-end", **{"queued.max.messages.kbytes": 16 * 1024,
+                                                                   "enable.partition.eof": True})
+    try:
+        parts = list(metadata.topics[topic].partitions)
+        high = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        position = {p: -1 for p in parts}
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.1)
+            reached = all(position[p] + 1 >= high[p] for p in parts)
+            end = msg is not None and msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF
+            if end:
+                at_end.add(msg.partition())
+            if msg is None or end:
+                if reached and (at_end >= set(parts) or time.monotonic() - last >= idle):
+                    return
+                continue
+            at_end.discard(msg.partition())
+            if msg.error():
+                raise KafkaException(msg.error())
+            position[msg.partition()] = msg.offset()
+            last = time.monotonic()
+            yield msg
+        raise BrokerUnavailable(f"reading {topic} to its end took more than {timeout:.0f}s")
+    finally:
+        reader.close()
+
+
+def partition_facts(admin: AdminClient, group: str, topics: Iterable[str], timeout: float = 5.0) -> dict[tuple[str, int], Any]:
+    """What Kafka says now of every partition of ``topics`` (mallard/core/data_loss.py's
+    ``Observed``): low and high watermarks, ``group``'s committed offset, the topic's id. A
+    topic that does not exist (or does not answer) is left out: no evidence either way."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicCollection, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    from mallard.core.data_loss import Observed
+
+    topics = sorted(set(topics))
+    if not topics:
+        return {}
+    ids, parts = {}, []
+    for topic, future in admin.describe_topics(TopicCollection(topics), request_timeout=timeout).items():
+        try:
+            described = future.result(timeout)
+        except KafkaException:
+            continue
+        ids[topic] = str(described.topic_id)
+        parts += [(topic, p.id) for p in described.partitions]
+    if not parts:
+        return {}
+    ends = {}
+    for name, spec in (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest())):
+        futures = admin.list_offsets({TopicPartition(t, p): spec for t, p in parts}, request_timeout=timeout)
+        for tp, future in futures.items():
+            try:
+                ends.setdefault((tp.topic, tp.partition), {})[name] = future.result(timeout).offset
+            except KafkaException:
+                pass
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in parts])]
+    committed = {}
+    for future in admin.list_consumer_group_offsets(request, request_timeout=timeout).values():
+        for tp in future.result(timeout).topic_partitions or []:
+            if tp.error is None and tp.offset >= 0:
+                committed[(tp.topic, tp.partition)] = tp.offset
+    return {tp: Observed(e["low"], e["high"], committed.get(tp), ids[tp[0]])
+            for tp, e in ends.items() if "low" in e and "high" in e}

@@ -1,0 +1,167 @@
+"""Postgres adapter (psycopg2): connections, and the publication and replication
+slot that Debezium streams from."""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from mallard.core.sql import quote_ident
+
+
+class SourceError(RuntimeError):
+    """The source Postgres cannot serve mallard as configured; the message says how to fix it."""
+
+
+def connect(host: str, port: int, user: str, password: str, dbname: str, *,
+            timeout: int = 5) -> psycopg2.extensions.connection:
+    """An autocommit connection. Plain parameters (PostgresSettings.pg_params() gives them),
+    so this adapter depends on no settings module."""
+    try:
+        conn = psycopg2.connect(
+            host=host, port=port, user=user, password=password, dbname=dbname,
+            connect_timeout=timeout,
+            application_name="mallard",
+            # Literals are written with standard quoting (a backslash is a plain character):
+            # a server configured otherwise would read a filter's literal differently.
+            options="-c standard_conforming_strings=on",
+        )
+    except psycopg2.OperationalError as e:
+        # psycopg2's message never contains the password; the DSN we print must not either.
+        raise SourceError(f"cannot connect to Postgres postgresql://{user}:***@{host}:{port}/{dbname}: "
+                          f"{str(e).strip()}") from None
+    conn.autocommit = True
+    return conn
+
+
+def scalar(conn: Any, query: str, *params: Any) -> Any:
+    with conn.cursor() as cur:
+        # No params, no placeholders: psycopg2 reads every '%' of the text as one when given any.
+        cur.execute(query, params or None)
+        row = cur.fetchone()
+        return row[0] if row else None
+
+
+def require_logical_wal(conn: Any) -> None:
+    level = scalar(conn, "SHOW wal_level")
+    if level != "logical":
+        raise SourceError(
+            f"Postgres wal_level is '{level}', CDC needs 'logical': set wal_level = logical "
+            "in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+        )
+
+
+def existing_tables(conn: Any, streams: list[str]) -> tuple[list[str], list[str]]:
+    """Split '<schema>.<table>' names into (existing, missing)."""
+    found, missing = [], []
+    for stream in streams:
+        schema, _, table = stream.partition(".")
+        exists = scalar(
+            conn,
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s",
+            schema, table,
+        )
+        (found if exists else missing).append(stream)
+    return found, missing
+
+
+def ensure_publication(conn: Any, name: str, include: list[str], existing: list[str]) -> bool:
+    """Create the publication unless it exists: for all tables when nothing is
+    included, else for the included tables that exist (possibly none yet).
+    Must run before the slot is created: pgoutput looks the publication up as
+    of each change it decodes."""
+    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
+        return False
+    publication = sql.Identifier(name)
+    with conn.cursor() as cur:
+        if not include:
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(publication))
+        elif existing:
+            tables = sql.SQL(", ").join(sql.Identifier(*s.split(".", 1)) for s in existing)
+            cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(publication, tables))
+        else:
+            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(publication))
+    return True
+
+
+def ensure_slot(conn: Any, slot: str, plugin: str = "pgoutput") -> bool:
+    if scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot):
+        return False
+    scalar(conn, "SELECT pg_create_logical_replication_slot(%s, %s)", slot, plugin)
+    return True
+
+
+def slot_exists(conn: Any, slot: str) -> bool:
+    return bool(scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot))
+
+
+def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
+    """Whether the slot is being consumed, and how much WAL it holds back."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT active, confirmed_flush_lsn::text,
+                      pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = %s""",
+            (slot,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return {"active": row[0], "confirmed_flush_lsn": row[1], "retained_wal_bytes": row[2]}
+
+
+def drop_slot_and_publication(conn: Any, slot: str, publication: str) -> list[str]:
+    """Drop what the CDC publisher created, so Postgres stops retaining WAL for it."""
+    dropped = []
+    state = slot_state(conn, slot)
+    if state is not None:
+        if state["active"]:
+            raise SourceError(f"replication slot '{slot}' is still in use: stop the CDC publisher first")
+        scalar(conn, "SELECT pg_drop_replication_slot(%s)", slot)
+        dropped.append(f"replication slot {slot}")
+    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", publication):
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+        dropped.append(f"publication {publication}")
+    return dropped
+
+
+def table_columns(conn: Any, stream: str) -> list:
+    """The columns of '<schema>.<table>' as the snapshot encoder needs them, in order."""
+    from mallard.core.snapshot_encoding import PgColumn
+
+    schema, _, table = stream.partition(".")
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname, t.typname, a.atttypmod, t.typtype = 'e', e.typname
+               FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_type t ON t.oid = a.atttypid
+               LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+               WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+               ORDER BY a.attnum""",
+            (schema, table),
+        )
+        rows = cur.fetchall()
+    if not rows:
+        raise SourceError(f"table {stream} not found in Postgres")
+    return [PgColumn(name, typname, typmod, is_enum, element) for name, typname, typmod, is_enum, element in rows]
+
+
+def primary_key(conn: Any, stream: str) -> list[str]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.attname FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+               WHERE i.indrelid = %s::regclass AND i.indisprimary
+               ORDER BY array_position(i.indkey::int2[], a.attnum)""",
+            (quote_stream(stream),),
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def quote_stream(stream: str) -> str:
+    """'<schema>.<table>' as a quoted SQL name."""
+    return ".".join(quote_ident(part) for part in stream.split(".", 1))

@@ -1,0 +1,644 @@
+"""The ``mallard`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _stack_settings():
+    """Settings from the environment, then what ``up`` recorded in the home's stack.json
+    (so ``status`` and ``down`` talk to the stack ``up`` started, whatever the shell)."""
+    from mallard.stack.local import StackSettings
+
+    settings = StackSettings()
+    recorded = settings.home / "stack.json"
+    if recorded.exists():
+        settings = StackSettings(**{**json.loads(recorded.read_text()), "pg_password": settings.pg_password})
+    return settings
+
+
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack, StackSettings
+
+    stack = LocalStack(StackSettings())
+    print(f"mallard stack up ({stack.home})")
+    stack.up(demo=not args.no_demo, only=args.only)
+    if args.only:
+        print(f"{args.only} healthy; `mallard stack up` starts the rest")
+    else:
+        print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+    return 0
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack
+
+    stack = LocalStack(_stack_settings())
+    print(f"mallard stack down ({stack.home})")
+    stack.down(purge=args.purge)
+    return 0
+
+
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    from mallard.stack.local import LocalStack
+
+    status = LocalStack(_stack_settings()).status(show_secrets=args.show_secrets)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"local stack in {status['home']}")
+        for name, c in status["components"].items():
+            pid = c["pid"] or "-"
+            print(f"  {name:<14} {c['state']:<9} pid {pid!s:<8} port {c['port']:<6} log {c['log']}")
+        print(f"  postgres DSN       {status['postgres']['dsn']}")
+        for role, r in status["postgres"]["roles"].items():
+            if role != "owner":
+                print(f"    {role + ' role':<16} {r['dsn']}")
+        print(f"  kafka bootstrap    {status['kafka']['bootstrap_servers']}")
+        print(f"  duckdb file        {status['duckdb']['path']}")
+        applier = status["components"]["applier"]["detail"]
+        if isinstance(applier, dict) and applier.get("progress"):
+            p = applier["progress"]
+            print(f"  applied up to      LSN {p['commit_lsn']} (tx {p['tx_id']}, committed {p['committed_at']}); "
+                  f"{applier['events_applied']} event(s) since start, {applier['dead_letters']} dead-lettered")
+        connect = status["components"]["connect"]
+        print(f"  kafka connect      {connect.get('url')} (Kafka {connect.get('version')}, Debezium "
+              f"{connect.get('debezium_version')})")
+        detail = connect["detail"]
+        if isinstance(detail, dict) and detail.get("slot"):
+            slot = detail["slot"]
+            print(f"  connector          {detail['connector']['name']}: {detail['connector']['state']}")
+            print(f"  replication slot   {'active' if slot['active'] else 'INACTIVE'}, confirmed up to "
+                  f"{slot['confirmed_flush_lsn']}, retaining {slot['retained_wal_bytes'] / 1024:.0f} KiB of WAL")
+    running = all(c["state"] == "running" for c in status["components"].values())
+    return 0 if running else 3
+
+
+def cmd_stack_guide(args: argparse.Namespace) -> int:
+    from mallard.config.connector import load_connector_config_file
+
+    from mallard.stack.local import LocalStack
+
+    s = _stack_settings()
+    stack = LocalStack(s)
+    config = load_connector_config_file(s.connector_config)
+    topic = config.cdc_topic(config.tables[-1]) if config.tables else f"{config.topic_prefix}.<schema>.<table>"
+    home = stack.home
+    print(f"""
+How to look at the running stack:
+  Debezium change events:    .venv/bin/mallard tail {topic} --from-beginning --limit 5
+  Transaction metadata:      .venv/bin/mallard tail {config.transaction_topic} --from-beginning --limit 4
+  Topics and message counts: .venv/bin/mallard topics
+  With kcat (apt install kcat):  kcat -b {s.bootstrap_servers} -t {topic} -C -o beginning -e -q -f '%k\\n%s\\n\\n'
+  Lag, delay, last snapshots:    .venv/bin/mallard status
+  Change the source:         psql 'postgresql://{s.pg_user}:<password>@127.0.0.1:{s.pg_port}/{s.pg_database}'   (local default password: mallard)
+                             .venv/bin/mallard demo changes --count 10
+  Logs:                      {home / 'logs'}/  (Postgres: {stack.components[0].log})
+  Every connection checked:  .venv/bin/mallard check
+  Replica equal to Postgres? .venv/bin/mallard verify   (--repair re-snapshots what differs)
+  Machine-readable status:   .venv/bin/mallard stack status --json
+  Stop:                      .venv/bin/mallard stack down   (--purge also drops the replication slot and all local data)
+""")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from mallard.core.status import render
+    from mallard.ops.status import gather
+
+    s = _stack_settings()
+    config = _replication_config(args) if (getattr(args, "config", None) or s.replication_config) else None
+    now = datetime.now(timezone.utc)
+    report = gather(s, config, now)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report, now))
+    return 0 if all(c["state"] == "running" for c in report["services"].values()) else 3
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from mallard.adapters.kafka import topic_summaries
+
+    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
+    topics = topic_summaries(servers)
+    if args.json:
+        print(json.dumps(topics, indent=2))
+        return 0
+    for t in topics:
+        lags = []
+        for group, parts in t["groups"].items():
+            total = sum(parts.values())
+            detail = ", ".join(f"p{p} {n}" for p, n in parts.items() if n)
+            lags.append(f"{group} {total}" + (f" ({detail})" if detail and len(parts) > 1 else ""))
+        print(f"  {t['topic']:<40} partitions {t['partitions']:<3} messages {t['messages']:<9} "
+              f"lag {'; '.join(lags) if lags else '-'}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from mallard.adapters.kafka import read_topic
+    from mallard.core.describe import describe, key_matches
+
+    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
+    shown = 0
+    # With --key every message is read and the limit counts the matching ones.
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
+                          limit=None if args.key is not None else args.limit, idle_timeout=args.timeout):
+        if args.key is not None and not key_matches(msg.key(), args.key):
+            continue
+        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()), flush=True)
+        shown += 1
+        if args.limit is not None and shown >= args.limit:
+            break
+    print(f"({shown} message(s))", file=sys.stderr)
+    return 0
+
+
+def _service_get(service: str, port: int, path: str, **params: str) -> dict:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from mallard.runtime.health import client_request
+
+    url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    try:
+        with urllib.request.urlopen(client_request(url, "cli"), timeout=90) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+        raise RuntimeError(body.get("error") or f"the {service} answered {e.code}") from None
+    except OSError as e:
+        raise RuntimeError(f"the {service} does not answer at {url} ({e}); is the stack up?") from None
+
+
+def _applier_get(path: str, **params: str) -> dict:
+    return _service_get("applier", _stack_settings().applier_health_port, path, **params)
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    tables = _applier_get("/tables")["tables"]
+    if args.json:
+        print(json.dumps(tables, indent=2))
+        return 0
+    for t in sorted(tables, key=lambda t: t["stream"]):
+        extra = []
+        if t["reason"]:
+            extra.append(t["reason"])
+        if t["dropped_columns"]:
+            extra.append("dropped in Postgres, kept: " + ", ".join(t["dropped_columns"]))
+        if t["unknown_type_columns"]:
+            extra.append("unknown types kept as text: " + ", ".join(t["unknown_type_columns"]))
+        print(f"  {t['stream']:<32} -> {t['target']:<28} {t['status']:<17} {'; '.join(extra)}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    result = _applier_get("/query", sql=args.sql)
+    print("\t".join(result["columns"]))
+    for row in result["rows"]:
+        print("\t".join("NULL" if v is None else str(v) for v in row))
+    if result.get("truncated"):
+        print(f"(only the first {len(result['rows'])} rows: add a LIMIT or narrow the query)", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mallard.config.connector import load_connector_config_file
+    from mallard.ops.verify import ApplierReplica, FileReplica, as_json, render, repair_request, verify
+
+    s = _stack_settings()
+    if args.duckdb:
+        replica = FileReplica(args.duckdb)
+    else:
+        replica = ApplierReplica(s.applier_health_port)
+        if not replica.answers():
+            from mallard.stack.local import LocalStack
+
+            replica = FileReplica(str(LocalStack(s).duckdb_path))
+    slot = load_connector_config_file(s.connector_config).slot_name
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    from mallard.stack.local import LocalStack
+
+    reader = LocalStack(s).reader()  # verify only reads: the stack's SELECT-only role where it has one
+
+    def run(streams):
+        return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
+                      leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr))
+
+    try:
+        report = run(args.streams)
+        if args.json:
+            print(json.dumps(as_json(report), indent=2))
+        else:
+            print("\n".join(render(report, args.limit)))
+        broken = [r for r in report.results if not r.equal and r.comparison is not None]
+        if not args.repair or not broken:
+            return 0 if report.equal else 1
+        from datetime import datetime, timezone
+
+        requested_at = datetime.now(timezone.utc)
+        for r in broken:
+            where, full = repair_request(r)
+            _request_snapshot(s, [r.stream], "verify --repair", where=where, full=full)
+            shown = where if where is None or len(where) < 200 else where[:200] + "..."
+            say(f"repair: requested a snapshot of {r.stream}" + (f" where {shown}" if where else " (whole table)"))
+        if not args.wait:
+            return 1
+        if _wait_for_snapshots(s, [r.stream for r in broken], requested_at, args.timeout) != 0:
+            return 1
+        say("repair: merged; verifying again")
+        again = run([r.stream for r in broken])
+        if args.json:
+            print(json.dumps(as_json(again), indent=2))
+        else:
+            print("\n".join(render(again, args.limit)))
+        return 0 if again.equal else 1
+    finally:
+        replica.close()
+
+
+def _request_snapshot(s, streams: list[str], reason: str, where: str | None = None, full: bool = False):
+    """Publish a resnapshot request on the control topic; returns it."""
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from mallard.adapters import kafka
+    from mallard.config.settings import KafkaSettings
+    from mallard.schemas.control import ResnapshotRequest
+
+    request = ResnapshotRequest(request_id=f"cli-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
+                                requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc),
+                                where=where, full=full)
+    # Not idempotent: its producer id handshake costs half a second, and a request sent
+    # twice is coalesced by the snapshotter anyway.
+    producer = kafka.producer(s.bootstrap_servers, **{"enable.idempotence": False})
+    producer.produce(KafkaSettings().control_topic, key=request.request_id.encode(),
+                     value=request.model_dump_json().encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
+    return request
+
+
+def cmd_resnapshot(args: argparse.Namespace) -> int:
+    import re
+
+    from mallard.core.filters import FilterError, check_filter
+
+    s = _stack_settings()
+    if args.full and args.where:
+        raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
+    bad = [x for x in args.streams if not re.fullmatch(r"[^.\s]+\.[^.\s]+", x)]
+    if bad:
+        raise ValueError(f"bad stream name(s) {', '.join(map(repr, bad))}: expected '<schema>.<table>'")
+    where = None
+    if args.where is not None:
+        try:
+            where = check_filter(args.where)  # refused here, before anything is published
+        except FilterError as e:
+            raise ValueError(f"--where: {e}") from None
+    request = _request_snapshot(s, args.streams, args.reason, where=where, full=args.full)
+    print(f"requested {request.request_id}: {', '.join(args.streams)}")
+    return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout,
+                               request_id=request.request_id) if args.wait else 0
+
+
+def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, request_id: str | None = None) -> int:
+    """Follow the request until every stream's snapshot is merged into DuckDB; stop at the
+    first one abandoned, or failed or refused by the snapshotter (its answer is recorded as
+    abandoned, with the reason): a progress bar on a terminal, a line per stream otherwise."""
+    import time
+
+    from mallard.core.sql import quote_literal
+
+    interactive = sys.stderr.isatty()
+    started, done, failed = time.monotonic(), {}, False
+    listed = ", ".join(quote_literal(x) for x in streams)
+    ours = f" OR request_id = {quote_literal(request_id)}" if request_id else ""
+    sql = (f"SELECT stream, status, rows_staged, rows_applied, rows_deleted, reason FROM _mallard.snapshots "
+           f"WHERE stream IN ({listed}) AND (started_at >= {quote_literal(requested_at.isoformat())}{ours}) "
+           f"ORDER BY started_at")
+    while len(done) < len(streams) and not failed:
+        if time.monotonic() - started > timeout:
+            print(f"\nno end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}", file=sys.stderr)
+            return 1
+        try:
+            rows = _applier_get("/query", sql=sql)["rows"]
+            current = _service_get("snapshotter", s.snapshotter_health_port, "/healthz").get("current") or {}
+        except RuntimeError:
+            rows, current = [], {}  # a service restarting: keep waiting
+        for stream, status, staged, applied, deleted, reason in rows:
+            if stream in done or status not in ("merged", "abandoned"):
+                continue
+            done[stream] = status
+            failed |= status != "merged"
+            line = (f"{stream}: merged, {staged:,} rows ({applied:,} applied, {deleted:,} deleted)"
+                    if status == "merged" else f"{stream}: abandoned: {reason}")
+            print(("\r\033[K" if interactive else "") + line, file=sys.stderr if interactive else sys.stdout)
+        if failed:
+            left = [x for x in streams if x not in done]
+            if left:
+                print(f"not waiting for: {', '.join(left)}", file=sys.stderr)
+            break
+        if interactive and current.get("stream") in streams and current.get("stream") not in done:
+            rows_read, estimate = current.get("rows", 0), max(current.get("estimate") or 0, 1)
+            elapsed = time.monotonic() - started
+            width = 30
+            filled = min(width, int(width * rows_read / estimate))
+            print(f"\r\033[K{current['stream']} [{'#' * filled}{'.' * (width - filled)}] {rows_read:,}/~{estimate:,} rows "
+                  f"read, {rows_read / elapsed if elapsed else 0:,.0f} rows/s", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    return 1 if failed else 0
+
+
+def _replication_config(args: argparse.Namespace):
+    from mallard.config.replication import load_config
+
+    path = getattr(args, "config", None) or _stack_settings().replication_config
+    if not path:
+        raise ValueError("no replication config: pass --config FILE or set MALLARD_REPLICATION_CONFIG")
+    return load_config(path)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from mallard.adapters import postgres
+    from mallard.config.replication import check_against_postgres
+
+    config = _replication_config(args)
+    if not args.offline:
+        conn = postgres.connect(**_stack_settings().pg_params())
+        try:
+            check_against_postgres(config, conn)
+        finally:
+            conn.close()
+    print(f"{config.path}: ok: {len(config.streams)} stream(s) "
+          f"({', '.join(f'{n} {s.mode}' for n, s in config.streams.items())}), {len(config.schedules)} schedule(s)"
+          + ("" if args.offline else "; every table exists in Postgres"))
+    for name, sched in config.schedules.items():
+        print(f"  schedule {name}: {sched.cron.expression} ({sched.cron.tz}) -> {', '.join(sched.streams)}")
+    return 0
+
+
+def cmd_state_show(args: argparse.Namespace) -> int:
+    from mallard.config.settings import KafkaSettings
+    from mallard.ops.state import read_states
+
+    k = KafkaSettings()
+    config = _replication_config(args)
+    states = read_states(_stack_settings().bootstrap_servers, k.snapshot_topic, k.control_topic)
+    streams = args.streams or [n for n, s in config.streams.items() if s.incremental]
+    for name in streams:
+        cfg = config.stream(name)
+        if cfg is None:
+            raise ValueError(f"{name} is not a stream of {config.path}")
+        st = states.get(name)
+        if not cfg.incremental:
+            print(f"{name}: {cfg.mode} (no incremental state)")
+        elif st is None or st.value is None:
+            print(f"{name}: incremental on {cfg.update_key}: no state — the next run reads every row"
+                  + (f" (since {st.source}, {st.at.isoformat()})" if st else ""))
+        else:
+            print(f"{name}: incremental on {cfg.update_key} > {st.value}  (from {st.source}, {st.at.isoformat()})")
+    return 0
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+    from datetime import datetime, timezone
+
+    from mallard.adapters import kafka
+    from mallard.config.settings import KafkaSettings
+    from mallard.schemas.control import StateReset
+
+    config = _replication_config(args)
+    if args.all == bool(args.streams):
+        raise ValueError("name the streams to reset, or --all")
+    streams = [n for n, s in config.streams.items() if s.incremental] if args.all else args.streams
+    for name in streams:
+        cfg = config.stream(name)
+        if cfg is None or not cfg.incremental:
+            raise ValueError(f"{name} is not an incremental stream of {config.path}")
+    if not streams:
+        raise ValueError(f"{config.path} has no incremental stream")
+    reset = StateReset(reset_id=f"reset-{uuid.uuid4().hex[:12]}", streams=streams, to_value=args.to,
+                       requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc))
+    s = _stack_settings()
+    producer = kafka.producer(s.bootstrap_servers)
+    producer.produce(KafkaSettings().control_topic, key=reset.reset_id.encode(), value=reset.model_dump_json().encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the reset")
+    what = f"resumes after {args.to!r}" if args.to is not None else "reads every row (upserts; nothing is deleted)"
+    print(f"{reset.reset_id}: the next incremental run of {', '.join(streams)} {what}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mallard.ops import checks
+
+    targets = checks.resolve_targets(
+        _stack_settings(), config_path=args.config, bootstrap_servers=args.bootstrap_servers,
+        connect_url=args.connect_url, applier_url=args.applier_url,
+        max_retained_wal=checks.parse_size(args.max_retained_wal), timeout=args.timeout)
+    results = []
+    symbols = checks.symbols_for(sys.stdout.encoding)
+    for result in checks.run_checks(targets):
+        results.append(result)
+        if not args.json:
+            print(checks.format_result(result, symbols=symbols), flush=True)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    return checks.exit_code(results)
+
+
+def cmd_demo_changes(args: argparse.Namespace) -> int:
+    from mallard.adapters import postgres
+    from mallard.stack.demo import make_changes
+
+    conn = postgres.connect(**_stack_settings().pg_params())
+    try:
+        done = make_changes(conn, args.count, seed=args.seed)
+    finally:
+        conn.close()
+    print("demo changes: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    return 0
+
+
+def cmd_connector_register(args: argparse.Namespace) -> int:
+    from mallard.config.connector import load_connector_config_file, register
+    from mallard.runtime.logs import configure
+
+    configure()
+    config = load_connector_config_file(args.config)
+    if args.replication_config:
+        from mallard.core.connector import with_streams
+        from mallard.config.replication import load_config
+
+        config = with_streams(config, list(load_config(args.replication_config).streams))
+    state = register(args.connect_url, config, timeout=args.timeout)
+    print(f"connector {config.name}: {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
+
+    p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the local stack: Postgres, Apache Kafka, Kafka Connect with Debezium, services")
+    ssub = stack.add_subparsers(dest="stack_command", required=True)
+    up = ssub.add_parser("up", help="start every component (harmless when already running)")
+    up.add_argument("--no-demo", action="store_true", help="do not load the demo shop schema into a new database")
+    up.add_argument("--only", choices=["postgres"], help="start only this component (e.g. to change the source "
+                    "while replication is stopped)")
+    up.set_defaults(func=cmd_stack_up)
+    down = ssub.add_parser("down", help="stop what `up` started")
+    down.add_argument("--purge", action="store_true",
+                      help="also drop Debezium's replication slot and publication, and delete the stack's data")
+    down.set_defaults(func=cmd_stack_down)
+    st = ssub.add_parser("status", help="state and connection details of every component (exit 3 if any is not running)")
+    st.add_argument("--json", action="store_true", help="machine-readable, with the Postgres DSN of every role")
+    st.add_argument("--show-secrets", action="store_true", help="print the passwords in the DSNs (masked otherwise)")
+    st.set_defaults(func=cmd_stack_status)
+    ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
+
+    status = sub.add_parser("status", help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
+                                           "dead letters; and every service's state (exit 3 if one is not running)")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--config", help="replication config (default: the stack's)")
+    status.set_defaults(func=cmd_status)
+
+    topics = sub.add_parser("topics", help="list topics with partitions, message counts and the lag of each "
+                                           "consumer group that committed offsets on them")
+    topics.add_argument("--json", action="store_true")
+    topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
+    topics.set_defaults(func=cmd_topics)
+
+    tail = sub.add_parser("tail", help="print a topic's messages, decoded")
+    tail.add_argument("topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--limit", type=int, default=None, help="stop after N messages (matching ones, with --key)")
+    tail.add_argument("--key", help="only messages with this key, given as its value: 42 or abc for a one-column key, "
+                                    "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
+                                    "(a snapshot's stream, a request id)")
+    tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
+    tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
+    tail.set_defaults(func=cmd_tail)
+
+    tables = sub.add_parser("tables", help="replicated tables: status, why one needs a re-snapshot, dropped columns")
+    tables.add_argument("--json", action="store_true")
+    tables.set_defaults(func=cmd_tables)
+
+    query = sub.add_parser("query", help="run a read-only SQL query on the replica, through the running applier")
+    query.add_argument("sql")
+    query.set_defaults(func=cmd_query)
+
+    ver = sub.add_parser("verify", help="prove the replica matches Postgres: row counts and hashes over primary-key "
+                                        "ranges at one consistent point, narrowed to the keys that differ "
+                                        "(exit 1 if any differ)")
+    ver.add_argument("streams", nargs="*", help="'<schema>.<table>' (default: every table of the replica)")
+    ver.add_argument("--repair", action="store_true",
+                     help="request a snapshot of just the differing keys (the whole table when there are more "
+                          "than 1000 or it has no usable key)")
+    ver.add_argument("--wait", action="store_true", help="with --repair: wait until merged, then verify again")
+    ver.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits for the repair at most")
+    ver.add_argument("--catch-up-timeout", type=float, default=120,
+                     help="seconds to wait for the applier to catch up with Postgres before comparing")
+    ver.add_argument("--limit", type=int, default=50, help="keys printed per stream")
+    ver.add_argument("--json", action="store_true", help="machine-readable result")
+    ver.add_argument("--fanout", type=int, default=16, help="buckets a differing range is cut into")
+    ver.add_argument("--leaf-rows", type=int, default=256, help="ranges this small are compared key by key")
+    ver.add_argument("--duckdb", help="read this DuckDB file read-only instead of asking the running applier")
+    ver.set_defaults(func=cmd_verify)
+
+    res = sub.add_parser("resnapshot", help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
+    res.add_argument("streams", nargs="+")
+    res.add_argument("--where", help="SQL filter: snapshot only part of the table")
+    res.add_argument("--reason", default="ad hoc")
+    res.add_argument("--wait", action="store_true",
+                     help="follow the snapshots until DuckDB has merged them (a progress bar on a terminal); "
+                          "exit 1 if one is abandoned")
+    res.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
+    res.add_argument("--full", action="store_true",
+                     help="an incremental stream: one full refresh (every row; rows gone from Postgres are deleted), "
+                          "which also resets its state to the table's largest update_key")
+    res.set_defaults(func=cmd_resnapshot)
+
+    cfg = sub.add_parser("config", help="the replication config (streams, modes, schedules)")
+    cfgsub = cfg.add_subparsers(dest="config_command", required=True)
+    chk = cfgsub.add_parser("check", help="validate the config and check every table exists in Postgres")
+    chk.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's (demo/replication.yaml)")
+    chk.add_argument("--offline", action="store_true", help="validate the file only, without Postgres")
+    chk.set_defaults(func=cmd_config_check)
+
+    state = sub.add_parser("state", help="incremental state (the last update_key value per stream), kept in Kafka")
+    stsub = state.add_subparsers(dest="state_command", required=True)
+    show = stsub.add_parser("show", help="each incremental stream's state and where it comes from")
+    show.add_argument("streams", nargs="*")
+    show.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
+    show.set_defaults(func=cmd_state_show)
+    reset = stsub.add_parser("reset", help="forget a stream's state (the next run reads every row) or rewind it "
+                                           "(--to VALUE: resume after VALUE, for a backfill)")
+    reset.add_argument("streams", nargs="*")
+    reset.add_argument("--all", action="store_true", help="every incremental stream")
+    reset.add_argument("--to", help="update_key value to resume after (as Postgres prints it)")
+    reset.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
+    reset.set_defaults(func=cmd_state_reset)
+
+    check = sub.add_parser("check", help="test every connection and prerequisite (Postgres, wal_level, replication "
+                                         "privilege, publication, slot and its WAL, Kafka and topics, DuckDB, "
+                                         "Debezium): one line each, the fix for each failure; exit 1 on a failure")
+    check.add_argument("--config", help="replication config naming the source and target (default: "
+                                        "MALLARD_REPLICATION_CONFIG, or the stack's)")
+    check.add_argument("--bootstrap-servers", help="default: MALLARD_KAFKA_BOOTSTRAP_SERVERS, or the local stack's broker")
+    check.add_argument("--connect-url", default=None,
+                       help="Kafka Connect REST URL (docker-compose: http://localhost:8083; default: MALLARD_CONNECT_URL); "
+                            "without it, the local stack's CDC publisher is checked")
+    check.add_argument("--applier-url", default=None,
+                       help="the applier's HTTP endpoint (default: MALLARD_APPLIER_URL, or the local stack's)")
+    check.add_argument("--max-retained-wal", default="1GiB",
+                       help="warn when the replication slot holds back more WAL than this (default: 1GiB)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds each connection may take (default: 3)")
+    check.add_argument("--json", action="store_true", help="the results as a JSON list")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="the demo shop database")
+    dsub = demo.add_subparsers(dest="demo_command", required=True)
+    changes = dsub.add_parser("changes", help="insert, update and delete some orders and customers")
+    changes.add_argument("--count", type=int, default=20)
+    changes.add_argument("--seed", type=int, default=None)
+    changes.set_defaults(func=cmd_demo_changes)
+
+    conn = sub.add_parser("connector", help="the Debezium connector config")
+    csub = conn.add_subparsers(dest="connector_command", required=True)
+    reg = csub.add_parser("register", help="register the connector with Kafka Connect and wait until it runs")
+    reg.add_argument("--connect-url", default="http://connect:8083")
+    reg.add_argument("--config", type=Path, default=DEFAULT_CONNECTOR_CONFIG)
+    reg.add_argument("--timeout", type=float, default=300.0)
+    reg.add_argument("--replication-config", help="derive table.include.list from this replication config's streams")
+    reg.set_defaults(func=cmd_connector_register)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a user-facing command: one clear line, no traceback
+        from mallard.stack.local import StackError
+
+        known = (StackError, FileNotFoundError, ValueError, RuntimeError)
+        if isinstance(e, known):
+            print(f"mallard: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

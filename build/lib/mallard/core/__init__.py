@@ -1,0 +1,1 @@
+"""Pure logic: no Kafka, Postgres or DuckDB client is imported here (a test checks)."""

@@ -1,0 +1,122 @@
+"""The Debezium connector config, one file for both stacks.
+
+docker-compose registers it with Kafka Connect as it is (Connect resolves the
+``${env:NAME}`` placeholders with its EnvVarConfigProvider); the local stack's
+embedded engine reads the same file and resolves them here. Pure: no I/O but
+the caller's text.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PLACEHOLDER = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Settings that only mean something to a Kafka Connect worker: the embedded
+# engine hands events to our publisher instead, and we create topics ourselves.
+
+REQUIRED = {
+    "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+    "plugin.name": "pgoutput",
+    "snapshot.mode": "no_data",
+    "skipped.operations": "none",
+    "provide.transaction.metadata": "true",
+    "decimal.handling.mode": "precise",
+    "interval.handling.mode": "string",
+    "key.converter.schemas.enable": "true",
+    "value.converter.schemas.enable": "true",
+}
+"""What mallard relies on: the applier's decoding and the cut rule assume these."""
+
+
+class ConnectorConfigError(ValueError):
+    """The connector config file is unusable; the message names the key or variable."""
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    name: str
+    config: dict[str, str]
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.config["topic.prefix"]
+
+    @property
+    def slot_name(self) -> str:
+        return self.config.get("slot.name", "debezium")
+
+    @property
+    def publication_name(self) -> str:
+        return self.config.get("publication.name", "dbz_publication")
+
+    @property
+    def tables(self) -> list[str]:
+        """'<schema>.<table>' entries of table.include.list (empty: every table)."""
+        raw = self.config.get("table.include.list", "")
+        return [t.strip() for t in raw.split(",") if t.strip()]
+
+    def cdc_topic(self, stream: str) -> str:
+        return cdc_topic(self.topic_prefix, stream)
+
+    @property
+    def transaction_topic(self) -> str:
+        return transaction_topic(self.topic_prefix)
+
+
+def cdc_topic(prefix: str, stream: str) -> str:
+    """Debezium's topic for '<schema>.<table>': '<prefix>.<schema>.<table>'."""
+    return f"{prefix}.{stream}"
+
+
+def transaction_topic(prefix: str) -> str:
+    return f"{prefix}.transaction"
+
+
+def cdc_topic_pattern(prefix: str) -> str:
+    """A Kafka regex subscription to every table topic of the prefix (not the transaction
+    topic, which has one dot fewer), so new tables are picked up without a restart."""
+    return "^" + re.escape(prefix) + r"\.[^.]+\.[^.]+$"
+
+
+def parse_connector_config(text: str, source: str = "connector config") -> ConnectorConfig:
+    """Parse the Kafka Connect REST form ``{"name": ..., "config": {...}}`` and check it."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConnectorConfigError(f"{source}: not JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not isinstance(doc.get("config"), dict):
+        raise ConnectorConfigError(f'{source}: expected {{"name": "...", "config": {{...}}}}')
+    config = {str(k): str(v) for k, v in doc["config"].items()}
+    for key, expected in REQUIRED.items():
+        if config.get(key) != expected:
+            raise ConnectorConfigError(
+                f"{source}: '{key}' must be '{expected}' (found {config.get(key)!r}); mallard's applier depends on it"
+            )
+    if not config.get("topic.prefix"):
+        raise ConnectorConfigError(f"{source}: 'topic.prefix' is required")
+    return ConnectorConfig(name=doc["name"], config=config)
+
+
+def with_streams(config: ConnectorConfig, streams: list[str]) -> ConnectorConfig:
+    """The connector config capturing exactly the replication config's streams
+    (``table.include.list`` derived from them, so the two cannot disagree)."""
+    if not streams:
+        raise ConnectorConfigError("the replication config has no streams for table.include.list")
+    return ConnectorConfig(name=config.name, config={**config.config, "table.include.list": ",".join(streams)})
+
+
+def placeholders(config: ConnectorConfig) -> set[str]:
+    """Environment variables the config refers to."""
+    return {m.group(1) for v in config.config.values() for m in PLACEHOLDER.finditer(v)}
+
+
+def resolve_placeholders(config: ConnectorConfig, env: Mapping[str, str]) -> ConnectorConfig:
+    """Replace every ``${env:NAME}`` with env[NAME], as Connect's EnvVarConfigProvider does."""
+    missing = sorted(n for n in placeholders(config) if n not in env)
+    if missing:
+        raise ConnectorConfigError("connector config needs environment variable(s): " + ", ".join(missing))
+    resolved = {k: PLACEHOLDER.sub(lambda m: env[m.group(1)], v) for k, v in config.config.items()}
+    return ConnectorConfig(name=config.name, config=resolved)

@@ -1,0 +1,1 @@
+"""The Debezium connector config, shipped as package data (mallard.debezium)."""

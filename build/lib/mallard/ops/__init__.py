@@ -1,0 +1,1 @@
+"""The operator commands behind the CLI: checks, status, verify, incremental state."""
