@@ -171,12 +171,19 @@ def test_sigkill_of_broker_connect_and_applier_under_load_loses_nothing(fault_st
         cur.execute("CREATE TABLE fault_marks (phase text PRIMARY KEY)")
     conn.close()
 
+    recovery: dict[str, float] = {}
+
     def mark(phase: str) -> None:
-        """A row written after ``phase``: once in the replica, the whole path works again."""
+        """A row written after ``phase``: once in the replica, the whole path works again.
+        (What is checked is that nothing is lost, not how fast: on a loaded 2-core machine
+        with other stacks up, Connect's rejoin and the task's restart after a broker kill
+        have taken over two minutes, so the bound is generous and the time is printed.)"""
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO fault_marks VALUES (%s)", (phase,))
         conn.close()
-        stack.wait_for(f"SELECT count(*) FROM fault_marks WHERE phase = '{phase}'", [[1]], timeout=120)
+        started = time.monotonic()
+        stack.wait_for(f"SELECT count(*) FROM fault_marks WHERE phase = '{phase}'", [[1]], timeout=300)
+        recovery[phase] = time.monotonic() - started
 
     writer, watcher = Writer(dsn), SlotWatcher(stack)
     writer.start()
@@ -249,4 +256,5 @@ def test_sigkill_of_broker_connect_and_applier_under_load_loses_nothing(fault_st
     assert sum(s.ends is None for s in broker_down) >= 3, "the slot was not watched while the broker was down"
     print(f"{len(writer.txs)} transactions, {len(expected)} rows; {len(samples)} samples of the slot, "
           f"{covered} transactions checked against Kafka's ends; downtime: "
-          + ", ".join(f"{v} {b - a:.1f}s" for v, (a, b) in downtime.items()))
+          + ", ".join(f"{v} {b - a:.1f}s" for v, (a, b) in downtime.items())
+          + "; a mark in the replica after: " + ", ".join(f"{p} {t:.1f}s" for p, t in recovery.items()))
