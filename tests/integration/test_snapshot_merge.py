@@ -21,6 +21,9 @@ from mallard.core.pgtypes import column_type
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.transactions import Transaction
 
+# The DuckDB adapter against real DuckDB (no server, but not pure): the integration tier.
+pytestmark = pytest.mark.integration
+
 STREAM = "public.t"
 SCHEMA = TableSchema(STREAM, ("id", "v"), (column_type({"type": "int32"}), column_type({"type": "int32"})), ("id",))
 KEYS = st.integers(0, 5)
