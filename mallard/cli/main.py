@@ -8,15 +8,41 @@ from pathlib import Path
 
 
 def _stack_settings():
-    """Settings from the environment, then what ``up`` recorded in the home's stack.json
-    (so ``status`` and ``down`` talk to the stack ``up`` started, whatever the shell)."""
-    from mallard.stack.local import StackSettings
+    from mallard.config.deployment import stack_settings
 
-    settings = StackSettings()
-    recorded = settings.home / "stack.json"
-    if recorded.exists():
-        settings = StackSettings(**{**json.loads(recorded.read_text()), "pg_password": settings.pg_password})
-    return settings
+    return stack_settings()
+
+
+def _deployment(args: argparse.Namespace):
+    """Which deployment this command talks to: the global options, MALLARD_* variables,
+    a profile, then the local stack (resolved once per command)."""
+    dep = getattr(args, "_deployment", None)
+    if dep is None:
+        from mallard.adapters import kafka
+        from mallard.config.deployment import resolve_deployment
+
+        options = {name: getattr(args, name, None) for name in
+                   ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config")}
+        dep = resolve_deployment(options, getattr(args, "profile", None))
+        kafka.use_client_config(dict(dep.kafka))
+        args._deployment = dep
+    return dep
+
+
+def _source_settings(args: argparse.Namespace, reading: bool = False):
+    """How to connect to the source Postgres: the deployment's DSN, else the local stack's
+    settings (its SELECT-only role when ``reading`` and the stack has one)."""
+    from mallard.config.deployment import postgres_settings
+
+    dep = _deployment(args)
+    stack = _stack_settings()
+    if dep.pg_dsn:
+        return postgres_settings(dep, stack)
+    if reading:
+        from mallard.stack.local import LocalStack
+
+        return LocalStack(stack).reader()
+    return stack
 
 
 def cmd_stack_up(args: argparse.Namespace) -> int:
@@ -110,10 +136,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mallard.core.status import render
     from mallard.ops.status import gather
 
-    s = _stack_settings()
-    config = _replication_config(args) if (getattr(args, "config", None) or s.replication_config) else None
+    dep = _deployment(args)
+    config = _replication_config(args) if dep.config else None
     now = datetime.now(timezone.utc)
-    report = gather(s, config, now)
+    report = gather(_stack_settings(), config, now, deployment=dep)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report, now))
     return 0 if all(c["state"] == "running" for c in report["services"].values()) else 3
 
@@ -121,8 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import topic_summaries
 
-    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
-    topics = topic_summaries(servers)
+    topics = topic_summaries(_deployment(args).bootstrap_server)
     if args.json:
         print(json.dumps(topics, indent=2))
         return 0
@@ -141,7 +166,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import read_topic
     from mallard.core.describe import describe, key_matches
 
-    servers = args.bootstrap_servers or _stack_settings().bootstrap_servers
+    servers = _deployment(args).bootstrap_server
     shown = 0
     # With --key every message is read and the limit counts the matching ones.
     for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
@@ -156,30 +181,34 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_get(service: str, port: int, path: str, **params: str) -> dict:
+def _service_get(service: str, base_url: str, path: str, **params: str) -> dict:
     import urllib.error
     import urllib.parse
     import urllib.request
 
     from mallard.runtime.health import client_request
 
-    url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    url = base_url.rstrip("/") + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
     try:
         with urllib.request.urlopen(client_request(url, "cli"), timeout=90) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
-        body = json.loads(e.read() or b"{}")
-        raise RuntimeError(body.get("error") or f"the {service} answered {e.code}") from None
+        try:
+            body = json.loads(e.read() or b"{}")
+        except ValueError:
+            body = {}
+        raise RuntimeError(body.get("error") or f"the {service} answered {e.code} at {url}") from None
     except OSError as e:
-        raise RuntimeError(f"the {service} does not answer at {url} ({e}); is the stack up?") from None
+        raise RuntimeError(f"the {service} does not answer at {url} ({e}); is it running? (--applier-url, "
+                           "MALLARD_APPLIER_URL or a --profile name another)") from None
 
 
-def _applier_get(path: str, **params: str) -> dict:
-    return _service_get("applier", _stack_settings().applier_health_port, path, **params)
+def _applier_get(args: argparse.Namespace, path: str, **params: str) -> dict:
+    return _service_get("applier", _deployment(args).applier_url, path, **params)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    tables = _applier_get("/tables")["tables"]
+    tables = _applier_get(args, "/tables")["tables"]
     if args.json:
         print(json.dumps(tables, indent=2))
         return 0
@@ -196,7 +225,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    result = _applier_get("/query", sql=args.sql)
+    result = _applier_get(args, "/query", sql=args.sql)
     print("\t".join(result["columns"]))
     for row in result["rows"]:
         print("\t".join("NULL" if v is None else str(v) for v in row))
@@ -205,24 +234,45 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+class CannotCompare(RuntimeError):
+    """verify could not compare: exit 2, not 1 (different)."""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        return _verify(args)
+    except (CannotCompare, OSError) as e:
+        print(f"mallard verify: could not compare: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a side unreachable (Postgres, the applier, Kafka): not a difference
+        from mallard.adapters.postgres import SourceError
+
+        if isinstance(e, SourceError) or "does not answer" in str(e) or "cannot" in str(e):
+            print(f"mallard verify: could not compare: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _verify(args: argparse.Namespace) -> int:
     from mallard.config.connector import load_connector_config_file
     from mallard.ops.verify import ApplierReplica, FileReplica, as_json, render, repair_request, verify
 
     s = _stack_settings()
+    dep = _deployment(args)
     if args.duckdb:
         replica = FileReplica(args.duckdb)
     else:
-        replica = ApplierReplica(s.applier_health_port)
+        replica = ApplierReplica(dep.applier_url)
         if not replica.answers():
+            if not dep.is_local_stack:
+                raise CannotCompare(f"the applier does not answer at {dep.applier_url} (give --duckdb FILE to read a "
+                                    "copy of the replica instead)")
             from mallard.stack.local import LocalStack
 
             replica = FileReplica(str(LocalStack(s).duckdb_path))
     slot = load_connector_config_file(s.connector_config).slot_name
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    from mallard.stack.local import LocalStack
-
-    reader = LocalStack(s).reader()  # verify only reads: the stack's SELECT-only role where it has one
+    reader = _source_settings(args, reading=True)  # verify only reads: a SELECT-only role where there is one
 
     def run(streams):
         return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
@@ -242,12 +292,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         requested_at = datetime.now(timezone.utc)
         for r in broken:
             where, full = repair_request(r)
-            _request_snapshot(s, [r.stream], "verify --repair", where=where, full=full)
+            _request_snapshot(args, [r.stream], "verify --repair", where=where, full=full)
             shown = where if where is None or len(where) < 200 else where[:200] + "..."
             say(f"repair: requested a snapshot of {r.stream}" + (f" where {shown}" if where else " (whole table)"))
         if not args.wait:
             return 1
-        if _wait_for_snapshots(s, [r.stream for r in broken], requested_at, args.timeout) != 0:
+        if _wait_for_snapshots(args, [r.stream for r in broken], requested_at, args.timeout) != 0:
             return 1
         say("repair: merged; verifying again")
         again = run([r.stream for r in broken])
@@ -260,7 +310,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         replica.close()
 
 
-def _request_snapshot(s, streams: list[str], reason: str, where: str | None = None, full: bool = False):
+def _request_snapshot(args: argparse.Namespace, streams: list[str], reason: str, where: str | None = None,
+                      full: bool = False):
     """Publish a resnapshot request on the control topic; returns it."""
     import getpass
     import uuid
@@ -275,11 +326,12 @@ def _request_snapshot(s, streams: list[str], reason: str, where: str | None = No
                                 where=where, full=full)
     # Not idempotent: its producer id handshake costs half a second, and a request sent
     # twice is coalesced by the snapshotter anyway.
-    producer = kafka.producer(s.bootstrap_servers, **{"enable.idempotence": False})
+    servers = _deployment(args).bootstrap_server
+    producer = kafka.producer(servers, **{"enable.idempotence": False})
     producer.produce(KafkaSettings().control_topic, key=request.request_id.encode(),
                      value=request.model_dump_json().encode())
     if producer.flush(30) != 0:
-        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the request")
+        raise RuntimeError(f"Kafka at {servers} did not take the request")
     return request
 
 
@@ -288,7 +340,6 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
 
     from mallard.core.filters import FilterError, check_filter
 
-    s = _stack_settings()
     if args.full and args.where:
         raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
     bad = [x for x in args.streams if not re.fullmatch(r"[^.\s]+\.[^.\s]+", x)]
@@ -300,13 +351,13 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
             where = check_filter(args.where)  # refused here, before anything is published
         except FilterError as e:
             raise ValueError(f"--where: {e}") from None
-    request = _request_snapshot(s, args.streams, args.reason, where=where, full=args.full)
+    request = _request_snapshot(args, args.streams, args.reason, where=where, full=args.full)
     print(f"requested {request.request_id}: {', '.join(args.streams)}")
-    return _wait_for_snapshots(s, args.streams, request.requested_at, args.timeout,
+    return _wait_for_snapshots(args, args.streams, request.requested_at, args.timeout,
                                request_id=request.request_id) if args.wait else 0
 
 
-def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, request_id: str | None = None) -> int:
+def _wait_for_snapshots(args: argparse.Namespace, streams: list[str], requested_at, timeout: float, request_id: str | None = None) -> int:
     """Follow the request until every stream's snapshot is merged into DuckDB; stop at the
     first one abandoned, or failed or refused by the snapshotter (its answer is recorded as
     abandoned, with the reason): a progress bar on a terminal, a line per stream otherwise."""
@@ -326,8 +377,10 @@ def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, req
             print(f"\nno end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}", file=sys.stderr)
             return 1
         try:
-            rows = _applier_get("/query", sql=sql)["rows"]
-            current = _service_get("snapshotter", s.snapshotter_health_port, "/healthz").get("current") or {}
+            rows = _applier_get(args, "/query", sql=sql)["rows"]
+            # The snapshotter's progress: the local stack's (elsewhere its address is not known).
+            current = (_service_get("snapshotter", f"http://127.0.0.1:{_stack_settings().snapshotter_health_port}",
+                                    "/healthz").get("current") or {}) if _deployment(args).is_local_stack else {}
         except RuntimeError:
             rows, current = [], {}  # a service restarting: keep waiting
         for stream, status, staged, applied, deleted, reason in rows:
@@ -357,7 +410,7 @@ def _wait_for_snapshots(s, streams: list[str], requested_at, timeout: float, req
 def _replication_config(args: argparse.Namespace):
     from mallard.config.replication import load_config
 
-    path = getattr(args, "config", None) or _stack_settings().replication_config
+    path = _deployment(args).config
     if not path:
         raise ValueError("no replication config: pass --config FILE or set MALLARD_REPLICATION_CONFIG")
     return load_config(path)
@@ -369,7 +422,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     config = _replication_config(args)
     if not args.offline:
-        conn = postgres.connect(**_stack_settings().pg_params())
+        conn = postgres.connect(**_source_settings(args).pg_params())
         try:
             check_against_postgres(config, conn)
         finally:
@@ -388,7 +441,7 @@ def cmd_state_show(args: argparse.Namespace) -> int:
 
     k = KafkaSettings()
     config = _replication_config(args)
-    states = read_states(_stack_settings().bootstrap_servers, k.snapshot_topic, k.control_topic)
+    states = read_states(_deployment(args).bootstrap_server, k.snapshot_topic, k.control_topic)
     streams = args.streams or [n for n, s in config.streams.items() if s.incremental]
     for name in streams:
         cfg = config.stream(name)
@@ -426,11 +479,11 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
         raise ValueError(f"{config.path} has no incremental stream")
     reset = StateReset(reset_id=f"reset-{uuid.uuid4().hex[:12]}", streams=streams, to_value=args.to,
                        requested_by=f"cli:{getpass.getuser()}", requested_at=datetime.now(timezone.utc))
-    s = _stack_settings()
-    producer = kafka.producer(s.bootstrap_servers)
+    servers = _deployment(args).bootstrap_server
+    producer = kafka.producer(servers)
     producer.produce(KafkaSettings().control_topic, key=reset.reset_id.encode(), value=reset.model_dump_json().encode())
     if producer.flush(30) != 0:
-        raise RuntimeError(f"Kafka at {s.bootstrap_servers} did not take the reset")
+        raise RuntimeError(f"Kafka at {servers} did not take the reset")
     what = f"resumes after {args.to!r}" if args.to is not None else "reads every row (upserts; nothing is deleted)"
     print(f"{reset.reset_id}: the next incremental run of {', '.join(streams)} {what}")
     return 0
@@ -439,9 +492,13 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from mallard.ops import checks
 
+    dep = _deployment(args)
+    given = {name: getattr(dep, name) if dep.origin.get(name) not in ("local stack", "unset") else None
+             for name in ("config", "bootstrap_server", "connect_url", "applier_url")}
     targets = checks.resolve_targets(
-        _stack_settings(), config_path=args.config, bootstrap_servers=args.bootstrap_servers,
-        connect_url=args.connect_url, applier_url=args.applier_url,
+        _stack_settings(), config_path=given["config"], bootstrap_servers=given["bootstrap_server"],
+        connect_url=given["connect_url"], applier_url=given["applier_url"],
+        pg=_source_settings(args) if dep.pg_dsn else None,
         max_retained_wal=checks.parse_size(args.max_retained_wal), timeout=args.timeout)
     results = []
     symbols = checks.symbols_for(sys.stdout.encoding)
@@ -483,10 +540,69 @@ def cmd_connector_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connector(args: argparse.Namespace) -> int:
+    from mallard.config.connector import load_connector_config_file
+    from mallard.stack import jvm
+
+    dep = _deployment(args)
+    url = dep.connect_url
+    name = args.name or load_connector_config_file(_stack_settings().connector_config).name
+    if args.action == "delete" and not args.yes:
+        raise ValueError(f"deleting connector {name} stops CDC until it is registered again: add --yes")
+    try:
+        if args.action == "status":
+            status = jvm.connector_status_document(url, name)
+        elif args.action == "config":
+            status = jvm.connector_config(url, name)
+        else:
+            getattr(jvm, f"{args.action}_connector")(url, name)
+            status = {"connector": name, "action": args.action, "done": True}
+    except jvm.JvmError as e:
+        raise RuntimeError(str(e)) from None
+    if args.json or args.action == "config":
+        print(json.dumps(status, indent=2))
+    elif args.action == "status":
+        print("\n".join(jvm.render_status(status)))
+    else:
+        print(f"connector {name}: {args.action} requested at {url}")
+    return 1 if args.action == "status" and jvm.judge_status(status).failed else 0
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    dep = _deployment(args)
+    shown = dep.shown()
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    print(f"profile: {shown['profile'] or '(none)'}")
+    for name in ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config"):
+        print(f"  {name:<17} {shown[name] or '-':<50} ({shown['from'].get(name)})")
+    for key, value in shown["kafka"].items():
+        print(f"  kafka {key:<28} {value}")
+    return 0
+
+
+def cmd_profile_list(args: argparse.Namespace) -> int:
+    from mallard.config.deployment import BUILT_IN_PROFILES, load_profiles, profiles_path
+
+    path = profiles_path()
+    for name, values in sorted(load_profiles(path).items()):
+        where = "built in" if values is BUILT_IN_PROFILES.get(name) else str(path)
+        print(f"  {name:<16} {values.get('bootstrap_server', '-'):<24} {values.get('applier_url', '-'):<28} ({where})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
 
-    p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.")
+    p = argparse.ArgumentParser(prog="mallard", description="Postgres -> Kafka -> DuckDB replication.",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mallard {_version()}")
+    _deployment_options(p, suppress=False)
+    # The same options after the command (`mallard status --profile compose`); absent there,
+    # they leave what was given before the command alone.
+    dp = argparse.ArgumentParser(add_help=False)
+    _deployment_options(dp, suppress=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="the local stack: Postgres, Apache Kafka, Kafka Connect with Debezium, services")
@@ -506,19 +622,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_stack_status)
     ssub.add_parser("guide", help="how to look at the running stack").set_defaults(func=cmd_stack_guide)
 
-    status = sub.add_parser("status", help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
+    status = sub.add_parser("status", parents=[dp], help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
                                            "dead letters; and every service's state (exit 3 if one is not running)")
     status.add_argument("--json", action="store_true", help="machine-readable")
-    status.add_argument("--config", help="replication config (default: the stack's)")
     status.set_defaults(func=cmd_status)
 
-    topics = sub.add_parser("topics", help="list topics with partitions, message counts and the lag of each "
+    topics = sub.add_parser("topics", parents=[dp], help="list topics with partitions, message counts and the lag of each "
                                            "consumer group that committed offsets on them")
     topics.add_argument("--json", action="store_true")
-    topics.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     topics.set_defaults(func=cmd_topics)
 
-    tail = sub.add_parser("tail", help="print a topic's messages, decoded")
+    tail = sub.add_parser("tail", parents=[dp], help="print a topic's messages, decoded")
     tail.add_argument("topic")
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--limit", type=int, default=None, help="stop after N messages (matching ones, with --key)")
@@ -526,18 +640,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
                                     "(a snapshot's stream, a request id)")
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
-    tail.add_argument("--bootstrap-servers", help="default: the local stack's broker")
     tail.set_defaults(func=cmd_tail)
 
-    tables = sub.add_parser("tables", help="replicated tables: status, why one needs a re-snapshot, dropped columns")
+    tables = sub.add_parser("tables", parents=[dp], help="replicated tables: status, why one needs a re-snapshot, dropped columns")
     tables.add_argument("--json", action="store_true")
     tables.set_defaults(func=cmd_tables)
 
-    query = sub.add_parser("query", help="run a read-only SQL query on the replica, through the running applier")
+    query = sub.add_parser("query", parents=[dp], help="run a read-only SQL query on the replica, through the running applier")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
 
-    ver = sub.add_parser("verify", help="prove the replica matches Postgres: row counts and hashes over primary-key "
+    ver = sub.add_parser("verify", parents=[dp], help="prove the replica matches Postgres: row counts and hashes over primary-key "
                                         "ranges at one consistent point, narrowed to the keys that differ "
                                         "(exit 1 if any differ)")
     ver.add_argument("streams", nargs="*", help="'<schema>.<table>' (default: every table of the replica)")
@@ -555,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--duckdb", help="read this DuckDB file read-only instead of asking the running applier")
     ver.set_defaults(func=cmd_verify)
 
-    res = sub.add_parser("resnapshot", help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
+    res = sub.add_parser("resnapshot", parents=[dp], help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
     res.add_argument("streams", nargs="+")
     res.add_argument("--where", help="SQL filter: snapshot only part of the table")
     res.add_argument("--reason", default="ad hoc")
@@ -570,36 +683,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="the replication config (streams, modes, schedules)")
     cfgsub = cfg.add_subparsers(dest="config_command", required=True)
-    chk = cfgsub.add_parser("check", help="validate the config and check every table exists in Postgres")
-    chk.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's (demo/replication.yaml)")
+    chk = cfgsub.add_parser("check", parents=[dp], help="validate the config and check every table exists in Postgres")
     chk.add_argument("--offline", action="store_true", help="validate the file only, without Postgres")
     chk.set_defaults(func=cmd_config_check)
 
     state = sub.add_parser("state", help="incremental state (the last update_key value per stream), kept in Kafka")
     stsub = state.add_subparsers(dest="state_command", required=True)
-    show = stsub.add_parser("show", help="each incremental stream's state and where it comes from")
+    show = stsub.add_parser("show", parents=[dp], help="each incremental stream's state and where it comes from")
     show.add_argument("streams", nargs="*")
-    show.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
     show.set_defaults(func=cmd_state_show)
-    reset = stsub.add_parser("reset", help="forget a stream's state (the next run reads every row) or rewind it "
+    reset = stsub.add_parser("reset", parents=[dp], help="forget a stream's state (the next run reads every row) or rewind it "
                                            "(--to VALUE: resume after VALUE, for a backfill)")
     reset.add_argument("streams", nargs="*")
     reset.add_argument("--all", action="store_true", help="every incremental stream")
     reset.add_argument("--to", help="update_key value to resume after (as Postgres prints it)")
-    reset.add_argument("--config", help="default: MALLARD_REPLICATION_CONFIG, or the stack's")
     reset.set_defaults(func=cmd_state_reset)
 
-    check = sub.add_parser("check", help="test every connection and prerequisite (Postgres, wal_level, replication "
+    check = sub.add_parser("check", parents=[dp], help="test every connection and prerequisite (Postgres, wal_level, replication "
                                          "privilege, publication, slot and its WAL, Kafka and topics, DuckDB, "
                                          "Debezium): one line each, the fix for each failure; exit 1 on a failure")
-    check.add_argument("--config", help="replication config naming the source and target (default: "
-                                        "MALLARD_REPLICATION_CONFIG, or the stack's)")
-    check.add_argument("--bootstrap-servers", help="default: MALLARD_KAFKA_BOOTSTRAP_SERVERS, or the local stack's broker")
-    check.add_argument("--connect-url", default=None,
-                       help="Kafka Connect REST URL (docker-compose: http://localhost:8083; default: MALLARD_CONNECT_URL); "
-                            "without it, the local stack's CDC publisher is checked")
-    check.add_argument("--applier-url", default=None,
-                       help="the applier's HTTP endpoint (default: MALLARD_APPLIER_URL, or the local stack's)")
     check.add_argument("--max-retained-wal", default="1GiB",
                        help="warn when the replication slot holds back more WAL than this (default: 1GiB)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds each connection may take (default: 3)")
@@ -613,15 +715,69 @@ def build_parser() -> argparse.ArgumentParser:
     changes.add_argument("--seed", type=int, default=None)
     changes.set_defaults(func=cmd_demo_changes)
 
-    conn = sub.add_parser("connector", help="the Debezium connector config")
+    conn = sub.add_parser("connector", help="the Debezium connector in Kafka Connect: state, lifecycle, config")
     csub = conn.add_subparsers(dest="connector_command", required=True)
+    for name, text in (("status", "the connector's and its tasks' state, with a failed task's error trace"),
+                       ("restart", "restart the connector and its tasks (failed ones included)"),
+                       ("pause", "pause streaming (the slot keeps WAL meanwhile)"), ("resume", "resume streaming"),
+                       ("delete", "remove the connector from Connect (its slot and offsets stay)"),
+                       ("config", "the connector's config as Connect holds it (secrets stay placeholders)")):
+        c = csub.add_parser(name, parents=[dp], help=text)
+        c.add_argument("--name", default=None, help="connector name (default: the connector config's, mallard-postgres)")
+        c.add_argument("--json", action="store_true", help="machine-readable")
+        if name == "delete":
+            c.add_argument("--yes", action="store_true", help="really delete it")
+        c.set_defaults(func=cmd_connector, action=name)
     reg = csub.add_parser("register", help="register the connector with Kafka Connect and wait until it runs")
     reg.add_argument("--connect-url", default="http://connect:8083")
     reg.add_argument("--config", type=Path, default=DEFAULT_CONNECTOR_CONFIG)
     reg.add_argument("--timeout", type=float, default=300.0)
     reg.add_argument("--replication-config", help="derive table.include.list from this replication config's streams")
     reg.set_defaults(func=cmd_connector_register)
+
+    prof = sub.add_parser("profile", help="named deployments (profiles) and what the CLI talks to")
+    psub = prof.add_subparsers(dest="profile_command", required=True)
+    pshow = psub.add_parser("show", parents=[dp], help="what the CLI resolved from options, MALLARD_* variables, the "
+                            "profile and the local stack, and where each value came from (secrets masked)")
+    pshow.add_argument("--json", action="store_true", help="machine-readable")
+    pshow.set_defaults(func=cmd_profile_show)
+    psub.add_parser("list", help="the profiles in the profile file, and the built-in ones").set_defaults(
+        func=cmd_profile_list)
     return p
+
+
+EXIT_CODES = """exit codes:
+  0  done (verify: the replica equals Postgres)
+  1  failed, with one line saying why (verify: the replica differs; resnapshot --wait: the
+     snapshot was refused, failed or not merged in time)
+  2  verify could not compare (a side unreachable); a usage error
+  3  status / stack status: a component is not running
+deployment: the local stack, unless --profile, the options above or MALLARD_* variables
+(MALLARD_KAFKA_BOOTSTRAP_SERVERS, MALLARD_APPLIER_URL, MALLARD_CONNECT_URL, MALLARD_PG_DSN,
+MALLARD_REPLICATION_CONFIG, MALLARD_PROFILE) name another; profiles: MALLARD_PROFILES or
+~/.config/mallard/profiles.yaml (docs/operating.md)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mallard")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _deployment_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    g = parser.add_argument_group("deployment (default: the local stack)")
+    g.add_argument("--profile", default=default, help="a named deployment from the profile file (MALLARD_PROFILE)")
+    g.add_argument("--bootstrap-server", "--bootstrap-servers", dest="bootstrap_server", default=default,
+                   metavar="HOST:PORT", help="Kafka (MALLARD_KAFKA_BOOTSTRAP_SERVERS)")
+    g.add_argument("--applier-url", default=default, metavar="URL", help="the applier's HTTP endpoint (MALLARD_APPLIER_URL)")
+    g.add_argument("--connect-url", default=default, metavar="URL", help="Kafka Connect's REST API (MALLARD_CONNECT_URL)")
+    g.add_argument("--pg-dsn", default=default, metavar="DSN",
+                   help="the source Postgres, a libpq DSN or URL; its password from PGPASSWORD (MALLARD_PG_DSN)")
+    g.add_argument("--config", default=default, metavar="FILE", help="replication config (MALLARD_REPLICATION_CONFIG)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,7 +195,7 @@ class Targets:
 def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_path: str | None = None,
                     bootstrap_servers: str | None = None, connect_url: str | None = None,
                     applier_url: str | None = None, max_retained_wal: int = DEFAULT_MAX_RETAINED_WAL,
-                    timeout: float = 3.0) -> Targets:
+                    timeout: float = 3.0, pg: Any = None) -> Targets:
     """What ``check`` connects to. ``stack`` is the CLI's StackSettings (environment, then what
     ``stack up`` recorded); a replication config given with ``--config`` names the source and
     target (a MALLARD_PG_* / MALLARD_DUCKDB_PATH variable, where set, still wins)."""
@@ -216,6 +216,7 @@ def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_
         except ValueError as e:
             setup.append(Result("config", FAIL, str(e), "correct the file: the message names its line and key "
                                 "(mallard config check --offline checks it alone)"))
+    given_pg = pg
     pg = stack
     local = LocalStack(stack)
     duckdb_path = Path(env["MALLARD_DUCKDB_PATH"]) if env.get("MALLARD_DUCKDB_PATH") else local.duckdb_path
@@ -231,6 +232,8 @@ def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_
                 and (config_path or not (local.home / "stack.json").exists()):
             duckdb_path = Path(ranked.duckdb_path)
 
+    if given_pg is not None:  # --pg-dsn / MALLARD_PG_DSN / a profile's: it wins
+        pg = given_pg
     connector = None
     try:
         connector = load_connector_config_file(stack.connector_config)
@@ -499,9 +502,11 @@ class Checker:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
+        from mallard.adapters.kafka import security_config
+
         t = self.t
         try:  # log_level 0: librdkafka would print every refused connection on stderr
-            admin = AdminClient({"bootstrap.servers": t.bootstrap_servers, "log_level": 0})
+            admin = AdminClient({**security_config(), "bootstrap.servers": t.bootstrap_servers, "log_level": 0})
             self.metadata = admin.list_topics(timeout=t.timeout)
         except KafkaException:
             yield Result("kafka", FAIL, f"no broker answers at {t.bootstrap_servers} (within {t.timeout:.0f}s)",

@@ -77,6 +77,9 @@ def main(
     if args.log_format:
         settings.log_format = args.log_format
     configure(settings.log_level, fmt=settings.log_format)
+    from mallard.adapters import kafka
+
+    kafka.use_client_config(settings.kafka_client_config())  # SASL/TLS for every client of the service
     service = make_service(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())

@@ -18,9 +18,27 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the bootstrap servers in time."""
 
 
+_security: dict[str, str] = {}
+"""librdkafka security properties (security.protocol, sasl.*, ssl.*) every client of this
+process gets: set once at start from the settings or the CLI's deployment."""
+
+
+def use_client_config(props: dict[str, str]) -> None:
+    """Give every Kafka client made from now on these security properties."""
+    _security.clear()
+    _security.update(props)
+
+
+def security_config() -> dict[str, str]:
+    """The security properties set by use_client_config (for a client made elsewhere)."""
+    return dict(_security)
+
+
 def _logging(config: dict[str, Any]) -> dict[str, Any]:
-    """With JSON logs, librdkafka logs through Python logging (served when the client polls)."""
+    """Every client's config: the process's security properties, and with JSON logs,
+    librdkafka logging through Python logging (served when the client polls)."""
     logger = librdkafka_logger()
+    config = {**_security, **config}
     return {**config, "logger": logger} if logger is not None else config
 
 
@@ -36,6 +54,17 @@ def broker_metadata(bootstrap_servers: str, timeout: float = 5.0) -> ClusterMeta
     except KafkaException as e:
         admin.poll(0)  # hand librdkafka's queued log lines to logging (JSON logs)
         raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap_servers}: {e}") from None
+
+
+def broker_answers(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
+    """None when a broker answers; else why not. Quiet: librdkafka logs nothing (a probe
+    of a broker that may be down must not print a line per refused connection)."""
+    admin = AdminClient({**_security, "bootstrap.servers": bootstrap_servers, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+        return None
+    except KafkaException as e:
+        return f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f}s ({e.args[0].str()})"
 
 
 def wait_for_broker(bootstrap_servers: str, timeout: float, stop: Any = None) -> ClusterMetadata:

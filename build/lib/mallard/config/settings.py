@@ -87,6 +87,28 @@ class KafkaSettings(MallardSettings):
     dead_letter_topic: str = Field(
         "mallard.dead-letter", description="Where messages that cannot be applied go, with the reason (schemas/deadletter.py)."
     )
+    kafka_security_protocol: str = Field("", description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT "
+                                         "or SASL_SSL; empty: PLAINTEXT.")
+    kafka_sasl_mechanism: str = Field("", description="librdkafka sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.")
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password; never logged or shown.")
+    kafka_ssl_ca_location: str = Field("", description="CA certificate file (PEM) that verifies the brokers.")
+    kafka_ssl_certificate_location: str = Field("", description="Client certificate file (PEM), for TLS client "
+                                                "authentication.")
+    kafka_ssl_key_location: str = Field("", description="The client certificate's private key file (PEM).")
+    kafka_ssl_key_password: SecretStr = Field(SecretStr(""), description="Password of that key; never logged or shown.")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """The librdkafka security properties every client of this process gets."""
+        from mallard.core.deployment import KAFKA_ENV
+
+        props = {}
+        for prop, var in KAFKA_ENV.items():
+            value = getattr(self, var[len("MALLARD_"):].lower())
+            value = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if value:
+                props[prop] = value
+        return props
 
 
 class PostgresSettings(MallardSettings):
@@ -104,10 +126,17 @@ class PostgresSettings(MallardSettings):
             f"postgresql://{self.pg_user}:{password}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
         )
 
+    pg_sslmode: str = Field("", description="libpq sslmode of every connection to the source (disable, require, "
+                            "verify-ca, verify-full, ...); empty: libpq's default (prefer).")
+    pg_sslrootcert: str = Field("", description="CA certificate file that verifies the source's server certificate.")
+    pg_sslcert: str = Field("", description="Client certificate file, when the source authenticates by certificate.")
+    pg_sslkey: str = Field("", description="The client certificate's key file.")
+
     def pg_params(self, dbname: str | None = None) -> dict[str, Any]:
         """What adapters.postgres.connect() takes: plain connection parameters."""
+        tls = {k: getattr(self, f"pg_{k}") for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if getattr(self, f"pg_{k}")}
         return {"host": self.pg_host, "port": self.pg_port, "user": self.pg_user,
-                "password": self.pg_password.get_secret_value(), "dbname": dbname or self.pg_database}
+                "password": self.pg_password.get_secret_value(), "dbname": dbname or self.pg_database, **tls}
 
     def pg_env(self) -> dict[str, str]:
         """The MALLARD_PG_* variables the connector config refers to."""

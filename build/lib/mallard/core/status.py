@@ -306,6 +306,9 @@ def render(report: dict[str, Any], now: datetime) -> str:
     out = [f"mallard status  {_when(report['generated_at'], now).split(' (')[0]}" + (f"  (local stack in {report['home']})" if report.get("home") else ""),
            "", "services"]
     for name, s in report["services"].items():
+        if s.get("url"):  # a deployment other than the local stack: where it answers
+            out.append(f"  {name:<14} {s['state']:<9} {s['url']:<28} {s.get('summary') or ''}".rstrip())
+            continue
         pid = s.get("pid") or "-"
         out.append(f"  {name:<14} {s['state']:<9} pid {pid!s:<8} port {s.get('port')!s:<6} {s.get('summary') or ''}".rstrip())
 

@@ -67,9 +67,9 @@ def read_replica(run: Run, facts: ReplicaFacts) -> None:
                 facts.last_delete[stream] = {"position": int(position), "tx_id": tx, "applied_ms": applied}
 
 
-def _http_run(port: int) -> Run:
+def _http_run(base_url: str) -> Run:
     def run(sql: str) -> list[list[Any]]:
-        url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"sql": sql})
+        url = f"{base_url.rstrip('/')}/query?" + urllib.parse.urlencode({"sql": sql})
         try:
             with urllib.request.urlopen(client_request(url, "status"), timeout=90) as resp:
                 return json.loads(resp.read())["rows"]
@@ -78,13 +78,13 @@ def _http_run(port: int) -> Run:
     return run
 
 
-def replica_facts(applier_running: bool, applier_port: int, duckdb_path: Path) -> ReplicaFacts:
+def replica_facts(applier_running: bool, applier_url: str, duckdb_path: Path | None) -> ReplicaFacts:
     facts = ReplicaFacts()
     try:
         if applier_running:
             facts.source = "applier"
-            read_replica(_http_run(applier_port), facts)
-        elif duckdb_path.exists():
+            read_replica(_http_run(applier_url), facts)
+        elif duckdb_path is not None and duckdb_path.exists():
             import duckdb
 
             facts.source = "duckdb file"
@@ -94,7 +94,8 @@ def replica_facts(applier_running: bool, applier_port: int, duckdb_path: Path) -
             finally:
                 con.close()
         else:
-            facts.error = f"no DuckDB file at {duckdb_path} yet"
+            facts.error = (f"no DuckDB file at {duckdb_path} yet" if duckdb_path is not None else
+                           "the applier does not answer (its replica cannot be read from here)")
     except Exception as e:  # noqa: BLE001 - a status command reports what it cannot read, and goes on
         facts.source, facts.error = None, f"cannot read the replica: {str(e).splitlines()[0]}"
     return facts
@@ -182,15 +183,56 @@ def service_states(stack: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def gather(settings: Any, config: Any | None, now: datetime | None = None) -> dict[str, Any]:
+def remote_service_states(deployment: Any) -> dict[str, dict[str, Any]]:
+    """A deployment that is not the local stack: what its addresses answer (the applier's
+    /healthz, Connect's REST API, a broker); no pid files, no logs of ours."""
+    from mallard.adapters import kafka
+    from mallard.stack import jvm
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str, ok: bool, detail: Any, where: str) -> None:
+        out[name] = {"state": "running" if ok else "stopped", "pid": None, "port": None, "log": "", "url": where,
+                     "summary": service_summary(name, detail) if isinstance(detail, dict) else str(detail),
+                     "health": detail}
+
+    try:
+        with urllib.request.urlopen(client_request(deployment.applier_url.rstrip("/") + "/healthz", "status"),
+                                    timeout=5) as resp:
+            entry("applier", True, json.loads(resp.read()), deployment.applier_url)
+    except urllib.error.HTTPError as e:  # 503: running, not ready (its body says why)
+        try:
+            entry("applier", True, json.loads(e.read()), deployment.applier_url)
+        except ValueError:
+            entry("applier", False, f"answers {e.code}", deployment.applier_url)
+    except OSError as e:
+        entry("applier", False, f"does not answer at {deployment.applier_url} ({e})", deployment.applier_url)
+    why = kafka.broker_answers(deployment.bootstrap_server)
+    entry("broker", why is None, why or f"answers at {deployment.bootstrap_server}", deployment.bootstrap_server)
+    if deployment.connect_url:
+        try:
+            info = jvm.connect_info(deployment.connect_url)
+            entry("connect", True, f"Kafka Connect {info.get('version', '?')}", deployment.connect_url)
+        except Exception as e:  # noqa: BLE001
+            entry("connect", False, f"does not answer at {deployment.connect_url} ({e})", deployment.connect_url)
+    return out
+
+
+def gather(settings: Any, config: Any | None, now: datetime | None = None, deployment: Any = None) -> dict[str, Any]:
+    """The status report's facts, from the local stack (``settings``) unless ``deployment``
+    names another one (mallard/config/deployment.py)."""
     from mallard.config.settings import KafkaSettings
     from mallard.stack.local import LocalStack
     from mallard.services.applier.config import ApplierSettings
 
     now = now or datetime.now(timezone.utc)
     stack = LocalStack(settings)
-    services = service_states(stack)
-    replica = replica_facts(services["applier"]["state"] == "running", settings.applier_health_port, stack.duckdb_path)
+    local = deployment is None or deployment.is_local_stack
+    applier_url = deployment.applier_url if deployment is not None else f"http://127.0.0.1:{settings.applier_health_port}"
+    bootstrap_servers = deployment.bootstrap_server if deployment is not None else settings.bootstrap_servers
+    services = service_states(stack) if local else remote_service_states(deployment)
+    replica = replica_facts(services["applier"]["state"] == "running", applier_url,
+                            stack.duckdb_path if local else None)
     k = KafkaSettings()
     prefix = k.topic_prefix
     streams = list(config.streams) if config is not None else []
@@ -199,10 +241,10 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None) -> di
     applier = ApplierSettings()
     group, snapshot_group = applier.consumer_group, applier.snapshot_group
     if services["broker"]["state"] == "running":
-        kafka = kafka_facts(settings.bootstrap_servers, group, [f"{prefix}.{s}" for s in streams] + other_topics,
+        kafka = kafka_facts(bootstrap_servers, group, [f"{prefix}.{s}" for s in streams] + other_topics,
                             k.dead_letter_topic, prefix, k.snapshot_topic, snapshot_group)
     else:  # no waiting for a broker that is known to be down
-        kafka = KafkaFacts(error=f"no Kafka broker answers at {settings.bootstrap_servers}", group=group,
+        kafka = KafkaFacts(error=f"no Kafka broker answers at {bootstrap_servers}", group=group,
                            snapshot_group=snapshot_group, dead_letter_topic=k.dead_letter_topic)
     announced = {}
     scheduler = services.get("scheduler", {}).get("health")
@@ -215,4 +257,4 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None) -> di
             if at.tzinfo is not None:
                 announced[name] = at
     return build_report(now, services, replica, kafka, config, prefix, other_topics, announced,
-                        home=str(stack.home), duckdb_path=str(stack.duckdb_path))
+                        home=str(stack.home) if local else None, duckdb_path=str(stack.duckdb_path) if local else None)

@@ -54,8 +54,8 @@ class Replica:
 class ApplierReplica(Replica):
     """Through the running applier's HTTP endpoint (it alone may open the file)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.base = f"http://{host}:{port}"
+    def __init__(self, url: str):
+        self.base = url.rstrip("/")
         self.via = f"the applier ({self.base}/query)"
 
     def _get(self, path: str, **params: str) -> tuple[int, dict[str, Any]]:

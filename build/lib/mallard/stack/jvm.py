@@ -460,6 +460,60 @@ def connector_status(url: str, name: str, timeout: float = 5.0) -> ConnectorStat
     return judge_status(_request(f"{url.rstrip('/')}/connectors/{name}/status", timeout=timeout))
 
 
+def _lifecycle(url: str, name: str, method: str, path: str = "", timeout: float = 30.0) -> Any:
+    """One call of Connect's REST API on a connector; JvmError with Connect's message."""
+    target = f"{url.rstrip('/')}/connectors/{name}{path}"
+    try:
+        return _request(target, method, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise JvmError(f"no connector {name} at {url}") from None
+        raise JvmError(f"connector {name}: Connect answered {e.code}: {_error_message(e)}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise JvmError(f"Kafka Connect does not answer at {url} ({e})") from None
+
+
+def connector_status_document(url: str, name: str) -> dict[str, Any]:
+    """``GET /connectors/<name>/status``: the connector's and each task's state, with the
+    worker and a failed part's trace."""
+    return _lifecycle(url, name, "GET", "/status")
+
+
+def connector_config(url: str, name: str) -> dict[str, Any]:
+    """The config as Connect holds it (``${env:...}`` placeholders unresolved: no secret)."""
+    return _lifecycle(url, name, "GET", "/config")
+
+
+def restart_connector(url: str, name: str) -> None:
+    """Restart the connector and every task, failed ones included."""
+    _lifecycle(url, name, "POST", "/restart?includeTasks=true&onlyFailed=false")
+
+
+def pause_connector(url: str, name: str) -> None:
+    _lifecycle(url, name, "PUT", "/pause")
+
+
+def resume_connector(url: str, name: str) -> None:
+    _lifecycle(url, name, "PUT", "/resume")
+
+
+def delete_connector(url: str, name: str) -> None:
+    _lifecycle(url, name, "DELETE")
+
+
+def render_status(status: Mapping[str, Any]) -> list[str]:
+    """Lines for a person: the connector, each task, and a failed one's whole trace."""
+    connector = status.get("connector") or {}
+    lines = [f"connector {status.get('name', '?')}: {connector.get('state', '?')} on {connector.get('worker_id', '?')}"]
+    if connector.get("trace"):
+        lines += ["  " + line for line in str(connector["trace"]).splitlines()]
+    for task in status.get("tasks") or []:
+        lines.append(f"  task {task.get('id', '?')}: {task.get('state', '?')} on {task.get('worker_id', '?')}")
+        if task.get("trace"):
+            lines += ["    " + line for line in str(task["trace"]).splitlines()]
+    return lines
+
+
 def connector_offsets(url: str, name: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """``GET /connectors/<name>/offsets``: the source offsets Connect has committed for it
     (Debezium's LSN and txId), from Connect's offset topic."""

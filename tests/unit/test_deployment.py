@@ -1,0 +1,74 @@
+"""Which deployment the CLI talks to: option > variable > profile > local stack, masked
+secrets, and a profile file that refuses what it cannot use in one line."""
+import pytest
+
+from mallard.core.deployment import ADDRESSES, ENV_NAMES, ProfileError, mask_dsn, parse_profiles, resolve
+
+LOCAL = {"bootstrap_server": "127.0.0.1:19092", "applier_url": "http://127.0.0.1:18082",
+         "connect_url": "http://127.0.0.1:18084", "pg_dsn": "", "config": "demo/replication.yaml"}
+PROFILE = {"bootstrap_server": "kafka.example:9093", "applier_url": "http://applier.example:8082",
+           "connect_url": "http://connect.example:8083", "pg_dsn": "postgresql://ro@db.example/shop",
+           "config": "prod.yaml", "kafka": {"security.protocol": "SASL_SSL", "sasl.password": "${KAFKA_PW}"}}
+
+
+def test_nothing_given_is_the_local_stack():
+    dep = resolve({}, {}, None, None, LOCAL)
+    assert dep.bootstrap_server == "127.0.0.1:19092" and dep.is_local_stack and dep.kafka == {}
+    assert dep.origin["bootstrap_server"] == "local stack" and dep.origin["pg_dsn"] == "unset"
+
+
+@pytest.mark.parametrize("name", ADDRESSES)
+def test_each_address_takes_the_first_of_option_variable_profile_local(name):
+    env = {ENV_NAMES[name]: "from-env", "KAFKA_PW": "s3cret"}
+    assert getattr(resolve({name: "from-option"}, env, PROFILE, "prod", LOCAL), name) == "from-option"
+    assert getattr(resolve({}, env, PROFILE, "prod", LOCAL), name) == "from-env"
+    dep = resolve({}, {"KAFKA_PW": "s3cret"}, PROFILE, "prod", LOCAL)
+    assert getattr(dep, name) == PROFILE[name] and dep.origin[name] == "profile prod"
+    assert not dep.is_local_stack
+
+
+def test_kafka_security_from_the_profile_resolved_and_the_environment_over_it():
+    dep = resolve({}, {"KAFKA_PW": "s3cret"}, PROFILE, "prod", LOCAL)
+    assert dep.kafka == {"security.protocol": "SASL_SSL", "sasl.password": "s3cret"}
+    dep = resolve({}, {"KAFKA_PW": "s3cret", "MALLARD_KAFKA_SECURITY_PROTOCOL": "SSL"}, PROFILE, "prod", LOCAL)
+    assert dep.kafka["security.protocol"] == "SSL"
+    with pytest.raises(ProfileError, match="KAFKA_PW"):
+        resolve({}, {}, PROFILE, "prod", LOCAL)
+
+
+def test_shown_masks_every_secret():
+    dep = resolve({"pg_dsn": "postgresql://u:hunter2@h:5432/d"}, {"KAFKA_PW": "s3cret"}, PROFILE, "prod", LOCAL)
+    text = repr(dep.shown())
+    assert "hunter2" not in text and "s3cret" not in text and "u:***@h:5432" in text
+
+
+@pytest.mark.parametrize("dsn,masked", [
+    ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
+    ("postgresql://u@h/d", "postgresql://u@h/d"),
+    ("host=h password=p user=u", "host=h password=*** user=u"),
+    ("host=h password='a b' user=u", "host=h password=*** user=u"),
+    ("", ""),
+])
+def test_mask_dsn(dsn, masked):
+    assert mask_dsn(dsn) == masked
+
+
+def test_a_profile_file_parses():
+    profiles = parse_profiles("profiles:\n  prod:\n    bootstrap_server: k:9093\n    kafka:\n      security.protocol: SSL\n")
+    assert profiles == {"prod": {"bootstrap_server": "k:9093", "kafka": {"security.protocol": "SSL"}}}
+    assert parse_profiles("") == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("profiles: [1", "p.yaml:1: not valid YAML"),
+    ("prod: {}", "expected a mapping with one key, 'profiles'"),
+    ("profiles:\n  prod:\n    kafak_url: x\n", "profiles.prod.kafak_url: unknown setting"),
+    ("profiles:\n  prod:\n    kafka:\n      sasl.password: hunter2\n", "a secret must be an environment reference"),
+    ("profiles:\n  prod:\n    kafka:\n      bootstrap.servers: x\n", "only security.protocol, sasl.* and ssl.*"),
+    ("profiles:\n  prod:\n    pg_dsn: postgresql://u:hunter2@h/d\n", "password in the DSN must be an environment"),
+    ("profiles:\n  'a b': {}\n", "a profile name is letters"),
+])
+def test_a_bad_profile_file_is_one_line_naming_what_is_wrong(text, message):
+    with pytest.raises(ProfileError) as e:
+        parse_profiles(text, "p.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value) and "hunter2" not in str(e.value)
