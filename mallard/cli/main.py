@@ -164,16 +164,34 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import read_topic
-    from mallard.core.describe import describe, key_matches
+    from mallard.core.describe import as_json, describe, key_matches
 
     servers = _deployment(args).bootstrap_server
+    from_time_ms = None
+    if args.from_time:
+        from datetime import datetime, timezone
+
+        try:
+            when = datetime.fromisoformat(args.from_time.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--from-time {args.from_time!r}: expected an ISO time, e.g. 2026-12-03T10:00:00Z") from None
+        from_time_ms = int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    if args.offset is not None and args.partition is None:
+        raise ValueError("--offset needs --partition")
     shown = 0
     # With --key every message is read and the limit counts the matching ones.
-    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
-                          limit=None if args.key is not None else args.limit, idle_timeout=args.timeout):
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning or args.partition is not None,
+                          limit=None if args.key is not None else args.limit,
+                          idle_timeout=None if args.follow else args.timeout, partition=args.partition,
+                          offset=args.offset, from_time_ms=from_time_ms):
         if args.key is not None and not key_matches(msg.key(), args.key):
             continue
-        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()), flush=True)
+        if args.json:
+            kind, ts = msg.timestamp()
+            print(json.dumps(as_json(msg.topic(), msg.partition(), msg.offset(), ts if kind else None, msg.headers(),
+                                     msg.key(), msg.value(), raw=args.raw), default=str, ensure_ascii=False), flush=True)
+        else:
+            print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), raw=args.raw), flush=True)
         shown += 1
         if args.limit is not None and shown >= args.limit:
             break
@@ -640,6 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
                                     "(a snapshot's stream, a request id)")
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep reading (until Ctrl-C)")
+    tail.add_argument("--partition", type=int, default=None, help="read this partition only")
+    tail.add_argument("--offset", type=int, default=None, help="with --partition: start at this offset")
+    tail.add_argument("--from-time", default=None, metavar="ISO",
+                      help="start at the first message at or after this time (e.g. 2026-12-03T10:00:00Z)")
+    tail.add_argument("--raw", action="store_true", help="values as Debezium sent them (base64 numerics, day counts)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line: topic, partition, offset, "
+                      "timestamp, headers, key, value")
     tail.set_defaults(func=cmd_tail)
 
     tables = sub.add_parser("tables", parents=[dp], help="replicated tables: status, why one needs a re-snapshot, dropped columns")

@@ -162,3 +162,43 @@ def test_the_snapshot_path_gives_the_very_same_duckdb_values(both_sides, cdc_sta
         for column, a, b in zip(["id", "source", *supported], cdc_row, snapshot_row):
             if column != "source":
                 assert a == b, f"row {cdc_row[0]}, {column}: CDC wrote {a!r}, the snapshot {b!r}"
+
+
+def test_tail_prints_every_value_as_postgres_does(both_sides, cdc_stack):
+    """`mallard tail --json` decodes each change event from its own schema: every column
+    as Postgres' own text prints it (numbers, booleans and arrays as JSON values)."""
+    conn = psycopg2.connect(cdc_stack.dsn)
+    with conn.cursor() as cur:
+        cur.execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'")
+        cur.execute(f"SELECT id, {', '.join(f'{c}::text' for c in COLUMNS)} FROM type_probe ORDER BY id")
+        texts = {r[0]: dict(zip(COLUMNS, r[1:])) for r in cur.fetchall()}
+    conn.close()
+    out = cdc_stack.mallard("tail", "mallard.public.type_probe", "--from-beginning", "--json", "--timeout", "10")
+    events = {}
+    for line in out.stdout.splitlines():
+        doc = json.loads(line)
+        if doc["value"] and doc["value"].get("op") == "c":
+            events[doc["key"]["id"]] = doc["value"]["after"]
+    assert set(events) == {1, 2, 3}
+    wrong = []
+    for key, row in texts.items():
+        for column, text in row.items():
+            shown = events[key][column]
+            if column == "c_point" or text is None:
+                ok = text is None and shown is None or column == "c_point"
+            elif column in ("c_smallint", "c_int", "c_bigint"):
+                ok = shown == int(text)
+            elif column in ("c_real", "c_double"):
+                ok = (math.isnan(float(text)) and shown == "NaN") or shown == float(text)
+            elif column == "c_bool":
+                ok = shown == (text == "true")
+            elif column.endswith("_array"):
+                with psycopg2.connect(cdc_stack.dsn) as c2, c2.cursor() as cur:
+                    cur.execute(f"SELECT {column} FROM type_probe WHERE id = %s", (key,))
+                    ok = shown == cur.fetchone()[0]
+                c2.close()
+            else:
+                ok = shown == text
+            if not ok:
+                wrong.append((key, column, text, shown))
+    assert not wrong, wrong

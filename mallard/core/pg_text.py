@@ -1,0 +1,116 @@
+"""A Debezium value as Postgres would print it, from the value's own Connect schema
+(``mallard tail``): numerics as decimals, dates and timestamps as ISO text, intervals as
+Postgres' ``1 year 2 mons 3 days 04:05:06.789``, bytea as ``\\x…``, arrays element by
+element. Pure. A schema it does not know leaves the value as it came."""
+from __future__ import annotations
+
+import base64
+import re
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+_EPOCH = date(1970, 1, 1)
+_ISO_DURATION = re.compile(r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)D)?"
+                           r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$")
+
+
+def _bytes(value: Any) -> bytes:
+    return base64.b64decode(value) if isinstance(value, str) else bytes(value)
+
+
+def _decimal(value: Any, scale: int) -> str:
+    unscaled = int.from_bytes(_bytes(value), "big", signed=True)
+    return str(Decimal(unscaled).scaleb(-scale))
+
+
+def _clock(micros: int) -> str:
+    """HH:MM:SS[.ffffff] of a time of day in microseconds (Postgres trims trailing zeros)."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return text + (f".{fraction:06d}".rstrip("0") if fraction else "")
+
+
+def _timestamp(micros: int) -> str:
+    moment = datetime(1970, 1, 1) + timedelta(microseconds=micros)
+    return moment.date().isoformat() + " " + _clock(micros % 86_400_000_000)
+
+
+def interval_text(iso: str) -> str:
+    """Debezium's ISO 8601 interval (``P1Y2M3DT4H5M6.789S``, seconds from a double) as
+    Postgres prints it, rounded to the microsecond as Postgres stores it."""
+    m = _ISO_DURATION.match(iso)
+    if not m:
+        return iso
+    sign = -1 if m.group(1) else 1
+    years, months, days, hours, minutes = (sign * int(g or 0) for g in m.groups()[1:6])
+    seconds = sign * Decimal(m.group(7) or 0)
+    months += years * 12
+    micros = int((Decimal(hours * 3600 + minutes * 60) + seconds).scaleb(6).quantize(Decimal(1), "ROUND_HALF_EVEN"))
+    parts = []
+    y, mo = divmod(abs(months), 12)
+    neg = "-" if months < 0 else ""
+    if y:
+        parts.append(f"{neg}{y} year{'s' if y != 1 else ''}")
+    if mo:
+        parts.append(f"{neg}{mo} mon{'s' if mo != 1 else ''}")
+    if days:
+        parts.append(f"{days} day{'s' if abs(days) != 1 else ''}")
+    if micros or not parts:
+        parts.append(("-" if micros < 0 else "") + _clock(abs(micros)))
+    return " ".join(parts)
+
+
+def pg_text(schema: dict[str, Any] | None, value: Any) -> Any:
+    """``value`` of a column whose Connect schema is ``schema``, as Postgres prints it
+    (a JSON-friendly string, number, bool, list or None)."""
+    if value is None or not isinstance(schema, dict):
+        return value
+    name = schema.get("name") or ""
+    kind = schema.get("type")
+    params = schema.get("parameters") or {}
+    try:
+        if name == "org.apache.kafka.connect.data.Decimal":
+            return _decimal(value, int(params.get("scale", 0)))
+        if name == "io.debezium.data.VariableScaleDecimal" and isinstance(value, dict):
+            return _decimal(value["value"], int(value["scale"]))
+        if name == "io.debezium.time.Date" or name == "org.apache.kafka.connect.data.Date":
+            return (_EPOCH + timedelta(days=int(value))).isoformat()
+        if name == "io.debezium.time.Time" or name == "org.apache.kafka.connect.data.Time":
+            return _clock(int(value) * 1000)
+        if name == "io.debezium.time.MicroTime":
+            return _clock(int(value))
+        if name == "io.debezium.time.NanoTime":
+            return _clock(int(value) // 1000)
+        if name in ("io.debezium.time.Timestamp", "org.apache.kafka.connect.data.Timestamp"):
+            return _timestamp(int(value) * 1000)
+        if name == "io.debezium.time.MicroTimestamp":
+            return _timestamp(int(value))
+        if name == "io.debezium.time.NanoTimestamp":
+            return _timestamp(int(value) // 1000)
+        if name == "io.debezium.time.ZonedTimestamp":
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc)
+            text = moment.strftime("%Y-%m-%d %H:%M:%S")
+            return text + (f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else "") + "+00"
+        if name == "io.debezium.time.Interval":
+            return interval_text(str(value))
+        if name == "io.debezium.time.MicroDuration":
+            return interval_text(f"PT{Decimal(int(value)).scaleb(-6)}S")
+        if kind == "bytes" and not name:
+            return "\\x" + _bytes(value).hex()
+        if kind == "array":
+            return [pg_text(schema.get("items"), v) for v in value]
+    except (ValueError, TypeError, ArithmeticError, KeyError):
+        return value  # not what the schema says: shown as it came
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    return value
+
+
+def row_text(schema: dict[str, Any] | None, row: Any) -> Any:
+    """A before/after struct (or a key) with each field rendered by its own schema."""
+    if not isinstance(row, dict) or not isinstance(schema, dict):
+        return row
+    fields = {f.get("field"): f for f in schema.get("fields") or []}
+    return {k: pg_text(fields.get(k), v) for k, v in row.items()}
+
