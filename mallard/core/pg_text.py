@@ -47,17 +47,17 @@ def interval_text(iso: str) -> str:
     seconds = sign * Decimal(m.group(7) or 0)
     months += years * 12
     micros = int((Decimal(hours * 3600 + minutes * 60) + seconds).scaleb(6).quantize(Decimal(1), "ROUND_HALF_EVEN"))
-    parts = []
-    y, mo = divmod(abs(months), 12)
-    neg = "-" if months < 0 else ""
-    if y:
-        parts.append(f"{neg}{y} year{'s' if y != 1 else ''}")
-    if mo:
-        parts.append(f"{neg}{mo} mon{'s' if mo != 1 else ''}")
-    if days:
-        parts.append(f"{days} day{'s' if abs(days) != 1 else ''}")
-    if micros or not parts:
-        parts.append(("-" if micros < 0 else "") + _clock(abs(micros)))
+    # As Postgres' EncodeInterval (IntervalStyle postgres): years and months split with the
+    # sign of the total, plural unless exactly 1, '+' on a positive part after a negative one.
+    year = int(months / 12)
+    parts: list[str] = []
+    before = False
+    for value, unit in ((year, "year"), (months - year * 12, "mon"), (days, "day")):
+        if value:
+            parts.append(f"{'+' if before and value > 0 else ''}{value} {unit}{'' if value == 1 else 's'}")
+            before = value < 0
+    if not parts or micros:
+        parts.append(("-" if micros < 0 else "+" if before else "") + _clock(abs(micros)))
     return " ".join(parts)
 
 
