@@ -246,13 +246,16 @@ STARTUP_GRACE_S = 10.0
 
 def read_topic(
     bootstrap_servers: str, topic: str, from_beginning: bool = True, limit: int | None = None,
-    idle_timeout: float = 5.0,
+    idle_timeout: float | None = 5.0, partition: int | None = None, offset: int | None = None,
+    from_time_ms: int | None = None,
 ) -> Iterable[Any]:
-    """Yield a topic's messages (all partitions) without joining a consumer group,
-    until ``limit`` messages or ``idle_timeout`` seconds without one."""
+    """Yield a topic's messages without joining a consumer group, until ``limit`` messages
+    or ``idle_timeout`` seconds without one (None: follow for ever). Where to start: one
+    ``partition`` only (at ``offset``, else as the rest says), the first message at or
+    after ``from_time_ms``, the beginning, or the end (only what comes next)."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-    deadline = time.monotonic() + idle_timeout
+    deadline = time.monotonic() + (idle_timeout or 30.0)
     while topic not in (metadata := broker_metadata(bootstrap_servers)).topics:  # it may be about to appear
         if time.monotonic() > deadline:
             raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
@@ -260,16 +263,27 @@ def read_topic(
     reader = consumer(bootstrap_servers, "mallard-cli-tail", **{"queued.max.messages.kbytes": 16 * 1024,
                                                                 "enable.partition.eof": True})
     partitions = sorted(metadata.topics[topic].partitions)
-    if from_beginning:
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    if partition is not None:
+        if partition not in partitions:
+            reader.close()
+            raise ValueError(f"topic {topic!r} has no partition {partition} (it has {len(partitions)})")
+        partitions = [partition]
+    if offset is not None:
+        start = [TopicPartition(topic, p, offset) for p in partitions]
+    elif from_time_ms is not None:
+        # offsets_for_times: each partition's first offset at or after the time (its end if none).
+        found = reader.offsets_for_times([TopicPartition(topic, p, from_time_ms) for p in partitions], timeout=10)
+        start = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
     else:
-        reader.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+        start = [TopicPartition(topic, p, OFFSET_BEGINNING if from_beginning else OFFSET_END) for p in partitions]
+    reader.assign(start)
     seen = 0
     try:
         # The idle time counts from the broker's first answer (a message, or the end of a
         # partition), not from the assignment: reaching the partitions takes a moment.
         last, answered, startup = time.monotonic(), False, STARTUP_GRACE_S
-        while (limit is None or seen < limit) and time.monotonic() - last < idle_timeout + (0 if answered else startup):
+        while (limit is None or seen < limit) and (
+                idle_timeout is None or time.monotonic() - last < idle_timeout + (0 if answered else startup)):
             msg = reader.poll(0.2)
             if msg is None:
                 continue

@@ -138,9 +138,33 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     dep = _deployment(args)
     config = _replication_config(args) if dep.config else None
-    now = datetime.now(timezone.utc)
-    report = gather(_stack_settings(), config, now, deployment=dep)
-    print(json.dumps(report, indent=2, default=str) if args.json else render(report, now))
+
+    def report_now() -> tuple[dict, str]:
+        now = datetime.now(timezone.utc)
+        report = gather(_stack_settings(), config, now, deployment=dep)
+        return report, (json.dumps(report, indent=2, default=str) if args.json else render(report, now))
+
+    report, text = report_now()
+    if args.watch is None:
+        print(text)
+    else:
+        import time
+
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log: one report after another
+            while True:
+                print(text, flush=True)
+                time.sleep(args.watch)
+                report, text = report_now()
+        with Live(Text(text), console=console, auto_refresh=False, screen=False) as live:
+            while True:  # until Ctrl-C (exit 130)
+                time.sleep(args.watch)
+                report, text = report_now()
+                live.update(Text(text), refresh=True)
     return 0 if all(c["state"] == "running" for c in report["services"].values()) else 3
 
 
@@ -164,16 +188,34 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from mallard.adapters.kafka import read_topic
-    from mallard.core.describe import describe, key_matches
+    from mallard.core.describe import as_json, describe, key_matches
 
     servers = _deployment(args).bootstrap_server
+    from_time_ms = None
+    if args.from_time:
+        from datetime import datetime, timezone
+
+        try:
+            when = datetime.fromisoformat(args.from_time.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--from-time {args.from_time!r}: expected an ISO time, e.g. 2026-12-03T10:00:00Z") from None
+        from_time_ms = int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    if args.offset is not None and args.partition is None:
+        raise ValueError("--offset needs --partition")
     shown = 0
     # With --key every message is read and the limit counts the matching ones.
-    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning,
-                          limit=None if args.key is not None else args.limit, idle_timeout=args.timeout):
+    for msg in read_topic(servers, args.topic, from_beginning=args.from_beginning or args.partition is not None,
+                          limit=None if args.key is not None else args.limit,
+                          idle_timeout=None if args.follow else args.timeout, partition=args.partition,
+                          offset=args.offset, from_time_ms=from_time_ms):
         if args.key is not None and not key_matches(msg.key(), args.key):
             continue
-        print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()), flush=True)
+        if args.json:
+            kind, ts = msg.timestamp()
+            print(json.dumps(as_json(msg.topic(), msg.partition(), msg.offset(), ts if kind else None, msg.headers(),
+                                     msg.key(), msg.value(), raw=args.raw), default=str, ensure_ascii=False), flush=True)
+        else:
+            print(describe(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), raw=args.raw), flush=True)
         shown += 1
         if args.limit is not None and shown >= args.limit:
             break
@@ -226,6 +268,10 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     result = _applier_get(args, "/query", sql=args.sql)
+    if args.json:
+        print(json.dumps({"columns": result["columns"], "rows": result["rows"],
+                          "truncated": bool(result.get("truncated"))}, default=str))
+        return 0
     print("\t".join(result["columns"]))
     for row in result["rows"]:
         print("\t".join("NULL" if v is None else str(v) for v in row))
@@ -352,58 +398,61 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
         except FilterError as e:
             raise ValueError(f"--where: {e}") from None
     request = _request_snapshot(args, args.streams, args.reason, where=where, full=args.full)
-    print(f"requested {request.request_id}: {', '.join(args.streams)}")
+    if args.json:
+        print(json.dumps({"request_id": request.request_id, "streams": args.streams, "where": where,
+                          "full": args.full}), flush=True)
+    else:
+        print(f"requested {request.request_id}: {', '.join(args.streams)}")
     return _wait_for_snapshots(args, args.streams, request.requested_at, args.timeout,
                                request_id=request.request_id) if args.wait else 0
 
 
-def _wait_for_snapshots(args: argparse.Namespace, streams: list[str], requested_at, timeout: float, request_id: str | None = None) -> int:
+def _wait_for_snapshots(args: argparse.Namespace, streams: list[str], requested_at, timeout: float,
+                        request_id: str | None = None) -> int:
     """Follow the request until every stream's snapshot is merged into DuckDB; stop at the
     first one abandoned, or failed or refused by the snapshotter (its answer is recorded as
-    abandoned, with the reason): a progress bar on a terminal, a line per stream otherwise."""
+    abandoned, with the reason): a live progress bar per stream (rows, rate, ETA) on a
+    terminal, a line per stream otherwise."""
     import time
 
     from mallard.core.sql import quote_literal
+    from mallard.runtime.progress import SnapshotProgress
 
-    interactive = sys.stderr.isatty()
     started, done, failed = time.monotonic(), {}, False
     listed = ", ".join(quote_literal(x) for x in streams)
     ours = f" OR request_id = {quote_literal(request_id)}" if request_id else ""
     sql = (f"SELECT stream, status, rows_staged, rows_applied, rows_deleted, reason FROM _mallard.snapshots "
            f"WHERE stream IN ({listed}) AND (started_at >= {quote_literal(requested_at.isoformat())}{ours}) "
            f"ORDER BY started_at")
-    while len(done) < len(streams) and not failed:
-        if time.monotonic() - started > timeout:
-            print(f"\nno end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}", file=sys.stderr)
-            return 1
-        try:
-            rows = _applier_get(args, "/query", sql=sql)["rows"]
-            # The snapshotter's progress: the local stack's (elsewhere its address is not known).
-            current = (_service_get("snapshotter", f"http://127.0.0.1:{_stack_settings().snapshotter_health_port}",
-                                    "/healthz").get("current") or {}) if _deployment(args).is_local_stack else {}
-        except RuntimeError:
-            rows, current = [], {}  # a service restarting: keep waiting
-        for stream, status, staged, applied, deleted, reason in rows:
-            if stream in done or status not in ("merged", "abandoned"):
-                continue
-            done[stream] = status
-            failed |= status != "merged"
-            line = (f"{stream}: merged, {staged:,} rows ({applied:,} applied, {deleted:,} deleted)"
-                    if status == "merged" else f"{stream}: abandoned: {reason}")
-            print(("\r\033[K" if interactive else "") + line, file=sys.stderr if interactive else sys.stdout)
-        if failed:
-            left = [x for x in streams if x not in done]
-            if left:
-                print(f"not waiting for: {', '.join(left)}", file=sys.stderr)
-            break
-        if interactive and current.get("stream") in streams and current.get("stream") not in done:
-            rows_read, estimate = current.get("rows", 0), max(current.get("estimate") or 0, 1)
-            elapsed = time.monotonic() - started
-            width = 30
-            filled = min(width, int(width * rows_read / estimate))
-            print(f"\r\033[K{current['stream']} [{'#' * filled}{'.' * (width - filled)}] {rows_read:,}/~{estimate:,} rows "
-                  f"read, {rows_read / elapsed if elapsed else 0:,.0f} rows/s", end="", file=sys.stderr, flush=True)
-        time.sleep(0.5)
+    local = _deployment(args).is_local_stack
+    with SnapshotProgress(streams, sys.stderr) as progress:
+        while len(done) < len(streams) and not failed:
+            if time.monotonic() - started > timeout:
+                progress.say(f"no end within {timeout:.0f}s for: {', '.join(x for x in streams if x not in done)}")
+                return 1
+            try:
+                rows = _applier_get(args, "/query", sql=sql)["rows"]
+                # The snapshotter's progress: the local stack's (elsewhere its address is not known).
+                current = (_service_get("snapshotter", f"http://127.0.0.1:{_stack_settings().snapshotter_health_port}",
+                                        "/healthz").get("current") or {}) if local else {}
+            except RuntimeError:
+                rows, current = [], {}  # a service restarting: keep waiting
+            for stream, status, staged, applied, deleted, reason in rows:
+                if stream in done or status not in ("merged", "abandoned"):
+                    continue
+                done[stream] = status
+                failed |= status != "merged"
+                progress.finish(stream, status == "merged", staged or 0,
+                                f"{stream}: merged, {staged:,} rows ({applied:,} applied, {deleted:,} deleted)"
+                                if status == "merged" else f"{stream}: abandoned: {reason}")
+            if failed:
+                left = [x for x in streams if x not in done]
+                if left:
+                    progress.say(f"not waiting for: {', '.join(left)}")
+                break
+            if current.get("stream") in streams and current.get("stream") not in done:
+                progress.update(current["stream"], current.get("rows", 0), current.get("estimate") or 0)
+            time.sleep(0.5)
     return 1 if failed else 0
 
 
@@ -427,6 +476,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             check_against_postgres(config, conn)
         finally:
             conn.close()
+    if args.json:
+        print(json.dumps({"path": str(config.path), "ok": True, "checked_in_postgres": not args.offline,
+                          "streams": {n: {"mode": st.mode, "primary_key": list(st.primary_key or []) or None,
+                                          "update_key": st.update_key, "where": st.where}
+                                      for n, st in config.streams.items()},
+                          "schedules": {n: {"cron": sc.cron.expression, "timezone": str(sc.cron.tz),
+                                            "streams": list(sc.streams)} for n, sc in config.schedules.items()}},
+                         indent=2))
+        return 0
     print(f"{config.path}: ok: {len(config.streams)} stream(s) "
           f"({', '.join(f'{n} {s.mode}' for n, s in config.streams.items())}), {len(config.schedules)} schedule(s)"
           + ("" if args.offline else "; every table exists in Postgres"))
@@ -443,11 +501,17 @@ def cmd_state_show(args: argparse.Namespace) -> int:
     config = _replication_config(args)
     states = read_states(_deployment(args).bootstrap_server, k.snapshot_topic, k.control_topic)
     streams = args.streams or [n for n, s in config.streams.items() if s.incremental]
+    shown = []
     for name in streams:
         cfg = config.stream(name)
         if cfg is None:
             raise ValueError(f"{name} is not a stream of {config.path}")
         st = states.get(name)
+        shown.append({"stream": name, "mode": cfg.mode, "update_key": cfg.update_key,
+                      "value": st.value if st else None, "from": st.source if st else None,
+                      "at": st.at.isoformat() if st else None})
+        if args.json:
+            continue
         if not cfg.incremental:
             print(f"{name}: {cfg.mode} (no incremental state)")
         elif st is None or st.value is None:
@@ -455,6 +519,8 @@ def cmd_state_show(args: argparse.Namespace) -> int:
                   + (f" (since {st.source}, {st.at.isoformat()})" if st else ""))
         else:
             print(f"{name}: incremental on {cfg.update_key} > {st.value}  (from {st.source}, {st.at.isoformat()})")
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
     return 0
 
 
@@ -625,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[dp], help="per stream: rows, last change applied, lag, delay, last snapshot, next run, "
                                            "dead letters; and every service's state (exit 3 if one is not running)")
     status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                        help="refresh in place every SECONDS (2 by default) until Ctrl-C")
     status.set_defaults(func=cmd_status)
 
     topics = sub.add_parser("topics", parents=[dp], help="list topics with partitions, message counts and the lag of each "
@@ -640,6 +708,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a JSON object for some or all columns ('{\"id\": 42}'), or a plain key's text "
                                     "(a snapshot's stream, a request id)")
     tail.add_argument("--timeout", type=float, default=5.0, help="stop after this many seconds without a message")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep reading (until Ctrl-C)")
+    tail.add_argument("--partition", type=int, default=None, help="read this partition only")
+    tail.add_argument("--offset", type=int, default=None, help="with --partition: start at this offset")
+    tail.add_argument("--from-time", default=None, metavar="ISO",
+                      help="start at the first message at or after this time (e.g. 2026-12-03T10:00:00Z)")
+    tail.add_argument("--raw", action="store_true", help="values as Debezium sent them (base64 numerics, day counts)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line: topic, partition, offset, "
+                      "timestamp, headers, key, value")
     tail.set_defaults(func=cmd_tail)
 
     tables = sub.add_parser("tables", parents=[dp], help="replicated tables: status, why one needs a re-snapshot, dropped columns")
@@ -647,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     tables.set_defaults(func=cmd_tables)
 
     query = sub.add_parser("query", parents=[dp], help="run a read-only SQL query on the replica, through the running applier")
+    query.add_argument("--json", action="store_true", help="machine-readable")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
 
@@ -669,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
 
     res = sub.add_parser("resnapshot", parents=[dp], help="ask the snapshotter for a snapshot of streams ('<schema>.<table>'): a full refresh, or an incremental run for an incremental stream")
+    res.add_argument("--json", action="store_true", help="machine-readable")
     res.add_argument("streams", nargs="+")
     res.add_argument("--where", help="SQL filter: snapshot only part of the table")
     res.add_argument("--reason", default="ad hoc")
@@ -684,12 +762,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="the replication config (streams, modes, schedules)")
     cfgsub = cfg.add_subparsers(dest="config_command", required=True)
     chk = cfgsub.add_parser("check", parents=[dp], help="validate the config and check every table exists in Postgres")
+    chk.add_argument("--json", action="store_true", help="machine-readable")
     chk.add_argument("--offline", action="store_true", help="validate the file only, without Postgres")
     chk.set_defaults(func=cmd_config_check)
 
     state = sub.add_parser("state", help="incremental state (the last update_key value per stream), kept in Kafka")
     stsub = state.add_subparsers(dest="state_command", required=True)
     show = stsub.add_parser("show", parents=[dp], help="each incremental stream's state and where it comes from")
+    show.add_argument("--json", action="store_true", help="machine-readable")
     show.add_argument("streams", nargs="*")
     show.set_defaults(func=cmd_state_show)
     reset = stsub.add_parser("reset", parents=[dp], help="forget a stream's state (the next run reads every row) or rewind it "

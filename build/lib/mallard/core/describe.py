@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from mallard.core.pg_text import row_text
 from mallard.schemas.snapshot import is_arrow_rows, read_arrow_rows
 
 OPS = {"c": "insert", "u": "update", "d": "delete", "r": "read", "t": "truncate", "m": "message"}
@@ -81,6 +82,28 @@ def key_matches(key: bytes | None, wanted: str) -> bool:
     return key.decode("utf-8", "replace") == wanted
 
 
+def _side_schemas(value: Any) -> dict[str, Any]:
+    """The before/after struct schemas of a change event with schemas (by field name)."""
+    schema = value.get("schema") if isinstance(value, dict) else None
+    fields = schema.get("fields") if isinstance(schema, dict) else None
+    return {f.get("field"): f for f in fields or [] if isinstance(f, dict)}
+
+
+def decoded(key: bytes | None, value: bytes | None) -> tuple[Any, Any]:
+    """(key, value) of a change event with each column as Postgres prints it (from the
+    event's own schema): numerics as decimals, dates, timestamps, intervals, bytea..."""
+    k, v = _json(key), _json(value)
+    key_payload = _unwrap(k)
+    if isinstance(k, dict) and "schema" in k:
+        key_payload = row_text(k.get("schema"), key_payload)
+    payload = _unwrap(v)
+    if isinstance(payload, dict) and "op" in payload:
+        sides = _side_schemas(v)
+        payload = {**payload, **{side: row_text(sides.get(side), payload.get(side))
+                                 for side in ("before", "after") if payload.get(side) is not None}}
+    return key_payload, payload
+
+
 def _change_event(where: str, key_payload: Any, payload: dict[str, Any]) -> str:
     src = payload.get("source") or {}
     tx = payload.get("transaction") or {}
@@ -142,7 +165,30 @@ def _arrow_rows(where: str, value: bytes) -> str:
             f"rows={table.num_rows} (Arrow, {len(value)} bytes){first}")
 
 
-def describe(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
+def as_json(topic: str, partition: int, offset: int, timestamp_ms: int | None, headers: list[tuple[str, bytes]] | None,
+            key: bytes | None, value: bytes | None, raw: bool = False) -> dict[str, Any]:
+    """One message as one JSON object (``tail --json``): where it is, when, its headers,
+    and its key and value (a change event's columns decoded unless ``raw``)."""
+    if is_arrow_rows(value):
+        shown_key, shown = _json(key), describe(topic, partition, offset, key, value)
+    elif raw:
+        shown_key, shown = _json(key), _json(value)
+    else:
+        shown_key, shown = decoded(key, value)
+    if isinstance(shown_key, bytes):
+        shown_key = shown_key.decode("utf-8", "replace")
+    if isinstance(shown, bytes):
+        shown = shown.decode("utf-8", "replace")
+    return {"topic": topic, "partition": partition, "offset": offset,
+            "timestamp": _ms(timestamp_ms) if timestamp_ms is not None else None,
+            "headers": {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in headers or []},
+            "key": shown_key, "value": shown}
+
+
+def describe(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             raw: bool = False) -> str:
+    """One message for a person; change events' columns as Postgres prints them (``raw``:
+    as Debezium sent them: base64 numerics, day counts...)."""
     where = f"{topic}[{partition}]@{offset}"
     if is_arrow_rows(value):
         return _arrow_rows(where, value)
@@ -154,6 +200,8 @@ def describe(topic: str, partition: int, offset: int, key: bytes | None, value: 
         return f"{where} undecodable value={_text(value)!r} key={_text(key)!r}"
     payload = _unwrap(v)
     if isinstance(payload, dict) and "op" in payload and ("source" in payload or "after" in payload):
+        if not raw:
+            key_payload, payload = decoded(key, value)
         return _change_event(where, key_payload, payload)
     if isinstance(payload, dict) and payload.get("status") in ("BEGIN", "END"):
         counts = ", ".join(f"{c['data_collection']}={c['event_count']}" for c in payload.get("data_collections") or [])
