@@ -80,7 +80,7 @@ def operate(env: dict[str, str], deployment: list[str], stack) -> dict[str, str]
         "profile": ["profile", "show", "--json"],
         "status": ["status", "--json"],
         "topics": ["topics", "--json"],
-        "tail": ["tail", "mallard.public.orders", "--from-beginning", "--limit", "2", "--timeout", "20"],
+        "tail": ["tail", "mallard.snapshots", "--from-beginning", "--limit", "2", "--timeout", "20", "--json"],
         "tables": ["tables", "--json"],
         "query": ["query", "SELECT count(*) FROM orders"],
         "config": ["config", "check"],
