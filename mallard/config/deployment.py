@@ -72,7 +72,10 @@ def resolve_deployment(options: Mapping[str, str | None], profile: str | None = 
         if profile not in profiles:
             raise ProfileError(f"no profile {profile!r} in {path} (profiles: {', '.join(sorted(profiles)) or 'none'})")
         values = profiles[profile]
-    return resolve(options, env, values, profile, local_addresses(stack if stack is not None else stack_settings()))
+    stack = stack if stack is not None else stack_settings()
+    from mallard.stack.local import LocalStack
+
+    return resolve(options, env, values, profile, local_addresses(stack), LocalStack(stack).kafka_client_config())
 
 
 def postgres_settings(deployment: Deployment, stack: Any, env: Mapping[str, str] | None = None) -> Any:

@@ -151,7 +151,8 @@ def parse_profiles(text: str, source: str = "profiles.yaml") -> dict[str, dict[s
 
 
 def resolve(options: Mapping[str, str | None], env: Mapping[str, str], profile: Mapping[str, Any] | None,
-            profile_name: str | None, local: Mapping[str, str]) -> Deployment:
+            profile_name: str | None, local: Mapping[str, str],
+            local_kafka: Mapping[str, str] | None = None) -> Deployment:
     """Each address from the first of: the option, the variable, the profile, the local stack.
     Kafka properties: the variables over the profile's. ``${ENV}`` references in a profile
     are resolved from ``env`` (ProfileError names one that is not set)."""
@@ -176,6 +177,8 @@ def resolve(options: Mapping[str, str | None], env: Mapping[str, str], profile: 
             kafka[key] = env[var]
     if kafka:
         origin["kafka"] = "environment" if any(env.get(v) for v in KAFKA_ENV.values()) else f"profile {profile_name}"
+    elif local_kafka and origin["bootstrap_server"] == "local stack":  # its own broker's login, never another's
+        kafka, origin["kafka"] = dict(local_kafka), "local stack"
     return Deployment(kafka=kafka, profile=profile_name, origin=origin, **values)
 
 

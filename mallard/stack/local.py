@@ -10,6 +10,7 @@ the broker and Postgres last.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from pydantic import Field, SecretStr
 
 from mallard.config.settings import (DEFAULT_CONNECTOR_CONFIG, DEFAULT_KAFKA_PORT, REPO_ROOT, PostgresRoleSettings,
                               PostgresSettings)
+from mallard.core.deployment import KAFKA_ENV
 from mallard.stack.processes import PidFile, is_alive, port_in_use, spawn, tail, terminate
 
 DEMO_SQL = REPO_ROOT / "demo" / "shop.sql"
@@ -55,6 +57,9 @@ class StackSettings(PostgresSettings, PostgresRoleSettings):
                                     "Empty: none (the connector config's own list, no schedules).")
     pg_bin: str = Field("", description="Folder of the Postgres server binaries; empty: the newest /usr/lib/postgresql/*/bin.")
     start_timeout_s: float = Field(180.0, description="How long each component may take to become healthy.")
+    kafka_sasl_ssl: bool = Field(False, description="Run the local broker with SASL_SSL on its client listener "
+                                 "(PLAIN credentials over TLS, a CA made for the stack under <home>/kafka/tls); the "
+                                 "services, Connect and the CLI log in with a generated password kept in secrets.json.")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -175,12 +180,48 @@ class LocalStack:
 
     def _new_passwords(self) -> dict[str, str]:
         passwords = {role: secrets.token_urlsafe(24) for role in ("admin", "debezium", "snapshotter")}
+        return self._write_secrets(passwords)
+
+    def _write_secrets(self, passwords: dict[str, str]) -> dict[str, str]:
         self.secrets_file.parent.mkdir(parents=True, exist_ok=True)
         self.secrets_file.unlink(missing_ok=True)
         fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(passwords, f)
         return passwords
+
+    def kafka_security(self, create: bool = False) -> Any:
+        """The broker's SASL_SSL material (jvm.KafkaSecurity) when the stack runs with it:
+        passwords from secrets.json, the CA and keystore under <home>/kafka/tls (made by
+        ``create``, on the first start); None for a PLAINTEXT broker."""
+        from mallard.stack import jvm
+
+        if not self.s.kafka_sasl_ssl:
+            return None
+        kept = self._generated_passwords()
+        names = ("kafka_keystore", "kafka_broker", "kafka_client")
+        if not all(n in kept for n in names):
+            if not create:
+                raise StackError(f"broker: no Kafka credentials in {self.secrets_file} yet (mallard stack up makes them)")
+            kept = self._write_secrets({**kept, **{n: secrets.token_urlsafe(24) for n in names if n not in kept}})
+        folder = self.home / "kafka" / "tls"
+        try:
+            if create:
+                ca, keystore = jvm.make_tls_material(folder, kept["kafka_keystore"])
+            else:
+                ca, keystore = folder / "ca.crt", folder / "broker.p12"
+        except jvm.JvmError as e:
+            raise StackError(str(e)) from None
+        return jvm.KafkaSecurity(ca, keystore, kept["kafka_keystore"], kept["kafka_broker"], "mallard",
+                                 kept["kafka_client"])
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka security properties for this stack's broker ({} when PLAINTEXT)."""
+        try:
+            security = self.kafka_security()
+        except StackError:
+            return {}
+        return security.librdkafka() if security is not None else {}
 
     def role_names(self) -> dict[str, str]:
         s = self.s
@@ -213,6 +254,7 @@ class LocalStack:
             **os.environ,
             **self.as_role(role).pg_env(),
             "MALLARD_KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+            **{KAFKA_ENV[k]: v for k, v in self.kafka_client_config().items()},
             "MALLARD_HEALTH_PORT": str(health_port),
             "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
             "MALLARD_CONNECTOR_CONFIG": str(self.connector_config_path()),
@@ -375,6 +417,9 @@ class LocalStack:
 
         b = self.broker
         try:
+            security = self.kafka_security(create=True)
+            if security is not None:
+                b = self.broker = dataclasses.replace(b, security=security)
             b.write_config()
             if not b.is_formatted():  # once: formatting again would give the log another cluster id
                 result = subprocess.run(b.format_command(self.artifacts), capture_output=True, text=True)
@@ -390,6 +435,10 @@ class LocalStack:
 
         if not port_in_use(self.s.kafka_port):  # not listening yet: spare librdkafka's connection errors
             return False, f"nothing listens on port {self.s.kafka_port} yet"
+        if self.s.kafka_sasl_ssl:  # this process talks to this stack's broker: log in to it
+            from mallard.adapters.kafka import use_client_config
+
+            use_client_config(self.kafka_client_config())
         try:
             broker_metadata(self.s.bootstrap_servers, timeout=2)
             return True, "answering metadata requests"
@@ -401,6 +450,9 @@ class LocalStack:
 
         try:
             self.artifacts.check_plugin()
+            security = self.kafka_security(create=True)
+            if security is not None:
+                self.connect = dataclasses.replace(self.connect, client_security=security.java_client())
             self.connect.write_config()
             argv = self.connect.command(self.artifacts)
         except jvm.JvmError as e:

@@ -151,6 +151,8 @@ def write_file(path: Path, text: str) -> Path:
     """Write through a temporary file: a crash never leaves half a config behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)  # a config may hold the stack's Kafka passwords: this user's only
     tmp.write_text(text, encoding="latin-1" if path.suffix == ".properties" else "utf-8")
     tmp.replace(path)
     return path
@@ -214,6 +216,65 @@ _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 
 @dataclass(frozen=True)
+class KafkaSecurity:
+    """SASL_SSL on the broker's client listener: PLAIN credentials over TLS, with a CA made
+    for this stack. ``client`` is what the services, the CLI and Connect log in as."""
+
+    ca_file: Path
+    keystore: Path
+    keystore_password: str
+    broker_password: str
+    client_user: str
+    client_password: str
+
+    def java_client(self) -> dict[str, str]:
+        """A Java client's properties (Connect's worker, producer, consumer, admin)."""
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                "sasl.jaas.config": _plain_jaas(self.client_user, self.client_password),
+                "ssl.truststore.type": "PEM", "ssl.truststore.location": str(self.ca_file)}
+
+    def librdkafka(self) -> dict[str, str]:
+        """librdkafka's properties (the services and the CLI)."""
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": self.client_user,
+                "sasl.password": self.client_password, "ssl.ca.location": str(self.ca_file)}
+
+
+def _plain_jaas(user: str, password: str, **users: str) -> str:
+    extra = "".join(f' user_{name}="{secret}"' for name, secret in users.items())
+    return f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}"{extra};'
+
+
+def make_tls_material(folder: Path, keystore_password: str, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A CA and the broker's certificate (for ``host``, signed by it) in a PKCS#12 keystore,
+    made once with openssl: (CA certificate, keystore)."""
+    import subprocess
+
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    key, csr, crt, p12 = folder / "broker.key", folder / "broker.csr", folder / "broker.crt", folder / "broker.p12"
+    if ca_crt.exists() and p12.exists():
+        return ca_crt, p12
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    san = folder / "san.cnf"
+    san.write_text(f"subjectAltName=IP:{host},DNS:localhost\n")
+    steps = [
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_crt),
+         "-days", "3650", "-subj", "/CN=mallard local stack CA"],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/CN={host}"],
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+         "-out", str(crt), "-days", "3650", "-extfile", str(san)],
+        ["openssl", "pkcs12", "-export", "-in", str(crt), "-inkey", str(key), "-certfile", str(ca_crt),
+         "-out", str(p12), "-passout", f"pass:{keystore_password}"],
+    ]
+    for argv in steps:
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise JvmError(f"broker TLS: {' '.join(argv[:2])} failed: {(result.stderr or result.stdout).strip()}")
+    return ca_crt, p12
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
     """A one-node broker+controller whose log lives under ``home`` and survives restarts."""
 
@@ -228,6 +289,8 @@ class BrokerConfig:
     retention_bytes: int = -1
     """Per partition; -1: time only. The log stays on disk either way, not in memory."""
     segment_bytes: int = 64 * 1024 * 1024
+    security: KafkaSecurity | None = None
+    """SASL_SSL on the client listener (and between the node and itself); None: PLAINTEXT."""
 
     def __post_init__(self) -> None:
         for name in ("port", "controller_port"):
@@ -290,6 +353,27 @@ class BrokerConfig:
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "4",
             "auto.create.topics.enable": "true",
+            **self._security_properties(),
+        }
+
+    def _security_properties(self) -> dict[str, str]:
+        sec, h = self.security, self.host
+        if sec is None:
+            return {}
+        return {
+            "listeners": f"SASL_SSL://{h}:{self.port},CONTROLLER://{h}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{h}:{self.port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": _plain_jaas(
+                "broker", sec.broker_password, broker=sec.broker_password, **{sec.client_user: sec.client_password}),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(sec.keystore),
+            "ssl.keystore.password": sec.keystore_password,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(sec.ca_file),
         }
 
     def cluster_id(self) -> str:
@@ -348,6 +432,8 @@ class ConnectConfig:
     offset_flush_interval_ms: int = 5000
     """How often source offsets (Debezium's LSN) are committed; Debezium confirms the
     slot's position only then, so this bounds both replay after a crash and held WAL."""
+    client_security: dict[str, str] | None = None
+    """A Java client's security properties for the broker (KafkaSecurity.java_client)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.rest_port < 65536:
@@ -402,6 +488,9 @@ class ConnectConfig:
             "config.providers.file.class": FILE_CONFIG_PROVIDER,
             # Debezium creates its own topics (topic.creation.* in the connector config).
             "topic.creation.enable": "true",
+            # The worker's own clients, and those of every task (Debezium's producer).
+            **{f"{prefix}{k}": v for k, v in (self.client_security or {}).items()
+               for prefix in ("", "producer.", "consumer.", "admin.")},
         }
 
     def write_config(self) -> None:
