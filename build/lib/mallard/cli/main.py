@@ -48,14 +48,41 @@ def _source_settings(args: argparse.Namespace, reading: bool = False):
 def cmd_stack_up(args: argparse.Namespace) -> int:
     from mallard.stack.local import LocalStack, StackSettings
 
+    from datetime import datetime, timezone
+
     stack = LocalStack(StackSettings())
     print(f"mallard stack up ({stack.home})")
+    started = datetime.now(timezone.utc)
     stack.up(demo=not args.no_demo, only=args.only)
     if args.only:
         print(f"{args.only} healthy; `mallard stack up` starts the rest")
-    else:
-        print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+        return 0
+    print("all components healthy; `mallard stack status` shows them, `mallard stack guide` how to look")
+    if sys.stderr.isatty():  # a person watching: follow the first snapshots until they are merged
+        streams = _first_snapshot_streams(args)
+        if streams:
+            print("first snapshots (Ctrl-C stops watching, not the stack):", file=sys.stderr)
+            try:
+                _wait_for_snapshots(args, streams, started, timeout=600)
+            except KeyboardInterrupt:
+                pass
     return 0
+
+
+def _first_snapshot_streams(args: argparse.Namespace) -> list[str]:
+    """The stack's streams with no snapshot merged into the replica yet."""
+    from mallard.config.connector import load_connector_config_file
+    from mallard.stack.local import LocalStack
+
+    stack = LocalStack(_stack_settings())
+    try:
+        streams = (list(_replication_config(args).streams) if _deployment(args).config
+                   else load_connector_config_file(stack.connector_config_path()).tables)
+        merged = {row[0] for row in _applier_get(args, "/query", sql="SELECT DISTINCT stream FROM _mallard.snapshots "
+                                                                    "WHERE status = 'merged'")["rows"]}
+    except (RuntimeError, ValueError, OSError):
+        return []  # nothing to follow (the replica not readable yet): `status` shows it
+    return [x for x in streams if x not in merged]
 
 
 def cmd_stack_down(args: argparse.Namespace) -> int:
