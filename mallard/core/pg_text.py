@@ -21,7 +21,8 @@ def _bytes(value: Any) -> bytes:
 
 def _decimal(value: Any, scale: int) -> str:
     unscaled = int.from_bytes(_bytes(value), "big", signed=True)
-    return str(Decimal(unscaled).scaleb(-scale))
+    # From text, exactly: arithmetic would round to the context's 28 digits.
+    return format(Decimal(f"{unscaled}E{-scale}"), "f")
 
 
 def _clock(micros: int) -> str:

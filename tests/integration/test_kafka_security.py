@@ -68,4 +68,4 @@ def test_replication_and_inspection_through_a_sasl_ssl_broker(make_stack):
     leaks = [(where, i) for where, text in seen.items() for i, secret in enumerate(kafka_secrets) if secret in text]
     assert not leaks, f"a Kafka credential appears in: {leaks}"
     properties = stack.home / "kafka" / "server.properties"
-    assert "listeners=SASL_SSL://" in properties.read_text() and properties.stat().st_mode & 0o077 == 0
+    assert "advertised.listeners=SASL_SSL" in properties.read_text() and properties.stat().st_mode & 0o077 == 0

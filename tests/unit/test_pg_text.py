@@ -15,7 +15,8 @@ def b64(n: int) -> str:
     return base64.b64encode(n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True)).decode()
 
 
-@pytest.mark.parametrize("unscaled,text", [(64940, "649.40"), (-1, "-0.01"), (0, "0.00"), (123456789012, "1234567890.12")])
+@pytest.mark.parametrize("unscaled,text", [(64940, "649.40"), (-1, "-0.01"), (0, "0.00"), (123456789012, "1234567890.12"),
+                                           (-9876543210987654321000, "-98765432109876543210.00")])
 def test_decimals(unscaled, text):
     assert pg_text(DECIMAL, b64(unscaled)) == text
 
@@ -23,6 +24,9 @@ def test_decimals(unscaled, text):
 def test_variable_scale_decimal():
     schema = {"type": "struct", "name": "io.debezium.data.VariableScaleDecimal"}
     assert pg_text(schema, {"scale": 3, "value": b64(12345)}) == "12.345"
+    # 38 digits: exact, not rounded to Decimal's default 28.
+    assert pg_text(schema, {"scale": 18, "value": b64(-98765432109876543210_000000000000000001)}) == \
+        "-98765432109876543210.000000000000000001"
 
 
 @pytest.mark.parametrize("iso,text", [
