@@ -136,7 +136,7 @@ class VerifyAs:
 @dataclass(frozen=True)
 class PgType:
     names: tuple[str, ...]
-    """pg_type.typname of each type the row is for."""
+    """pg_type.typname of each type the row is for (none: the enums' row, or a Connect schema only)."""
     arrives_as: tuple[Arrival, ...]
     snapshot: Snapshot
     verify: tuple[VerifyAs, ...]
@@ -535,18 +535,18 @@ _JSON = arrives("string", "io.debezium.data.Json", "JSON", "string", _str, cast=
 _AS_VARCHAR = (VerifyAs(("VARCHAR",), _OUTPUT_TEXT),)
 
 
-def _integer(names: str, connect: str, duckdb: str, bits: int) -> PgType:
+def _integer(name: str, connect: str, duckdb: str, bits: int) -> PgType:
     return PgType(
-        (names,), (arrives(connect, None, duckdb, connect, INT_BITS[bits]),),
+        (name,), (arrives(connect, None, duckdb, connect, INT_BITS[bits]),),
         Snapshot({"type": connect}, as_is, "{0}::text", in_arrays=True),
         (VerifyAs(DUCK_INTS, AS_TEXT, key="int"), VerifyAs(("DECIMAL*",), DECIMAL_TEXT)))
 
 
-def _floating(names: str, connect: str, alias: str, duckdb: str, transport: str) -> PgType:
+def _floating(name: str, connect: str, alias: str, duckdb: str, transport: str) -> PgType:
     # JSON -0 would parse as the integer 0: keep the sign as encode does
     json = "CASE WHEN {0} = 0 AND {0}::text LIKE '-%' THEN '-0.0' ELSE to_json({0})::text END"
     return PgType(
-        (names,), (arrives(connect, None, duckdb, transport, _float), arrives(alias, None, duckdb, transport, _float)),
+        (name,), (arrives(connect, None, duckdb, transport, _float), arrives(alias, None, duckdb, transport, _float)),
         Snapshot({"type": connect}, _encode_float, json),
         (VerifyAs(("FLOAT", "REAL", "DOUBLE"), _FLOAT),))
 
@@ -556,6 +556,8 @@ ENUM = PgType((), (arrives("string", "io.debezium.data.Enum", "VARCHAR", "string
               _AS_VARCHAR)
 """Every enum, whatever its name (a column flagged ``is_enum``)."""
 
+# A row: PgType((typnames), (arrivals: Connect schema -> column type), Snapshot(schema, encode, json,
+# select=, in_arrays=) or READ_AS_TEXT, (VerifyAs((DuckDB types), canon, key=), ...) or NOT_HASHED).
 REGISTRY: tuple[PgType, ...] = (
     _integer("int2", "int16", "SMALLINT", 16),
     _integer("int4", "int32", "INTEGER", 32),
@@ -629,12 +631,3 @@ REGISTRY: tuple[PgType, ...] = (
     # No Postgres type arrives as Connect's int8; a Connect schema may still declare it.
     PgType((), (arrives("int8", None, "TINYINT", "int8", INT_BITS[8]),), READ_AS_TEXT, NOT_HASHED),
 )
-
-def by_typname() -> dict[str, PgType]:
-    """pg_type.typname -> its row."""
-    out: dict[str, PgType] = {}
-    for row in REGISTRY:
-        for name in row.names:
-            assert name not in out, f"{name} has two rows"
-            out[name] = row
-    return out
