@@ -15,10 +15,16 @@ class SourceError(RuntimeError):
     """The source Postgres cannot serve mallard as configured; the message says how to fix it."""
 
 
+TLS_PARAMETERS = frozenset({"sslmode", "sslrootcert", "sslcert", "sslkey"})
+
+
 def connect(host: str, port: int, user: str, password: str, dbname: str, *,
-            timeout: int = 5) -> psycopg2.extensions.connection:
+            timeout: int = 5, **tls: str) -> psycopg2.extensions.connection:
     """An autocommit connection. Plain parameters (PostgresSettings.pg_params() gives them),
-    so this adapter depends on no settings module."""
+    so this adapter depends on no settings module; ``tls``: libpq's sslmode and certificates."""
+    unknown = set(tls) - TLS_PARAMETERS
+    if unknown:
+        raise TypeError(f"connect(): unknown parameter(s) {', '.join(sorted(unknown))}")
     try:
         conn = psycopg2.connect(
             host=host, port=port, user=user, password=password, dbname=dbname,
@@ -27,6 +33,7 @@ def connect(host: str, port: int, user: str, password: str, dbname: str, *,
             # Literals are written with standard quoting (a backslash is a plain character):
             # a server configured otherwise would read a filter's literal differently.
             options="-c standard_conforming_strings=on",
+            **{k: v for k, v in tls.items() if v},
         )
     except psycopg2.OperationalError as e:
         # psycopg2's message never contains the password; the DSN we print must not either.

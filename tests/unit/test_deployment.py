@@ -72,3 +72,17 @@ def test_a_bad_profile_file_is_one_line_naming_what_is_wrong(text, message):
     with pytest.raises(ProfileError) as e:
         parse_profiles(text, "p.yaml")
     assert message in str(e.value) and "\n" not in str(e.value) and "hunter2" not in str(e.value)
+
+
+def test_postgres_tls_settings_reach_libpq():
+    """sslmode and certificates go from the settings to libpq (a refused sslmode proves it)."""
+    import psycopg2
+
+    from mallard.adapters import postgres
+    from mallard.config.settings import PostgresSettings
+
+    params = PostgresSettings(pg_host="127.0.0.1", pg_port=1, pg_sslmode="bogus").pg_params()
+    assert params["sslmode"] == "bogus"
+    with pytest.raises((postgres.SourceError, psycopg2.ProgrammingError)) as e:
+        postgres.connect(**params, timeout=1)
+    assert "sslmode" in str(e.value)

@@ -41,12 +41,17 @@ from typing import Protocol
 
 from mallard.core.sql import quote_ident as qi
 from mallard.core.sql import quote_literal as ql
+from mallard.core.type_registry import AS_TEXT, DAYS, DECIMAL_TEXT, ENUM, EPOCH_US, REGISTRY, Canon, PgType, VerifyAs
 
 PG, DUCK = "pg", "duck"
 
-_INTS = {"int2", "int4", "int8"}
-_TEXTS = {"text", "varchar", "bpchar", "name", "citext", "xml", "ltree", "inet", "cidr", "macaddr", "macaddr8"}
-_DUCK_INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
+
+def _by_typname(rows: tuple[PgType, ...]) -> dict[str, tuple[VerifyAs, ...]]:
+    """pg_type.typname -> how verify compares it, per DuckDB type the replica holds it as."""
+    return {name: row.verify for row in rows for name in row.names}
+
+
+_VERIFY = _by_typname(REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -61,70 +66,20 @@ class Column:
     element: str | None = None
 
 
-@dataclass(frozen=True)
-class Canon:
-    """SQL templates (``{}`` is the column's SQL) giving the canonical text of a non-NULL value."""
-
-    pg: str
-    duck: str
-    note: str | None = None
-
-
-def _trim_decimal(x: str) -> str:
-    return f"(CASE WHEN strpos({x}, '.') > 0 THEN rtrim(rtrim({x}, '0'), '.') ELSE {x} END)"
-
-
-_FLOAT_PG = ("(CASE WHEN {0} = 0 THEN '0' WHEN {0} = 'NaN' THEN 'nan' WHEN {0} = 'Infinity' THEN 'inf' "
-             "WHEN {0} = '-Infinity' THEN '-inf' ELSE trim(to_char({0}::float8, '9.99999999999999EEEE')) END)")
-_FLOAT_DUCK = ("(CASE WHEN isnan({0}) THEN 'nan' WHEN {0} = 0 THEN '0' WHEN {0} = 'inf'::DOUBLE THEN 'inf' "
-               "WHEN {0} = '-inf'::DOUBLE THEN '-inf' ELSE printf('%.14e', CAST({0} AS DOUBLE)) END)")
-_EPOCH_US_PG = "(CASE WHEN isfinite({0}) THEN (extract(epoch FROM {0}) * 1000000)::bigint::text ELSE {0}::text END)"
-_EPOCH_US_DUCK = "(CASE WHEN isfinite({0}) THEN CAST(epoch_us({0}) AS VARCHAR) ELSE CAST({0} AS VARCHAR) END)"
-_INTERVAL_PG = ("((extract(year FROM {0}) * 12 + extract(month FROM {0}))::bigint::text || ':' || "
-                "extract(day FROM {0})::bigint::text || ':' || (extract(hour FROM {0}) * 3600000000 + "
-                "extract(minute FROM {0}) * 60000000 + extract(microseconds FROM {0}))::bigint::text)")
-_INTERVAL_DUCK = ("(CAST(datepart('year', {0}) * 12 + datepart('month', {0}) AS VARCHAR) || ':' || "
-                  "CAST(datepart('day', {0}) AS VARCHAR) || ':' || CAST(datepart('hour', {0}) * 3600000000::BIGINT + "
-                  "datepart('minute', {0}) * 60000000::BIGINT + datepart('microseconds', {0}) AS VARCHAR))")
-_AS_TEXT = Canon("{}::text", "CAST({} AS VARCHAR)")
+def _verify_as(pg_type: str, duck_type: str, is_enum: bool = False) -> VerifyAs | None:
+    d = duck_type.upper()
+    for way in _VERIFY.get(pg_type, ()) + (ENUM.verify if is_enum else ()):
+        if way.holds(d):
+            return way
+    return None
 
 
 def _scalar_canon(pg_type: str, duck_type: str, is_enum: bool = False) -> Canon | str:
     """The canonical form of a scalar column, or why it is not hashed."""
-    d = duck_type.upper()
-    if pg_type in _INTS and d in _DUCK_INTS:
-        return _AS_TEXT
-    if pg_type in _INTS | {"numeric"} and (d.startswith("DECIMAL") or d in _DUCK_INTS):
-        return Canon(_trim_decimal("{0}::text"), _trim_decimal("CAST({0} AS VARCHAR)"))
-    if pg_type in ("float4", "float8") and d in ("FLOAT", "REAL", "DOUBLE"):
-        return Canon(_FLOAT_PG, _FLOAT_DUCK,
-                     note="compared to 15 significant digits")
-    if pg_type == "bool" and d == "BOOLEAN":
-        return _AS_TEXT
-    if (pg_type in _TEXTS or is_enum) and d == "VARCHAR":
-        return Canon("concat({})", "CAST({} AS VARCHAR)")  # concat: the output function (char(n) padded)
-    if pg_type == "date" and d == "DATE":
-        return Canon("(CASE WHEN isfinite({0}) THEN ({0} - DATE '1970-01-01')::text ELSE {0}::text END)",
-                     "(CASE WHEN isfinite({0}) THEN CAST({0} - DATE '1970-01-01' AS VARCHAR) "
-                     "ELSE CAST({0} AS VARCHAR) END)")
-    if pg_type == "time" and d == "TIME":
-        return Canon("(extract(epoch FROM {0}) * 1000000)::bigint::text",
-                     "CAST((datepart('hour', {0}) * 3600 + datepart('minute', {0}) * 60)::BIGINT * 1000000 "
-                     "+ datepart('microseconds', {0}) AS VARCHAR)")
-    if pg_type == "timetz" and d in ("TIMETZ", "TIME WITH TIME ZONE"):
-        return _AS_TEXT
-    if (pg_type, d) in (("timestamp", "TIMESTAMP"), ("timestamptz", "TIMESTAMPTZ"),
-                        ("timestamptz", "TIMESTAMP WITH TIME ZONE")):
-        return Canon(_EPOCH_US_PG, _EPOCH_US_DUCK)
-    if pg_type == "interval" and d == "INTERVAL":
-        return Canon(_INTERVAL_PG, _INTERVAL_DUCK)
-    if pg_type == "uuid" and d == "UUID":
-        return _AS_TEXT
-    if pg_type in ("json", "jsonb") and d == "JSON":
-        return _AS_TEXT
-    if pg_type == "bytea" and d == "BLOB":
-        return Canon("encode({}, 'hex')", "lower(hex({}))")
-    return f"Postgres {pg_type} kept as DuckDB {duck_type}: no common canonical text"
+    way = _verify_as(pg_type, duck_type, is_enum)
+    if way is None:
+        return f"Postgres {pg_type} kept as DuckDB {duck_type}: no common canonical text"
+    return way.canon
 
 
 def canon(col: Column) -> Canon | str:
@@ -228,15 +183,13 @@ class KeyType:
 
 
 KEY_CANON = {
-    "int": _AS_TEXT,
-    "numeric": Canon(_trim_decimal("{0}::text"), _trim_decimal("CAST({0} AS VARCHAR)")),
+    "int": AS_TEXT,
+    "numeric": DECIMAL_TEXT,
     "text": Canon("{}::text", "CAST({} AS VARCHAR)"),
-    "uuid": _AS_TEXT,
-    "date": Canon("(CASE WHEN isfinite({0}) THEN ({0} - DATE '1970-01-01')::text ELSE {0}::text END)",
-                  "(CASE WHEN isfinite({0}) THEN CAST({0} - DATE '1970-01-01' AS VARCHAR) "
-                  "ELSE CAST({0} AS VARCHAR) END)"),
-    "timestamp": Canon(_EPOCH_US_PG, _EPOCH_US_DUCK),
-    "timestamptz": Canon(_EPOCH_US_PG, _EPOCH_US_DUCK),
+    "uuid": AS_TEXT,
+    "date": DAYS,
+    "timestamp": EPOCH_US,
+    "timestamptz": EPOCH_US,
 }
 
 
@@ -248,22 +201,10 @@ def key_type(key_columns: Sequence[Column]) -> KeyType | str:
         return (f"a composite primary key ({', '.join(c.name for c in key_columns)}): verify ranges over "
                 "single-column keys only")
     col = key_columns[0]
-    t, d = col.pg_type, col.duck_type.upper()
-    if t in _INTS and d in _DUCK_INTS:
-        return KeyType("int", col.name)
-    if t == "numeric" and d.startswith("DECIMAL"):
-        return KeyType("numeric", col.name)
-    if t in ("text", "varchar") and d == "VARCHAR":
-        return KeyType("text", col.name)
-    if t == "uuid" and d == "UUID":
-        return KeyType("uuid", col.name)
-    if t == "date" and d == "DATE":
-        return KeyType("date", col.name)
-    if t == "timestamp" and d == "TIMESTAMP":
-        return KeyType("timestamp", col.name)
-    if t == "timestamptz" and d in ("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"):
-        return KeyType("timestamptz", col.name)
-    return (f"primary key {col.name} of type {t}: verify ranges over integer, numeric, text, uuid, date "
+    way = _verify_as(col.pg_type, col.duck_type)
+    if way is not None and way.key is not None:
+        return KeyType(way.key, col.name)
+    return (f"primary key {col.name} of type {col.pg_type}: verify ranges over integer, numeric, text, uuid, date "
             "and timestamp keys")
 
 
