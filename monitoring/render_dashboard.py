@@ -87,11 +87,17 @@ def render(prometheus: str, start: float, end: float, out: Path, dashboard: Path
         drawn = 0
         for target in panel["targets"]:
             for series in query_range(prometheus, target["expr"], start, end, step):
-                points = [(datetime.fromtimestamp(float(t)), float(v)) for t, v in series["values"]]
-                points = [(t, v) for t, v in points if v == v and abs(v) != float("inf")]  # NaN, Inf: gaps
-                if not points:
+                xs, ys, previous = [], [], None
+                for t, v in series["values"]:
+                    t, v = float(t), float(v)
+                    if previous is not None and t - previous > 1.5 * step:
+                        xs.append(datetime.fromtimestamp(previous + step))  # no sample: a gap, as Grafana draws it
+                        ys.append(float("nan"))
+                    xs.append(datetime.fromtimestamp(t))
+                    ys.append(v if abs(v) != float("inf") else float("nan"))
+                    previous = t
+                if not xs:
                     continue
-                xs, ys = zip(*points)
                 ax.plot(xs, ys, linewidth=1.4, label=legend(target.get("legendFormat", ""), series["metric"]))
                 drawn += 1
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")

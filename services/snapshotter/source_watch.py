@@ -54,7 +54,8 @@ def read_slot(pg_params: Mapping[str, Any], slot: str) -> dict[str, Any] | None:
     """The slot's state over a connection of its own, bounded in time at every step."""
     conn = postgres.connect(**pg_params, timeout=SCRAPE_TIMEOUT_S)
     try:
-        postgres.scalar(conn, f"SET statement_timeout = {SCRAPE_TIMEOUT_S * 1000}")
+        with conn.cursor() as cur:  # SET returns no row: not scalar()
+            cur.execute(f"SET statement_timeout = {SCRAPE_TIMEOUT_S * 1000}")
         return postgres.slot_state(conn, slot)
     finally:
         conn.close()
