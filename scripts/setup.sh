@@ -11,6 +11,8 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# Debian's prometheus: promtool checks monitoring/, and the monitoring test runs a real Prometheus.
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -18,7 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-        # Debian's postgresql package starts a system cluster on 5432; mallard runs its own.
+        # Debian's postgresql package starts a system cluster on 5432; mallard runs its own
+        # (and its prometheus package a system service on 9090 where systemd runs: unused).
     else
         echo "setup: missing system packages: ${missing[*]}" >&2
         echo "setup: run as root, or: sudo apt-get install -y ${missing[*]}" >&2

@@ -562,10 +562,10 @@ def _lifecycle(url: str, name: str, method: str, path: str = "", timeout: float 
         raise JvmError(f"Kafka Connect does not answer at {url} ({e})") from None
 
 
-def connector_status_document(url: str, name: str) -> dict[str, Any]:
+def connector_status_document(url: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
     """``GET /connectors/<name>/status``: the connector's and each task's state, with the
     worker and a failed part's trace."""
-    return _lifecycle(url, name, "GET", "/status")
+    return _lifecycle(url, name, "GET", "/status", timeout=timeout)
 
 
 def connector_config(url: str, name: str) -> dict[str, Any]:

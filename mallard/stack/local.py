@@ -258,6 +258,7 @@ class LocalStack:
             "MALLARD_HEALTH_PORT": str(health_port),
             "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
             "MALLARD_CONNECTOR_CONFIG": str(self.connector_config_path()),
+            "MALLARD_CONNECT_URL": s.connect_url,  # the snapshotter reports the connector's task states
             "MALLARD_REPLICATION_CONFIG": str(Path(s.replication_config).resolve()) if s.replication_config else "",
             "PYTHONUNBUFFERED": "1",
         }

@@ -25,5 +25,7 @@ class SnapshotterSettings(ServiceSettings, PostgresSettings):
     producer_queue_kb: int = Field(32_768, description="Bound of the Kafka producer's queue (kB): readers wait when it is full, "
                                    "so memory stays flat whatever the table's size.")
     progress_interval_s: float = Field(2.0, description="Seconds between progress log lines of a running snapshot.")
+    connect_url: str = Field("http://127.0.0.1:18084", description="Kafka Connect's REST API, read when Prometheus "
+                             "scrapes /metrics for the connector's task states; empty: not read.")
     replication_config: str = Field("", description="Replication config (YAML): each stream's mode, update_key and "
                                     "filter; empty: every stream is a full refresh of the whole table.")

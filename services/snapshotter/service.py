@@ -124,6 +124,8 @@ class _Batcher:
             self.batches += 1
             self.rows += count
             self.service._send(self.stream, message(self.batches), headers)
+            if self.stream in self.service.progress:  # what /metrics shows, batch by batch
+                self.service.progress[self.stream]["rows"] = self.rows
             now = time.monotonic()
             if now - self.last_log >= self.service.settings.progress_interval_s:
                 self.last_log = now
@@ -184,6 +186,11 @@ class SnapshotterService(Service):
         super().__init__(settings)
         self.counts = {"snapshots": 0, "rows": 0, "failed": 0, "batches": 0}
         self.current: dict[str, Any] | None = None
+        self.progress: dict[str, dict[str, int]] = {}
+        """stream -> rows read and estimated of its running or last snapshot, running 1/0,
+        and failed 1 when its last snapshot failed (it needs another)."""
+        self.slot_name: str | None = None
+        self.connector_name: str | None = None
         self.delivery_errors: list[str] = []
         self.config: ReplicationConfig | None = None
         self.streams: frozenset[str] | None = None
@@ -209,7 +216,37 @@ class SnapshotterService(Service):
             counter("mallard_snapshot_batches", "Row batches published in finished snapshots.", c["batches"]),
             gauge("mallard_snapshot_rows_in_progress", "Rows read so far by the snapshot running now (0: none).",
                   current.get("rows", 0)),
+            *self._progress_families(),
+            *self._source_families(),
         ]
+
+    def _progress_families(self) -> list[Any]:
+        progress = sorted(self.progress.items())
+        return [
+            gauge("mallard_snapshot_progress_rows", "Rows read by each stream's running (or last) snapshot.",
+                  {(stream,): p["rows"] for stream, p in progress}, ("stream",)),
+            gauge("mallard_snapshot_estimated_rows", "Postgres' estimate of the rows of each stream's running (or last) "
+                  "snapshot (reltuples, taken at the cut).", {(stream,): p["estimate"] for stream, p in progress},
+                  ("stream",)),
+            gauge("mallard_snapshot_running", "1 while a snapshot of the stream is being read and published.",
+                  {(stream,): p["running"] for stream, p in progress}, ("stream",)),
+            gauge("mallard_stream_snapshot_failed", "1 when the stream's last snapshot failed: it needs another "
+                  "(mallard resnapshot STREAM once the cause is fixed).",
+                  {(stream,): p["failed"] for stream, p in progress}, ("stream",)),
+        ]
+
+    def _source_families(self) -> list[Any]:
+        """The slot and the connector, read now with short timeouts (source_watch)."""
+        from mallard.services.snapshotter import source_watch
+
+        s, families = self.settings, []
+        if self.slot_name:
+            families += source_watch.slot_families(
+                self.slot_name, lambda: source_watch.read_slot(s.pg_params(), self.slot_name))
+        if self.connector_name and s.connect_url:
+            families += source_watch.connector_families(
+                self.connector_name, lambda: source_watch.read_connector(s.connect_url, self.connector_name))
+        return families
 
     def open(self) -> None:
         """Topics, the slot to check before a cut, and a producer with a bounded queue."""
@@ -217,7 +254,7 @@ class SnapshotterService(Service):
         kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1,
                                                         s.dead_letter_topic: 1})
         connector = load_connector_config_file(s.connector_config)
-        self.slot_name = connector.slot_name
+        self.slot_name, self.connector_name = connector.slot_name, connector.name
         if s.replication_config:
             from mallard.config.replication import load_config
 
@@ -382,6 +419,7 @@ class SnapshotterService(Service):
 
     def _fail(self, stream: str, request: ResnapshotRequest, reason: str) -> None:
         self.counts["failed"] += 1
+        self.progress.setdefault(stream, {"rows": 0, "estimate": 0, "running": 0})["failed"] = 1
         self.log.error("snapshot of %s (request %s) failed: %s", stream, request.request_id, reason,
                        extra={"kind": "snapshot_failed", "stream": stream, "request_id": request.request_id,
                               "snapshot_id": self.begun, "reason": reason})
@@ -447,6 +485,8 @@ class SnapshotterService(Service):
             self.begun = snapshot_id
             self.current = {"stream": stream, "snapshot_id": snapshot_id, "rows": 0, "estimate": estimate,
                             "readers": readers}
+            self.progress[stream] = {"rows": 0, "estimate": max(estimate, 0), "running": 1,
+                                     "failed": self.progress.get(stream, {}).get("failed", 0)}
             fix = use_sql and any(c.type_name == "numeric" and (c.numeric_precision or (99, 0))[0] > 18
                                   for c in columns)
             batcher = _Batcher(self, stream, snapshot_id, columns, max(estimate, 0), fix)
@@ -476,6 +516,9 @@ class SnapshotterService(Service):
         finally:
             conn.close()
             self.current = None
+            if stream in self.progress:
+                self.progress[stream]["running"] = 0
+        self.progress[stream].update(rows=end.row_count, failed=0)
         elapsed = time.monotonic() - batcher.started
         rate = end.row_count / elapsed if elapsed else 0
         self.log.info("snapshot %s of %s done: %d rows in %d batches, %.1fs (%.0f rows/s)", snapshot_id, stream,

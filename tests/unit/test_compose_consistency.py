@@ -56,7 +56,7 @@ def test_every_image_tag_is_pinned_to_a_release():
     assert images
     for image in images:
         tag = image.rsplit(":", 1)[1] if ":" in image else ""
-        assert re.fullmatch(r"\d+\.\d+(\.\d+)?([.-]\w+)?", tag), f"{image}: pin a release tag (x.y or x.y.z)"
+        assert re.fullmatch(r"v?\d+\.\d+(\.\d+)?([.-]\w+)?", tag), f"{image}: pin a release tag (x.y or x.y.z)"
 
 
 def test_kafka_keeps_its_log_on_its_volume_under_a_fixed_cluster_id():
@@ -194,3 +194,34 @@ def test_the_applier_http_port_is_not_published():
     assert "ports" not in SERVICES["applier"]
     for name in MALLARD_SERVICES:
         assert not SERVICES[name].get("expose"), f"{name} exposes ports"
+
+
+def test_the_monitoring_profile_runs_official_prometheus_and_grafana_on_the_shipped_files():
+    prometheus, grafana = SERVICES["prometheus"], SERVICES["grafana"]
+    assert prometheus["image"].startswith("prom/prometheus:v") and grafana["image"].startswith("grafana/grafana:")
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    assert not [n for n, svc in SERVICES.items() if n not in ("prometheus", "grafana") and svc.get("profiles")]
+
+    def mounts(svc: dict) -> dict[str, Path]:
+        return {dst: (REPO_ROOT / src).resolve() for src, dst, *_ in
+                (v.split(":") for v in svc["volumes"] if v.startswith("./"))}
+
+    config = [a for a in prometheus["command"] if a.startswith("--config.file=")][0].split("=", 1)[1]
+    pm = mounts(prometheus)
+    assert pm[config] == (REPO_ROOT / "monitoring" / "prometheus.yml").resolve()
+    scrape = yaml.safe_load(pm[config].read_text())
+    for rules in scrape["rule_files"]:  # relative to the config file, in the container as in the repo
+        assert pm[str(Path(config).parent / rules)] == (REPO_ROOT / "monitoring" / rules).resolve()
+    # Each job scrapes a service's health port, inside the compose network.
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape["scrape_configs"]}
+    for name in MALLARD_SERVICES:
+        port = SERVICES[name]["environment"]["MALLARD_HEALTH_PORT"]
+        assert targets[f"mallard-{name}"] == [f"{name}:{port}"]
+    gm = mounts(grafana)
+    provisioning = gm["/etc/grafana/provisioning"]
+    assert provisioning == (REPO_ROOT / "monitoring" / "grafana" / "provisioning").resolve()
+    provider = yaml.safe_load((provisioning / "dashboards" / "mallard.yml").read_text())["providers"][0]
+    dashboards = [dst for dst, src in gm.items() if src == (REPO_ROOT / "monitoring" / "grafana" / "dashboard.json").resolve()]
+    assert dashboards and Path(dashboards[0]).parent == Path(provider["options"]["path"])
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
