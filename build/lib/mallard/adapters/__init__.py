@@ -1,1 +1,0 @@
-"""Thin adapters to Kafka, Postgres and DuckDB. Nothing connects at import time."""

@@ -1,1 +1,0 @@
-"""Configuration: settings from MALLARD_* variables, the replication config and the connector config on disk."""

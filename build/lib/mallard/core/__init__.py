@@ -1,1 +1,0 @@
-"""Pure logic: no Kafka, Postgres or DuckDB client is imported here (a test checks)."""

@@ -1,1 +1,0 @@
-"""The Debezium connector config, shipped as package data (mallard.debezium)."""

@@ -1,1 +1,0 @@
-"""The operator commands behind the CLI: checks, status, verify, incremental state."""
