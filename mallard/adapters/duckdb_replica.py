@@ -60,6 +60,10 @@ class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuer
         """Whether ``commit`` runs on a connection of its own: the client's (everything else) stays free."""
         return self.writer.apart
 
+    def _run(self, script: Script) -> None:
+        """A script as one DuckDB transaction, DuckDB's own error unchanged (``commit`` translates it)."""
+        self.writer.run(script)
+
     def close(self) -> None:
         self.writer.close()
         self.con.close()
