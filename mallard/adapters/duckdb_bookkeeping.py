@@ -212,8 +212,9 @@ class Bookkeeping:
         a schema change that cannot be applied in place)."""
         state = self.tables.get(stream)
         if state is None or state.status == ABSENT:  # no table yet: the snapshot creates it
-            return
-        if state.status == OK:
+            state = self.tables[stream] = TableState(stream, self.target_of(stream), NEEDS_RESNAPSHOT, reason, [], [],
+                                                     truncated_tx_id=state.truncated_tx_id if state else None)
+        elif state.status == OK:
             state.status, state.reason = NEEDS_RESNAPSHOT, reason
         state.held_back_tx_id = tx_id if tx_id is not None else state.held_back_tx_id
         log.error("%s needs a re-snapshot: %s; its changes are held back until it is rebuilt", stream, reason)
