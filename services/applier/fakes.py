@@ -108,8 +108,12 @@ class FakeConsumer:
         self.closed = False
 
     # subscription and assignment
-    def subscribe(self, topics: list[str], on_assign: Callable | None = None) -> None:
+    def subscribe(self, topics: list[str], on_assign: Callable | None = None, **callbacks: Callable) -> None:
         self.subscription, self.on_assign, self._pending_assign = list(topics), on_assign, True
+
+    def poll(self, timeout: float = -1) -> FakeMessage | None:
+        messages = self.consume(1, timeout)
+        return messages[0] if messages else None
 
     def _matching(self) -> list[tuple[str, int]]:
         with self.kafka.lock:
@@ -209,6 +213,16 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.closed = True
+
+
+class KafkaTopicWriter:
+    """A topic port (``send``) that writes to a FakeKafka topic, for readers to find again."""
+
+    def __init__(self, kafka: FakeKafka, topic: str):
+        self.kafka, self.topic = kafka, topic
+
+    def send(self, key: bytes | None, value: bytes) -> None:
+        self.kafka.produce(self.topic, key, value)
 
 
 class FakeTopic:
