@@ -95,7 +95,7 @@ class Pipeline:
         # the one before it (DuckDB, with the GIL free where its C API can be had). Anything
         # else on the connection (snapshot work, a schema change, pruning) waits for the commit.
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-commit")
-        running: tuple[Any, list[Transaction], float] | None = None
+        running: tuple[Any, list[Transaction], float, PreparedBatch] | None = None
         prepared = 0
 
         def finish() -> bool:
@@ -104,12 +104,12 @@ class Pipeline:
             nonlocal running
             if running is None:
                 return False
-            (future, transactions, started), running = running, None
+            (future, transactions, started, batch), running = running, None
             try:
                 future.result()
                 return False
             except TerminalError as e:  # nothing of it was applied: bisected, here, before anything else
-                self.applied.put(self._set_aside(transactions, e, started))
+                self.applied.put(self._set_aside(transactions, e, started, batch.stats.needs_resnapshot))
                 return True
 
         def committed(transactions: list, started: float):
@@ -140,12 +140,14 @@ class Pipeline:
                 try:
                     batch = self._prepare(transactions, finish)
                     if finish():  # a stream may no longer take changes: prepared again
+                        marked = batch.stats.needs_resnapshot
                         batch = self._prepare(transactions, finish)
+                        _keep(batch.stats.needs_resnapshot, marked)
                 except TerminalError as e:  # a value that does not go into its table's types
                     finish()
                     self.applied.put(self._set_aside(transactions, e, started))
                     continue
-                running = (committer.submit(self._commit, batch), transactions, started)
+                running = (committer.submit(self._commit, batch), transactions, started, batch)
                 running[0].add_done_callback(committed(transactions, started))
                 prepared += 1
                 if prepared % 100 == 0:
@@ -199,11 +201,14 @@ class Pipeline:
 
     # -- terminal errors: bisect, set the event aside, go on --------------------------------
 
-    def _set_aside(self, transactions: list[Transaction], error: TerminalError, started: float) -> Applied:
-        """Apply ``transactions`` but the events DuckDB refuses (``error`` came from all of them)."""
+    def _set_aside(self, transactions: list[Transaction], error: TerminalError, started: float,
+                   marked: list[str] | None = None) -> Applied:
+        """Apply ``transactions`` but the events DuckDB refuses (``error`` came from all of them).
+        ``marked``: streams preparing them marked for a re-snapshot (said with the result)."""
         self.log.warning("DuckDB refused a batch of %d transaction(s) (%s): looking for the event that causes it",
                          len(transactions), cause(error))
         total, set_aside = ApplyStats(), []
+        _keep(total.needs_resnapshot, marked or [])
         self._bisect(transactions, error, total, set_aside)
         return Applied(transactions, total, self.clock.monotonic() - started, set_aside)
 
@@ -221,7 +226,7 @@ class Pipeline:
             return
         tx = transactions[0]
         while error is not None:  # one transaction: its events DuckDB refuses, one at a time
-            event = self._culprit(tx)
+            event = self._culprit(tx, total)
             if event is None:  # no single event explains it: as before, the service stops
                 raise error
             reason = f"DuckDB refused it: {cause(error)}"
@@ -236,28 +241,32 @@ class Pipeline:
 
     def _try(self, transactions: list[Transaction], total: ApplyStats) -> TerminalError | None:
         """Prepare and commit: the TerminalError it raised, or None (then ``total`` counts it)."""
+        batch = None
         try:
-            stats = self._commit(self._prepare(transactions))
+            batch = self._prepare(transactions)
+            stats = self._commit(batch)
         except TerminalError as e:
+            if batch is not None:  # prepared: the streams it marked for a re-snapshot stay marked
+                _keep(total.needs_resnapshot, batch.stats.needs_resnapshot)
             return e
         _add(total, stats)
         return None
 
-    def _culprit(self, tx: Transaction) -> ChangeEvent | None:
+    def _culprit(self, tx: Transaction, total: ApplyStats) -> ChangeEvent | None:
         """The first event of ``tx`` whose prefix DuckDB refuses, by halves; tried in DuckDB
         transactions that are rolled back. None if even the whole transaction goes in."""
-        if self._refuses(tx, len(tx.events)) is None:
+        if self._refuses(tx, len(tx.events), total) is None:
             return None
         lo, hi = 0, len(tx.events)  # the prefix of hi events is refused, of lo is not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self._refuses(tx, mid) is None:
+            if self._refuses(tx, mid, total) is None:
                 lo = mid
             else:
                 hi = mid
         return tx.events[hi - 1]
 
-    def _refuses(self, tx: Transaction, n: int) -> Exception | None:
+    def _refuses(self, tx: Transaction, n: int, total: ApplyStats) -> Exception | None:
         if n == 0:
             return None
         part = dataclasses.replace(tx, events=tx.events[:n])
@@ -265,6 +274,7 @@ class Pipeline:
             batch = self._prepare([part])
         except TerminalError as e:
             return e
+        _keep(total.needs_resnapshot, batch.stats.needs_resnapshot)
         with self.lock:
             return self.retrying("trying an event in DuckDB", self.replica.probe, batch)
 
@@ -305,4 +315,8 @@ def _add(total: ApplyStats, stats: ApplyStats) -> None:
         setattr(total, f, getattr(total, f) + getattr(stats, f))
     for stream, n in stats.events_by_stream.items():
         total.events_by_stream[stream] = total.events_by_stream.get(stream, 0) + n
-    total.needs_resnapshot += [s for s in stats.needs_resnapshot if s not in total.needs_resnapshot]
+    _keep(total.needs_resnapshot, stats.needs_resnapshot)
+
+
+def _keep(streams: list[str], more: list[str]) -> None:
+    streams += [s for s in more if s not in streams]
