@@ -379,6 +379,11 @@ class TopicWriter:
         p = self._shared.get("producer")
         if p is None:
             p = self._shared["producer"] = producer(self.bootstrap_servers)
-        p.produce(self.topic, key=key, value=value)
+        try:
+            p.produce(self.topic, key=key, value=value)
+        except KafkaException as e:  # e.g. too large: terminal; the broker unreachable: transient
+            raise translate(e) from e
+        except BufferError as e:  # the producer's queue is full: it drains
+            raise TransientError(f"the producer's queue is full: {e}") from e
         if p.flush(self.flush_timeout_s) != 0:
             raise TransientError(f"the topic {self.topic} did not take it in {self.flush_timeout_s:.0f}s")
