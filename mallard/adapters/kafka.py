@@ -379,3 +379,54 @@ def partition_facts(admin: AdminClient, group: str, topics: Iterable[str], timeo
                 committed[(tp.topic, tp.partition)] = tp.offset
     return {tp: Observed(e["low"], e["high"], committed.get(tp), ids[tp[0]])
             for tp, e in ends.items() if "low" in e and "high" in e}
+
+
+# -- errors, as transient or terminal (mallard/core/errors.py) --------------------------
+
+def translate(e: BaseException) -> BaseException:
+    """A KafkaException as TransientError (the broker unreachable, a timeout, anything
+    librdkafka says is retriable) or TerminalError (fatal, or refused for what was sent:
+    too large, not authorized, an unknown topic); anything else as it is."""
+    from mallard.core.errors import TerminalError, TransientError
+
+    if not isinstance(e, KafkaException) or not e.args or not isinstance(e.args[0], KafkaError):
+        return e
+    error: KafkaError = e.args[0]
+    transient = not error.fatal() and (error.retriable() or error.code() in _TRANSIENT_CODES)
+    translated = (TransientError if transient else TerminalError)(error.str())
+    translated.__cause__ = e
+    return translated
+
+
+_TRANSIENT_CODES = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+                    KafkaError._MSG_TIMED_OUT, KafkaError._QUEUE_FULL, KafkaError.REQUEST_TIMED_OUT,
+                    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS,
+                    KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION}
+
+
+class TopicWriter:
+    """Writes messages to one topic and waits until Kafka has them: the applier's dead
+    letters and snapshot requests. The producer is made at the first message (nothing
+    connects before it is needed) and shared between the writers given the same one."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, shared: dict[str, Any] | None = None,
+                 flush_timeout_s: float = 30.0):
+        self.bootstrap_servers, self.topic, self.flush_timeout_s = bootstrap_servers, topic, flush_timeout_s
+        self._shared = shared if shared is not None else {}
+
+    def send(self, key: bytes | None, value: bytes) -> None:
+        """Raises TransientError when Kafka did not take it within the flush timeout."""
+        from mallard.core.errors import TransientError
+
+        p = self._shared.get("producer")
+        if p is None:
+            p = self._shared["producer"] = producer(self.bootstrap_servers)
+        try:
+            p.produce(self.topic, key=key, value=value)
+        except KafkaException as e:  # e.g. too large: terminal; the broker unreachable: transient
+            raise translate(e) from e
+        except BufferError as e:  # the producer's queue is full: it drains
+            raise TransientError(f"the producer's queue is full: {e}") from e
+        if p.flush(self.flush_timeout_s) != 0:
+            raise TransientError(f"the topic {self.topic} did not take it in {self.flush_timeout_s:.0f}s")

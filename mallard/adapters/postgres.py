@@ -172,3 +172,19 @@ def primary_key(conn: Any, stream: str) -> list[str]:
 def quote_stream(stream: str) -> str:
     """'<schema>.<table>' as a quoted SQL name."""
     return ".".join(quote_ident(part) for part in stream.split(".", 1))
+
+
+def translate(e: BaseException) -> BaseException:
+    """A psycopg2 error as TransientError (the connection lost or refused, a timeout, a
+    serialization failure) or TerminalError (data, integrity, programming: the statement
+    itself is wrong); anything else as it is."""
+    from mallard.core.errors import TerminalError, TransientError
+
+    if not isinstance(e, psycopg2.Error):
+        return e
+    transient = isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)) or \
+        getattr(e, "pgcode", None) in ("40001", "40P01", "57014")  # serialization, deadlock, statement timeout
+    translated = (TransientError if transient else TerminalError)(str(e).strip().splitlines()[0] if str(e).strip()
+                                                                  else type(e).__name__)
+    translated.__cause__ = e
+    return translated

@@ -16,13 +16,14 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
+from mallard.core.errors import TerminalError
 from mallard.core.pgtypes import INT_RANGES, ColumnType, column_type, is_unavailable, placeholder_texts
 
 OPS = frozenset("cudrt")
 _NOTHING_UNAVAILABLE: frozenset[int] = frozenset()
 
 
-class PoisonMessage(ValueError):
+class PoisonMessage(TerminalError, ValueError):
     """A message that cannot be applied; the reason names what was wrong."""
 
 

@@ -211,6 +211,9 @@ class TransactionAssembler:
     def add_marker(self, marker: TransactionMarker) -> None:
         tp = (marker.topic, marker.partition)
         self._marker_partitions.add(tp)
+        if marker.tx_id in self._released:  # a copy (read again after a rebalance) of one DuckDB is getting
+            self._seen(tp, marker.offset)
+            return
         if marker.status == "END" and not self.is_applied(marker.tx_id) and marker.tx_id not in self._ended:
             if marker.event_count == 0:
                 # Every change of it was filtered out by Debezium (the heartbeat table's update,

@@ -3,7 +3,7 @@ import sys
 
 from mallard.runtime.service import main
 from mallard.services.applier.config import ApplierSettings
-from mallard.services.applier.service import ApplierService
+from mallard.services.applier.bootstrap import bootstrap
 
 SUMMARY = """\
 mallard applier: the only writer of the DuckDB file. Consumes Debezium's CDC topics
@@ -13,4 +13,4 @@ commits Kafka offsets only after DuckDB has committed. Snapshots from the snapsh
 topic are staged and merged into their tables with the cut rule."""
 
 if __name__ == "__main__":
-    sys.exit(main("python -m mallard.services.applier", SUMMARY, ApplierSettings, ApplierService))
+    sys.exit(main("python -m mallard.services.applier", SUMMARY, ApplierSettings, bootstrap))

@@ -3,7 +3,7 @@ import sys
 
 from mallard.runtime.service import main
 from mallard.services.scheduler.config import SchedulerSettings
-from mallard.services.scheduler.service import SchedulerService
+from mallard.services.scheduler.bootstrap import bootstrap
 
 SUMMARY = """\
 mallard scheduler: turns the replication config's cron schedules into resnapshot
@@ -13,4 +13,4 @@ topic's partition in the consumer group), the others stand by. A fire missed whi
 scheduler ran is run once on start (catch_up=once) or skipped (catch_up=skip)."""
 
 if __name__ == "__main__":
-    sys.exit(main("python -m mallard.services.scheduler", SUMMARY, SchedulerSettings, SchedulerService))
+    sys.exit(main("python -m mallard.services.scheduler", SUMMARY, SchedulerSettings, bootstrap))

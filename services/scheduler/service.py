@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mallard.adapters import kafka
+from mallard.core.errors import TransientError
 from mallard.core.replication import ReplicationConfig
 from mallard.core.scheduling import due, next_fire, parse_request_id, request_id
 from mallard.runtime.metrics import counter, gauge
@@ -49,9 +49,15 @@ class Clock:
 class SchedulerService(Service):
     name = "scheduler"
 
-    def __init__(self, settings: SchedulerSettings, clock: Clock | None = None):
+    def __init__(self, settings: SchedulerSettings, clock: Clock | None = None, ports: Any = None):
+        """``ports``: what ``bootstrap`` wires (services/scheduler/bootstrap.py); without it, the real adapters."""
         super().__init__(settings)
-        self.clock = clock or Clock(settings.now, settings.time_scale)
+        if ports is None:
+            from mallard.services.scheduler.bootstrap import real_ports
+
+            ports = real_ports(settings)
+        self.ports = ports
+        self.clock = clock or ports.clock or Clock(settings.now, settings.time_scale)
         self.config: ReplicationConfig | None = None
         self.leader = False
         self.caught_up = False
@@ -129,18 +135,14 @@ class SchedulerService(Service):
 
     def run(self) -> None:
         s = self.settings
-        kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
-        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1})
+        self.ports.prepare_topics(self.stopping)
         self._load()
         if self.config is None or not self.config.schedules:
             self.log.info("scheduler up: no schedules (%s)", s.replication_config or "no replication config")
             self.ready = True
             self.stopping.wait()
             return
-        self.producer = kafka.producer(s.kafka_bootstrap_servers)
-        consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
-            "session.timeout.ms": s.session_timeout_ms, "heartbeat.interval.ms": max(500, s.session_timeout_ms // 6),
-            "enable.partition.eof": True, "partition.assignment.strategy": "range"})
+        consumer = self.ports.control_source()
         consumer.subscribe([s.control_topic], on_assign=self._assigned, on_revoke=self._revoked,
                            on_lost=self._revoked)
         self.consumer = consumer
@@ -161,7 +163,6 @@ class SchedulerService(Service):
         finally:
             self.ready = False
             consumer.close()
-            self.producer.flush(10)
 
     # -- leadership --------------------------------------------------------------------
 
@@ -237,9 +238,10 @@ class SchedulerService(Service):
             request_id=request_id(name, fire), streams=list(streams),
             reason=f"schedule {name} ({expression})" + (" — missed fire, run on start" if missed else ""),
             requested_by=f"scheduler:{name}", requested_at=now)
-        self.producer.produce(s.control_topic, key=request.request_id.encode(), value=request.model_dump_json().encode())
-        if self.producer.flush(30) != 0:
-            raise RuntimeError(f"Kafka at {s.kafka_bootstrap_servers} did not take fire {request.request_id}")
+        try:
+            self.ports.control_topic.send(request.request_id.encode(), request.model_dump_json().encode())
+        except TransientError:  # stops the scheduler: another one (or this one, restarted) fires it
+            raise RuntimeError(f"Kafka at {s.kafka_bootstrap_servers} did not take fire {request.request_id}") from None
         self.last_fire[name] = fire
         self.published += 1
         self.fires[name] = self.fires.get(name, 0) + 1

@@ -1,0 +1,91 @@
+"""Change events into the replica: a batch of whole transactions, reduced per key
+(mallard/core/merge.py), becomes one script (mallard/core/replica_sql.py) that runs as
+one DuckDB transaction (mallard/adapters/duckdb_writer.py)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from mallard.adapters.duckdb_errors import translate
+from mallard.adapters.duckdb_writer import ScriptRunner
+from mallard.core.errors import TerminalError, TransientError
+from mallard.core.merge import TableChanges
+from mallard.core.replica_sql import (ABSENT, NEEDS_RESNAPSHOT, OK, ApplyStats, PreparedBatch, Script, TableState,
+                                      add_progress, add_table_changes, save_table_sql)
+from mallard.core.transactions import Transaction
+
+PROBE = "mallard probe: rolled back"
+
+
+class CdcApply:
+    """Mixed into DuckDBReplica (with Bookkeeping): needs ``writer``, ``tables``, ``ensure_table``."""
+
+    writer: ScriptRunner
+    tables: dict[str, TableState]
+    needing_resnapshot: list[str]
+
+    def apply(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> ApplyStats:
+        """Apply whole transactions in one DuckDB transaction, with the position they reach."""
+        return self.commit(self.prepare(steps, transactions))
+
+    def changes_schema(self, steps: list[dict[str, TableChanges]]) -> bool:
+        """Whether preparing ``steps`` would create or alter a table (statements of their own)."""
+        return any(changes.schema.key_known and not self._settled(changes.schema)
+                   for step in steps for changes in step.values())
+
+    def commit(self, batch: PreparedBatch) -> ApplyStats:
+        """Run a prepared batch: one DuckDB transaction. Raises TransientError or
+        TerminalError for what DuckDB refused (rolled back: nothing of it is applied)."""
+        try:
+            self.writer.run(batch.script)
+        except Exception as e:
+            raise translate(e) from e
+        return batch.stats
+
+    def probe(self, batch: PreparedBatch) -> Exception | None:
+        """Run a prepared batch and roll it back: the error it raises (translated), or None.
+        How the applier finds the one event of a batch that DuckDB refuses without applying
+        part of a Postgres transaction."""
+        batch.script.add(f"SELECT error('{PROBE}')")  # the last statement: everything before it ran
+        try:
+            self.writer.run(batch.script)
+        except Exception as e:
+            if PROBE in str(e):
+                return None
+            return translate(e)
+        raise AssertionError("a probe committed")  # unreachable: its last statement fails
+
+    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+        """The DuckDB transaction that applies whole transactions, with the position they reach.
+        A table's creation or schema change is applied here, on its own (applying it again is a no-op).
+        Raises TerminalError for values that do not go into their table's Arrow types."""
+        try:
+            return self._prepare(steps, transactions)
+        except (TransientError, TerminalError):
+            raise
+        except Exception as e:
+            raise translate(e) from e
+
+    def _prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+        stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
+        now = datetime.now(timezone.utc)
+        script = Script()
+        for step in steps:
+            for stream, changes in step.items():
+                state = self.ensure_table(changes.schema)
+                stats.events += changes.events
+                stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
+                stats.covered += changes.covered
+                if state.status == ABSENT and changes.truncated:
+                    state.truncated_tx_id = changes.truncated_tx_id
+                    self.tables[stream] = state
+                    script.add(save_table_sql(state))
+                if state.status != OK:
+                    stats.skipped += changes.events
+                    if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
+                        state.held_back_tx_id = changes.last_tx_id
+                        script.add(save_table_sql(state))
+                    continue
+                add_table_changes(script, state, changes, now, stats)
+        add_progress(script, transactions, stats.events, now)
+        stats.needs_resnapshot, self.needing_resnapshot = self.needing_resnapshot, []
+        return PreparedBatch(script, stats)

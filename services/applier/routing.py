@@ -1,0 +1,164 @@
+"""Routing: each message fetched from Kafka, decoded and handed to the core that holds it
+(the transaction assembler, the snapshot tracker), or dead-lettered with the reason.
+
+The hot path: ``route`` runs for every message, and calls the decoder and the core
+directly (no port in between)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError
+
+from mallard.core.arrow_rows import snapshot_table, transport_schema
+from mallard.core.changes import Decoder, PoisonMessage, split_envelope
+from mallard.core.cut import Cut
+from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, decode_columns, frame_schema
+from mallard.core.transactions import TransactionAssembler
+from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
+                                      snapshot_message_adapter)
+from mallard.services.applier.dead_letters import DeadLetterWriter
+from mallard.services.applier.snapshot_work import SnapshotQueue
+
+
+def _tx_of_poison(raw: bytes) -> tuple[int, int] | None:
+    """(txId, total_order) of an undecodable change event, if it can be read at all,
+    so its transaction still completes (without it)."""
+    try:
+        payload = orjson.loads(split_envelope(raw)[1])
+        if "payload" in payload and "schema" in payload:
+            payload = payload["payload"]
+        return int(payload["source"]["txId"]), int(payload["transaction"]["total_order"])
+    except Exception:  # noqa: BLE001 - garbage is garbage
+        return None
+
+
+class Router:
+    def __init__(self, *, tx_topic: str, snapshot_topic: str, assembler: TransactionAssembler, decoder: Decoder,
+                 snapshots: SnapshotTracker, snapshot_queue: SnapshotQueue, dead_letters: DeadLetterWriter,
+                 allowed: re.Pattern | None, log: Any):
+        self.tx_topic, self.snapshot_topic = tx_topic, snapshot_topic
+        self.assembler, self.decoder, self.snapshots = assembler, decoder, snapshots
+        self.snapshot_queue, self.dead_letters, self.log = snapshot_queue, dead_letters, log
+        self.allowed = allowed
+        """The streams events may be applied for (None: every one)."""
+        self.stream_allowed: dict[str, bool] = {}
+        """stream -> whether ``allowed`` matches it (asked once per stream)."""
+
+    def route(self, msg: Any) -> None:
+        # Runs for every message: each of librdkafka's accessors is called once.
+        error = msg.error()
+        if error:
+            if error.code() != KafkaError._PARTITION_EOF:
+                self.log.warning("consumer: %s", error)
+            return
+        topic, offset, value = msg.topic(), msg.offset(), msg.value()
+        tp = (topic, msg.partition())
+        if topic == self.snapshot_topic:
+            self._route_snapshot(msg, tp)
+            return
+        assembler = self.assembler
+        try:
+            if topic == self.tx_topic:
+                if value is None:
+                    assembler.add_done(tp, offset)
+                else:
+                    assembler.add_marker(self.decoder.decode_transaction(*tp, offset, value))
+            elif value is None:  # tombstone: the delete before it did the work
+                assembler.add_done(tp, offset)
+            else:
+                event = self.decoder.decode_change(*tp, offset, msg.key(), value)
+                allowed = self.stream_allowed.get(event.stream)
+                if allowed is None:
+                    allowed = self.stream_allowed[event.stream] = self.allowed is None or bool(
+                        self.allowed.fullmatch(event.stream))
+                if not allowed:  # never creates a table; still counts toward its transaction
+                    self.dead_letters.message(msg, f"an event for {event.stream}, which is not a stream of the replication "
+                                      "config (nor of the connector's table.include.list)")
+                    assembler.add_event(None, event.tx_id, event.total_order, tp, offset)
+                    return
+                assembler.add_event(event, event.tx_id, event.total_order, tp, offset)
+        except PoisonMessage as e:
+            self.dead_letters.message(msg, str(e))
+            position = _tx_of_poison(value) if value is not None and topic != self.tx_topic else None
+            if position is not None:
+                assembler.add_event(None, position[0], position[1], tp, offset)
+            else:
+                assembler.add_done(tp, offset)
+
+    def _route_snapshot(self, msg: Any, tp: tuple[str, int]) -> None:
+        offset = msg.offset()
+        try:
+            if is_arrow_rows(msg.value()):
+                self._route_arrow_rows(msg.value(), tp, offset)
+                return
+            raw = orjson.loads(msg.value() or b"null")
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if kind == "rows":  # the bulk: validated by hand, decoded column-wise
+                frame = self.snapshots.frame(str(raw.get("stream")), str(raw.get("snapshot_id")))
+                if frame is None:
+                    self.snapshots.skip(tp, offset)  # of a snapshot abandoned or begun before our offsets
+                    return
+                rows, batch = raw.get("rows"), raw.get("batch")
+                if not isinstance(rows, list) or type(batch) is not int:
+                    raise PoisonMessage("snapshot rows message without a rows list and a batch number")
+                try:
+                    columns = snapshot_table(frame.schema.types, decode_columns(frame.schema.types, rows))
+                except PoisonMessage as e:
+                    self.snapshot_queue.put([self.snapshots.abandon(frame, f"batch {batch}: {e}")])
+                    self.snapshots.skip(tp, offset)
+                    raise
+                self.snapshot_queue.put(self.snapshots.rows(frame, batch, columns, tp, offset))
+                return
+            message = snapshot_message_adapter.validate_python(raw)
+        except (ValueError, orjson.JSONDecodeError) as e:  # pydantic's ValidationError is a ValueError
+            self.dead_letters.message(msg, f"snapshot message: {str(e).splitlines()[0]}")
+            self.snapshots.skip(tp, offset)
+            return
+        if isinstance(message, SnapshotBegin):
+            # The filter runs again here (the end-of-snapshot delete): from Kafka, so checked.
+            from mallard.core.filters import FilterError, check_filter
+
+            try:
+                where = check_filter(message.where) if message.where is not None else None
+            except FilterError as e:
+                self.dead_letters.message(msg, f"snapshot begin: bad filter: {e}")
+                self.snapshots.skip(tp, offset)
+                return
+            columns = [c.model_dump() for c in message.columns]
+            frame = SnapshotFrame(message.snapshot_id, message.stream,
+                                  Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
+                                  frame_schema(message.stream, columns), where, message.started_at,
+                                  message.request_id, incremental=message.incremental,
+                                  rows_format=message.rows_format)
+            self.snapshot_queue.put(self.snapshots.begin(frame, tp, offset))
+        elif isinstance(message, SnapshotEnd):
+            frame = self.snapshots.frame(message.stream, message.snapshot_id)
+            if frame is None:
+                self.snapshots.skip(tp, offset)
+            else:
+                self.snapshot_queue.put(self.snapshots.end(frame, message.batches, message.row_count, tp, offset))
+        elif isinstance(message, SnapshotFailed):  # abandons what it began; recorded for status and --wait
+            self.snapshot_queue.put(self.snapshots.failed(message.stream, message.snapshot_id, message.request_id,
+                                                            message.where, message.reason, message.failed_at, tp,
+                                                            offset))
+
+    def _route_arrow_rows(self, value: bytes, tp: tuple[str, int], offset: int) -> None:
+        """An Arrow rows batch: already the transport arrays DuckDB loads, once its columns
+        are checked against its begin's."""
+        header, table = read_arrow_rows(value)
+        frame = self.snapshots.frame(header.stream, header.snapshot_id)
+        if frame is None:
+            self.snapshots.skip(tp, offset)  # of a snapshot abandoned or begun before our offsets
+            return
+        expected = transport_schema(frame.schema.types)
+        if frame.rows_format != "arrow" or not table.schema.equals(expected):
+            why = (f"batch {header.batch} is Arrow, its begin announced {frame.rows_format} rows"
+                   if frame.rows_format != "arrow" else
+                   f"batch {header.batch}: its columns ({table.schema.to_string(show_schema_metadata=False)}) "
+                   f"are not those its begin declares ({expected.to_string()})".replace("\n", ", "))
+            self.snapshot_queue.put([self.snapshots.abandon(frame, why)])
+            self.snapshots.skip(tp, offset)
+            raise PoisonMessage(why)
+        self.snapshot_queue.put(self.snapshots.rows(frame, header.batch, table, tp, offset))
