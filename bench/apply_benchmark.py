@@ -199,14 +199,41 @@ def preload(bootstrap: str, n: int) -> list[tuple]:
     return kept
 
 
+def family(pid: int) -> list[int]:
+    """The applier and its descendants (its DuckDB writer process, forked by a fork server)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(p for c in children for p in family(int(c)))]
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in status if line.startswith(field)))
+
+
 def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024
+    return sum(_status_kb(p, "VmRSS") for p in family(pid)) / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The sum of each process's own peak (an upper bound of the family's)."""
+    return sum(_status_kb(p, "VmHWM") for p in family(pid)) / 1024
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def duckdb_mb(port: int) -> float:
@@ -254,8 +281,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
             time.sleep(0.25)
         last = (time.monotonic(), applied)
         cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
-        peak_rss_kb = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                               if line.startswith("VmHWM")))
+        peak_rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -264,7 +290,7 @@ def run_applier(bootstrap: str, n: int, workdir: Path, broker_pid: int) -> dict:
     rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
     con.close()
     wall = last[0] - first[0]
-    return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss_kb / 1024, "rows": rows,
+    return {"events": n, "events_per_s": rate, "peak_rss_mb": peak_rss, "rows": rows,
             "rss_mb_at_25_50_75_pct": [round(rss_at.get(q, float("nan"))) for q in (0.25, 0.5, 0.75)],
             "duckdb_mb_at_25_50_75_pct": [round(duckdb_at.get(q, float("nan"))) for q in (0.25, 0.5, 0.75)],
             "applier_cpu": (cpu_last[0] - cpu_first[0]) / wall, "broker_cpu": (cpu_last[1] - cpu_first[1]) / wall}

@@ -1,7 +1,7 @@
 """DuckDB's and pyarrow's errors, as transient or terminal (mallard/core/errors.py).
 
 By class where the Python client raised it; by the message's ``<Kind> Error:`` prefix
-where the C API path raised a plain ``duckdb.Error`` with DuckDB's message."""
+where DuckDB raises a plain ``duckdb.Error``, its message says which."""
 from __future__ import annotations
 
 import duckdb
@@ -35,7 +35,7 @@ def translate(e: BaseException) -> BaseException:
         return _chain(TransientError, e)
     if isinstance(e, _TERMINAL):
         return _chain(TerminalError, e)
-    if type(e) is duckdb.Error:  # the C API path: DuckDB's own message says which
+    if type(e) is duckdb.Error:  # a plain one: DuckDB's own message says which
         kind = str(e).split(":", 1)[0].strip()
         if kind in _TRANSIENT_KINDS:
             return _chain(TransientError, e)

@@ -7,15 +7,15 @@ its own:
 - ``duckdb_cdc``: batches of change events (the SQL: ``mallard/core/replica_sql.py``);
 - ``duckdb_snapshot``: staging and merging snapshots with the cut rule;
 - ``duckdb_read``: the read-only copy, and confined reads (/query);
-- ``duckdb_writer``: how a batch's script reaches DuckDB (its C API, or the client);
+- ``duckdb_writer``: the writer process that alone opens the file (every read and write goes
+  through it), and how a batch's script reaches it;
 - ``duckdb_errors``: DuckDB's errors as transient or terminal.
 
 The naming convention is in ``mallard/core/replica_sql.py`` and docs/applier.md.
 """
 from __future__ import annotations
 
-import duckdb
-
+from mallard.adapters import duckdb_writer
 from mallard.adapters.duckdb_bookkeeping import Bookkeeping
 from mallard.adapters.duckdb_cdc import CdcApply
 from mallard.adapters.duckdb_read import ConfinedQuery, ReadCopy
@@ -30,14 +30,15 @@ from mallard.core.replica_sql import (ABSENT, META_COLUMNS, NEEDS_RESNAPSHOT, OK
 
 class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuery):
     def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None,
-                 native: bool = True, threads: int = 0):
+                 threads: int = 0):
         self.path = path
         self.targets = targets or {}
         """stream -> DuckDB table ('table' in main, or 'schema.table') where the replication config names one."""
-        self.con = duckdb.connect(path)
+        self.con = duckdb_writer.connect(path)
+        """A connection of the writer process (see duckdb_writer): the only process that opens the file."""
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
-        self.writer = ScriptRunner(self.con, path, native)
+        self.writer = ScriptRunner(self.con, path)
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.tables: dict[str, TableState] = {}
@@ -49,11 +50,6 @@ class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuer
         self._refused_snapshots: dict[str, str] = {}
         """snapshot_id -> why its stream is refused: nothing of it is staged or merged."""
         self._bootstrap()
-
-    @property
-    def native(self):
-        """The C API connection batches are applied on, or None (see duckdb_writer)."""
-        return self.writer.native
 
     @property
     def commits_apart(self) -> bool:

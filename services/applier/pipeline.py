@@ -92,7 +92,7 @@ class Pipeline:
 
     def run(self) -> None:
         # Preparing a batch (Python: reduce per key, Arrow tables) overlaps with committing
-        # the one before it (DuckDB, with the GIL free where its C API can be had). Anything
+        # the one before it (DuckDB, in the writer process: its GIL is its own). Anything
         # else on the connection (snapshot work, a schema change, pruning) waits for the commit.
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-commit")
         running: tuple[Any, list[Transaction], float, PreparedBatch] | None = None

@@ -52,11 +52,10 @@ GC_INTERVAL_S = 300
 COMMIT_INTERVAL_S = 0.5
 GIL_SWITCH_INTERVAL_S = 0.1
 """How long a thread waiting for the GIL waits before it forces a switch (Python's default:
-5 ms). DuckDB's Python client takes the GIL after every task of a query; with a backlog,
-the decoding thread holds the GIL, and each forced switch costs it a handoff between
-threads on a busy machine. Measured with the apply bench (1M events): 48,500 events/s at
-5 ms, 51,600 at 20 ms, 55,400 at 100 ms; 1 ms and less were slower still. Without a
-backlog the decoding thread mostly waits for Kafka, with the GIL released."""
+5 ms). With a backlog the decoding thread holds the GIL, and the DuckDB thread needs it
+twice a batch (to send the batch to the writer process and to take its answer): forced
+switches every 5 ms cost the decoding thread handoffs on a busy machine (bench/RESULTS.md:
+the writer process without it ran at 21k events/s against 28k with it, same session)."""
 
 
 class ApplierService(Service):

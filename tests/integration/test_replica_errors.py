@@ -35,9 +35,8 @@ def tx(xid: int, *events: tuple[TableSchema, tuple]) -> Transaction:
         for order, (schema, row) in enumerate(events, start=1)])
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_value_duckdb_refuses_is_terminal_and_a_probe_rolls_back(tmp_path, native):
-    replica = DuckDBReplica(str(tmp_path / "r.duckdb"), native=native)
+def test_a_value_duckdb_refuses_is_terminal_and_a_probe_rolls_back(tmp_path):
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
     good = [tx(1, (IDS, (1, GOOD)), (NOTES, (1, "a")))]
     replica.commit(replica.prepare(reduce(good), good))
     bad = [tx(2, (IDS, (2, "not a uuid")), (NOTES, (2, "b")))]
@@ -68,9 +67,8 @@ def test_driver_errors_translate_by_kind():
     assert isinstance(translate(duckdb.FatalException("database invalidated")), duckdb.FatalException)  # stops
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_the_pipeline_bisects_a_refused_batch_to_its_event_and_applies_the_rest(tmp_path, native, caplog):
-    replica = DuckDBReplica(str(tmp_path / "r.duckdb"), native=native)
+def test_the_pipeline_bisects_a_refused_batch_to_its_event_and_applies_the_rest(tmp_path, caplog):
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
     pipeline = Pipeline(replica=replica, lock=threading.Lock(), clock=FakeClock(), stopping=threading.Event(),
                         log=logging.getLogger("mallard.applier"))
     batch = [tx(x, (IDS, (x, GOOD)), (NOTES, (x, f"n{x}"))) for x in range(1, 20)]
