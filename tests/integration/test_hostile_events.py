@@ -121,7 +121,8 @@ def test_hostile_events_are_dead_lettered_and_replication_goes_on(make_stack):
             and time.monotonic() < deadline:
         time.sleep(0.3)
         state = stack.applier_state()
-    assert state["ready"] is False and "3_900_000_002".replace("_", "") in state["not_ready_reason"]
+    assert state["ready"] is False and "3_900_000_002".replace("_", "") in state["not_ready_reason"], \
+        f"never held up by 3900000002; last state {state}\n{stack.log_tails(60)}"
     assert "1 later transaction" in state["not_ready_reason"] or "later transaction" in state["not_ready_reason"]
     assert "HELD UP" in stack.mallard("status", check=False).stdout
 
