@@ -192,7 +192,8 @@ class FakeConsumer:
 
     # offsets
     def commit(self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> None:
-        offsets = offsets or []
+        if offsets is None:  # as librdkafka: the positions of what was consumed
+            offsets = [TopicPartition(t, p, pos) for (t, p), pos in self.positions.items()]
         if self.before_commit is not None:
             self.before_commit(offsets)
         with self.kafka.lock:
@@ -213,6 +214,23 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeProducer:
+    """A producer onto a FakeKafka (produce, poll, flush), as the snapshotter uses one."""
+
+    def __init__(self, kafka: FakeKafka):
+        self.kafka = kafka
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None, headers: Any = None,
+                **_: Any) -> None:
+        self.kafka.produce(topic, key, value)
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = -1) -> int:
+        return 0
 
 
 class KafkaTopicWriter:

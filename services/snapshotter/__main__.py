@@ -3,7 +3,7 @@ import sys
 
 from mallard.runtime.service import main
 from mallard.services.snapshotter.config import SnapshotterSettings
-from mallard.services.snapshotter.service import SnapshotterService
+from mallard.services.snapshotter.bootstrap import bootstrap
 
 SUMMARY = """\
 mallard snapshotter: consumes resnapshot requests from the control topic and, for
@@ -13,4 +13,4 @@ cut, rows as Arrow record batches of the applier's transport types, end with the
 row count). It refuses to take a cut before Debezium's replication slot exists."""
 
 if __name__ == "__main__":
-    sys.exit(main("python -m mallard.services.snapshotter", SUMMARY, SnapshotterSettings, SnapshotterService))
+    sys.exit(main("python -m mallard.services.snapshotter", SUMMARY, SnapshotterSettings, bootstrap))

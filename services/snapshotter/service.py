@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 import psycopg2
 
-from mallard.adapters import kafka, postgres
+from mallard.adapters import postgres
 from mallard.config.connector import load_connector_config_file
 from mallard.core.arrow_rows import CsvPlan
 from mallard.core.cut import Cut
@@ -182,8 +182,13 @@ def _parts(batch: Any, max_rows: int, max_bytes: int) -> list[Any]:
 class SnapshotterService(Service):
     name = "snapshotter"
 
-    def __init__(self, settings: SnapshotterSettings):
+    def __init__(self, settings: SnapshotterSettings, ports: Any = None):
         super().__init__(settings)
+        if ports is None:
+            from mallard.services.snapshotter.bootstrap import real_ports
+
+            ports = real_ports(settings)
+        self.ports = ports
         self.counts = {"snapshots": 0, "rows": 0, "failed": 0, "batches": 0}
         self.current: dict[str, Any] | None = None
         self.progress: dict[str, dict[str, int]] = {}
@@ -251,8 +256,6 @@ class SnapshotterService(Service):
     def open(self) -> None:
         """Topics, the slot to check before a cut, and a producer with a bounded queue."""
         s = self.settings
-        kafka.ensure_topics(s.kafka_bootstrap_servers, {s.control_topic: 1, s.snapshot_topic: 1,
-                                                        s.dead_letter_topic: 1})
         connector = load_connector_config_file(s.connector_config)
         self.slot_name, self.connector_name = connector.slot_name, connector.name
         if s.replication_config:
@@ -262,9 +265,7 @@ class SnapshotterService(Service):
             self.streams = frozenset(self.config.streams)
         else:
             self.streams = frozenset(connector.tables) or None
-        self.producer = kafka.producer(s.kafka_bootstrap_servers, **{
-            "linger.ms": 20, "compression.type": "none", "queue.buffering.max.kbytes": s.producer_queue_kb,
-            "delivery.report.only.error": True, "on_delivery": self._delivered})
+        self.producer = self.ports.snapshot_writer(self._delivered)
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -272,12 +273,9 @@ class SnapshotterService(Service):
 
     def run(self) -> None:
         s = self.settings
-        kafka.wait_for_broker(s.kafka_bootstrap_servers, timeout=120, stop=self.stopping)
+        self.ports.prepare_topics(self.stopping)
         self.open()
-        consumer = kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{
-            "session.timeout.ms": 6000, "queued.max.messages.kbytes": 1024,
-            "fetch.wait.max.ms": 100,  # a request is taken at once, not at the end of a long poll
-            "max.poll.interval.ms": 86_400_000})  # a snapshot may take long; the offset waits for it
+        consumer = self.ports.control_source()
         consumer.subscribe([s.control_topic])
         self.log.info("snapshotter up: requests from %s, snapshots to %s", s.control_topic, s.snapshot_topic)
         self.ready = True
@@ -438,7 +436,7 @@ class SnapshotterService(Service):
         self.begun = None
         snapshot_id = f"{stream}@{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         table = postgres.quote_stream(stream)
-        conn = postgres.connect(**s.pg_params())
+        conn = self.ports.source()
         try:
             if not postgres.slot_exists(conn, self.slot_name):
                 raise SlotMissing(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
@@ -630,7 +628,7 @@ class SnapshotterService(Service):
         conns = []
         try:
             for _ in ranges:
-                c = postgres.connect(**self.settings.pg_params())
+                c = self.ports.source()
                 c.autocommit = False
                 c.set_session(isolation_level="REPEATABLE READ", readonly=True)
                 with c.cursor() as cur:
