@@ -284,6 +284,21 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _applier_holding(pid: int) -> int | None:
+    """The applier's pid when ``pid`` is it or one of its descendants (its DuckDB writer
+    process, forked by a fork server the applier started), else None."""
+    for _ in range(4):
+        if "mallard.services.applier" in _cmdline(pid):
+            return pid
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid <= 1:
+            return None
+    return None
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -557,7 +572,9 @@ class Checker:
         if holder is not None:
             pid, exclusive = holder
             cmd = _cmdline(pid)
-            if "mallard.services.applier" in cmd:
+            applier = _applier_holding(pid)
+            if applier is not None:
+                pid = applier
                 status, body = _get_json(f"{t.applier_url}/healthz", t.timeout)
                 if status == 200:
                     return Result("duckdb", OK, f"{path}: held by the applier (pid {pid}), healthy")
