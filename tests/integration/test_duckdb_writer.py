@@ -90,7 +90,7 @@ def test_a_dead_writer_is_an_error_never_a_silent_loss(tmp_path):
 def test_the_writer_goes_with_its_parent_and_leaves_the_file_to_the_next(tmp_path):
     path = str(tmp_path / "r.duckdb")
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         from mallard.adapters.duckdb_replica import DuckDBReplica
         from tests.integration.test_duckdb_writer import apply_all
         from tests.integration.test_snapshot_merge import transaction
@@ -98,8 +98,8 @@ def test_the_writer_goes_with_its_parent_and_leaves_the_file_to_the_next(tmp_pat
             replica = DuckDBReplica({path!r})
             apply_all(replica, [[transaction(0, 100, [("u", 1, 10), ("u", 2, 20)])]])
             print("applied", flush=True)
-            time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+            sys.stdin.read()  # until killed (its stdin stays open)
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:
         assert parent.stdout.readline().strip() == "applied"
         parent.kill()  # no close: the writer must notice by itself
