@@ -29,11 +29,6 @@ def use_client_config(props: dict[str, str]) -> None:
     _security.update(props)
 
 
-def security_config() -> dict[str, str]:
-    """The security properties set by use_client_config (for a client made elsewhere)."""
-    return dict(_security)
-
-
 def _logging(config: dict[str, Any]) -> dict[str, Any]:
     """Every client's config: the process's security properties, and with JSON logs,
     librdkafka logging through Python logging (served when the client polls)."""
@@ -56,12 +51,16 @@ def broker_metadata(bootstrap_servers: str, timeout: float = 5.0) -> ClusterMeta
         raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap_servers}: {e}") from None
 
 
-def broker_answers(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
-    """None when a broker answers; else why not. Quiet: librdkafka logs nothing (a probe
+def quiet_metadata(bootstrap_servers: str, timeout: float) -> ClusterMetadata:
+    """The cluster's metadata, or KafkaException. Quiet: librdkafka logs nothing (a probe
     of a broker that may be down must not print a line per refused connection)."""
-    admin = AdminClient({**_security, "bootstrap.servers": bootstrap_servers, "log_level": 0})
+    return AdminClient({**_security, "bootstrap.servers": bootstrap_servers, "log_level": 0}).list_topics(timeout=timeout)
+
+
+def broker_answers(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
+    """None when a broker answers; else why not."""
     try:
-        admin.list_topics(timeout=timeout)
+        quiet_metadata(bootstrap_servers, timeout)
         return None
     except KafkaException as e:
         return f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f}s ({e.args[0].str()})"

@@ -515,14 +515,12 @@ class Checker:
 
     def check_kafka(self) -> Iterator[Result]:
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
 
-        from mallard.adapters.kafka import security_config
+        from mallard.adapters.kafka import quiet_metadata
 
         t = self.t
-        try:  # log_level 0: librdkafka would print every refused connection on stderr
-            admin = AdminClient({**security_config(), "bootstrap.servers": t.bootstrap_servers, "log_level": 0})
-            self.metadata = admin.list_topics(timeout=t.timeout)
+        try:
+            self.metadata = quiet_metadata(t.bootstrap_servers, t.timeout)
         except KafkaException:
             yield Result("kafka", FAIL, f"no broker answers at {t.bootstrap_servers} (within {t.timeout:.0f}s)",
                          "start the broker (the local stack: mallard stack up), or set MALLARD_KAFKA_BOOTSTRAP_SERVERS "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mallard.core.sql import quote_ident, quote_literal
-from mallard.runtime.health import client_request
+from mallard.runtime.health import client_request, probe
 from mallard.core.status import KafkaFacts, ReplicaFacts, build_report, dead_letters_by_stream, partition_lag, \
     service_summary
 
@@ -196,17 +196,9 @@ def remote_service_states(deployment: Any) -> dict[str, dict[str, Any]]:
                      "summary": service_summary(name, detail) if isinstance(detail, dict) else str(detail),
                      "health": detail}
 
-    try:
-        with urllib.request.urlopen(client_request(deployment.applier_url.rstrip("/") + "/healthz", "status"),
-                                    timeout=5) as resp:
-            entry("applier", True, json.loads(resp.read()), deployment.applier_url)
-    except urllib.error.HTTPError as e:  # 503: running, not ready (its body says why)
-        try:
-            entry("applier", True, json.loads(e.read()), deployment.applier_url)
-        except ValueError:
-            entry("applier", False, f"answers {e.code}", deployment.applier_url)
-    except OSError as e:
-        entry("applier", False, f"does not answer at {deployment.applier_url} ({e})", deployment.applier_url)
+    url = deployment.applier_url
+    _, body = probe(url.rstrip("/") + "/healthz", timeout=5)  # 503: running, not ready (its body says why)
+    entry("applier", body is not None, body if body is not None else f"does not answer at {url}", url)
     why = kafka.broker_answers(deployment.bootstrap_server)
     entry("broker", why is None, why or f"answers at {deployment.bootstrap_server}", deployment.bootstrap_server)
     if deployment.connect_url:
