@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -196,10 +197,15 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     comps = stack.status()["components"]
     pids = {name: [comps[name]["pid"]] for name in COMPONENTS if name != "postgres" and comps.get(name, {}).get("pid")}
     postmaster = comps["postgres"]["pid"]
-    wait_until("the probe's first snapshot", lambda: stack.query(f"SELECT count(*) FROM {PROBE}") == [[1]],
-               600, every=2)
+    def rows(sql: str) -> list[list] | None:
+        try:
+            return stack.query(sql)
+        except urllib.error.HTTPError:  # 400 until the first snapshot has created the table
+            return None
+
+    wait_until("the probe's first snapshot", lambda: rows(f"SELECT count(*) FROM {PROBE}") == [[1]], 600, every=2)
     wait_until("pgbench_accounts' first snapshot",
-               lambda: stack.query("SELECT count(*) FROM pgbench_accounts") == [[args.scale * 100_000]], 900, every=2)
+               lambda: rows("SELECT count(*) FROM pgbench_accounts") == [[args.scale * 100_000]], 900, every=2)
     print("first snapshots merged; every rate below runs", args.seconds, "s with 4 clients")
 
     rows, ok, seq = [], True, 0
