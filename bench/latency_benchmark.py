@@ -83,18 +83,21 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
+        if pid == pids[0]:  # children it reaped (pgbench's backends, once it disconnects)
+            total += int(fields[13]) + int(fields[14])
     return total / TICK
 
 
-def postgres_pids(postmaster: int) -> list[int]:
-    """The postmaster and its children (backends, walsender, WAL writer, checkpointer)."""
-    pids = [postmaster]
+def with_children(parent: int) -> list[int]:
+    """A process and its children: the postmaster's backends, walsender and WAL writer; the
+    applier's DuckDB writer process."""
+    pids = [parent]
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == postmaster:
+        if int(fields[1]) == parent:
             pids.append(int(stat.parent.name))
     return pids
 
@@ -211,16 +214,15 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     rows, ok, seq = [], True, 0
     for rate in args.rates:
         probe = Probe(owner_dsn, stack, f"mallard.public.{PROBE}")
-        cpu0 = {name: cpu_seconds(p) for name, p in pids.items()}
-        cpu0["postgres"] = cpu_seconds(postgres_pids(postmaster))
+        pids["postgres"] = [postmaster]
+        cpu0 = {name: cpu_seconds(with_children(p[0])) for name, p in pids.items()}
         self_cpu0 = os.times()
         t0 = time.monotonic()
         threads = probe.run(seq)
         bench = subprocess.run([str(PG_BIN / "pgbench"), "-n", "-R", str(rate), "-T", str(args.seconds), "-c", "4",
                                 "-j", "2", *conn_args, db], env=env, capture_output=True, text=True, timeout=args.seconds + 600)
         wall = time.monotonic() - t0
-        cpu = {name: (cpu_seconds(p) - cpu0[name]) / wall for name, p in pids.items()}
-        cpu["postgres"] = (cpu_seconds(postgres_pids(postmaster)) - cpu0["postgres"]) / wall
+        cpu = {name: (cpu_seconds(with_children(p[0])) - cpu0[name]) / wall for name, p in pids.items()}
         done = os.times()
         cpu["pgbench"] = (done.children_user + done.children_system - self_cpu0.children_user
                           - self_cpu0.children_system) / wall
