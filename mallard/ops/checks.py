@@ -373,7 +373,8 @@ class Checker:
         from mallard.adapters import postgres
 
         checks = {"wal_level": self._wal_level, "slots": self._capacity, "privileges": self._privileges,
-                  "tables": self._tables, "publication": self._publication, "slot": self._slot,
+                  "tables": self._tables, "publication": self._publication, "no key": self._keyless,
+                  "slot": self._slot,
                   "slot WAL": self._slot_wal}
         try:
             self.conn = postgres.connect(**self.t.pg.pg_params(), timeout=max(2, round(self.t.timeout)))
@@ -390,7 +391,7 @@ class Checker:
             return
         yield Result("postgres", OK, f"{self._pg_name()}: PostgreSQL {version.split()[0]}")
         for name, check in checks.items():
-            if self.t.connector is None and name in ("publication", "slot", "slot WAL"):
+            if self.t.connector is None and name in ("publication", "no key", "slot", "slot WAL"):
                 yield Result(name, SKIP, "not checked: no connector config")
                 continue
             try:
@@ -473,8 +474,13 @@ class Checker:
                           "FOR TABLE <the streams' tables>")
         if row[0][0]:
             return Result("publication", OK, f"{name} (all tables)")
+        names = [name, *([c.inserts_publication] if c.inserts_publication else [])]
+        if c.publication_marker and not self._rows("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                                                   c.publication_marker):
+            return Result("publication", FAIL, f"{c.publication_marker} (the list Debezium streams from) does not exist",
+                          "the local stack: mallard stack up (it creates it)")
         covered = {f"{s}.{t}" for s, t in self._rows(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", name)}
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = ANY(%s)", names)}
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
             return Result("publication", WARN, f"{name} lacks {', '.join(uncovered)}: their changes are not captured",
@@ -482,6 +488,23 @@ class Checker:
                           f"the tables' owner: ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}")
         return Result("publication", OK, f"{name} ({len(covered)} table(s)" +
                       (", every stream's" if self.t.streams else "") + ")")
+
+    def _keyless(self) -> Result:
+        """Tables without a primary key: how each is published, and what FULL would add."""
+        from mallard.adapters import postgres
+        from mallard.core.keyless import INSERTS_ONLY, keyless_modes
+
+        config = self.t.config
+        full = [n for n, st in config.streams.items() if st.replica_identity == "full"] if config is not None else []
+        modes = keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)), full)
+        if not modes:
+            return Result("no key", OK, "every stream's table has a primary key" if self.t.streams else
+                          "no stream list: not checked")
+        publication = self.t.connector.publication_name
+        inserts_only = [m.stream for m in modes if m.mode == INSERTS_ONLY]
+        return Result("no key", WARN if inserts_only else OK, "; ".join(m.describe(publication) for m in modes),
+                      f"to replicate updates and deletes too: replica_identity: full for {', '.join(inserts_only)} "
+                      "in the replication config" if inserts_only else "")
 
     def _slot(self) -> Result:
         c = self.t.connector
