@@ -373,8 +373,7 @@ class Checker:
         from mallard.adapters import postgres
 
         checks = {"wal_level": self._wal_level, "slots": self._capacity, "privileges": self._privileges,
-                  "tables": self._tables, "publication": self._publication, "no key": self._keyless,
-                  "slot": self._slot,
+                  "tables": self._tables, "publication": self._publication, "slot": self._slot,
                   "slot WAL": self._slot_wal}
         try:
             self.conn = postgres.connect(**self.t.pg.pg_params(), timeout=max(2, round(self.t.timeout)))
@@ -391,7 +390,7 @@ class Checker:
             return
         yield Result("postgres", OK, f"{self._pg_name()}: PostgreSQL {version.split()[0]}")
         for name, check in checks.items():
-            if self.t.connector is None and name in ("publication", "no key", "slot", "slot WAL"):
+            if self.t.connector is None and name in ("publication", "slot", "slot WAL"):
                 yield Result(name, SKIP, "not checked: no connector config")
                 continue
             try:
@@ -473,6 +472,16 @@ class Checker:
                           f"{self._start_debezium()}: it creates the publication; or CREATE PUBLICATION {name} "
                           "FOR TABLE <the streams' tables>")
         if row[0][0]:
+            from mallard.adapters import postgres
+            from mallard.core.keyless import INSERTS_ONLY, keyless_modes
+
+            broken = [m.stream for m in keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)))
+                      if m.mode == INSERTS_ONLY]
+            if broken:  # FOR ALL TABLES publishes their updates and deletes: Postgres refuses them
+                return Result("publication", WARN, f"{name} (all tables) publishes updates and deletes of "
+                              f"{', '.join(broken)}, which have no primary key nor replica identity: Postgres "
+                              "refuses their UPDATE and DELETE",
+                              "; ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL" for t in broken))
             return Result("publication", OK, f"{name} (all tables)")
         names = [name, *([c.inserts_publication] if c.inserts_publication else [])]
         if c.publication_marker and not self._rows("SELECT 1 FROM pg_publication WHERE pubname = %s",
@@ -487,24 +496,17 @@ class Checker:
                           f"the local stack: mallard stack up (it keeps the publication in step); elsewhere, as "
                           f"the tables' owner: ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}")
         return Result("publication", OK, f"{name} ({len(covered)} table(s)" +
-                      (", every stream's" if self.t.streams else "") + ")")
+                      (", every stream's" if self.t.streams else "") + ")" + self._keyless())
 
-    def _keyless(self) -> Result:
+    def _keyless(self) -> str:
         """Tables without a primary key: how each is published, and what FULL would add."""
         from mallard.adapters import postgres
-        from mallard.core.keyless import INSERTS_ONLY, keyless_modes
+        from mallard.core.keyless import keyless_modes
 
         config = self.t.config
         full = [n for n, st in config.streams.items() if st.replica_identity == "full"] if config is not None else []
         modes = keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)), full)
-        if not modes:
-            return Result("no key", OK, "every stream's table has a primary key" if self.t.streams else
-                          "no stream list: not checked")
-        publication = self.t.connector.publication_name
-        inserts_only = [m.stream for m in modes if m.mode == INSERTS_ONLY]
-        return Result("no key", WARN if inserts_only else OK, "; ".join(m.describe(publication) for m in modes),
-                      f"to replicate updates and deletes too: replica_identity: full for {', '.join(inserts_only)} "
-                      "in the replication config" if inserts_only else "")
+        return "".join(f"; {m.describe(self.t.connector.publication_name)}" for m in modes)
 
     def _slot(self) -> Result:
         c = self.t.connector

@@ -105,7 +105,9 @@ def test_keyless_tables_are_replicated_as_multisets_and_never_break_the_source(m
     assert any("multisets" in n for n in streams["public.audit_log"].get("notes", [])), streams["public.audit_log"]
 
     checks = stack.mallard("check", check=False, timeout=240).stdout
-    assert "public.pgbench_history has no primary key: inserts only" in checks, checks
+    publication = next(line for line in checks.splitlines() if line[2:].startswith("publication"))
+    assert publication.startswith("✓") and "public.pgbench_history has no primary key: inserts only" in publication
+    assert "public.audit_log has no primary key: REPLICA IDENTITY FULL" in publication, checks
 
     # One duplicate row fewer in the replica: verify tells.
     pid = stack.status()["components"]["applier"]["pid"]
