@@ -483,7 +483,9 @@ class Checker:
                               "refuses their UPDATE and DELETE",
                               "; ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL" for t in broken))
             return Result("publication", OK, f"{name} (all tables)")
-        names = [name, *([c.inserts_publication] if c.inserts_publication else [])]
+        from mallard.core.keyless import inserts_publication
+
+        names = [name, c.inserts_publication or inserts_publication(name)]  # the local stack keeps the second
         if c.publication_marker and not self._rows("SELECT 1 FROM pg_publication WHERE pubname = %s",
                                                    c.publication_marker):
             return Result("publication", FAIL, f"{c.publication_marker} (the list Debezium streams from) does not exist",
