@@ -152,3 +152,23 @@ def test_an_update_or_delete_takes_exactly_one_of_equal_rows(tmp_path):
         assert rows(replica) == Counter({(1, "x"): 1, (1, "z"): 1, (9, "y"): 1, (2, None): 1})
     finally:
         replica.close()
+
+
+def test_a_keyless_table_an_older_version_refused_is_rebuilt_by_a_snapshot(tmp_path):
+    path = str(tmp_path / "r.duckdb")
+    replica = DuckDBReplica(path)
+    try:  # as versions before issue 18 left it: refused, its table filled by full refreshes only
+        merge_snapshot(replica, "s0", Cut(100, 100), Counter({(1, "x"): 2}))
+        replica.con.execute("UPDATE _mallard.tables SET status = 'refused', reason = 'no primary key: CDC needs one'")
+    finally:
+        replica.close()
+    replica = DuckDBReplica(path)
+    try:
+        assert replica.tables[STREAM].status == "needs_resnapshot" and replica.needing_resnapshot == [STREAM]
+        merge_snapshot(replica, "s1", Cut(101, 101), Counter({(1, "x"): 2, (2, None): 1}))
+        assert rows(replica) == Counter({(1, "x"): 2, (2, None): 1})
+        apply_cdc(replica, [transaction(0, 101, [("d", (1, "x"), None)])])
+        assert rows(replica) == Counter({(1, "x"): 1, (2, None): 1})
+        assert [t["status"] for t in replica.table_report()] == ["ok"]
+    finally:
+        replica.close()
