@@ -12,6 +12,7 @@ import time
 
 import duckdb
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from mallard.stack.processes import is_alive
@@ -90,6 +91,11 @@ def test_keyless_tables_are_replicated_as_multisets_and_never_break_the_source(m
        "DELETE FROM pgbench_history WHERE aid = 3",
        "INSERT INTO pgbench_history VALUES (9, 9, 9, 9, now(), 'after')")
     stack.wait_for("SELECT count(*) FROM pgbench_history WHERE trim(filler) = 'after'", [[1]])
+    # ... where a publication of its updates would have broken them:
+    pg(stack, "CREATE TABLE scratch_nokey (a int)", "CREATE PUBLICATION scratch_all FOR TABLE scratch_nokey")
+    with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState, match="does not have a replica identity"):
+        pg(stack, "UPDATE scratch_nokey SET a = 1")
+    pg(stack, "DROP PUBLICATION scratch_all", "DROP TABLE scratch_nokey")
     code, report = verify_json(stack, "public.pgbench_history")
     assert code == 1 and not report["streams"][0]["equal"]  # the update and delete did not reach the replica
 
