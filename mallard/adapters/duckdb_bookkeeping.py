@@ -14,11 +14,14 @@ from mallard.core.cut import Cut
 from mallard.core.replica_sql import (ABSENT, BOOKKEEPING_DDL, NEEDS_RESNAPSHOT, OK, REFUSED, RESERVED_PREFIX,
                                       RESERVED_REASON, STAGING_PREFIX, TableState, create_table_sql,
                                       create_tombstones_sql, prune_recent_sql, reserved_columns, save_table_sql,
-                                      target_name)
+                                      target_name, tombstones_name)
 from mallard.core.schema_diff import diff
 from mallard.core.sql import quote_ident as q
 
 log = logging.getLogger("mallard.duckdb")
+
+NO_KEY_REASON = "no primary key:"
+"""How versions before tables without a primary key were replicated began the reason they were refused."""
 
 
 class Bookkeeping:
@@ -47,8 +50,13 @@ class Bookkeeping:
         for state in self.tables.values():
             if state.target in existing:  # a replica from before snapshots
                 self.con.execute(f"ALTER TABLE {state.target} ADD COLUMN IF NOT EXISTS _mallard_snapshot_id VARCHAR")
-                if state.key_columns:
+                if state.key_columns or state.status == OK:
                     self._create_tombstones(state)
+            if state.status == REFUSED and not state.key_columns and (state.reason or "").startswith(NO_KEY_REASON):
+                # Refused by an earlier version (no primary key): now replicated as a multiset.
+                state.status, state.reason = NEEDS_RESNAPSHOT, "no primary key: now replicated as a multiset"
+                self.needing_resnapshot.append(state.stream)
+                self._save_table(state)
         # Staging of snapshots whose end was not merged before a stop: the snapshot topic's
         # offsets were held at their begin, so they are re-read and staged again.
         for schema, name in self.con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
@@ -118,13 +126,7 @@ class Bookkeeping:
             state = self.tables[schema.stream] = TableState(
                 schema.stream, target, OK, None, columns, list(schema.key_columns), unknown=unknown,
                 truncated_tx_id=state.truncated_tx_id if state else None)
-            if not schema.key_columns:
-                state.status, state.reason = REFUSED, (
-                    "no primary key: CDC needs one to apply changes per row; replicate this table "
-                    "by full refresh instead (mode: full-refresh)")
-                log.error("%s refused for CDC: %s", schema.stream, state.reason)
-            else:
-                self._create(state)
+            self._create(state)
             if unknown:
                 log.warning("%s: columns of unknown type kept as text: %s", schema.stream, ", ".join(unknown))
             self._save_table(state)
@@ -136,12 +138,15 @@ class Bookkeeping:
                 log.error("%s needs a re-snapshot: %s; its changes are held back until it is rebuilt",
                           schema.stream, change.incompatible)
             else:
+                keyless_log = [] if state.key_columns else [tombstones_name(state.stream)]  # rows, not keys
                 for name, duck_type in change.add:
-                    self.con.execute(f"ALTER TABLE {target} ADD COLUMN {q(name)} {duck_type}")
+                    for table in (target, *keyless_log):
+                        self.con.execute(f"ALTER TABLE {table} ADD COLUMN {q(name)} {duck_type}")
                     state.columns.append((name, duck_type))
                     log.info("%s: added column %s %s", schema.stream, name, duck_type)
                 for name, old, new in change.widen:
-                    self.con.execute(f"ALTER TABLE {target} ALTER COLUMN {q(name)} TYPE {new}")
+                    for table in (target, *keyless_log):
+                        self.con.execute(f"ALTER TABLE {table} ALTER COLUMN {q(name)} TYPE {new}")
                     state.columns = [(c, new if c == name else t) for c, t in state.columns]
                     log.info("%s: widened column %s %s -> %s", schema.stream, name, old, new)
                 newly_dropped = [c for c in change.dropped if c not in state.dropped]

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from mallard.core.replica_sql import (ABSENT, META_COLUMNS, OK, REFUSED, STAGING_PREFIX, SnapshotResult, TableState,
-                                      covered_sql, reserved_columns, tombstones_name, value_sql)
+                                      covered_sql, keyless_rebuild_sql, reserved_columns, tombstones_name, value_sql)
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
 
@@ -115,18 +115,20 @@ class SnapshotMerge:
         try:
             result = SnapshotResult(staged=self.con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0])
             state = self._table_for_snapshot(frame)
+            if not state.key_columns and not frame.full:
+                raise ValueError(f"{frame.stream} has no primary key: only a full snapshot can replace its rows "
+                                 f"(mallard resnapshot {frame.stream}, without a filter)")
             if self._replace_with_staging(state, frame):
                 result.applied = result.staged
             elif not state.key_columns:
-                # Full refresh only: the snapshot is the table's new content, whole.
-                self.con.execute(f"DELETE FROM {state.target}")
-                result.applied = self._insert_snapshot_rows(state, frame)
+                self._rebuild_keyless(state, frame, result)
             elif frame.full:
                 self._rebuild_keyed(state, frame, result)
             else:
                 self._merge_keyed(state, frame, result, subset)
-            if frame.full and state.key_columns:
+            if frame.full:
                 state.snapshot_cut = frame.cut
+                # Deleted keys (rows, without a key) the cut saw: the table's content holds them now.
                 self.con.execute(f"DELETE FROM {tombstones_name(state.stream)} "
                                  f"WHERE {covered_sql(frame.cut, '_mallard_tx_id')}")
                 if state.truncated_tx_id is not None and frame.cut.covers(state.truncated_tx_id):
@@ -154,7 +156,7 @@ class SnapshotMerge:
         needed a re-snapshot or no longer fits the snapshot's columns."""
         schema = frame.schema
         state = self.tables.get(frame.stream)
-        if state is not None and state.status == OK and state.key_columns:
+        if state is not None and state.status == OK:
             state = self.ensure_table(schema)  # evolves in place, or marks it for a rebuild
             if state.status == OK:
                 return state
@@ -176,10 +178,6 @@ class SnapshotMerge:
                              unknown=[c for c, t in zip(schema.columns, schema.types) if not t.known],
                              truncated_tx_id=state.truncated_tx_id if state else None,
                              held_back_tx_id=state.held_back_tx_id if state else None)
-        if not schema.key_columns:
-            rebuilt.status, rebuilt.reason = REFUSED, (
-                "no primary key: replicated by full refresh only (each snapshot replaces the table); "
-                "CDC changes are not applied")
         self._create(rebuilt)
         self.tables[frame.stream] = rebuilt
         if rebuilt.status == OK:
@@ -193,9 +191,8 @@ class SnapshotMerge:
             return False
         if state.truncated_tx_id is not None and not frame.cut.covers(state.truncated_tx_id):
             return False  # emptied by a truncate after the cut: the snapshot's rows are gone
-        if state.key_columns and self.con.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {state.target}) OR EXISTS "
-                f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
+        if self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {state.target}) OR EXISTS "
+                            f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
             return False
         table = state.target.split(".", 1)[1]
         self.con.execute(f"DROP TABLE {state.target}")
@@ -251,6 +248,22 @@ class SnapshotMerge:
         self.con.execute(f"DROP TABLE {target}")
         self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target.split('.', 1)[1]}")
         self.con.execute(f"ALTER TABLE {target} ADD PRIMARY KEY ({', '.join(keys)})")
+
+    def _rebuild_keyless(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:
+        """A table without a primary key, as a multiset at the snapshot's cut (keyless_rebuild_sql),
+        built apart and swapped in, in the snapshot's transaction: a reader sees the old rows or
+        the new, never a mix."""
+        target, cut = state.target, frame.cut
+        rebuilt = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
+        truncated_after = state.truncated_tx_id is not None and not cut.covers(state.truncated_tx_id)
+        newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
+        before, kept = self.con.execute(f"SELECT count(*), count(*) FILTER (WHERE {newer}) FROM {target} t").fetchone()
+        self.con.execute(keyless_rebuild_sql(state, list(frame.schema.columns), self.staging_name(frame), rebuilt, cut,
+                                             truncated_after))
+        after = self.con.execute(f"SELECT count(*) FROM {rebuilt}").fetchone()[0]
+        result.applied, result.deleted = after - kept, before - kept
+        self.con.execute(f"DROP TABLE {target}")
+        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target.split('.', 1)[1]}")
 
     def _merge_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult, subset: str | None) -> None:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a

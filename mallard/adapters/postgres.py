@@ -93,6 +93,64 @@ def ensure_publication(conn: Any, name: str, include: list[str], existing: list[
     return True
 
 
+def table_identities(conn: Any, streams: list[str]) -> dict:
+    """'<schema>.<table>' -> TableIdentity (whether it has a primary key, its REPLICA
+    IDENTITY), for the tables that exist, in the order given."""
+    from mallard.core.keyless import TableIdentity
+
+    out = {}
+    with conn.cursor() as cur:
+        for stream in streams:
+            schema, _, table = stream.partition(".")
+            cur.execute("""SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i
+                                                             WHERE i.indrelid = c.oid AND i.indisprimary)
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = %s AND c.relname = %s""", (schema, table))
+            row = cur.fetchone()
+            if row is not None:
+                out[stream] = TableIdentity(has_key=row[1], replica_identity=row[0])
+    return out
+
+
+def set_replica_identity_full(conn: Any, stream: str) -> None:
+    """Postgres then logs whole old rows for the table's updates and deletes (its owner, or a superuser)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(*stream.split(".", 1))))
+
+
+def ensure_inserts_publication(conn: Any, name: str, tables: list[str]) -> bool:
+    """The publication of inserts and truncates only (mallard/core/keyless.py), holding exactly
+    ``tables``: Postgres refuses no UPDATE or DELETE of a table it holds. True when it changed."""
+    from mallard.core.keyless import INSERTS_PUBLISH
+
+    publication = sql.Identifier(name)
+    wanted = set(tables)
+    with conn.cursor() as cur:
+        if not scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
+            cur.execute(sql.SQL("CREATE PUBLICATION {} WITH (publish = {})").format(
+                publication, sql.Literal(INSERTS_PUBLISH)))
+            held: set[str] = set()
+        else:
+            cur.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
+            held = {r[0] for r in cur.fetchall()}
+        for stream in sorted(held - wanted):
+            cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                publication, sql.Identifier(*stream.split(".", 1))))
+        for stream in [t for t in tables if t not in held]:
+            cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                publication, sql.Identifier(*stream.split(".", 1))))
+    return held != wanted
+
+
+def ensure_empty_publication(conn: Any, name: str) -> bool:
+    """A publication of no table, publishing nothing (the name Debezium checks: see keyless.py)."""
+    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
+        return False
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE PUBLICATION {} WITH (publish = '')").format(sql.Identifier(name)))
+    return True
+
+
 def ensure_slot(conn: Any, slot: str, plugin: str = "pgoutput") -> bool:
     if scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot):
         return False
@@ -119,8 +177,9 @@ def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
     return {"active": row[0], "confirmed_flush_lsn": row[1], "retained_wal_bytes": row[2]}
 
 
-def drop_slot_and_publication(conn: Any, slot: str, publication: str) -> list[str]:
-    """Drop what the CDC publisher created, so Postgres stops retaining WAL for it."""
+def drop_slot_and_publication(conn: Any, slot: str, publication: str, *others: str) -> list[str]:
+    """Drop what the CDC publisher created, so Postgres stops retaining WAL for it.
+    ``others``: more publications (the inserts-only one and its list's name)."""
     dropped = []
     state = slot_state(conn, slot)
     if state is not None:
@@ -128,10 +187,11 @@ def drop_slot_and_publication(conn: Any, slot: str, publication: str) -> list[st
             raise SourceError(f"replication slot '{slot}' is still in use: stop the CDC publisher first")
         scalar(conn, "SELECT pg_drop_replication_slot(%s)", slot)
         dropped.append(f"replication slot {slot}")
-    if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", publication):
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
-        dropped.append(f"publication {publication}")
+    for name in (publication, *others):
+        if scalar(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+            dropped.append(f"publication {name}")
     return dropped
 
 

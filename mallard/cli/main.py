@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -496,17 +497,27 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from mallard.adapters import postgres
     from mallard.config.replication import check_against_postgres
 
+    from mallard.core.keyless import keyless_modes
+
     config = _replication_config(args)
+    keyless = {}
     if not args.offline:
         conn = postgres.connect(**_source_settings(args).pg_params())
         try:
             check_against_postgres(config, conn)
+            full = [n for n, st in config.streams.items() if st.replica_identity == "full"]
+            keyless = {m.stream: m for m in keyless_modes(postgres.table_identities(conn, list(config.streams)), full)}
         finally:
             conn.close()
+    publication = _publication_name()
     if args.json:
         print(json.dumps({"path": str(config.path), "ok": True, "checked_in_postgres": not args.offline,
                           "streams": {n: {"mode": st.mode, "primary_key": list(st.primary_key or []) or None,
-                                          "update_key": st.update_key, "where": st.where}
+                                          "update_key": st.update_key, "where": st.where,
+                                          "replica_identity": st.replica_identity,
+                                          **({"no_primary_key": {"mode": keyless[n].mode,
+                                                                 "detail": keyless[n].describe(publication)}}
+                                             if n in keyless else {})}
                                       for n, st in config.streams.items()},
                           "schedules": {n: {"cron": sc.cron.expression, "timezone": str(sc.cron.tz),
                                             "streams": list(sc.streams)} for n, sc in config.schedules.items()}},
@@ -517,7 +528,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
           + ("" if args.offline else "; every table exists in Postgres"))
     for name, sched in config.schedules.items():
         print(f"  schedule {name}: {sched.cron.expression} ({sched.cron.tz}) -> {', '.join(sched.streams)}")
+    for mode in keyless.values():
+        print(f"  {mode.describe(publication)}")
     return 0
+
+
+def _publication_name() -> str:
+    """The publication Debezium streams from, as the connector config names it (its default when unreadable)."""
+    from mallard.config.connector import load_connector_config_file
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
+
+    try:
+        return load_connector_config_file(os.environ.get("MALLARD_CONNECTOR_CONFIG") or DEFAULT_CONNECTOR_CONFIG
+                                          ).publication_name
+    except (OSError, ValueError):
+        return "mallard_publication"
 
 
 def cmd_state_show(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from mallard.core.connector import ConnectorConfig, parse_connector_config, resolve_placeholders, with_streams
+from mallard.core.connector import (ConnectorConfig, parse_connector_config, resolve_placeholders,
+                                    with_inserts_publication, with_streams)
 
 log = logging.getLogger("mallard.config.connector")
 
@@ -25,10 +26,13 @@ def load_connector_config_file(path: Path | str, env: Mapping[str, str] | None =
 
 def derive_connector_config(connector_config: Path | str, replication_config: Path | str, out: Path) -> ConnectorConfig:
     """Write ``out``: the connector config with table.include.list set from the replication
-    config's streams (placeholders kept). The local stack points every service at it."""
+    config's streams (placeholders kept), streaming from the publication and its inserts-only
+    sibling (mallard/core/keyless.py). The local stack points every service at it."""
     from mallard.config.replication import load_config
 
     config = with_streams(load_connector_config_file(connector_config), list(load_config(replication_config).streams))
+    if config.config.get("publication.autocreate.mode") == "disabled":  # the stack keeps the publications
+        config = with_inserts_publication(config)
     doc = {"name": config.name, "config": config.config}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -68,6 +68,8 @@ class ChangeEvent:
     total_order: int
     committed_at_ms: int
     key: tuple | None
+    """The primary key's values; for a table without one, the before image of an update or
+    delete (all its columns, as REPLICA IDENTITY FULL sends them), else None."""
     row: tuple | None
     """After image in ``schema.columns`` order (transport values); None for d and t."""
     unavailable: frozenset[int]
@@ -343,6 +345,17 @@ class Decoder:
                 key = tuple(self._row(key_layout, before))
             if None in key:
                 raise PoisonMessage(f"primary key {table.key_columns} has a NULL")
+        elif op in ("u", "d"):
+            # No key: the row is found by all its columns, from the before image Postgres
+            # sends when the table's REPLICA IDENTITY is FULL.
+            before = payload.get("before")
+            if not isinstance(before, dict):
+                raise PoisonMessage(f"op {op!r} on {stream}, a table without a primary key, without a before image "
+                                    "(its REPLICA IDENTITY is not FULL)")
+            key = tuple(self._row(layout, before))
+            if unavailable:  # unchanged TOASTed values: the before image has them
+                row = tuple(key[i] if i in unavailable else v for i, v in enumerate(row))
+                unavailable = _NOTHING_UNAVAILABLE
         return ChangeEvent(topic, partition, offset, stream, op, tx_id, total_order, committed_at,
                            key, row, unavailable, table)
 
@@ -395,6 +408,8 @@ class Decoder:
             key = table.key_of(values)
             if None in key:
                 raise PoisonMessage(f"primary key {table.key_columns} has a NULL")
+        elif payload.op == "u":
+            return None  # no key: the general path reads the before image
         return ChangeEvent(topic, partition, offset, stream, payload.op, source.txId, tx.total_order,
                            source.ts_ms or payload.ts_ms or 0, key, values, _NOTHING_UNAVAILABLE, table)
 

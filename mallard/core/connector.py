@@ -50,7 +50,21 @@ class ConnectorConfig:
 
     @property
     def publication_name(self) -> str:
-        return self.config.get("publication.name", "dbz_publication")
+        """The publication of every change (the first of ``publication.name``'s list)."""
+        return self.config.get("publication.name", "dbz_publication").split(",")[0].strip()
+
+    @property
+    def inserts_publication(self) -> str | None:
+        """The inserts-only publication of tables without a primary key (mallard/core/keyless.py),
+        when ``publication.name`` lists it."""
+        names = [n.strip() for n in self.config.get("publication.name", "").split(",")]
+        return names[1] if len(names) > 1 else None
+
+    @property
+    def publication_marker(self) -> str | None:
+        """When ``publication.name`` lists two publications: that whole text, the name of the
+        (empty) publication Debezium checks exists before it streams."""
+        return self.config["publication.name"] if self.inserts_publication else None
 
     @property
     def tables(self) -> list[str]:
@@ -120,3 +134,12 @@ def resolve_placeholders(config: ConnectorConfig, env: Mapping[str, str]) -> Con
         raise ConnectorConfigError("connector config needs environment variable(s): " + ", ".join(missing))
     resolved = {k: PLACEHOLDER.sub(lambda m: env[m.group(1)], v) for k, v in config.config.items()}
     return ConnectorConfig(name=config.name, config=resolved)
+
+
+def with_inserts_publication(config: ConnectorConfig) -> ConnectorConfig:
+    """The connector config streaming from the publication and its inserts-only sibling
+    (mallard/core/keyless.py): Debezium hands ``publication.name`` to pgoutput as it is."""
+    from mallard.core.keyless import publication_names
+
+    names = publication_names(config.publication_name)
+    return ConnectorConfig(name=config.name, config={**config.config, "publication.name": names})

@@ -28,6 +28,19 @@ class RowState:
     key of a primary-key update); None: this key's own row."""
 
 
+@dataclass(slots=True)
+class Removal:
+    """An update's or delete's removal of one row of a table without a primary key, found
+    by all its columns (``row``: the before image)."""
+
+    row: tuple
+    position: int
+    tx_id: int
+    matched_tx_id: int | None = None
+    """The xid of the insert earlier in the same batch that it removed; None: it removes a
+    stored row (the adapter finds one)."""
+
+
 @dataclass
 class TableChanges:
     schema: TableSchema
@@ -42,6 +55,15 @@ class TableChanges:
     last_delete: tuple | None = None
     """(tx_id, total_order, key, state before) of the last delete: the first half of a
     primary-key update, whose second half may need the old row's values."""
+    keyless: bool = False
+    """The table has no primary key: its changes are a multiset's, in ``inserted`` and
+    ``removed`` (``states`` stays empty)."""
+    inserted: list[RowState] = field(default_factory=list)
+    """Rows appended, in commit order (a table without a primary key)."""
+    removed: list[Removal] = field(default_factory=list)
+    """Rows removed by updates and deletes, one matching row each (a table without a primary key)."""
+    _pending: dict = field(default_factory=dict)
+    """row -> indexes in ``inserted`` of the inserts still there (to find an update's or delete's row)."""
 
 
 def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
@@ -87,6 +109,54 @@ def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
     changes.states[key] = RowState(row, pos, event.tx_id, event.committed_at_ms, unavailable, source_key)
 
 
+def _row_id(row: tuple) -> object:
+    """A row as a dict key (a value may be a list or dict, which do not hash)."""
+    try:
+        hash(row)
+        return row
+    except TypeError:
+        return repr(row)
+
+
+def apply_keyless_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
+    """Fold one event of a table without a primary key (a multiset: rows are found by all
+    their columns). An insert appends; an update or delete removes ONE row equal to its
+    before image: an insert earlier in the batch if there is one (it never reaches DuckDB),
+    else a stored row. An update then appends its after image."""
+    changes.events += 1
+    changes.last_tx_id = event.tx_id
+    if event.op == "t":
+        changes.truncated = True
+        changes.truncated_tx_id = event.tx_id
+        changes.inserted.clear()
+        changes.removed.clear()
+        changes._pending.clear()
+        return
+    if event.op in ("u", "d"):
+        before = event.key
+        if before is None:  # the decoder refuses these; a caller's event without its before image
+            raise ValueError(f"{event.stream}: an update or delete without its before image")
+        ident = _row_id(before)
+        pending = changes._pending.get(ident)
+        if pending:
+            earlier = changes.inserted[pending.pop()]
+            changes.removed.append(Removal(before, pos, event.tx_id, earlier.tx_id))
+            earlier.row = None  # gone: dropped from ``inserted`` at the end (``finish_keyless``)
+        else:
+            changes.removed.append(Removal(before, pos, event.tx_id))
+        if event.op == "d":
+            return
+    changes._pending.setdefault(_row_id(event.row), []).append(len(changes.inserted))
+    changes.inserted.append(RowState(event.row, pos, event.tx_id, event.committed_at_ms))
+
+
+def finish_keyless(changes: TableChanges) -> None:
+    """Drop the inserts that a later update or delete of the same batch removed."""
+    if any(s.row is None for s in changes.inserted):
+        changes.inserted = [s for s in changes.inserted if s.row is not None]
+    changes._pending.clear()
+
+
 def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None = None) -> list[dict[str, TableChanges]]:
     """Final state per table and key, as a list of steps to apply in order (in one
     DuckDB transaction): a new step starts where a table's schema changes, so each
@@ -107,7 +177,8 @@ def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None
                 steps.append({})
                 changes = None
             if changes is None:
-                changes = steps[-1][event.stream] = TableChanges(event.schema)
+                changes = steps[-1][event.stream] = TableChanges(
+                    event.schema, keyless=event.schema.key_known and not event.schema.key_columns)
             is_covered = covered.get(event.stream)
             if is_covered is None:
                 cut = cuts.get(event.stream)
@@ -116,5 +187,12 @@ def reduce(transactions: list[Transaction], snapshot_cuts: dict[str, Cut] | None
                 changes.events += 1
                 changes.covered += 1
                 continue
-            apply_event(changes, event, position(tx.commit_lsn, event.total_order))
+            if changes.keyless:
+                apply_keyless_event(changes, event, position(tx.commit_lsn, event.total_order))
+            else:
+                apply_event(changes, event, position(tx.commit_lsn, event.total_order))
+    for step in steps:
+        for changes in step.values():
+            if changes.keyless:
+                finish_keyless(changes)
     return [step for step in steps if step]

@@ -203,18 +203,28 @@ def save_table_sql(t: TableState) -> str:
 
 
 def create_table_sql(state: TableState) -> list[str]:
-    """The table (with its primary key, if it has one), and its deleted keys."""
+    """The table (with its primary key, if it has one), and its deleted keys (or rows)."""
     cols = ", ".join(f"{q(c)} {t}" for c, t in [*state.columns, *META_COLUMNS])
     key = ", ".join(q(c) for c in state.key_columns)
-    statements = [f"CREATE SCHEMA IF NOT EXISTS {state.target.split('.')[0]}",
-                  f"CREATE TABLE IF NOT EXISTS {state.target} ({cols}{f', PRIMARY KEY ({key})' if key else ''})"]
-    if key:
-        statements.append(create_tombstones_sql(state))
-    return statements
+    return [f"CREATE SCHEMA IF NOT EXISTS {state.target.split('.')[0]}",
+            f"CREATE TABLE IF NOT EXISTS {state.target} ({cols}{f', PRIMARY KEY ({key})' if key else ''})",
+            create_tombstones_sql(state)]
+
+
+KEYLESS_LOG_COLUMNS = [("_mallard_tx_id", "BIGINT"), ("_mallard_position", "HUGEINT"),
+                       ("_mallard_deleted_at", "TIMESTAMPTZ"), ("_mallard_removed_source", "VARCHAR"),
+                       ("_mallard_removed_tx_id", "BIGINT")]
+"""A table without a primary key keeps, per row an update or delete removed: the row's
+columns, the remover's xid and position, and what wrote the row it removed (its source and
+xid; NULL: no row matched). A full snapshot merged later subtracts those its cut did not see
+from its rows, unless the removed row was itself written after the cut (docs/applier.md)."""
 
 
 def create_tombstones_sql(state: TableState) -> str:
     types = dict(state.columns)
+    if not state.key_columns:
+        cols = ", ".join(f"{q(c)} {t}" for c, t in [*state.columns, *KEYLESS_LOG_COLUMNS])
+        return f"CREATE TABLE IF NOT EXISTS {tombstones_name(state.stream)} ({cols})"
     cols = ", ".join(f"{q(c)} {types[c]}" for c in state.key_columns)
     return f"""CREATE TABLE IF NOT EXISTS {tombstones_name(state.stream)} ({cols},
             _mallard_tx_id BIGINT, _mallard_position HUGEINT, _mallard_deleted_at TIMESTAMPTZ,
@@ -248,9 +258,14 @@ def add_table_changes(script: Script, state: TableState, changes: TableChanges, 
     target, schema = state.target, changes.schema
     if changes.truncated:
         script.add(f"DELETE FROM {target}")
+        if changes.keyless:  # the rows removed before it no longer matter to any snapshot
+            script.add(f"DELETE FROM {tombstones_name(state.stream)}")
         state.truncated_tx_id = changes.truncated_tx_id
         script.add(save_table_sql(state))
         stats.truncates += 1
+    if changes.keyless:
+        add_keyless_changes(script, state, changes, now, stats)
+        return
     upserts = [s for s in changes.states.values() if s.row is not None]
     deleted = [(k, s) for k, s in changes.states.items() if s.row is None]
     if upserts:
@@ -308,3 +323,103 @@ def add_upsert(script: Script, state: TableState, schema: TableSchema, states: l
             SELECT {', '.join(exprs)} FROM {script.scan(pa.table(data))} b {join}
             ON CONFLICT ({', '.join(q(c) for c in schema.key_columns)}) DO UPDATE SET {updates}
             WHERE excluded._mallard_position > {table_ref}._mallard_position""")
+
+
+# -- tables without a primary key: a multiset ------------------------------------------------
+
+def same_row_sql(columns: list[str], left: str, right: str) -> str:
+    """Two rows are the same when every column is (NULL equal to NULL)."""
+    return " AND ".join(f"{left}.{q(c)} IS NOT DISTINCT FROM {right}.{q(c)}" for c in columns) or "TRUE"
+
+
+def _row_arrays(schema: TableSchema, rows: list[tuple]) -> dict[str, pa.Array]:
+    columns = list(zip(*rows)) if rows else [[] for _ in schema.columns]
+    return {f"c{i}": pa.array(columns[i], arrow_type(ct)) for i, ct in enumerate(schema.types)}
+
+
+def add_keyless_changes(script: Script, state: TableState, changes: TableChanges, now: datetime,
+                        stats: ApplyStats) -> None:
+    """A table without a primary key, a multiset: each update or delete removes ONE row equal
+    to its before image (the newest such row), logged with what wrote that row; then the
+    batch's inserts (and updates' after images) are appended."""
+    target, schema, log = state.target, changes.schema, tombstones_name(state.stream)
+    names = list(schema.columns)
+    cols = ", ".join(q(c) for c in names)
+    stored = [r for r in changes.removed if r.matched_tx_id is None]
+    in_batch = [r for r in changes.removed if r.matched_tx_id is not None]
+    if stored:
+        data = _row_arrays(schema, [r.row for r in stored])
+        data.update(position_arrays([r.position for r in stored]))
+        data["tx_id"] = pa.array([r.tx_id for r in stored], pa.int64())
+        table = pa.table(data)
+
+        # Each removal paired with the stored row it removes (by rank among equal rows: the
+        # newest first), or with none; worked out once, before anything is removed.
+        scan = script.scan(table)
+        pairs = f"temp.{q('_mallard_pairs' + scan.removeprefix('_mallard_scan'))}"
+        values = ", ".join(f"{value_sql(ct, f's.c{i}')} AS {q(c)}" for i, (c, ct) in enumerate(zip(names, schema.types)))
+        t_cols = ", ".join(f"t.{q(c)}" for c in names)
+        script.add(f"""CREATE TEMP TABLE {pairs} AS
+            WITH d AS MATERIALIZED (SELECT *, row_number() OVER (PARTITION BY {cols} ORDER BY pos) AS rn FROM
+                     (SELECT {values}, {position_sql('s')} AS pos, s.tx_id FROM {scan} s)),
+                 r AS (SELECT t.rowid AS rid, {t_cols}, t._mallard_source AS src, t._mallard_tx_id AS txid,
+                              row_number() OVER (PARTITION BY {t_cols} ORDER BY t._mallard_position DESC, t.rowid DESC) AS rn
+                       FROM {target} t WHERE EXISTS (SELECT 1 FROM d WHERE {same_row_sql(names, 't', 'd')}))
+            SELECT {', '.join(f'd.{q(c)}' for c in names)}, d.pos, d.tx_id, r.rid, r.src, r.txid
+            FROM d LEFT JOIN r ON {same_row_sql(names, 'd', 'r')} AND d.rn = r.rn""")
+        script.add(f"""INSERT INTO {log} ({cols}, _mallard_tx_id, _mallard_position, _mallard_deleted_at,
+                _mallard_removed_source, _mallard_removed_tx_id)
+            SELECT {cols}, tx_id, pos, {sql_time(now)}, src, txid FROM {pairs}""")
+        script.add(f"DELETE FROM {target} WHERE rowid IN (SELECT rid FROM {pairs} WHERE rid IS NOT NULL)")
+        script.add(f"DROP TABLE {pairs}")
+    if in_batch:
+        data = _row_arrays(schema, [r.row for r in in_batch])
+        data.update(position_arrays([r.position for r in in_batch]))
+        data["tx_id"] = pa.array([r.tx_id for r in in_batch], pa.int64())
+        data["matched"] = pa.array([r.matched_tx_id for r in in_batch], pa.int64())
+        values = ", ".join(value_sql(ct, f"b.c{i}") for i, ct in enumerate(schema.types))
+        script.add(f"""INSERT INTO {log} ({cols}, _mallard_tx_id, _mallard_position, _mallard_deleted_at,
+                _mallard_removed_source, _mallard_removed_tx_id)
+            SELECT {values}, b.tx_id, {position_sql('b')}, {sql_time(now)}, 'cdc', b.matched
+            FROM {script.scan(pa.table(data))} b""")
+    stats.deletes += len(changes.removed)
+    if changes.inserted:
+        rows = changes.inserted
+        data = _row_arrays(schema, [s.row for s in rows])
+        data.update(position_arrays([s.position for s in rows]))
+        data["tx_id"] = pa.array([s.tx_id for s in rows], pa.int64())
+        data["committed_at"] = pa.array([s.committed_at_ms for s in rows], pa.timestamp("ms", tz="UTC"))
+        values = ", ".join(value_sql(ct, f"b.c{i}") for i, ct in enumerate(schema.types))
+        meta = ", ".join(q(c) for c, _ in META_COLUMNS)
+        script.add(f"""INSERT INTO {target} ({cols}, {meta})
+            SELECT {values}, {position_sql('b')}, b.tx_id, 'cdc', b.committed_at, {sql_time(now)}, NULL
+            FROM {script.scan(pa.table(data))} b""")
+        stats.upserts += len(rows)
+
+
+def keyless_rebuild_sql(state: TableState, snapshot_columns: list[str], staging: str, rebuilt: str, cut: Cut,
+                        truncated_after_cut: bool) -> str:
+    """A full snapshot of a table without a primary key, merged at its cut, as a multiset:
+    the snapshot's rows, plus the rows CDC wrote after the cut, minus the rows removed after
+    the cut that were older than it (one per removal; the removal of a row itself written
+    after the cut is already in the table). ``truncated_after_cut``: the snapshot's rows are
+    all gone."""
+    types = dict(state.columns)
+    snapshot = set(snapshot_columns)
+    names = [q(c) for c, _ in state.columns] + [q(c) for c, _ in META_COLUMNS]
+    from_snapshot = [f"x.{q(c)}" if c in snapshot else f"NULL::{types[c]}" for c, _ in state.columns]
+    from_snapshot += [f"x.{q(c)}" for c, _ in META_COLUMNS]
+    newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
+    pool = f"SELECT {', '.join(f't.{n}' for n in names)} FROM {state.target} t WHERE {newer}"
+    if not truncated_after_cut:
+        pool = f"SELECT {', '.join(from_snapshot)} FROM {staging} x UNION ALL {pool}"
+    cols = ", ".join(q(c) for c in snapshot_columns)
+    older_removed = (f"NOT {covered_sql(cut, 'd._mallard_tx_id')} AND NOT (coalesce(d._mallard_removed_source, '') = "
+                     f"'cdc' AND NOT {covered_sql(cut, 'd._mallard_removed_tx_id')})")
+    gone = ("(SELECT NULL::BIGINT AS n WHERE FALSE)" if truncated_after_cut else
+            f"(SELECT {cols}, count(*) AS n FROM {tombstones_name(state.stream)} d WHERE {older_removed} GROUP BY ALL)")
+    match = same_row_sql(snapshot_columns, "p", "g") if not truncated_after_cut else "FALSE"
+    return f"""CREATE TABLE {rebuilt} AS SELECT {', '.join(f'p.{n}' for n in names)} FROM
+        (SELECT *, row_number() OVER (PARTITION BY {cols} ORDER BY _mallard_position) AS _mallard_rank
+         FROM ({pool})) p LEFT JOIN {gone} g ON {match}
+        WHERE p._mallard_rank > coalesce(g.n, 0)"""

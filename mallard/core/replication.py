@@ -126,6 +126,10 @@ class StreamConfig(_Model):
     _where = field_validator("where")(_checked_where)
     target: str | None = Field(None, description="Table in DuckDB: 'table' (in main) or 'schema.table'; default: "
                                "the stream's table (public.<t> -> <t>, <s>.<t> -> <s>.<t>).")
+    replica_identity: Literal["full"] | None = Field(
+        None, description="A table without a primary key: 'full' sets REPLICA IDENTITY FULL on it before it enters "
+        "the publication, so its updates and deletes are replicated (each applied to one row equal to the old one); "
+        "default: its inserts only are published (Postgres keeps accepting its UPDATE and DELETE).")
 
     @field_validator("target")
     @classmethod
@@ -198,6 +202,8 @@ class Stream:
     where: str | None
     target: str | None
     line: int
+    replica_identity: str | None = None
+    """'full': a table without a primary key gets REPLICA IDENTITY FULL (mallard/core/keyless.py)."""
 
     @property
     def incremental(self) -> bool:
@@ -350,7 +356,7 @@ def parse_config(text: str, path: str = "replication.yaml") -> ReplicationConfig
         pk = s.primary_key or d.primary_key
         config.streams[name] = Stream(name, mode, tuple(pk) if pk else None, update_key,
                                       s.where if s.where is not None else d.where, s.target or default_target(name),
-                                      _line_for(lines, ("streams", name)))
+                                      _line_for(lines, ("streams", name)), s.replica_identity)
     for name, sched in model.schedules.items():
         if not _SCHEDULE_NAME.match(name):
             raise config.error(("schedules", name), "a schedule name is letters, digits, '_', '-' or '.'")

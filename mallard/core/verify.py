@@ -196,7 +196,8 @@ KEY_CANON = {
 def key_type(key_columns: Sequence[Column]) -> KeyType | str:
     """The key verify ranges over, or why it cannot."""
     if not key_columns:
-        return "no primary key: only the whole table's count and hash are compared"
+        return ("no primary key: compared as multisets (the whole table's row count and sum of row "
+                "hashes, so a duplicate row counts)")
     if len(key_columns) > 1:
         return (f"a composite primary key ({', '.join(c.name for c in key_columns)}): verify ranges over "
                 "single-column keys only")

@@ -472,16 +472,43 @@ class Checker:
                           f"{self._start_debezium()}: it creates the publication; or CREATE PUBLICATION {name} "
                           "FOR TABLE <the streams' tables>")
         if row[0][0]:
+            from mallard.adapters import postgres
+            from mallard.core.keyless import INSERTS_ONLY, keyless_modes
+
+            broken = [m.stream for m in keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)))
+                      if m.mode == INSERTS_ONLY]
+            if broken:  # FOR ALL TABLES publishes their updates and deletes: Postgres refuses them
+                return Result("publication", WARN, f"{name} (all tables) publishes updates and deletes of "
+                              f"{', '.join(broken)}, which have no primary key nor replica identity: Postgres "
+                              "refuses their UPDATE and DELETE",
+                              "; ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL" for t in broken))
             return Result("publication", OK, f"{name} (all tables)")
+        from mallard.core.keyless import inserts_publication
+
+        names = [name, c.inserts_publication or inserts_publication(name)]  # the local stack keeps the second
+        if c.publication_marker and not self._rows("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                                                   c.publication_marker):
+            return Result("publication", FAIL, f"{c.publication_marker} (the list Debezium streams from) does not exist",
+                          "the local stack: mallard stack up (it creates it)")
         covered = {f"{s}.{t}" for s, t in self._rows(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", name)}
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = ANY(%s)", names)}
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
             return Result("publication", WARN, f"{name} lacks {', '.join(uncovered)}: their changes are not captured",
                           f"the local stack: mallard stack up (it keeps the publication in step); elsewhere, as "
                           f"the tables' owner: ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}")
         return Result("publication", OK, f"{name} ({len(covered)} table(s)" +
-                      (", every stream's" if self.t.streams else "") + ")")
+                      (", every stream's" if self.t.streams else "") + ")" + self._keyless())
+
+    def _keyless(self) -> str:
+        """Tables without a primary key: how each is published, and what FULL would add."""
+        from mallard.adapters import postgres
+        from mallard.core.keyless import keyless_modes
+
+        config = self.t.config
+        full = [n for n, st in config.streams.items() if st.replica_identity == "full"] if config is not None else []
+        modes = keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)), full)
+        return "".join(f"; {m.describe(self.t.connector.publication_name)}" for m in modes)
 
     def _slot(self) -> Result:
         c = self.t.connector

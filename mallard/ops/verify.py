@@ -227,7 +227,8 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
         else:
             key = k
     else:
-        notes.append("no primary key: only the whole table's count and hash are compared")
+        notes.append(("no primary key: compared as multisets (the whole table's row count and sum of row "
+                      "hashes, so a duplicate row counts)"))
     schema, _, name = stream.partition(".")
     return Plan(stream, table["status"], f"{qi(schema)}.{qi(name)}", table["target"], columns, key, notes)
 

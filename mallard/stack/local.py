@@ -378,13 +378,42 @@ class LocalStack:
             include = [] if every_table else config.tables
             if not every_table:  # FOR ALL TABLES has it already
                 existing.append(roles.HEARTBEAT)
+            inserts: list[str] = []
+            if config.inserts_publication and not every_table:
+                existing, inserts = self._keyless_tables(conn, existing, report)
             if postgres.ensure_publication(conn, config.publication_name, include, existing):
                 report(f"  {'publication':<14} created {config.publication_name} for "
                        + ("all tables" if every_table else ", ".join(existing) or "no table yet"))
             elif not every_table and roles.sync_publication_tables(conn, config.publication_name, existing):
                 report(f"  {'publication':<14} {config.publication_name} now covers {', '.join(existing)}")
+            if config.inserts_publication:
+                # Both exist before Debezium streams: pgoutput fails on a name it cannot find.
+                if postgres.ensure_inserts_publication(conn, config.inserts_publication, inserts) and inserts:
+                    report(f"  {'publication':<14} {config.inserts_publication} (inserts only) now covers "
+                           f"{', '.join(inserts)}")
+                postgres.ensure_empty_publication(conn, config.publication_marker)
         finally:
             conn.close()
+
+    def _keyless_tables(self, conn: Any, existing: list[str],
+                        report: Callable[[str], None]) -> tuple[list[str], list[str]]:
+        """Tables without a primary key, before they enter a publication (mallard/core/keyless.py):
+        said to the user; REPLICA IDENTITY FULL set where the config asks. Returns (tables for
+        the publication of every change, tables for the inserts-only one)."""
+        from mallard.adapters import postgres
+        from mallard.config.connector import load_connector_config_file
+        from mallard.config.replication import load_config
+        from mallard.core.keyless import plan_publications
+
+        full = [s.name for s in load_config(self.s.replication_config).streams.values()
+                if s.replica_identity == "full"] if self.s.replication_config else []
+        plan = plan_publications(postgres.table_identities(conn, existing), full)
+        publication = load_connector_config_file(self.connector_config_path()).publication_name
+        for stream in plan.set_full:  # before it enters the publication of updates and deletes
+            postgres.set_replica_identity_full(conn, stream)
+        for mode in plan.modes:
+            report(f"  {'no key':<14} {mode.describe(publication)}")
+        return plan.main, plan.inserts
 
     def load_demo(self) -> bool:
         """Load the demo shop schema and rows into an empty database, as its owner."""
@@ -634,7 +663,11 @@ class LocalStack:
         config = load_connector_config_file(self.s.connector_config)
         conn = postgres.connect(**self.as_role("admin").pg_params())
         try:
-            for what in postgres.drop_slot_and_publication(conn, config.slot_name, config.publication_name):
+            from mallard.core.keyless import inserts_publication, publication_names
+
+            main = config.publication_name
+            for what in postgres.drop_slot_and_publication(conn, config.slot_name, main, inserts_publication(main),
+                                                            publication_names(main)):
                 report(f"  dropped {what}")
         finally:
             conn.close()
