@@ -5,14 +5,13 @@ element. Pure. A schema it does not know leaves the value as it came."""
 from __future__ import annotations
 
 import base64
-import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from mallard.core.type_registry import interval_parts
+
 _EPOCH = date(1970, 1, 1)
-_ISO_DURATION = re.compile(r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)D)?"
-                           r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$")
 
 
 def _bytes(value: Any) -> bytes:
@@ -40,14 +39,10 @@ def _timestamp(micros: int) -> str:
 def interval_text(iso: str) -> str:
     """Debezium's ISO 8601 interval (``P1Y2M3DT4H5M6.789S``, seconds from a double) as
     Postgres prints it, rounded to the microsecond as Postgres stores it."""
-    m = _ISO_DURATION.match(iso)
-    if not m:
+    read = interval_parts(iso)  # the applier's own reading of it
+    if read is None:
         return iso
-    sign = -1 if m.group(1) else 1
-    years, months, days, hours, minutes = (sign * int(g or 0) for g in m.groups()[1:6])
-    seconds = sign * Decimal(m.group(7) or 0)
-    months += years * 12
-    micros = int((Decimal(hours * 3600 + minutes * 60) + seconds).scaleb(6).quantize(Decimal(1), "ROUND_HALF_EVEN"))
+    months, days, micros = read
     # As Postgres' EncodeInterval (IntervalStyle postgres): years and months split with the
     # sign of the total, plural unless exactly 1, '+' on a positive part after a negative one.
     year = int(months / 12)

@@ -275,23 +275,38 @@ def _zoned_timestamp(v: Any) -> int:
 
 _EPOCH_TZ = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 _ISO_DURATION = re.compile(
-    r"^P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
+    r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
     r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$"
 )
+_MICRO = Decimal(1)
+
+
+def interval_parts(iso: str) -> tuple[int, int, int] | None:
+    """An ISO-8601 duration (Debezium's interval.handling.mode=string) -> (months, days,
+    microseconds) as Postgres keeps the interval (months and days not converted to time), or
+    None if it is not one. The seconds are rounded to the microsecond, half to even: pgjdbc
+    keeps them as a double, so Debezium may send ``2.278032999`` for Postgres' ``2.278033``
+    (a double's error is far below half a microsecond, so rounding gives the stored value)."""
+    m = _ISO_DURATION.match(iso)
+    if not m:
+        return None
+    negate, y, mo, w, d, h, mi, s = m.groups()
+    sign = -1 if negate else 1
+    months = sign * (int(y or 0) * 12 + int(mo or 0))
+    days = sign * (int(w or 0) * 7 + int(d or 0))
+    seconds = Decimal(int(h or 0) * 3600 + int(mi or 0) * 60) + Decimal(s or 0)
+    micros = int(seconds.scaleb(6, context=_EXACT).quantize(_MICRO, "ROUND_HALF_EVEN", context=_EXACT))
+    return months, days, sign * micros
 
 
 def _interval(v: Any) -> tuple[int, int, int]:
-    """ISO-8601 duration (interval.handling.mode=string) -> (months, days, nanoseconds), exactly
-    as Postgres keeps an interval: months and days are not converted to time."""
-    m = _ISO_DURATION.match(_str(v))
-    if not m:
+    """ISO-8601 duration -> (months, days, nanoseconds): ``interval_parts``, Arrow's
+    month_day_nano (whole microseconds, as Postgres holds them)."""
+    parts = interval_parts(_str(v))
+    if parts is None:
         raise ValueError(f"not an ISO-8601 duration: {v!r:.60}")
-    y, mo, w, d, h, mi, s = m.groups()
-    months = int(y or 0) * 12 + int(mo or 0)
-    days = int(w or 0) * 7 + int(d or 0)
-    seconds = Decimal(s or 0)
-    nanos = (int(h or 0) * 3600 + int(mi or 0) * 60) * 1_000_000_000 + int(seconds * 1_000_000_000)
-    return months, days, nanos
+    months, days, micros = parts
+    return months, days, micros * 1000
 
 
 # Decoders that only check a value's JSON type: column-wise, the Arrow conversion checks it.

@@ -171,3 +171,26 @@ def test_the_column_wise_decimal_decoder_agrees_with_the_per_value_one():
             ct.decode_column(bad)
         with pytest.raises((ValueError, TypeError)):
             [ct.decode(v) for v in bad]
+
+
+@pytest.mark.parametrize("iso, micros", [
+    ("P0Y0M364DT2H33M2.278032999S", (2 * 3600 + 33 * 60 + 2) * 10**6 + 278_033),  # pgjdbc's double
+    ("PT2.2780325S", 2_278_032),  # half a microsecond: to even (never sent; Postgres holds whole ones)
+    ("PT2.2780335S", 2_278_034),
+    ("PT-0.0000009S", -1),
+    ("PT-1.999999999S", -2_000_000),
+    ("PT59.9999995S", 60_000_000),
+    ("PT0.000001S", 1),
+    ("P-2M-3DT-4H-5M-6.699999999S", -(4 * 3600 + 5 * 60) * 10**6 - 6_700_000),
+    ("-P1DT1.0000004S", -1_000_000),
+])
+def test_interval_seconds_round_to_the_microsecond_postgres_holds(iso, micros):
+    months, days, nanos = column_type({"type": "string", "name": "io.debezium.time.Interval"}).decode(iso)
+    assert nanos == micros * 1000
+
+
+def test_interval_decoder_names_what_is_not_a_duration():
+    ct = column_type({"type": "string", "name": "io.debezium.time.Interval"})
+    for bad in ("P1.5D", "1 day", "PT1,5S", ""):
+        with pytest.raises(ValueError, match="ISO-8601 duration"):
+            ct.decode(bad)
