@@ -110,6 +110,17 @@ def _unscaled(precision: int) -> Callable[[pa.Array], pa.Array]:
     return lambda array: array.view(pa.decimal128(precision, 0)).cast(pa.int64())
 
 
+def _checked_decimal_text(precision: int, scale: int) -> Callable[[pa.Array], pa.Array]:
+    """Postgres' text of numeric(p, s) values, kept as text (the transport: cast in SQL) once
+    Arrow has parsed it as DECIMAL(p, s) without rounding (NaN, or a value that does not fit,
+    is refused as the CDC path refuses it)."""
+    def finish(array: pa.Array) -> pa.Array:
+        array.cast(pa.decimal128(precision, scale))
+        return array
+
+    return finish
+
+
 def _from_json(ct: ColumnType) -> Callable[[pa.Array], pa.Array]:
     """Debezium JSON values (bytea, interval, arrays: never the marked numerics, which are
     read as decimals) -> the transport array, through the decoders CDC values go through."""
@@ -128,6 +139,8 @@ def csv_column(col: PgColumn, ct: ColumnType) -> CsvColumn:
         return CsvColumn(col.name, json_expression(col), _VIEWED[t], _viewed_as(arrow_type(ct)))
     if t == "int64" and ct.precision is not None:  # numeric(p<=18, s): unscaled
         return CsvColumn(col.name, quote_ident(col.name), pa.decimal128(*ct.precision), _unscaled(ct.precision[0]))
+    if t == "string" and ct.precision is not None:  # numeric(p<=38, s): text, checked
+        return CsvColumn(col.name, quote_ident(col.name), pa.string(), _checked_decimal_text(*ct.precision))
     if t in _AS_TEXT:
         return CsvColumn(col.name, quote_ident(col.name), arrow_type(ct), _same)
     return CsvColumn(col.name, json_expression(col), pa.string(), _from_json(ct))

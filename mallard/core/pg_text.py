@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from mallard.core.type_registry import interval_parts
+from mallard.core.type_registry import SOURCE_TYPE, interval_parts, numeric_text
 
 _EPOCH = date(1970, 1, 1)
 
@@ -68,6 +68,8 @@ def pg_text(schema: dict[str, Any] | None, value: Any) -> Any:
     try:
         if name == "org.apache.kafka.connect.data.Decimal":
             return _decimal(value, int(params.get("scale", 0)))
+        if not name and kind == "string" and str(params.get(SOURCE_TYPE, "")).upper() == "NUMERIC":
+            return numeric_text(value)  # decimal.handling.mode=string: the text, specials renamed
         if name == "io.debezium.data.VariableScaleDecimal" and isinstance(value, dict):
             return _decimal(value["value"], int(value["scale"]))
         if name == "io.debezium.time.Date" or name == "org.apache.kafka.connect.data.Date":
