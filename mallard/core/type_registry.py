@@ -381,8 +381,7 @@ def _decimal_text(precision: int, scale: int) -> Callable[[Any], str]:
         if type(v) is str and pattern.fullmatch(v) is not None:
             return v
         if v in NUMERIC_SPECIALS:
-            raise ValueError(f"{NUMERIC_SPECIALS[v]} cannot be held by {duck} (numeric(p,s) columns can hold NaN; "
-                             f"an unconstrained numeric column is kept as its exact text)")
+            raise ValueError(f"{NUMERIC_SPECIALS[v]} cannot be held by {duck} (DuckDB's DECIMAL has no NaN)")
         raise ValueError(f"{_str(v)!r:.60} is not a value {duck} holds exactly")
 
     return check
@@ -533,8 +532,15 @@ def _trim_decimal(x: str) -> str:
 
 
 AS_TEXT = Canon("{}::text", "CAST({} AS VARCHAR)")
-DECIMAL_TEXT = Canon(_trim_decimal("{0}::text"), _trim_decimal("CAST({0} AS VARCHAR)"))
-"""Decimal text without trailing fractional zeros (DuckDB holds an unconstrained numeric with 18 decimals)."""
+def _leading_zero(x: str) -> str:
+    """DuckDB prints a DECIMAL(p,p) without the integer part's zero ('.5', '-.5'): Postgres' form."""
+    return (f"(CASE WHEN starts_with({x}, '.') THEN '0' || {x} "
+            f"WHEN starts_with({x}, '-.') THEN '-0' || substr({x}, 2) ELSE {x} END)")
+
+
+DECIMAL_TEXT = Canon(_trim_decimal("{0}::text"), _trim_decimal(_leading_zero("CAST({0} AS VARCHAR)")))
+"""Decimal text without trailing fractional zeros (a replica may hold a numeric in another scale:
+an older replica's DECIMAL(38,18) for an unconstrained one, integers)."""
 DAYS = Canon("(CASE WHEN isfinite({0}) THEN ({0} - DATE '1970-01-01')::text ELSE {0}::text END)",
              "(CASE WHEN isfinite({0}) THEN CAST({0} - DATE '1970-01-01' AS VARCHAR) "
              "ELSE CAST({0} AS VARCHAR) END)")

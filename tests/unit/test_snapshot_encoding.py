@@ -48,3 +48,15 @@ def test_wide_numerics_are_not_rounded():
     assert roundtrip(col, wide) == str(wide)
     typed = PgColumn("n", "numeric", typmod=((38 << 16) | 18) + 4)
     assert column_type(connect_schema(typed)).decode(encode(typed, wide)) == str(wide)
+
+
+def test_numerics_are_encoded_as_debezium_sends_them_in_string_mode():
+    free, money = PgColumn("n", "numeric"), PgColumn("m", "numeric", typmod=((12 << 16) | 2) + 4)
+    params = connect_schema(money)["parameters"]
+    assert (params["__debezium.source.column.length"], params["__debezium.source.column.scale"]) == ("12", "2")
+    assert connect_schema(free)["parameters"]["__debezium.source.column.length"] == "131089"
+    for text, sent in [("NaN", "NAN"), ("Infinity", "POSITIVE_INFINITY"), ("-Infinity", "NEGATIVE_INFINITY"),
+                       ("123456789012345678901234567890123456789", "123456789012345678901234567890123456789")]:
+        assert encode(free, text) == sent and roundtrip(free, text) == text
+    assert encode(free, Decimal("1E-30")) == "0.000000000000000000000000000001"  # never an exponent
+    assert encode(money, "-0.01") == roundtrip(money, "-0.01") == "-0.01"
