@@ -376,9 +376,10 @@ def _decimal_text(precision: int, scale: int) -> Callable[[Any], str]:
     whole = rf"0*[0-9]{{1,{precision - scale}}}" if precision > scale else "0*0"
     pattern = re.compile(rf"-?{whole}(?:\.[0-9]{{1,{scale}}})?" if scale else rf"-?{whole}")
     duck = f"DECIMAL({precision},{scale})"
+    fits = pattern.fullmatch
 
     def check(v: Any) -> str:
-        if type(v) is str and pattern.fullmatch(v) is not None:
+        if type(v) is str and fits(v) is not None:
             return v
         if v in NUMERIC_SPECIALS:
             raise ValueError(f"{NUMERIC_SPECIALS[v]} cannot be held by {duck} (DuckDB's DECIMAL has no NaN)")
