@@ -272,11 +272,14 @@ def _zoned_timestamp(v: Any) -> int:
         raise ValueError(f"not an ISO timestamp with time zone: {v!r:.60}") from None
     if dt.tzinfo is None:
         raise ValueError(f"timestamp without time zone offset: {v!r:.60}")
+    if len(v) > 27 and _SUB_MICROSECOND(v):  # fromisoformat would drop the digits: Postgres has none
+        raise ValueError(f"timestamp with time zone finer than a microsecond: {v!r:.60}")
     delta = dt - _EPOCH_TZ
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 _EPOCH_TZ = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_SUB_MICROSECOND = re.compile(r"\.[0-9]{7}").search
 _ISO_DURATION = re.compile(
     r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
     r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$"

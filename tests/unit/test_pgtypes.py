@@ -260,3 +260,17 @@ def test_an_unconstrained_numeric_refuses_what_is_not_a_numeric_text(sent):
 def test_a_string_with_another_source_type_stays_text():
     ct = column_type({"type": "string", "parameters": {P + "type": "VARCHAR", P + "length": "10"}})
     assert (ct.duckdb, ct.decode("NAN")) == ("VARCHAR", "NAN")
+
+
+@pytest.mark.parametrize("text, micros", [
+    ("2024-01-01T00:00:00.123456Z", 1704067200_123456), ("2024-01-01T00:00:00.5Z", 1704067200_500000),
+    ("0001-01-01T00:00:00.000001Z", -62135596799_999999), ("2024-01-01T05:30:00.000001+05:30", 1704067200_000001),
+])
+def test_zoned_timestamps_keep_every_microsecond(text, micros):
+    assert column_type({"type": "string", "name": "io.debezium.time.ZonedTimestamp"}).decode(text) == micros
+
+
+@pytest.mark.parametrize("text", ["2024-01-01T00:00:00.1234567Z", "2024-01-01T00:00:00.123456999+00:00"])
+def test_zoned_timestamps_finer_than_postgres_are_refused_not_truncated(text):
+    with pytest.raises(ValueError, match="finer than a microsecond"):
+        column_type({"type": "string", "name": "io.debezium.time.ZonedTimestamp"}).decode(text)
