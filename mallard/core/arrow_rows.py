@@ -7,9 +7,10 @@ decoded in Python into it (``snapshot_table``); the snapshotter's Arrow rows car
 directly. ``CsvPlan`` says, per column, what the snapshot's ``COPY ... (FORMAT csv)``
 selects and how Arrow's CSV parser (C++, threaded) turns that text into the transport
 array — so that snapshot rows and CDC rows still become the very same DuckDB values:
-- integers, floats, booleans, text (also uuid, json, enums, unknown types), decimals and
+- integers, floats, booleans, text (also uuid, json, enums, unknown types), numerics and
   timestamps with time zone: Postgres' own text, parsed by Arrow into the transport
-  type (decimals exactly, never through a float; a value that does not fit is an error);
+  type (numerics stay text, each checked to fit its DECIMAL(p,s) exactly, never through
+  a float; a value that does not fit is an error);
 - dates, times, timestamps: the integer Debezium sends (days, ms or µs since the epoch,
   ``json_expression``), parsed as an integer and viewed as the transport type;
 - everything else (bytea, interval, arrays): the Debezium JSON value
@@ -122,8 +123,8 @@ def _checked_decimal_text(precision: int, scale: int) -> Callable[[pa.Array], pa
 
 
 def _from_json(ct: ColumnType) -> Callable[[pa.Array], pa.Array]:
-    """Debezium JSON values (bytea, interval, arrays: never the marked numerics, which are
-    read as decimals) -> the transport array, through the decoders CDC values go through."""
+    """Debezium JSON values (bytea, interval, arrays) -> the transport array, through the
+    decoders CDC values go through."""
     loads = orjson.loads
 
     def finish(array: pa.Array) -> pa.Array:
