@@ -7,9 +7,10 @@ decoded in Python into it (``snapshot_table``); the snapshotter's Arrow rows car
 directly. ``CsvPlan`` says, per column, what the snapshot's ``COPY ... (FORMAT csv)``
 selects and how Arrow's CSV parser (C++, threaded) turns that text into the transport
 array — so that snapshot rows and CDC rows still become the very same DuckDB values:
-- integers, floats, booleans, text (also uuid, json, enums, unknown types), decimals and
+- integers, floats, booleans, text (also uuid, json, enums, unknown types), numerics and
   timestamps with time zone: Postgres' own text, parsed by Arrow into the transport
-  type (decimals exactly, never through a float; a value that does not fit is an error);
+  type (numerics stay text, each checked to fit its DECIMAL(p,s) exactly, never through
+  a float; a value that does not fit is an error);
 - dates, times, timestamps: the integer Debezium sends (days, ms or µs since the epoch,
   ``json_expression``), parsed as an integer and viewed as the transport type;
 - everything else (bytea, interval, arrays): the Debezium JSON value
@@ -110,9 +111,20 @@ def _unscaled(precision: int) -> Callable[[pa.Array], pa.Array]:
     return lambda array: array.view(pa.decimal128(precision, 0)).cast(pa.int64())
 
 
+def _checked_decimal_text(precision: int, scale: int) -> Callable[[pa.Array], pa.Array]:
+    """Postgres' text of numeric(p, s) values, kept as text (the transport: cast in SQL) once
+    Arrow has parsed it as DECIMAL(p, s) without rounding (NaN, or a value that does not fit,
+    is refused as the CDC path refuses it)."""
+    def finish(array: pa.Array) -> pa.Array:
+        array.cast(pa.decimal128(precision, scale))
+        return array
+
+    return finish
+
+
 def _from_json(ct: ColumnType) -> Callable[[pa.Array], pa.Array]:
-    """Debezium JSON values (bytea, interval, arrays: never the marked numerics, which are
-    read as decimals) -> the transport array, through the decoders CDC values go through."""
+    """Debezium JSON values (bytea, interval, arrays) -> the transport array, through the
+    decoders CDC values go through."""
     loads = orjson.loads
 
     def finish(array: pa.Array) -> pa.Array:
@@ -128,6 +140,8 @@ def csv_column(col: PgColumn, ct: ColumnType) -> CsvColumn:
         return CsvColumn(col.name, json_expression(col), _VIEWED[t], _viewed_as(arrow_type(ct)))
     if t == "int64" and ct.precision is not None:  # numeric(p<=18, s): unscaled
         return CsvColumn(col.name, quote_ident(col.name), pa.decimal128(*ct.precision), _unscaled(ct.precision[0]))
+    if t == "string" and ct.precision is not None:  # numeric(p<=38, s): text, checked
+        return CsvColumn(col.name, quote_ident(col.name), pa.string(), _checked_decimal_text(*ct.precision))
     if t in _AS_TEXT:
         return CsvColumn(col.name, quote_ident(col.name), arrow_type(ct), _same)
     return CsvColumn(col.name, json_expression(col), pa.string(), _from_json(ct))

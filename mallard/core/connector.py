@@ -23,7 +23,10 @@ REQUIRED = {
     "snapshot.mode": "no_data",
     "skipped.operations": "none",
     "provide.transaction.metadata": "true",
-    "decimal.handling.mode": "precise",
+    # numerics as their exact text (NaN and ±Infinity too: precise mode sends null for them),
+    # with the column's precision and scale as schema parameters
+    "decimal.handling.mode": "string",
+    "datatype.propagate.source.type": ".+\\.numeric",
     "interval.handling.mode": "string",
     "key.converter.schemas.enable": "true",
     "value.converter.schemas.enable": "true",

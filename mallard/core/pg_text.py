@@ -5,14 +5,13 @@ element. Pure. A schema it does not know leaves the value as it came."""
 from __future__ import annotations
 
 import base64
-import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from mallard.core.type_registry import SOURCE_TYPE, interval_parts, numeric_text
+
 _EPOCH = date(1970, 1, 1)
-_ISO_DURATION = re.compile(r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)D)?"
-                           r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$")
 
 
 def _bytes(value: Any) -> bytes:
@@ -40,14 +39,10 @@ def _timestamp(micros: int) -> str:
 def interval_text(iso: str) -> str:
     """Debezium's ISO 8601 interval (``P1Y2M3DT4H5M6.789S``, seconds from a double) as
     Postgres prints it, rounded to the microsecond as Postgres stores it."""
-    m = _ISO_DURATION.match(iso)
-    if not m:
+    read = interval_parts(iso)  # the applier's own reading of it
+    if read is None:
         return iso
-    sign = -1 if m.group(1) else 1
-    years, months, days, hours, minutes = (sign * int(g or 0) for g in m.groups()[1:6])
-    seconds = sign * Decimal(m.group(7) or 0)
-    months += years * 12
-    micros = int((Decimal(hours * 3600 + minutes * 60) + seconds).scaleb(6).quantize(Decimal(1), "ROUND_HALF_EVEN"))
+    months, days, micros = read
     # As Postgres' EncodeInterval (IntervalStyle postgres): years and months split with the
     # sign of the total, plural unless exactly 1, '+' on a positive part after a negative one.
     year = int(months / 12)
@@ -73,6 +68,8 @@ def pg_text(schema: dict[str, Any] | None, value: Any) -> Any:
     try:
         if name == "org.apache.kafka.connect.data.Decimal":
             return _decimal(value, int(params.get("scale", 0)))
+        if not name and kind == "string" and str(params.get(SOURCE_TYPE, "")).upper() == "NUMERIC":
+            return numeric_text(value)  # decimal.handling.mode=string: the text, specials renamed
         if name == "io.debezium.data.VariableScaleDecimal" and isinstance(value, dict):
             return _decimal(value["value"], int(value["scale"]))
         if name == "io.debezium.time.Date" or name == "org.apache.kafka.connect.data.Date":

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from mallard.core.type_registry import (  # noqa: F401 (re-exported: the decoders' names as they were)
-    ARROW_PARSED, CHECK_ONLY, INT_BITS, INT_RANGES, MAX_DECIMAL_PRECISION, REGISTRY, TOASTABLE_TRANSPORTS,
+    ARROW_PARSED, CHECK_ONLY, INT_BITS, INT_RANGES, MAX_DECIMAL_PRECISION, REGISTRY, SOURCE_TYPE, TOASTABLE_TRANSPORTS,
     UNCONSTRAINED_NUMERIC, WIRES, Arrival, ColumnType, PgType,
 )
 from mallard.schemas.debezium import UNAVAILABLE_VALUE as UNAVAILABLE  # one definition: the Debezium contract
@@ -28,20 +28,26 @@ from mallard.schemas.debezium import UNAVAILABLE_VALUE as UNAVAILABLE  # one def
 UNAVAILABLE_B64 = binascii.b2a_base64(UNAVAILABLE.encode(), newline=False).decode()
 
 
-def _by_schema(rows: Sequence[PgType]) -> tuple[dict[str, Arrival], dict[str, Arrival]]:
-    """The registry's arrivals by Connect logical name, and (without one) by Connect type."""
+def _by_schema(rows: Sequence[PgType]) -> tuple[dict[str, Arrival], dict[str, Arrival], dict[tuple[str, str], Arrival]]:
+    """The registry's arrivals by Connect logical name, (without one) by Connect type, and by
+    Connect type and the source column type Debezium propagates."""
     by_name: dict[str, Arrival] = {}
     by_type: dict[str, Arrival] = {}
+    by_source: dict[tuple[str, str], Arrival] = {}
     for row in rows:
         for arrival in row.arrives_as:
-            table, key = (by_name, arrival.name) if arrival.name else (by_type, arrival.connect)
+            table: dict[Any, Arrival]
+            if arrival.source_type:
+                table, key = by_source, (arrival.connect, arrival.source_type)
+            else:
+                table, key = (by_name, arrival.name) if arrival.name else (by_type, arrival.connect)
             # a schema several types arrive as (string: text, varchar, citext...) means one thing
             assert table.get(key, arrival) == arrival, f"{key} arrives as two column types"
             table[key] = arrival
-    return by_name, by_type
+    return by_name, by_type, by_source
 
 
-_BY_NAME, _BY_TYPE = _by_schema(REGISTRY)
+_BY_NAME, _BY_TYPE, _BY_SOURCE = _by_schema(REGISTRY)
 
 
 def _list(element: ColumnType) -> Callable[[Any], list]:
@@ -77,6 +83,10 @@ def _column_type(schema: dict[str, Any]) -> ColumnType:
         if element.known and element.sql is None and not element.transport.startswith("list"):
             return ColumnType(f"{element.duckdb}[]", f"list:{element.transport}", _list(element), toastable=True)
         return ColumnType("VARCHAR", "string", _as_text, toastable=True, known=False)
+    source = name is None and (schema.get("parameters") or {}).get(SOURCE_TYPE)
+    if source and (ctype, source.upper()) in _BY_SOURCE:
+        column = _BY_SOURCE[ctype, source.upper()].column
+        return column if isinstance(column, ColumnType) else column(schema)
     if name is None and ctype in _BY_TYPE:
         column = _BY_TYPE[ctype].column
         return column if isinstance(column, ColumnType) else column(schema)

@@ -11,9 +11,9 @@ types no row names (read as their text).
 ``encode`` produces in Python (same text for every type but floats, which Postgres
 and Python both print as their shortest round-trip form). A whole row is then one
 JSON array of text, which the snapshotter frames into batch messages without
-parsing it. Needs Postgres 14+ (extract() returning numeric, exact). Numerics whose
-unscaled value does not fit 127 bits are handed back as their text, marked, and
-encoded in Python (``fix_marked``).
+parsing it. Needs Postgres 14+ (extract() returning numeric, exact). Numerics are
+their text (as Debezium sends them in decimal.handling.mode=string), so no SQL marks a
+value for Python any more; ``fix_marked`` still encodes one that is marked.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def row_json_expression(columns: list[PgColumn]) -> str:
 
 
 def fix_marked(columns: list[PgColumn], rows_json: bytes) -> bytes:
-    """Encode in Python the values Postgres handed back as marked text (huge numerics):
+    """Encode in Python the values Postgres handed back as marked text (numerics, once):
     ``rows_json`` is a JSON array of rows; returns it with those values encoded."""
     if _MARKER_BYTES not in rows_json:
         return rows_json

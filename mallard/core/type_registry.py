@@ -100,6 +100,9 @@ class Arrival:
     name: str | None
     """Connect's logical name (io.debezium.time.Date...); None: Connect's plain type."""
     column: ColumnType | Callable[[dict[str, Any]], ColumnType]
+    source_type: str | None = None
+    """Debezium's ``__debezium.source.column.type`` parameter (``datatype.propagate.source.type``):
+    the arrival is for a schema of Connect type ``connect`` carrying it (upper case)."""
 
 
 @dataclass(frozen=True)
@@ -269,29 +272,47 @@ def _zoned_timestamp(v: Any) -> int:
         raise ValueError(f"not an ISO timestamp with time zone: {v!r:.60}") from None
     if dt.tzinfo is None:
         raise ValueError(f"timestamp without time zone offset: {v!r:.60}")
+    if len(v) > 27 and _SUB_MICROSECOND(v):  # fromisoformat would drop the digits: Postgres has none
+        raise ValueError(f"timestamp with time zone finer than a microsecond: {v!r:.60}")
     delta = dt - _EPOCH_TZ
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 _EPOCH_TZ = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_SUB_MICROSECOND = re.compile(r"\.[0-9]{7}").search
 _ISO_DURATION = re.compile(
-    r"^P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
+    r"^(-)?P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
     r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$"
 )
+_MICRO = Decimal(1)
+
+
+def interval_parts(iso: str) -> tuple[int, int, int] | None:
+    """An ISO-8601 duration (Debezium's interval.handling.mode=string) -> (months, days,
+    microseconds) as Postgres keeps the interval (months and days not converted to time), or
+    None if it is not one. The seconds are rounded to the microsecond, half to even: pgjdbc
+    keeps them as a double, so Debezium may send ``2.278032999`` for Postgres' ``2.278033``
+    (a double's error is far below half a microsecond, so rounding gives the stored value)."""
+    m = _ISO_DURATION.match(iso)
+    if not m:
+        return None
+    negate, y, mo, w, d, h, mi, s = m.groups()
+    sign = -1 if negate else 1
+    months = sign * (int(y or 0) * 12 + int(mo or 0))
+    days = sign * (int(w or 0) * 7 + int(d or 0))
+    seconds = Decimal(int(h or 0) * 3600 + int(mi or 0) * 60) + Decimal(s or 0)
+    micros = int(seconds.scaleb(6, context=_EXACT).quantize(_MICRO, "ROUND_HALF_EVEN", context=_EXACT))
+    return months, days, sign * micros
 
 
 def _interval(v: Any) -> tuple[int, int, int]:
-    """ISO-8601 duration (interval.handling.mode=string) -> (months, days, nanoseconds), exactly
-    as Postgres keeps an interval: months and days are not converted to time."""
-    m = _ISO_DURATION.match(_str(v))
-    if not m:
+    """ISO-8601 duration -> (months, days, nanoseconds): ``interval_parts``, Arrow's
+    month_day_nano (whole microseconds, as Postgres holds them)."""
+    parts = interval_parts(_str(v))
+    if parts is None:
         raise ValueError(f"not an ISO-8601 duration: {v!r:.60}")
-    y, mo, w, d, h, mi, s = m.groups()
-    months = int(y or 0) * 12 + int(mo or 0)
-    days = int(w or 0) * 7 + int(d or 0)
-    seconds = Decimal(s or 0)
-    nanos = (int(h or 0) * 3600 + int(mi or 0) * 60) * 1_000_000_000 + int(seconds * 1_000_000_000)
-    return months, days, nanos
+    months, days, micros = parts
+    return months, days, micros * 1000
 
 
 # Decoders that only check a value's JSON type: column-wise, the Arrow conversion checks it.
@@ -324,6 +345,74 @@ def _decimal_column(schema: dict[str, Any]) -> ColumnType:
                       from_wire=from_bytes)
 
 
+# decimal.handling.mode=string, with datatype.propagate.source.type naming numeric: Debezium sends
+# a numeric as its text (BigDecimal.toPlainString: Postgres' digits and scale) or NAN,
+# POSITIVE_INFINITY, NEGATIVE_INFINITY, in a string schema whose parameters give the column's
+# precision (length) and scale. The only encoding that holds every numeric value exactly.
+SOURCE_TYPE = "__debezium.source.column.type"
+SOURCE_LENGTH = "__debezium.source.column.length"
+SOURCE_SCALE = "__debezium.source.column.scale"
+SOURCE_NAME = "__debezium.source.column.name"
+UNCONSTRAINED_LENGTH = 131089
+"""The length Debezium reports for a numeric without precision (pgjdbc's bound)."""
+NUMERIC_SPECIALS = {"NAN": "NaN", "POSITIVE_INFINITY": "Infinity", "NEGATIVE_INFINITY": "-Infinity"}
+"""Debezium's names of numeric's special values -> Postgres' text of them."""
+DEBEZIUM_SPECIALS = {pg: debezium for debezium, pg in NUMERIC_SPECIALS.items()}
+_PG_SPECIALS = {**NUMERIC_SPECIALS, **{pg: pg for pg in DEBEZIUM_SPECIALS}}
+_NUMERIC_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def numeric_text(v: Any) -> str:
+    """Debezium's text of a numeric -> Postgres' own text of it, exactly (specials renamed)."""
+    text = _str(v)
+    special = _PG_SPECIALS.get(text)
+    if special is not None:
+        return special
+    if _NUMERIC_TEXT.fullmatch(text) is None:
+        raise ValueError(f"not the text of a numeric: {v!r:.60}")
+    return text
+
+
+def _decimal_text(precision: int, scale: int) -> Callable[[Any], str]:
+    """Debezium's text of a numeric(p, s) value, checked to be one DECIMAL(p, s) holds exactly
+    (at most p - s integer digits, s places: DuckDB's cast then never rounds); NaN is not one."""
+    whole = rf"0*[0-9]{{1,{precision - scale}}}" if precision > scale else "0*0"
+    pattern = re.compile(rf"-?{whole}(?:\.[0-9]{{1,{scale}}})?" if scale else rf"-?{whole}")
+    duck = f"DECIMAL({precision},{scale})"
+    fits = pattern.fullmatch
+
+    def check(v: Any) -> str:
+        if type(v) is str and fits(v) is not None:
+            return v
+        if v in NUMERIC_SPECIALS:
+            raise ValueError(f"{NUMERIC_SPECIALS[v]} cannot be held by {duck} (DuckDB's DECIMAL has no NaN)")
+        raise ValueError(f"{_str(v)!r:.60} is not a value {duck} holds exactly")
+
+    return check
+
+
+def numeric_column(precision: int, scale: int) -> ColumnType:
+    """What a numeric column becomes: DECIMAL(p, s) when DuckDB has it (1 <= p <= 38, 0 <= s <= p),
+    loaded as text and cast in SQL (exact: the text is checked to fit); otherwise (unconstrained,
+    wider than 38 digits, a negative scale) VARCHAR holding Postgres' exact text, NaN and
+    ±Infinity included: no DuckDB type holds every such value."""
+    if 1 <= precision <= MAX_DECIMAL_PRECISION and 0 <= scale <= precision:
+        duck = f"DECIMAL({precision},{scale})"
+        check = _decimal_text(precision, scale)
+        return ColumnType(duck, "string", check, sql=f"CAST({{}} AS {duck})", precision=(precision, scale),
+                          wire="str", from_wire=check)
+    return ColumnType("VARCHAR", "string", numeric_text, toastable=True, wire="str", from_wire=numeric_text)
+
+
+def _numeric_text_column(schema: dict[str, Any]) -> ColumnType:
+    params = schema.get("parameters") or {}
+    try:
+        precision, scale = int(params.get(SOURCE_LENGTH, 0)), int(params.get(SOURCE_SCALE, 0))
+    except ValueError:
+        precision, scale = 0, 0  # not numbers: the exact text, whatever the column holds
+    return numeric_column(precision, scale)
+
+
 def _variable_decimal_column(schema: dict[str, Any]) -> ColumnType:
     p, s = UNCONSTRAINED_NUMERIC
     return ColumnType(f"DECIMAL({p},{s})", "decimal", _variable_decimal, precision=(p, s))
@@ -353,13 +442,6 @@ def _unscaled_b64(unscaled: int) -> str:
     return base64.b64encode(unscaled.to_bytes(length, "big", signed=True)).decode()
 
 
-def _digits(value: Decimal) -> tuple[int, int]:
-    """(signed digits, exponent): the exact integer behind a Decimal, no context rounding."""
-    sign, digits, exponent = value.as_tuple()
-    n = int("".join(map(str, digits)) or "0")
-    return (-n if sign else n), int(exponent)
-
-
 def _micros(delta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -370,15 +452,6 @@ def _encode_float(col: PgColumn, value: float) -> Any:
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return value
-
-
-def _encode_numeric(col: PgColumn, value: Decimal) -> Any:
-    digits, exponent = _digits(value)
-    p_s = col.numeric_precision
-    if p_s is None:
-        scale = max(0, -exponent)
-        return {"scale": scale, "value": _unscaled_b64(digits * 10 ** (exponent + scale))}
-    return _unscaled_b64(digits * 10 ** (exponent + p_s[1]))  # Postgres never holds more places
 
 
 def _encode_bytea(col: PgColumn, value: Any) -> str:
@@ -408,60 +481,24 @@ def _encode_interval(col: PgColumn, value: Any) -> str:
     return f"P{months}M{days}DT{Decimal(micros).scaleb(-6):f}S"
 
 
-# Postgres encodes the same (Postgres 14+: extract() returns numeric, exact). Numerics whose
-# unscaled value does not fit 127 bits are handed back as their text, marked, and encoded in
-# Python (snapshot_encoding.fix_marked): rare, and exact either way.
-
-def _min_bytes(value: str, limit_bytes: int, array_type: str) -> str:
-    """SQL: how many bytes ``encode`` uses for the unscaled integer ``value``: the least n
-    with |value| < 2**(8n - 1) (one binary search, ``value`` evaluated once)."""
-    bounds = ", ".join(str(2 ** (8 * n - 1)) for n in range(1, limit_bytes))
-    return f"1 + width_bucket(abs({value}), ARRAY[{bounds}]::{array_type}[])"
-
-
-def _b64_int8(value: str) -> str:
-    """SQL: base64 of the minimal two's-complement bytes of an int8 expression (|v| < 2**63)."""
-    return f"encode(substr(int8send({value}), 9 - ({_min_bytes(value, 8, 'int8')})), 'base64')"
-
-
-def _b64_int128(value: str) -> str:
-    """SQL: the same for an integral numeric expression with |v| < 2**127, as two int8 limbs."""
-    hi = f"floor(({value}) / 18446744073709551616::numeric)"
-    lo = f"(({value}) - {hi} * 18446744073709551616::numeric)"  # 0 <= lo < 2**64
-    lo_signed = f"(CASE WHEN {lo} >= 9223372036854775808::numeric THEN {lo} - 18446744073709551616::numeric ELSE {lo} END)"
-    raw = f"int8send({hi}::int8) || int8send({lo_signed}::int8)"
-    return f"encode(substr({raw}, 17 - ({_min_bytes(value, 16, 'numeric')})), 'base64')"
-
-
 def _quoted(expr: str) -> str:
     return f"'\"' || {expr} || '\"'"
 
 
-def _marked(expr_text: str) -> str:
-    return f"'{{\"{PY_MARKER}\":\"' || {expr_text} || '\"}}'"
-
-
 def _numeric_schema(col: PgColumn) -> dict[str, Any]:
-    p_s = col.numeric_precision
-    return ({"type": "struct", "name": "io.debezium.data.VariableScaleDecimal"} if p_s is None else
-            {"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
-             "parameters": {"scale": str(p_s[1]), "connect.decimal.precision": str(p_s[0])}})
+    precision, scale = col.numeric_precision or (UNCONSTRAINED_LENGTH, 0)
+    return {"type": "string", "parameters": {SOURCE_TYPE: "NUMERIC", SOURCE_LENGTH: str(precision),
+                                             SOURCE_SCALE: str(scale), SOURCE_NAME: col.name}}
 
 
-def _numeric_json(col: PgColumn) -> str:
-    c = quote_ident(col.name)
-    p_s = col.numeric_precision
-    if p_s is not None:
-        precision, scale = p_s
-        unscaled = f"({c} * 1{'0' * scale})" if scale else c
-        if precision <= 18:
-            return _quoted(_b64_int8(f"{unscaled}::int8"))
-        return (f"CASE WHEN abs({unscaled}) < {2 ** 127} THEN {_quoted(_b64_int128(unscaled))} "
-                f"ELSE {_marked(f'{c}::text')} END")
-    unscaled = f"({c} * power(10::numeric, scale({c})))"
-    return (f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} = 'NaN' OR abs({unscaled}) >= {2 ** 127} "
-            f"THEN {_marked(f'{c}::text')} "
-            f"ELSE '{{\"scale\":' || scale({c}) || ',\"value\":\"' || {_b64_int128(unscaled)} || '\"}}' END")
+def _encode_numeric_text(col: PgColumn, value: Any) -> str:
+    """Postgres' text of a numeric (or psycopg2's Decimal of it) as Debezium sends it."""
+    text = value if isinstance(value, str) else format(value, "f")
+    return DEBEZIUM_SPECIALS.get(text, text)
+
+
+_NUMERIC_JSON = ("CASE {0}::text WHEN 'NaN' THEN '\"NAN\"' WHEN 'Infinity' THEN '\"POSITIVE_INFINITY\"' "
+                 "WHEN '-Infinity' THEN '\"NEGATIVE_INFINITY\"' ELSE to_json({0}::text)::text END")
 
 
 def _time_schema(col: PgColumn) -> dict[str, Any]:
@@ -499,8 +536,15 @@ def _trim_decimal(x: str) -> str:
 
 
 AS_TEXT = Canon("{}::text", "CAST({} AS VARCHAR)")
-DECIMAL_TEXT = Canon(_trim_decimal("{0}::text"), _trim_decimal("CAST({0} AS VARCHAR)"))
-"""Decimal text without trailing fractional zeros (DuckDB holds an unconstrained numeric with 18 decimals)."""
+def _leading_zero(x: str) -> str:
+    """DuckDB prints a DECIMAL(p,p) without the integer part's zero ('.5', '-.5'): Postgres' form."""
+    return (f"(CASE WHEN starts_with({x}, '.') THEN '0' || {x} "
+            f"WHEN starts_with({x}, '-.') THEN '-0' || substr({x}, 2) ELSE {x} END)")
+
+
+DECIMAL_TEXT = Canon(_trim_decimal("{0}::text"), _trim_decimal(_leading_zero("CAST({0} AS VARCHAR)")))
+"""Decimal text without trailing fractional zeros (a replica may hold a numeric in another scale:
+an older replica's DECIMAL(38,18) for an unconstrained one, integers)."""
 DAYS = Canon("(CASE WHEN isfinite({0}) THEN ({0} - DATE '1970-01-01')::text ELSE {0}::text END)",
              "(CASE WHEN isfinite({0}) THEN CAST({0} - DATE '1970-01-01' AS VARCHAR) "
              "ELSE CAST({0} AS VARCHAR) END)")
@@ -562,10 +606,14 @@ REGISTRY: tuple[PgType, ...] = (
     _integer("int2", "int16", "SMALLINT", 16),
     _integer("int4", "int32", "INTEGER", 32),
     _integer("int8", "int64", "BIGINT", 64),
-    PgType(("numeric",), (Arrival("bytes", "org.apache.kafka.connect.data.Decimal", _decimal_column),
+    # numeric arrives as its text (decimal.handling.mode=string, see numeric_column), or as
+    # precise mode's bytes from a connector configured so
+    PgType(("numeric",), (Arrival("string", None, _numeric_text_column, source_type="NUMERIC"),
+                          Arrival("bytes", "org.apache.kafka.connect.data.Decimal", _decimal_column),
                           Arrival("struct", "io.debezium.data.VariableScaleDecimal", _variable_decimal_column)),
-           Snapshot(_numeric_schema, _encode_numeric, _numeric_json),
-           (VerifyAs(("DECIMAL*",), DECIMAL_TEXT, key="numeric"), VerifyAs(DUCK_INTS, DECIMAL_TEXT))),
+           Snapshot(_numeric_schema, _encode_numeric_text, _NUMERIC_JSON, select="{0}::text"),
+           (VerifyAs(("DECIMAL*",), DECIMAL_TEXT, key="numeric"), VerifyAs(DUCK_INTS, DECIMAL_TEXT),
+            VerifyAs(("VARCHAR",), AS_TEXT))),
     # float4/float8 are Connect's float32/float64, named float/double by JsonConverter
     _floating("float4", "float", "float32", "REAL", "float32"),
     _floating("float8", "double", "float64", "DOUBLE", "float64"),

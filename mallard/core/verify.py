@@ -16,7 +16,7 @@ The canonical text of a row is its columns' texts, each written as ``<bytes>:<te
 ``-`` for NULL), concatenated: prefix-free, so no two rows share a text. Per type:
 
 - integers: decimal text; numerics: decimal text without trailing fractional zeros
-  (DuckDB holds an unconstrained numeric with 18 decimals);
+  (a replica may hold a numeric in another scale); numerics held as text: the text;
 - real/double: 15 significant digits, ``%.14e`` (``0`` for ±0, ``nan``, ``inf``, ``-inf``):
   values that differ beyond the 15th digit are not told apart;
 - boolean ``true``/``false``; text, varchar, char (padded), enums: the text itself;

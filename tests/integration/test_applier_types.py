@@ -14,6 +14,8 @@ import duckdb
 import psycopg2
 import pytest
 
+from mallard.adapters.postgres import table_columns
+from mallard.core.verify import Column, canon
 from mallard.stack.processes import is_alive
 
 pytestmark = pytest.mark.integration
@@ -95,12 +97,14 @@ def normalise(column: str, value):
         return str(uuid.UUID(str(value)))
     if column == "c_bytea":
         return bytes(value)
+    if column == "c_numeric_free" and isinstance(value, Decimal):
+        return format(value, "f")  # Postgres' text, which DuckDB holds
     return value
 
 
 EXPECTED_TYPES = {
     "c_smallint": "SMALLINT", "c_int": "INTEGER", "c_bigint": "BIGINT", "c_numeric": "DECIMAL(12,2)",
-    "c_numeric_free": "DECIMAL(38,18)", "c_real": "FLOAT", "c_double": "DOUBLE", "c_bool": "BOOLEAN",
+    "c_numeric_free": "VARCHAR", "c_real": "FLOAT", "c_double": "DOUBLE", "c_bool": "BOOLEAN",
     "c_text": "VARCHAR", "c_varchar": "VARCHAR", "c_char": "VARCHAR", "c_date": "DATE", "c_time": "TIME",
     "c_timestamp": "TIMESTAMP", "c_timestamptz": "TIMESTAMP WITH TIME ZONE", "c_interval": "INTERVAL",
     "c_uuid": "UUID", "c_json": "JSON", "c_jsonb": "JSON", "c_bytea": "BLOB", "c_int_array": "INTEGER[]",
@@ -125,7 +129,7 @@ def test_value_is_exactly_what_postgres_holds(both_sides, column):
 def test_decimals_stay_decimals_and_timestamptz_is_an_instant(both_sides):
     pg, duck, *_ = both_sides
     assert duck[1]["c_numeric"] == Decimal("1234567890.12") and isinstance(duck[1]["c_numeric"], Decimal)
-    assert duck[3]["c_numeric_free"] == Decimal("-98765432109876543210.000000000000000001")
+    assert duck[3]["c_numeric_free"] == "-98765432109876543210.000000000000000001"  # exact text
     assert duck[1]["c_timestamptz"].utcoffset() is not None
     assert duck[1]["c_timestamptz"] == pg[1]["c_timestamptz"]  # 10:00:00.5+02 is 08:00:00.5 UTC
 
@@ -204,3 +208,84 @@ def test_tail_prints_every_value_as_postgres_does(both_sides, cdc_stack):
             if not ok:
                 wrong.append((key, column, text, shown))
     assert not wrong, wrong
+
+
+# -- Edge values, each compared with Postgres' own text through both paths ------------------
+
+EDGE_COLUMNS = {"n_free": "numeric", "n_wide": "numeric(40,0)", "n_money": "numeric(12,2)", "n_tiny": "numeric(38,38)",
+                "iv": "interval", "d": "date", "ts": "timestamp", "tstz": "timestamptz"}
+# Intervals with 6-digit fractions: pgjdbc keeps the seconds as a double, so Debezium sends
+# e.g. 2.278032999 for 2.278033 in about 1% of them; these 400 include such values.
+_FRACTIONS = [f"{(i * 7919 + 13) % 60:02d}.{(i * 104729 + 278033) % 1_000_000:06d}" for i in range(400)]
+EDGE_VALUES = {
+    "n_free": ["123456789012345678901234567890123456789", "-123456789012345678901234567890123456789",
+               "NaN", "Infinity", "-Infinity", "12.3450", "0.000000000000000000000000000000000000001",
+               "-98765432109876543210.0000000000000000001", "0", "1e-6", "1e100"],
+    "n_wide": ["9999999999999999999999999999999999999999", "-1"],
+    "n_money": ["-9999999999.99", "0.01", "0.10", "-0.01", "0"],
+    "n_tiny": ["0.00000000000000000000000000000000000001", "-0.99999999999999999999999999999999999999"],
+    "iv": ["364 days 02:33:02.278033", "-00:00:00.000001", "1 day 23:59:59.999999", "-178000000 years -00:00:00.999999",
+           "2 mons -1 days 00:00:59.999999", "-1 mons +2 days -00:00:01.000001", "00:00:00.5",
+           *(f"{i % 5} mons {i % 400} days {i % 24:02d}:{i % 60:02d}:{f}" for i, f in enumerate(_FRACTIONS))],
+    "d": ["0001-01-01", "9999-12-31", "1969-12-31", "2000-02-29"],
+    "ts": ["0001-01-01 00:00:00", "9999-12-31 23:59:59.999999", "1969-12-31 23:59:59.999999", "1970-01-01 00:00:00.000001"],
+    "tstz": ["1969-12-31 23:59:59.999999+00", "2024-01-01 00:00:00+14", "9999-12-31 23:59:59.999999+00",
+             "1901-12-13 20:45:52.000001+00"],
+}
+EDGE_ROWS = max(len(v) for v in EDGE_VALUES.values())
+EDGE_DUCK_TYPES = {"n_free": "VARCHAR", "n_wide": "VARCHAR", "n_money": "DECIMAL(12,2)", "n_tiny": "DECIMAL(38,38)",
+                   "iv": "INTERVAL", "d": "DATE", "ts": "TIMESTAMP", "tstz": "TIMESTAMP WITH TIME ZONE"}
+
+
+def _edges_as_written(cdc_stack, cur, source: str) -> None:
+    """Every edge column, as the replica holds it (all rows written by ``source``), equals
+    Postgres: its canonical text (what `mallard verify` hashes) and, for the numerics held
+    as text, Postgres' own text of it."""
+    assert {r[0] for r in cdc_stack.query("SELECT DISTINCT _mallard_source FROM type_edges")} == {source}
+    duck_types = dict(cdc_stack.query("SELECT column_name, data_type FROM information_schema.columns "
+                                      "WHERE table_name = 'type_edges'"))
+    assert {c: duck_types[c] for c in EDGE_COLUMNS} == EDGE_DUCK_TYPES
+    for col in table_columns(cur.connection, "public.type_edges")[1:]:
+        c = canon(Column(col.name, col.type_name, duck_types[col.name]))
+        assert not isinstance(c, str), c
+        cur.execute(f"SELECT id, {c.pg.format(col.name)} FROM type_edges ORDER BY id")
+        in_pg = [list(r) for r in cur.fetchall()]
+        in_duck = cdc_stack.query(f"SELECT id, {c.duck.format(col.name)} FROM type_edges ORDER BY id")
+        wrong = [(p, d) for p, d in zip(in_pg, in_duck) if p != d]
+        assert not wrong and len(in_duck) == len(in_pg), f"{source}, {col.name}: (Postgres, DuckDB) {wrong[:5]}"
+    cur.execute("SELECT id, n_free::text, n_wide::text FROM type_edges ORDER BY id")
+    assert cdc_stack.query("SELECT id, n_free, n_wide FROM type_edges ORDER BY id") == [list(r) for r in cur.fetchall()]
+
+
+def test_edge_values_equal_postgres_through_cdc_then_a_snapshot_and_tail(cdc_stack):
+    """39- and 40-digit numerics, NaN and ±Infinity (numeric without precision, or wider than
+    DuckDB's 38 digits: Postgres' text), DECIMAL's own bounds, intervals with 6-digit fractions,
+    the first and last dates and timestamps: written by CDC, then by a snapshot, each equal to
+    Postgres; `mallard verify` finds the table equal; `mallard tail` prints Postgres' text."""
+    conn = psycopg2.connect(cdc_stack.dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; SET DateStyle = 'ISO, YMD'")
+    cur.execute(f"CREATE TABLE type_edges (id integer PRIMARY KEY, {', '.join(f'{c} {t}' for c, t in EDGE_COLUMNS.items())})")
+    rows = [[i, *(v[i] if i < len(v) else None for v in EDGE_VALUES.values())] for i in range(EDGE_ROWS)]
+    cur.execute("BEGIN")
+    cur.executemany(f"INSERT INTO type_edges VALUES ({', '.join(['%s'] * (len(EDGE_COLUMNS) + 1))})", rows)
+    cur.execute("COMMIT")
+    cdc_stack.wait_for("SELECT count(*) FROM type_edges", [[EDGE_ROWS]])
+    _edges_as_written(cdc_stack, cur, "cdc")
+
+    out = cdc_stack.mallard("tail", "mallard.public.type_edges", "--from-beginning", "--json", "--timeout", "10")
+    shown = {doc["value"]["after"]["id"]: doc["value"]["after"] for doc in map(json.loads, out.stdout.splitlines())
+             if doc["value"] and doc["value"].get("op") == "c"}
+    cur.execute(f"SELECT id, {', '.join(f'{c}::text' for c in EDGE_COLUMNS)} FROM type_edges ORDER BY id")
+    texts = {r[0]: dict(zip(EDGE_COLUMNS, r[1:])) for r in cur.fetchall()}
+    assert len(shown) == EDGE_ROWS
+    wrong = [(k, c, t, shown[k][c]) for k, row in texts.items() for c, t in row.items()
+             if c in ("n_free", "n_wide", "n_money", "n_tiny", "iv") and shown[k][c] != t]
+    assert not wrong, wrong[:10]
+
+    cdc_stack.mallard("resnapshot", "public.type_edges", "--wait", "--timeout", "90")
+    _edges_as_written(cdc_stack, cur, "snapshot")
+    verified = cdc_stack.mallard("verify", "public.type_edges", check=False, timeout=240)
+    assert verified.returncode == 0 and "equal" in verified.stdout, verified.stdout + verified.stderr
+    conn.close()

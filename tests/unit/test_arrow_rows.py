@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 from datetime import date, datetime, timezone
-from decimal import Decimal
-
 import pyarrow as pa
 import pytest
 
@@ -29,7 +27,7 @@ def test_values_become_their_transport():
     rows = read(b'1,"a ""quoted""\nline",12.30,123456789012345678901234567.891,t,19723,'
                 b'2024-01-01 10:00:00.5+00,0.1,"[""x"",null]"\n'
                 b'2,"",,,f,,,NaN,\n')
-    assert rows[0] == {"c0": 1, "c1": 'a "quoted"\nline', "c2": 1230, "c3": Decimal("123456789012345678901234567.891"),
+    assert rows[0] == {"c0": 1, "c1": 'a "quoted"\nline', "c2": "12.30", "c3": "123456789012345678901234567.891",  # numerics: text, cast in SQL
                        "c4": True, "c5": date(2024, 1, 1), "c6": datetime(2024, 1, 1, 10, 0, 0, 500000, timezone.utc),
                        "c7": pytest.approx(0.1), "c8": ["x", None]}
     assert rows[1]["c1"] == "" and all(rows[1][f"c{i}"] is None for i in (2, 3, 5, 6, 8))

@@ -58,6 +58,9 @@ def test_interval_time_part_round_trips_microseconds(days, micros):
     assert int(hh) * 3_600_000_000 + int(mm) * 60_000_000 + round(float(ss) * 1e6) == micros
 
 
+NUMERIC_TEXT = {"type": "string", "parameters": {"__debezium.source.column.type": "NUMERIC"}}
+
+
 @pytest.mark.parametrize("schema,value,text", [
     ({"type": "int32", "name": "io.debezium.time.Date"}, 0, "1970-01-01"),
     ({"type": "int32", "name": "io.debezium.time.Date"}, -1, "1969-12-31"),
@@ -70,6 +73,9 @@ def test_interval_time_part_round_trips_microseconds(days, micros):
     ({"type": "string", "name": "io.debezium.data.Uuid"}, "a0ee", "a0ee"),
     ({"type": "int32"}, 7, 7),
     (None, "as it came", "as it came"),
+    (NUMERIC_TEXT, "NAN", "NaN"), (NUMERIC_TEXT, "POSITIVE_INFINITY", "Infinity"),
+    (NUMERIC_TEXT, "NEGATIVE_INFINITY", "-Infinity"), (NUMERIC_TEXT, "12.3450", "12.3450"),
+    (NUMERIC_TEXT, "nope", "nope"),
 ])
 def test_values(schema, value, text):
     assert pg_text(schema, value) == text

@@ -171,3 +171,106 @@ def test_the_column_wise_decimal_decoder_agrees_with_the_per_value_one():
             ct.decode_column(bad)
         with pytest.raises((ValueError, TypeError)):
             [ct.decode(v) for v in bad]
+
+
+@pytest.mark.parametrize("iso, micros", [
+    ("P0Y0M364DT2H33M2.278032999S", (2 * 3600 + 33 * 60 + 2) * 10**6 + 278_033),  # pgjdbc's double
+    ("PT2.2780325S", 2_278_032),  # half a microsecond: to even (never sent; Postgres holds whole ones)
+    ("PT2.2780335S", 2_278_034),
+    ("PT-0.0000009S", -1),
+    ("PT-1.999999999S", -2_000_000),
+    ("PT59.9999995S", 60_000_000),
+    ("PT0.000001S", 1),
+    ("P-2M-3DT-4H-5M-6.699999999S", -(4 * 3600 + 5 * 60) * 10**6 - 6_700_000),
+    ("-P1DT1.0000004S", -1_000_000),
+])
+def test_interval_seconds_round_to_the_microsecond_postgres_holds(iso, micros):
+    months, days, nanos = column_type({"type": "string", "name": "io.debezium.time.Interval"}).decode(iso)
+    assert nanos == micros * 1000
+
+
+def test_interval_decoder_names_what_is_not_a_duration():
+    ct = column_type({"type": "string", "name": "io.debezium.time.Interval"})
+    for bad in ("P1.5D", "1 day", "PT1,5S", ""):
+        with pytest.raises(ValueError, match="ISO-8601 duration"):
+            ct.decode(bad)
+
+
+P = "__debezium.source.column."
+
+
+def numeric_schema(length, scale):
+    """What Debezium declares for a numeric column (decimal.handling.mode=string, its type propagated)."""
+    return {"type": "string", "parameters": {P + "type": "NUMERIC", P + "length": str(length), P + "scale": str(scale),
+                                             P + "name": "n"}}
+
+
+@pytest.mark.parametrize("length, scale, duckdb", [
+    (12, 2, "DECIMAL(12,2)"), (38, 38, "DECIMAL(38,38)"), (1, 0, "DECIMAL(1,0)"),
+    (131089, 0, "VARCHAR"),  # numeric without precision
+    (39, 0, "VARCHAR"), (1000, 500, "VARCHAR"),  # wider than DuckDB's DECIMAL
+    (2, -3, "VARCHAR"), (2, 5, "VARCHAR"),  # Postgres 15's negative scale, scale above precision
+])
+def test_a_numeric_column_is_a_decimal_duckdb_has_or_its_exact_text(length, scale, duckdb):
+    assert column_type(numeric_schema(length, scale)).duckdb == duckdb
+
+
+@pytest.mark.parametrize("text", ["1.50", "-9999999999.99", "0.01", "0", "-0.10", "12", "0.5"])
+def test_numeric_text_that_fits_loads_as_it_is_and_is_cast_in_sql(text):
+    ct = column_type(numeric_schema(12, 2))
+    assert (ct.transport, ct.sql, ct.wire) == ("string", "CAST({} AS DECIMAL(12,2))", "str")
+    assert ct.decode(text) == ct.from_wire(text) == text
+
+
+@pytest.mark.parametrize("text, why", [
+    ("1.505", "not a value DECIMAL\\(12,2\\) holds"),  # DuckDB's cast would round it: refused
+    ("99999999999.99", "not a value"), ("1e3", "not a value"), (" 1.5", "not a value"), ("", "not a value"),
+    ("NAN", "NaN cannot be held by DECIMAL\\(12,2\\)"), (1.5, "expected a string"),
+])
+def test_numeric_text_that_a_decimal_cannot_hold_exactly_is_refused_naming_why(text, why):
+    with pytest.raises(ValueError, match=why):
+        column_type(numeric_schema(12, 2)).decode(text)
+
+
+def test_a_decimal_of_only_places_takes_no_integer_digit_but_zero():
+    ct = column_type(numeric_schema(3, 3))
+    assert ct.decode("0.123") == "0.123" and ct.decode("-0.5") == "-0.5"
+    with pytest.raises(ValueError):
+        ct.decode("1.000")
+
+
+@pytest.mark.parametrize("sent, held", [
+    ("123456789012345678901234567890123456789", "123456789012345678901234567890123456789"),
+    ("-0.000000000000000000000000000000000000001", "-0.000000000000000000000000000000000000001"),
+    ("12.3450", "12.3450"),  # the scale Postgres keeps
+    ("NAN", "NaN"), ("POSITIVE_INFINITY", "Infinity"), ("NEGATIVE_INFINITY", "-Infinity"),
+    ("NaN", "NaN"), ("-Infinity", "-Infinity"),  # Postgres' own spelling is taken as well
+])
+def test_an_unconstrained_numeric_is_postgres_text_exactly(sent, held):
+    ct = column_type(numeric_schema(131089, 0))
+    assert ct.decode(sent) == ct.from_wire(sent) == held
+
+
+@pytest.mark.parametrize("sent", ["1e5", "1.", ".5", "+1", "inf", "nan", "1 2", "", "0x10"])
+def test_an_unconstrained_numeric_refuses_what_is_not_a_numeric_text(sent):
+    with pytest.raises(ValueError, match="not the text of a numeric"):
+        column_type(numeric_schema(131089, 0)).decode(sent)
+
+
+def test_a_string_with_another_source_type_stays_text():
+    ct = column_type({"type": "string", "parameters": {P + "type": "VARCHAR", P + "length": "10"}})
+    assert (ct.duckdb, ct.decode("NAN")) == ("VARCHAR", "NAN")
+
+
+@pytest.mark.parametrize("text, micros", [
+    ("2024-01-01T00:00:00.123456Z", 1704067200_123456), ("2024-01-01T00:00:00.5Z", 1704067200_500000),
+    ("0001-01-01T00:00:00.000001Z", -62135596799_999999), ("2024-01-01T05:30:00.000001+05:30", 1704067200_000001),
+])
+def test_zoned_timestamps_keep_every_microsecond(text, micros):
+    assert column_type({"type": "string", "name": "io.debezium.time.ZonedTimestamp"}).decode(text) == micros
+
+
+@pytest.mark.parametrize("text", ["2024-01-01T00:00:00.1234567Z", "2024-01-01T00:00:00.123456999+00:00"])
+def test_zoned_timestamps_finer_than_postgres_are_refused_not_truncated(text):
+    with pytest.raises(ValueError, match="finer than a microsecond"):
+        column_type({"type": "string", "name": "io.debezium.time.ZonedTimestamp"}).decode(text)

@@ -13,13 +13,13 @@ def roundtrip(col: PgColumn, value):
 def test_numeric_with_typmod_is_a_decimal_of_that_precision():
     col = PgColumn("n", "numeric", typmod=((12 << 16) | 2) + 4)
     assert column_type(connect_schema(col)).duckdb == "DECIMAL(12,2)"
-    assert roundtrip(col, Decimal("-1234.50")) == -123450  # unscaled, scaled exactly in SQL
+    assert roundtrip(col, Decimal("-1234.50")) == "-1234.50"  # the text, cast exactly in SQL
 
 
 def test_numeric_without_typmod_keeps_its_scale():
     col = PgColumn("n", "numeric")
-    assert roundtrip(col, Decimal("12.345")) == Decimal("12.345")
-    assert roundtrip(col, Decimal("-7")) == Decimal("-7")
+    assert roundtrip(col, Decimal("12.3450")) == "12.3450"  # Postgres' own text: VARCHAR
+    assert roundtrip(col, Decimal("-7")) == "-7"
 
 
 def test_times_dates_and_intervals():
@@ -45,6 +45,18 @@ def test_specials_arrays_and_text_types():
 def test_wide_numerics_are_not_rounded():
     col = PgColumn("n", "numeric")
     wide = Decimal("-98765432109876543210.000000000000000001")
-    assert roundtrip(col, wide) == wide
+    assert roundtrip(col, wide) == str(wide)
     typed = PgColumn("n", "numeric", typmod=((38 << 16) | 18) + 4)
-    assert column_type(connect_schema(typed)).decode(encode(typed, wide)) == wide
+    assert column_type(connect_schema(typed)).decode(encode(typed, wide)) == str(wide)
+
+
+def test_numerics_are_encoded_as_debezium_sends_them_in_string_mode():
+    free, money = PgColumn("n", "numeric"), PgColumn("m", "numeric", typmod=((12 << 16) | 2) + 4)
+    params = connect_schema(money)["parameters"]
+    assert (params["__debezium.source.column.length"], params["__debezium.source.column.scale"]) == ("12", "2")
+    assert connect_schema(free)["parameters"]["__debezium.source.column.length"] == "131089"
+    for text, sent in [("NaN", "NAN"), ("Infinity", "POSITIVE_INFINITY"), ("-Infinity", "NEGATIVE_INFINITY"),
+                       ("123456789012345678901234567890123456789", "123456789012345678901234567890123456789")]:
+        assert encode(free, text) == sent and roundtrip(free, text) == text
+    assert encode(free, Decimal("1E-30")) == "0.000000000000000000000000000001"  # never an exponent
+    assert encode(money, "-0.01") == roundtrip(money, "-0.01") == "-0.01"

@@ -236,3 +236,15 @@ def test_the_duckdb_queries_find_the_differences_for_every_key_type(kind):
     where = repair_filter(key, [d.key for d in result.differences])
     assert con.execute(f"SELECT count(*) FROM src WHERE {where}").fetchone()[0] == 2
     assert con.execute(f"SELECT count(*) FROM rep WHERE {where}").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("value, duck_type, text", [
+    ("0.00000000000000000000000000000000000001", "DECIMAL(38,38)", "0.00000000000000000000000000000000000001"),
+    ("-0.5", "DECIMAL(3,3)", "-0.5"), ("0", "DECIMAL(3,3)", "0"), ("-12.340", "DECIMAL(12,3)", "-12.34"),
+    ("100", "DECIMAL(12,2)", "100"),
+])
+def test_decimals_are_written_as_postgres_writes_numerics_even_without_integer_digits(value, duck_type, text):
+    """DuckDB prints DECIMAL(p,p) as '.5': the canonical text puts Postgres' zero back."""
+    from mallard.core.type_registry import DECIMAL_TEXT
+
+    assert duckdb.connect().execute("SELECT " + DECIMAL_TEXT.duck.format(f"CAST('{value}' AS {duck_type})")).fetchone() == (text,)
