@@ -9,6 +9,7 @@ import pytest
 
 from mallard.adapters.kafka import broker_metadata
 from mallard.stack.processes import is_alive
+from tests.conftest import all_tables_connector_config, up_capturing_every_table
 
 pytestmark = pytest.mark.integration
 COMPONENTS = ["postgres", "broker", "connect", "snapshotter", "applier", "scheduler"]
@@ -89,8 +90,7 @@ def test_a_component_that_fails_to_start_is_named_and_nothing_is_left_running(ma
 
 
 def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_stack):
-    stack = make_stack()
-    stack.mallard("stack", "up", "--no-demo")
+    stack = up_capturing_every_table(make_stack())  # no demo: a connector config of its own says what
     status = stack.status()
     with psycopg2.connect(status["postgres"]["dsn"]) as conn, conn.cursor() as cur:
         cur.execute("SELECT slot_name FROM pg_replication_slots")
@@ -102,6 +102,16 @@ def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_sta
     assert "dropped publication mallard_publication" in out
     assert not any(is_alive(p) for p in pids)
     assert not (stack.home / "postgres").exists() and not (stack.home / "run").exists()
+
+
+def test_up_without_the_demo_and_without_a_config_replicates_nothing_it_was_not_told_to(make_stack):
+    """Issue 18: the default connector config's tables are the demo's; without the demo and
+    without a replication config, `up` says what to give before starting anything."""
+    stack = make_stack()
+    out = stack.mallard("stack", "up", "--no-demo", check=False)
+    assert out.returncode == 1 and "nothing to replicate" in out.stderr, out.stdout + out.stderr
+    assert " started (pid " not in out.stdout
+    assert all(c["state"] == "stopped" for c in stack.status()["components"].values())
 
 
 def test_down_leaves_processes_it_did_not_start_alone(make_stack):
@@ -136,6 +146,7 @@ def test_as_root_a_project_the_postgres_user_cannot_reach_still_gets_a_cluster(m
     private.mkdir(mode=0o700)  # like a clone under /root
     stack.home = private / ".mallard"
     stack.env["MALLARD_HOME"] = str(stack.home)
+    stack.env["MALLARD_CONNECTOR_CONFIG"] = str(all_tables_connector_config(private))
     stack.mallard("stack", "up", "--no-demo")
     data_dir = stack.status()["postgres"]["data_dir"]
     assert data_dir.startswith("/var/lib/mallard/postgres-")
