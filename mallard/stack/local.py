@@ -398,6 +398,8 @@ class LocalStack:
                        + ("all tables" if every_table else ", ".join(existing) or "no table yet"))
             elif not every_table and roles.sync_publication_tables(conn, config.publication_name, existing):
                 report(f"  {'publication':<14} {config.publication_name} now covers {', '.join(existing)}")
+            if not every_table:  # a configured table created later joins it as it is created
+                roles.ensure_capture_trigger(conn, config.publication_name, config.tables)
         finally:
             conn.close()
 

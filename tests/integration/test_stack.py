@@ -153,3 +153,49 @@ def test_as_root_a_project_the_postgres_user_cannot_reach_still_gets_a_cluster(m
     assert all(c["state"] == "running" for c in stack.status()["components"].values())
     stack.mallard("stack", "down", "--purge")
     assert not os.path.exists(data_dir)
+
+
+def test_a_configured_table_created_after_up_is_waited_for_then_snapshotted_and_captured(make_stack):
+    """Issue 18: `up` with a config naming a table that does not exist yet starts, reports
+    the table as waiting, and picks it up when it appears: in the publication as it is
+    created (the stack's event trigger), its first snapshot, then its changes."""
+    import json
+    import time
+
+    stack = make_stack()
+    home_config = stack.home / "late.yaml"
+    home_config.write_text("streams:\n  public.late_arrival:\n")
+    stack.env["MALLARD_REPLICATION_CONFIG"] = str(home_config)
+    stack.mallard("stack", "up", "--no-demo")
+
+    def waiting() -> str | None:
+        report = json.loads(stack.mallard("status", "--json", check=False).stdout)
+        return report["streams"]["public.late_arrival"]["waiting"]
+
+    deadline = time.monotonic() + 60
+    while not waiting():
+        assert time.monotonic() < deadline, stack.log_tails()
+        time.sleep(0.5)
+    assert "table public.late_arrival does not exist in Postgres" in waiting()
+    assert "WAITING for its table" in stack.mallard("status").stdout
+    assert stack.applier_state()["ready"]
+
+    conn = psycopg2.connect(stack.dsn)  # the owner, as an application
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE late_arrival (id int PRIMARY KEY, note text)")
+    cur.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'mallard_publication' "
+                "AND tablename = 'late_arrival'")
+    assert cur.fetchone() == (1,), "created: in the publication at once"
+    cur.execute("INSERT INTO late_arrival SELECT g, 'before' FROM generate_series(1, 40) g")
+    stack.wait_for("SELECT count(*) FROM _mallard.snapshots WHERE stream = 'public.late_arrival' "
+                   "AND status = 'merged'", lambda rows: rows[0][0] >= 1, timeout=90)
+    stack.wait_for("SELECT count(*) FROM late_arrival", [[40]], timeout=60)
+    cur.execute("INSERT INTO late_arrival SELECT g, 'after' FROM generate_series(41, 50) g")
+    cur.execute("UPDATE late_arrival SET note = 'changed' WHERE id = 1")
+    cur.execute("DELETE FROM late_arrival WHERE id = 2")
+    stack.wait_for("SELECT count(*), count(*) FILTER (WHERE note = 'changed'), count(*) FILTER (WHERE id = 2) "
+                   "FROM late_arrival", [[49, 1, 0]], timeout=60)
+    conn.close()
+    assert waiting() is None
+    assert "snapshot of public.late_arrival waits" in (stack.home / "logs" / "snapshotter.log").read_text()
