@@ -254,8 +254,13 @@ BEGIN
           AND NOT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = {quote_literal(publication)}
                           AND t.schemaname = n.nspname AND t.tablename = c.relname)
     LOOP
-        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', {quote_literal(publication)}, added.nspname,
-                       added.relname);
+        BEGIN
+            EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', {quote_literal(publication)}, added.nspname,
+                           added.relname);
+        EXCEPTION WHEN OTHERS THEN  -- never fail the application's DDL: the snapshot waits, saying why
+            RAISE WARNING 'mallard: % not added to the publication %: %', added.nspname || '.' || added.relname,
+                {quote_literal(publication)}, SQLERRM;
+        END;
     END LOOP;
 END"""
     return [

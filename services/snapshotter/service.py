@@ -359,12 +359,12 @@ class SnapshotterService(Service):
             if not self._serve(stream, request):
                 return
 
-    def _not_captured(self, conn: Any, stream: str) -> str | None:
+    def _not_captured(self, conn: Any, stream: str, publication: bool = True) -> str | None:
         """Why the table is not captured yet (None: it is): it does not exist, or it is not
         in the publication (a cut must come after Debezium receives its changes)."""
         if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", postgres.quote_stream(stream)) is not True:
             return f"table {stream} does not exist in Postgres"
-        if self.publication and not postgres.in_publication(conn, self.publication, stream):
+        if publication and self.publication and not postgres.in_publication(conn, self.publication, stream):
             return (f"table {stream} is not in the publication {self.publication}: a cut taken now would lose "
                     "the changes made before Debezium captures it")
         return None
@@ -504,13 +504,13 @@ class SnapshotterService(Service):
             if not postgres.slot_exists(conn, self.slot_name):
                 raise SlotMissing(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
                                     "the changes made before the slot exists; start the CDC publisher first")
-            why = self._not_captured(conn, stream)
+            # A configured table may appear (or join the publication) later: its snapshot
+            # waits for it. Another (every table is captured) that does not exist fails now,
+            # as a typo should.
+            configured = self.streams is not None and stream in self.streams
+            why = self._not_captured(conn, stream, publication=configured)
             if why is not None:
-                # A configured table may appear later: its snapshot waits for it. Another
-                # (every table is captured) fails now, as a typo should.
-                configured = self.streams is not None and stream in self.streams
-                raise (TableNotCaptured(why + "; its snapshot waits for it") if configured
-                       else SnapshotError(why))
+                raise TableNotCaptured(why + "; its snapshot waits for it") if configured else SnapshotError(why)
             where, incremental, update_key, state_value = self._run_filter(stream, request)
             if where is not None and not postgres.primary_key(conn, stream):
                 raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "
