@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The demo's replication config, named (the stack replicates only what it is told to).
+export MALLARD_REPLICATION_CONFIG="${MALLARD_REPLICATION_CONFIG:-demo/replication.yaml}"
 .venv/bin/mallard stack up
 .venv/bin/mallard demo changes --count 20
 echo

@@ -162,6 +162,14 @@ def slot_exists(conn: Any, slot: str) -> bool:
     return bool(scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot))
 
 
+def in_publication(conn: Any, publication: str, stream: str) -> bool:
+    """Whether the publication covers the table (listed, by its schema, or FOR ALL TABLES):
+    Debezium receives its changes from then on."""
+    schema, table = stream.split(".", 1)
+    return bool(scalar(conn, "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
+                             "AND tablename = %s", publication, schema, table))
+
+
 def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
     """Whether the slot is being consumed, and how much WAL it holds back."""
     with conn.cursor() as cur:

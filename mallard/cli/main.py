@@ -35,10 +35,18 @@ def _source_settings(args: argparse.Namespace, reading: bool = False):
     settings (its SELECT-only role when ``reading`` and the stack has one)."""
     from mallard.config.deployment import postgres_settings
 
+    from mallard.config.deployment import config_source, same_server
+
     dep = _deployment(args)
     stack = _stack_settings()
     if dep.pg_dsn:
         return postgres_settings(dep, stack)
+    if dep.config and dep.origin.get("config") != "local stack":
+        # A config the user named (option, variable, profile) names the source, over what an
+        # earlier `stack up` recorded; the same server as the local stack's: the stack's roles.
+        source = config_source(stack, dep.config)
+        if not same_server(source, stack):
+            return source
     if reading:
         from mallard.stack.local import LocalStack
 

@@ -78,6 +78,21 @@ def resolve_deployment(options: Mapping[str, str | None], profile: str | None = 
     return resolve(options, env, values, profile, local_addresses(stack), LocalStack(stack).kafka_client_config())
 
 
+def config_source(stack: Any, path: str) -> Any:
+    """The stack's Postgres settings with the replication config's ``source`` over them
+    (a MALLARD_PG_* variable, where set, still wins): what a config given with ``--config``,
+    MALLARD_REPLICATION_CONFIG or a profile names, as ``mallard check`` reads it too."""
+    from mallard.config.settings import PostgresSettings
+
+    ranked = PostgresSettings(replication_config=path)
+    return stack.model_copy(update={f: getattr(ranked, f) for f in ranked.model_fields_set
+                                    if f.startswith("pg_") and f in PostgresSettings.model_fields})
+
+
+def same_server(a: Any, b: Any) -> bool:
+    return (a.pg_host, int(a.pg_port), a.pg_database) == (b.pg_host, int(b.pg_port), b.pg_database)
+
+
 def postgres_settings(deployment: Deployment, stack: Any, env: Mapping[str, str] | None = None) -> Any:
     """What connects to the source: the deployment's DSN (its password, if none, from
     PGPASSWORD or MALLARD_PG_PASSWORD), else the local stack's settings."""

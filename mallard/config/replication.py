@@ -24,15 +24,18 @@ def load_config(path: str | Path) -> ReplicationConfig:
     return parse_config(text, str(path))
 
 
-def check_against_postgres(config: ReplicationConfig, conn: Any) -> None:
+def check_against_postgres(config: ReplicationConfig, conn: Any, missing_ok: bool = False) -> list[str]:
     """Every stream's table exists, and an incremental stream's update_key and primary
-    key columns exist; ConfigError naming the first that does not."""
+    key columns exist; ConfigError naming the first that does not. ``missing_ok``: a
+    table that does not exist yet is returned (a running stack waits for it) instead."""
     from mallard.adapters import postgres
 
     _, missing = postgres.existing_tables(conn, list(config.streams))
-    if missing:
+    if missing and not missing_ok:
         raise missing_tables_error(config, missing)
     for stream in config.streams.values():
+        if stream.name in missing:
+            continue
         columns = {c.name for c in postgres.table_columns(conn, stream.name)}
         for key in ("update_key",):
             col = getattr(stream, key)
@@ -50,3 +53,4 @@ def check_against_postgres(config: ReplicationConfig, conn: Any) -> None:
         if stream.incremental and not table_key:
             raise config.error(("streams", stream.name), "an incremental stream needs a table with a primary key "
                                                          "to upsert by")
+    return missing

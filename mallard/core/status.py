@@ -171,6 +171,8 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
     names = list(configured) + sorted(s for s in replica.tables if s not in configured)
     health = (services.get("applier") or {}).get("health")
     lost = ((health.get("data_loss") or {}).get("streams") or {}) if isinstance(health, dict) else {}
+    snapshotter = (services.get("snapshotter") or {}).get("health")
+    waiting = (snapshotter.get("waiting") or {}) if isinstance(snapshotter, dict) else {}
     streams = {}
     for name in names:
         cfg = configured.get(name)
@@ -195,6 +197,7 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
             "next_run": next_run(name, config.schedules, now, announced_fires) if config is not None else None,
             "dead_letters": kafka.dead_letters_by_stream.get(name, 0) if kafka.dead_letters_total is not None else None,
             "data_loss": lost.get(name),
+            "waiting": waiting.get(name),
         }
     progress = None
     if replica.progress:
@@ -286,7 +289,9 @@ def service_summary(name: str, health: Any) -> str:
         cur = health.get("current")
         head = (f"snapshotting {cur['stream']} ({cur.get('rows', 0):,}/~{cur.get('estimate', 0):,} rows)" if cur
                 else "idle")
-        return f"{head}; {health.get('snapshots', 0)} done, {health.get('failed', 0)} failed since start"
+        waiting = health.get("waiting") or {}
+        return (f"{head}; {health.get('snapshots', 0)} done, {health.get('failed', 0)} failed since start"
+                + (f"; waiting for {len(waiting)} table(s): {', '.join(waiting)}" if waiting else ""))
     if name == "scheduler":
         role = "publishing fires" if health.get("leader") else "standing by"
         return f"{role}; {len(health.get('schedules') or {})} schedule(s), {health.get('published', 0)} fired since start"
@@ -344,11 +349,14 @@ def render(report: dict[str, Any], now: datetime) -> str:
     if not report["streams"]:
         out.append("  none: no replication config and nothing in the replica yet")
     for name, st in report["streams"].items():
-        head = [name, st["mode"] or "(not in the replication config)", st["status"] or "not in DuckDB yet"]
+        head = [name, st["mode"] or "(not in the replication config)",
+                st["status"] or ("WAITING for its table" if st.get("waiting") else "not in DuckDB yet")]
         if st["reason"]:
             head.append(f"— {st['reason']}")
         out.append("  " + "  ".join(head))
         target = f" in {st['target'].replace(chr(34), '')}" if st["target"] else ""
+        if st.get("waiting"):
+            out.append(f"    waiting         {st['waiting']}")
         out.append(f"    rows            {_count(st['rows'])}{target}")
         c = st["last_change"]
         if c:

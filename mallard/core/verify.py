@@ -123,6 +123,45 @@ def row_hash_sql(engine: str, columns: Sequence[tuple[Column, Canon]]) -> str:
     return f"CAST('0x' || substr(md5({text}), 1, 15) AS BIGINT)"
 
 
+# -- the column sets -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ColumnSets:
+    """How the table's columns in Postgres and in the replica compare. Rows are hashed over
+    the columns both hold, so a column on one side only must be reported on its own: the
+    replica learns of a column added in Postgres only with the table's next change event."""
+
+    missing: tuple[str, ...] = ()
+    """In Postgres, not in the replica: a difference."""
+    extra: tuple[str, ...] = ()
+    """In the replica only, and not known there as dropped in Postgres: a difference (the
+    replica has not seen the drop yet)."""
+    kept: tuple[str, ...] = ()
+    """Dropped in Postgres and kept in the replica on purpose (NULL in new rows): a note."""
+
+    @property
+    def differ(self) -> bool:
+        return bool(self.missing or self.extra)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"not in the replica: {', '.join(self.missing)}")
+        if self.extra:
+            parts.append(f"only in the replica: {', '.join(self.extra)}")
+        return "columns " + "; ".join(parts)
+
+
+def compare_columns(source: Sequence[str], replica: Sequence[str], dropped: Iterable[str] = ()) -> ColumnSets:
+    """Compare the source's and the replica's column names (``dropped``: the columns the
+    replica records as dropped in Postgres and keeps). Order is each side's own."""
+    dropped_set, source_set, replica_set = set(dropped), set(source), set(replica)
+    return ColumnSets(
+        missing=tuple(c for c in source if c not in replica_set),
+        extra=tuple(c for c in replica if c not in source_set and c not in dropped_set),
+        kept=tuple(c for c in replica if c not in source_set and c in dropped_set))
+
+
 # -- keys ---------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")

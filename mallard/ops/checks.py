@@ -202,7 +202,7 @@ def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_
     from mallard.config.connector import load_connector_config_file
     from mallard.core.connector import with_streams
     from mallard.config.replication import load_config
-    from mallard.config.settings import KafkaSettings, PostgresSettings
+    from mallard.config.settings import KafkaSettings
     from mallard.stack.local import LocalStack
 
     env = os.environ if env is None else env
@@ -224,10 +224,11 @@ def resolve_targets(stack: Any, env: Mapping[str, str] | None = None, *, config_
         # The config's source and target, below the environment (the settings' one source of them).
         from mallard.services.applier.config import ApplierSettings
 
+        from mallard.config.deployment import config_source
+
         ranked = ApplierSettings(replication_config=path)
         if config_path:
-            pg = stack.model_copy(update={f: getattr(ranked, f) for f in ranked.model_fields_set
-                                          if f.startswith("pg_") and f in PostgresSettings.model_fields})
+            pg = config_source(stack, path)
         if not env.get("MALLARD_DUCKDB_PATH") and "duckdb_path" in ranked.model_fields_set \
                 and (config_path or not (local.home / "stack.json").exists()):
             duckdb_path = Path(ranked.duckdb_path)

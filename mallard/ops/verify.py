@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mallard.core.verify import (
-    DUCK, PG, Canon, Column, Comparison, Difference, KeyRange, KeyType, Summary, TableSql, compare, confirm,
-    key_type, parse_lsn, parse_split, parse_summaries, qi, row_hash_sql,
+    DUCK, PG, Canon, Column, ColumnSets, Comparison, Difference, KeyRange, KeyType, Summary, TableSql, compare,
+    compare_columns, confirm, key_type, parse_lsn, parse_split, parse_summaries, qi, row_hash_sql,
 )
 from mallard.core import verify as core
 from mallard.runtime.health import client_request
@@ -170,6 +170,7 @@ class Plan:
     columns: list[tuple[Column, Canon]]
     key: KeyType | None
     notes: list[str] = field(default_factory=list)
+    column_sets: ColumnSets = ColumnSets()
 
     def sides(self, pg_run: Callable[[str], list], duck_run: Callable[[str], list]) -> tuple[SqlSide, SqlSide]:
         return (SqlSide(TableSql(PG, self.pg_table, self.key, row_hash_sql(PG, self.columns)), pg_run),
@@ -197,10 +198,10 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
     notes: list[str] = []
     noted: dict[str, list[str]] = {}
     columns: list[tuple[Column, Canon]] = []
+    column_sets = compare_columns(list(pg_cols), list(duck_types), table["dropped"])
     for name, pc in pg_cols.items():
         if name not in duck_types:
-            notes.append(f"column {name} is not in the replica (not hashed)")
-            continue
+            continue  # a difference (column_sets), not a note
         if name in table["unknown"]:
             notes.append(f"column {name} ({pc.type_name}) is kept as text of unknown type (not hashed)")
             continue
@@ -213,9 +214,8 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
             noted.setdefault(c.note, []).append(name)
         columns.append((col, c))
     notes += [f"{'column' if len(names) == 1 else 'columns'} {', '.join(names)}: {note}" for note, names in noted.items()]
-    kept = [c for c in duck_types if c not in pg_cols and c not in table["dropped"]]
-    if kept:
-        notes.append(f"columns only in the replica (not hashed): {', '.join(kept)}")
+    if column_sets.kept:
+        notes.append(f"dropped in Postgres, kept in the replica (not hashed): {', '.join(column_sets.kept)}")
     key: KeyType | None = None
     if pg_key and list(pg_key) != list(table["keys"]):
         raise RuntimeError(f"{stream}: the primary key differs (Postgres {pg_key}, replica {table['keys']}); "
@@ -230,7 +230,15 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
         notes.append(("no primary key: compared as multisets (the whole table's row count and sum of row "
                       "hashes, so a duplicate row counts)"))
     schema, _, name = stream.partition(".")
-    return Plan(stream, table["status"], f"{qi(schema)}.{qi(name)}", table["target"], columns, key, notes)
+    return Plan(stream, table["status"], f"{qi(schema)}.{qi(name)}", table["target"], columns, key, notes,
+                column_sets)
+
+
+def column_sets_now(conn: Any, stream: str, table: dict[str, Any]) -> ColumnSets:
+    from mallard.adapters import postgres
+
+    return compare_columns([c.name for c in postgres.table_columns(conn, stream)], [c for c, _ in table["columns"]],
+                           table["dropped"])
 
 
 # -- catching up ------------------------------------------------------------------------------
@@ -302,6 +310,11 @@ class StreamResult:
 
     @property
     def equal(self) -> bool:
+        return self.rows_equal and self.plan is not None and not self.plan.column_sets.differ
+
+    @property
+    def rows_equal(self) -> bool:
+        """The rows agree over the columns both sides hold."""
         if self.error is not None or self.comparison is None or self.plan is None:
             return False
         if self.plan.key is None:
@@ -327,8 +340,6 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
     from mallard.adapters import postgres
 
     applier = replica if isinstance(replica, ApplierReplica) else None
-    tables = replica_tables(replica)
-    names = list(streams) if streams else [s for s, t in tables.items() if t["status"] != "absent"]
     control = postgres.connect(**pg_settings.pg_params())  # autocommit: positions, the slot's sender
     conn = postgres.connect(**pg_settings.pg_params())
     conn.autocommit = False
@@ -339,18 +350,24 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
         progress = None
         if applier is not None:
             progress = catch_up(control, applier, slot, position, timeout)
+        tables = replica_tables(replica)  # after the catch-up: columns the applier added meanwhile count
+        names = list(streams) if streams else [s for s, t in tables.items() if t["status"] != "absent"]
         results = []
         for stream in names:
             results.append(_compare_stream(conn, cur, replica, stream, tables.get(stream), fanout, leaf_rows))
         conn.rollback()
         # Re-check what differs after another catch-up: a key Postgres changed meanwhile is not a difference.
-        if any(r.differences or (r.comparison and not r.comparison.equal) for r in results):
+        if any(r.differences or (r.comparison and not r.comparison.equal) or (r.plan and r.plan.column_sets.differ)
+               for r in results):
             position2 = _read_snapshot_position(cur)
             how = (catch_up(control, applier, slot, position2, timeout).how if applier is not None
                    else "the replica is read as it is")
             log(f"verify: re-checking what differs against Postgres at LSN {_lsn(position2)}; {how}")
+            tables = replica_tables(replica)
             for r in results:
                 _recheck(cur, replica, r)
+                if r.plan is not None and r.plan.column_sets.differ and r.stream in tables:
+                    r.plan.column_sets = column_sets_now(conn, r.stream, tables[r.stream])
             conn.rollback()
         return Report(_lsn(position), replica.via, progress, results)
     finally:
@@ -428,6 +445,8 @@ def render(report: Report, limit: int = 50) -> list[str]:
         how = f"{len(p.columns)} columns hashed, {c.round_trips} queries"
         if r.equal:
             lines.append(head + f"equal     {rows} ({how})")
+        elif r.rows_equal:  # only the column sets differ
+            lines.append(head + f"DIFFERENT {rows}: {p.column_sets.describe()} ({how})")
         elif p.key is None:
             lines.append(head + f"DIFFERENT {rows}: count or hash differ (no key to narrow it down; {how})")
         else:
@@ -436,6 +455,8 @@ def render(report: Report, limit: int = 50) -> list[str]:
                 lines.append(f"      {p.key.column} = {p.key.display(d.key)}: {_KIND[d.kind]}")
             if len(r.differences) > limit:
                 lines.append(f"      ... and {len(r.differences) - limit} more")
+        if p.column_sets.differ and not r.rows_equal:
+            lines.append(f"      {p.column_sets.describe()}")
         if r.moved:
             lines.append(f"      ({len(r.moved)} key(s) changed in Postgres while verifying: not counted)")
         if r.status != "ok":
@@ -459,6 +480,8 @@ def as_json(report: Report) -> dict[str, Any]:
                 "rows": {"postgres": r.comparison.source.count, "replica": r.comparison.replica.count},
                 "key": key.column if key else None,
                 "columns": [c.name for c, _ in r.plan.columns], "notes": r.plan.notes,
+                "columns_missing": list(r.plan.column_sets.missing),
+                "columns_extra": list(r.plan.column_sets.extra),
                 "queries": r.comparison.round_trips,
                 "differences": [{"key": key.display(d.key) if key else d.key, "kind": d.kind}
                                 for d in sorted_differences(r)],
@@ -472,7 +495,10 @@ MAX_REPAIR_KEYS = 1000
 
 def repair_request(r: StreamResult) -> tuple[str | None, bool]:
     """(where filter, full) of the snapshot that repairs a stream: its differing keys, or
-    the whole table when there are too many or no key to name them by."""
+    the whole table when there are too many or no key to name them by, or when the column
+    sets differ (the replica's rows need the values of a column it lacks)."""
+    if r.plan is not None and r.plan.column_sets.differ:
+        return None, True
     if r.plan is None or r.plan.key is None or len(r.differences) > MAX_REPAIR_KEYS or not r.differences:
         return None, True
     return core.repair_filter(r.plan.key, [d.key for d in r.differences]), False

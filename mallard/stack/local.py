@@ -74,6 +74,21 @@ class StackError(RuntimeError):
     """A component could not be started or stopped; the message names it and its log."""
 
 
+def stack_replication_config(configured: str, named: bool, demo_stack: bool, own_connector: bool) -> str:
+    """The replication config a local stack runs (``""``: none), or StackError when nothing
+    says what to replicate. ``configured`` is the settings' value, ``named`` whether the user
+    set it (else it is the default: the demo's config); ``demo_stack`` whether this stack
+    holds the demo (loaded now or by an earlier ``up``); ``own_connector`` whether the
+    connector config is the user's rather than the repo's, whose table list is the demo's.
+    A stack replicates only what it was told to: the demo's tables only with the demo."""
+    config = configured if named or demo_stack else ""
+    if config or own_connector or demo_stack:
+        return config
+    raise StackError("nothing to replicate: no replication config names the tables (set MALLARD_REPLICATION_CONFIG "
+                     "to one; demo/replication.yaml shows the format), and without the demo (--no-demo) the "
+                     "default connector config's tables are the demo's, which this stack does not hold")
+
+
 def postgres_bin(settings: StackSettings) -> Path:
     if settings.pg_bin:
         return Path(settings.pg_bin)
@@ -392,6 +407,8 @@ class LocalStack:
                     report(f"  {'publication':<14} {config.inserts_publication} (inserts only) now covers "
                            f"{', '.join(inserts)}")
                 postgres.ensure_empty_publication(conn, config.publication_marker)
+            if not every_table:  # a configured table created later joins it as it is created
+                roles.ensure_capture_trigger(conn, config.publication_name, config.tables)
         finally:
             conn.close()
 
@@ -567,6 +584,12 @@ class LocalStack:
 
     def up(self, demo: bool = True, report: Callable[[str], None] = print, only: str | None = None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.demo_stack = demo or self._recorded().get("demo") is True
+        config = stack_replication_config(self.s.replication_config, "replication_config" in self.s.model_fields_set,
+                                          self.demo_stack, self.s.connector_config.resolve() != DEFAULT_CONNECTOR_CONFIG.resolve())
+        config = str(Path(config).resolve()) if config else ""  # stack.json serves commands from any folder
+        if config != self.s.replication_config:
+            self.s = self.s.model_copy(update={"replication_config": config})
         self.derive_connector_config()  # a bad replication config stops here, in one line
         components = [c for c in self.components if only is None or c.name == only]
         # Fail fast, before starting anything: a port taken by a process that is not ours.
@@ -682,9 +705,17 @@ class LocalStack:
         except jvm.JvmError:
             return {}
 
+    def _recorded(self) -> dict[str, Any]:
+        """What the last ``up`` recorded in stack.json ({} if nothing)."""
+        try:
+            return json.loads((self.home / "stack.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def _write_state(self) -> None:
         state = self.s.model_dump(mode="json")
         state.pop("pg_password", None)
+        state["demo"] = getattr(self, "demo_stack", False) or self._recorded().get("demo") is True
         (self.home / "stack.json").write_text(json.dumps(state, indent=2))
 
     def status(self, show_secrets: bool = False) -> dict[str, Any]:

@@ -226,6 +226,62 @@ def sync_publication_tables(admin_db_conn, publication: str, tables: list[str]) 
         return True
 
 
+CAPTURE_TRIGGER = "mallard_capture_new_tables"
+CAPTURE_FUNCTION = "capture_new_table"
+CAPTURE_TAGS = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE")
+
+
+def capture_trigger_statements(publication: str, streams: list[str]) -> list[str]:
+    """An event trigger adding a configured table to the publication in the transaction
+    that creates it (or renames a table to it): a table the config names before it exists
+    is captured from its first row, with no process holding the admin's password. Only the
+    admin (a superuser) creates event triggers; the function runs as it (SECURITY DEFINER)
+    and adds only the tables listed here, which are fixed each ``up``."""
+    from mallard.core.sql import quote_literal
+
+    wanted = "ARRAY[" + ", ".join(quote_literal(s) for s in streams) + "]::text[]" if streams else "ARRAY[]::text[]"
+    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
+    body = f"""
+DECLARE
+    added record;
+BEGIN
+    FOR added IN
+        SELECT DISTINCT n.nspname, c.relname
+        FROM pg_event_trigger_ddl_commands() d
+        JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY ({wanted})
+          AND NOT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = {quote_literal(publication)}
+                          AND t.schemaname = n.nspname AND t.tablename = c.relname)
+    LOOP
+        BEGIN
+            EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', {quote_literal(publication)}, added.nspname,
+                           added.relname);
+        EXCEPTION WHEN OTHERS THEN  -- never fail the application's DDL: the snapshot waits, saying why
+            RAISE WARNING 'mallard: % not added to the publication %: %', added.nspname || '.' || added.relname,
+                {quote_literal(publication)}, SQLERRM;
+        END;
+    END LOOP;
+END"""
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER "
+        f"SET search_path = pg_catalog AS $mallard${body}$mallard$",
+        f"REVOKE ALL ON FUNCTION {function}() FROM PUBLIC",
+    ]
+
+
+def ensure_capture_trigger(admin_db_conn, publication: str, streams: list[str]) -> None:
+    """The function (replaced each ``up``: the streams may have changed) and its trigger."""
+    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
+    with admin_db_conn.cursor() as cur, _serialized(cur):
+        for statement in capture_trigger_statements(publication, streams):
+            _run(cur, statement)
+        if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", CAPTURE_TRIGGER):
+            tags = ", ".join(f"'{t}'" for t in CAPTURE_TAGS)
+            _run(cur, f"CREATE EVENT TRIGGER {quote_ident(CAPTURE_TRIGGER)} ON ddl_command_end "
+                      f"WHEN TAG IN ({tags}) EXECUTE FUNCTION {function}()")
+
+
 HEARTBEAT_SCHEMA, HEARTBEAT_TABLE = "_mallard", "heartbeat"  # not the owner's name: that schema would come first in its search_path
 HEARTBEAT = f"{HEARTBEAT_SCHEMA}.{HEARTBEAT_TABLE}"
 """Debezium's heartbeat.action.query updates this one-row table. Its change is in the

@@ -119,7 +119,7 @@ class SchedulerService(Service):
             from mallard.adapters import postgres
 
             delay = 0.5
-            while True:  # Postgres not up yet is transient; a missing table is terminal
+            while True:  # Postgres not up yet is transient; a table that does not exist yet is waited for
                 try:
                     conn = postgres.connect(**s.pg_params())
                     break
@@ -129,9 +129,11 @@ class SchedulerService(Service):
                     delay = min(delay * 2, 5.0)
                     self.log.warning("waiting for Postgres: %s", e)
             try:
-                check_against_postgres(self.config, conn)
+                missing = check_against_postgres(self.config, conn, missing_ok=True)
             finally:
                 conn.close()
+            if missing:  # the snapshotter holds their snapshots until they exist: fires go on
+                self.log.warning("tables that do not exist yet (their snapshots wait for them): %s", ", ".join(missing))
 
     def run(self) -> None:
         s = self.settings

@@ -80,6 +80,15 @@ class SlotMissing(SnapshotError):
     """Debezium's slot does not exist yet: transient while the CDC side starts."""
 
 
+class TableNotCaptured(SnapshotError):
+    """A configured stream's table does not exist yet, or is not in the publication yet:
+    its snapshot waits (a cut before Debezium captures the table would lose changes)."""
+
+
+TABLE_CHECK_INTERVAL_S = 3.0
+"""How often the tables of waiting snapshots are looked for."""
+
+
 class SnapshotAborted(RuntimeError):
     """The service is stopping: the snapshot is left without its end (the request is redone)."""
 
@@ -195,6 +204,12 @@ class SnapshotterService(Service):
         """stream -> rows read and estimated of its running or last snapshot, running 1/0,
         and failed 1 when its last snapshot failed (it needs another)."""
         self.slot_name: str | None = None
+        self.publication: str | None = None
+        self.waiting: dict[str, tuple[ResnapshotRequest, str]] = {}
+        """stream -> (its request, why it waits): configured tables that do not exist yet or
+        are not in the publication yet; snapshotted once they are (in memory: after a
+        restart, the applier's first-snapshot requests bring them back)."""
+        self._next_table_check = 0.0
         self.connector_name: str | None = None
         self.delivery_errors: list[str] = []
         self.config: ReplicationConfig | None = None
@@ -210,7 +225,8 @@ class SnapshotterService(Service):
         self.metrics.on_scrape(self._metric_families)
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), **self.counts, "current": self.current}
+        return {**super().state(), **self.counts, "current": self.current,
+                "waiting": {stream: why for stream, (_, why) in sorted(self.waiting.items())}}
 
     def _metric_families(self) -> list[Any]:
         c, current = self.counts, self.current or {}
@@ -258,6 +274,7 @@ class SnapshotterService(Service):
         s = self.settings
         connector = load_connector_config_file(s.connector_config)
         self.slot_name, self.connector_name = connector.slot_name, connector.name
+        self.publication = connector.publication_name
         if s.replication_config:
             from mallard.config.replication import load_config
 
@@ -281,6 +298,8 @@ class SnapshotterService(Service):
         self.ready = True
         try:
             while not self.stopping.is_set():
+                if self.waiting and time.monotonic() >= self._next_table_check:
+                    self._take_waiting()
                 first = consumer.poll(0.5)  # returns with the first request (consume() waits out its timeout)
                 if first is None:
                     continue
@@ -292,19 +311,63 @@ class SnapshotterService(Service):
                 for refusal in refused:
                     self._refuse(refusal)
                 for stream, request in todo:
-                    try:
-                        self._snapshot_when_the_slot_exists(stream, request)
-                    except SnapshotAborted:
-                        return  # stopping: nothing committed, the request is redone on restart
-                    except KafkaFailure:
-                        raise  # Kafka, not the request, failed: redone on restart
-                    except Exception as e:  # noqa: BLE001 - whatever went wrong, it fails this request only
-                        self._fail(stream, request, _reason(e))
+                    if not self._serve(stream, request):
+                        return
                 # Only now, every snapshot's end (or failure) being in Kafka, are the requests done.
                 consumer.commit(asynchronous=False)
         finally:
             self.ready = False
             consumer.close()
+
+    def _serve(self, stream: str, request: ResnapshotRequest) -> bool:
+        """Snapshot one stream for a request; False when the service is stopping."""
+        try:
+            self._snapshot_when_the_slot_exists(stream, request)
+            if self.waiting.pop(stream, None) is not None:
+                self.log.info("%s: its table is captured now; the waiting snapshot is taken", stream)
+        except SnapshotAborted:
+            return False  # stopping: nothing committed, the request is redone on restart
+        except KafkaFailure:
+            raise  # Kafka, not the request, failed: redone on restart
+        except TableNotCaptured as e:
+            held = self.waiting.get(stream)
+            if held is None or held[1] != str(e):  # said once, and again when the reason changes
+                self.log.warning("snapshot of %s waits: %s", stream, e,
+                                 extra={"kind": "snapshot_waiting", "stream": stream, "request_id": request.request_id})
+            # A whole-table request waiting is not replaced by a subset one.
+            keep = held[0] if held is not None and held[0].where is None and request.where is not None else request
+            self.waiting[stream] = (keep, str(e))
+            self._next_table_check = time.monotonic() + TABLE_CHECK_INTERVAL_S
+        except Exception as e:  # noqa: BLE001 - whatever went wrong, it fails this request only
+            self._fail(stream, request, _reason(e))
+        return True
+
+    def _take_waiting(self) -> None:
+        """Snapshot the waiting streams whose tables are captured now."""
+        self._next_table_check = time.monotonic() + TABLE_CHECK_INTERVAL_S
+        try:
+            conn = self.ports.source()
+        except Exception as e:  # noqa: BLE001 - Postgres away: looked for again later
+            self.log.debug("waiting tables not looked for: %s", e)
+            return
+        try:
+            ready = [stream for stream in self.waiting if self._not_captured(conn, stream) is None]
+        finally:
+            conn.close()
+        for stream in ready:
+            request, _ = self.waiting[stream]
+            if not self._serve(stream, request):
+                return
+
+    def _not_captured(self, conn: Any, stream: str, publication: bool = True) -> str | None:
+        """Why the table is not captured yet (None: it is): it does not exist, or it is not
+        in the publication (a cut must come after Debezium receives its changes)."""
+        if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", postgres.quote_stream(stream)) is not True:
+            return f"table {stream} does not exist in Postgres"
+        if publication and self.publication and not postgres.in_publication(conn, self.publication, stream):
+            return (f"table {stream} is not in the publication {self.publication}: a cut taken now would lose "
+                    "the changes made before Debezium captures it")
+        return None
 
     def _snapshot_when_the_slot_exists(self, stream: str, request: ResnapshotRequest) -> None:
         """A missing slot is transient while Debezium starts (Kafka Connect registers the
@@ -441,8 +504,13 @@ class SnapshotterService(Service):
             if not postgres.slot_exists(conn, self.slot_name):
                 raise SlotMissing(f"replication slot {self.slot_name!r} does not exist: a cut taken now would lose "
                                     "the changes made before the slot exists; start the CDC publisher first")
-            if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", table) is not True:
-                raise SnapshotError(f"table {stream} does not exist in Postgres")
+            # A configured table may appear (or join the publication) later: its snapshot
+            # waits for it. Another (every table is captured) that does not exist fails now,
+            # as a typo should.
+            configured = self.streams is not None and stream in self.streams
+            why = self._not_captured(conn, stream, publication=configured)
+            if why is not None:
+                raise TableNotCaptured(why + "; its snapshot waits for it") if configured else SnapshotError(why)
             where, incremental, update_key, state_value = self._run_filter(stream, request)
             if where is not None and not postgres.primary_key(conn, stream):
                 raise SnapshotError(f"table {stream} has no primary key: a subset (--where) cannot be snapshotted, "

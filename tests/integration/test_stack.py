@@ -9,6 +9,7 @@ import pytest
 
 from mallard.adapters.kafka import broker_metadata
 from mallard.stack.processes import is_alive
+from tests.conftest import all_tables_connector_config, up_capturing_every_table
 
 pytestmark = pytest.mark.integration
 COMPONENTS = ["postgres", "broker", "connect", "snapshotter", "applier", "scheduler"]
@@ -89,8 +90,7 @@ def test_a_component_that_fails_to_start_is_named_and_nothing_is_left_running(ma
 
 
 def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_stack):
-    stack = make_stack()
-    stack.mallard("stack", "up", "--no-demo")
+    stack = up_capturing_every_table(make_stack())  # no demo: a connector config of its own says what
     status = stack.status()
     with psycopg2.connect(status["postgres"]["dsn"]) as conn, conn.cursor() as cur:
         cur.execute("SELECT slot_name FROM pg_replication_slots")
@@ -102,6 +102,16 @@ def test_down_purge_drops_the_slot_and_publication_and_stops_everything(make_sta
     assert "dropped publication mallard_publication" in out
     assert not any(is_alive(p) for p in pids)
     assert not (stack.home / "postgres").exists() and not (stack.home / "run").exists()
+
+
+def test_up_without_the_demo_and_without_a_config_replicates_nothing_it_was_not_told_to(make_stack):
+    """Issue 18: the default connector config's tables are the demo's; without the demo and
+    without a replication config, `up` says what to give before starting anything."""
+    stack = make_stack()
+    out = stack.mallard("stack", "up", "--no-demo", check=False)
+    assert out.returncode == 1 and "nothing to replicate" in out.stderr, out.stdout + out.stderr
+    assert " started (pid " not in out.stdout
+    assert all(c["state"] == "stopped" for c in stack.status()["components"].values())
 
 
 def test_down_leaves_processes_it_did_not_start_alone(make_stack):
@@ -136,9 +146,56 @@ def test_as_root_a_project_the_postgres_user_cannot_reach_still_gets_a_cluster(m
     private.mkdir(mode=0o700)  # like a clone under /root
     stack.home = private / ".mallard"
     stack.env["MALLARD_HOME"] = str(stack.home)
+    stack.env["MALLARD_CONNECTOR_CONFIG"] = str(all_tables_connector_config(private))
     stack.mallard("stack", "up", "--no-demo")
     data_dir = stack.status()["postgres"]["data_dir"]
     assert data_dir.startswith("/var/lib/mallard/postgres-")
     assert all(c["state"] == "running" for c in stack.status()["components"].values())
     stack.mallard("stack", "down", "--purge")
     assert not os.path.exists(data_dir)
+
+
+def test_a_configured_table_created_after_up_is_waited_for_then_snapshotted_and_captured(make_stack):
+    """Issue 18: `up` with a config naming a table that does not exist yet starts, reports
+    the table as waiting, and picks it up when it appears: in the publication as it is
+    created (the stack's event trigger), its first snapshot, then its changes."""
+    import json
+    import time
+
+    stack = make_stack()
+    home_config = stack.home / "late.yaml"
+    home_config.write_text("streams:\n  public.late_arrival:\n")
+    stack.env["MALLARD_REPLICATION_CONFIG"] = str(home_config)
+    stack.mallard("stack", "up", "--no-demo")
+
+    def waiting() -> str | None:
+        report = json.loads(stack.mallard("status", "--json", check=False).stdout)
+        return report["streams"]["public.late_arrival"]["waiting"]
+
+    deadline = time.monotonic() + 60
+    while not waiting():
+        assert time.monotonic() < deadline, stack.log_tails()
+        time.sleep(0.5)
+    assert "table public.late_arrival does not exist in Postgres" in waiting()
+    assert "WAITING for its table" in stack.mallard("status").stdout
+    assert stack.applier_state()["ready"]
+
+    conn = psycopg2.connect(stack.dsn)  # the owner, as an application
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE late_arrival (id int PRIMARY KEY, note text)")
+    cur.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'mallard_publication' "
+                "AND tablename = 'late_arrival'")
+    assert cur.fetchone() == (1,), "created: in the publication at once"
+    cur.execute("INSERT INTO late_arrival SELECT g, 'before' FROM generate_series(1, 40) g")
+    stack.wait_for("SELECT count(*) FROM _mallard.snapshots WHERE stream = 'public.late_arrival' "
+                   "AND status = 'merged'", lambda rows: rows[0][0] >= 1, timeout=90)
+    stack.wait_for("SELECT count(*) FROM late_arrival", [[40]], timeout=60)
+    cur.execute("INSERT INTO late_arrival SELECT g, 'after' FROM generate_series(41, 50) g")
+    cur.execute("UPDATE late_arrival SET note = 'changed' WHERE id = 1")
+    cur.execute("DELETE FROM late_arrival WHERE id = 2")
+    stack.wait_for("SELECT count(*), count(*) FILTER (WHERE note = 'changed'), count(*) FILTER (WHERE id = 2) "
+                   "FROM late_arrival", [[49, 1, 0]], timeout=60)
+    conn.close()
+    assert waiting() is None
+    assert "snapshot of public.late_arrival waits" in (stack.home / "logs" / "snapshotter.log").read_text()

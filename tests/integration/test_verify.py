@@ -189,6 +189,43 @@ def test_postgres_and_duckdb_write_the_same_canonical_text_for_every_type(cdc_st
     conn.close()
 
 
+def test_verify_compares_the_column_sets_not_only_the_common_columns(cdc_stack):
+    """Issue 18: a column added in Postgres is in the replica only after the table's next
+    change event; until then verify hashed the common columns and said equal."""
+    conn = psycopg2.connect(cdc_stack.dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE verify_columns (id integer PRIMARY KEY, name text)")
+    cur.execute("INSERT INTO verify_columns SELECT g, 'n' || g FROM generate_series(1, 30) g")
+    cdc_stack.wait_for("SELECT count(*) FROM verify_columns", [[30]])
+    code, report = verify_json(cdc_stack, "public.verify_columns")
+    assert code == 0, report
+
+    cur.execute("ALTER TABLE verify_columns ADD COLUMN note text")  # no row event yet
+    code, report = verify_json(cdc_stack, "public.verify_columns")
+    (item,) = report["streams"]
+    assert code == 1 and not item["equal"] and item["differences"] == [], report
+    assert item["columns_missing"] == ["note"] and item["columns_extra"] == []
+    human = cdc_stack.mallard("verify", "public.verify_columns", check=False, timeout=240).stdout
+    assert "DIFFERENT 30 rows: columns not in the replica: note" in human, human
+
+    cur.execute("UPDATE verify_columns SET note = 'x' WHERE id = 3")  # the replica adds the column
+    cdc_stack.wait_for("SELECT note FROM verify_columns WHERE id = 3", [["x"]])
+    code, report = verify_json(cdc_stack, "public.verify_columns")
+    assert code == 0 and report["streams"][0]["columns"] == ["id", "name", "note"], report
+
+    cur.execute("ALTER TABLE verify_columns DROP COLUMN name")  # the replica has not seen the drop
+    code, report = verify_json(cdc_stack, "public.verify_columns")
+    assert code == 1 and report["streams"][0]["columns_extra"] == ["name"], report
+    cur.execute("UPDATE verify_columns SET note = 'y' WHERE id = 4")  # it records it: dropped, kept
+    cdc_stack.wait_for("SELECT note FROM verify_columns WHERE id = 4", [["y"]])
+    code, report = verify_json(cdc_stack, "public.verify_columns")
+    (item,) = report["streams"]
+    assert code == 0 and item["columns_extra"] == [] and item["columns"] == ["id", "note"], report
+    assert "dropped in Postgres, kept in the replica (not hashed): name" in item["notes"]
+    conn.close()
+
+
 DUCK_TYPES = {"int": "BIGINT", "numeric": "DECIMAL(12,3)", "text": "VARCHAR", "uuid": "UUID", "date": "DATE",
               "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
 

@@ -86,3 +86,56 @@ def test_postgres_tls_settings_reach_libpq():
     with pytest.raises((postgres.SourceError, psycopg2.ProgrammingError)) as e:
         postgres.connect(**params, timeout=1)
     assert "sslmode" in str(e.value)
+
+
+# -- the replication config: the environment over what `stack up` recorded (issue 18) ----------
+
+def _recorded_stack(tmp_path, monkeypatch, recorded_config: str) -> None:
+    """A home where an earlier `stack up` left ``recorded_config`` in stack.json."""
+    import json
+
+    for name in [n for n in __import__("os").environ if n.startswith("MALLARD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLARD_HOME", str(tmp_path))
+    (tmp_path / "stack.json").write_text(json.dumps({"replication_config": recorded_config, "pg_port": 15999}))
+
+
+def _config(tmp_path, name: str, source: str = "") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(source + f"streams:\n  public.{name}:\n")
+    return str(path)
+
+
+def test_the_exported_config_wins_over_the_one_stack_up_recorded(tmp_path, monkeypatch, capsys):
+    from mallard.cli.main import main
+    from mallard.config.deployment import resolve_deployment
+
+    _recorded_stack(tmp_path, monkeypatch, _config(tmp_path, "recorded"))
+    exported = _config(tmp_path, "exported")
+    monkeypatch.setenv("MALLARD_REPLICATION_CONFIG", exported)
+    dep = resolve_deployment({})
+    assert dep.config == exported and dep.origin["config"] == "environment"
+    assert main(["config", "check", "--offline"]) == 0
+    assert capsys.readouterr().out.startswith(f"{exported}: ok: 1 stream(s) (public.exported")
+    monkeypatch.delenv("MALLARD_REPLICATION_CONFIG")  # nothing exported: the stack's own
+    assert resolve_deployment({}).origin["config"] == "local stack"
+
+
+def test_the_exported_config_names_the_source_commands_connect_to(tmp_path, monkeypatch, capsys):
+    """``config check`` checks the tables in the Postgres the exported config names, not
+    in the local stack's (a MALLARD_PG_* variable still wins over the file)."""
+    from mallard.cli.main import main
+    from mallard.config.deployment import config_source, stack_settings
+
+    _recorded_stack(tmp_path, monkeypatch, _config(tmp_path, "recorded"))
+    exported = _config(tmp_path, "exported", "source:\n  type: postgres\n  host: 127.0.0.1\n  port: 1\n"
+                                             "  database: elsewhere\n")
+    monkeypatch.setenv("MALLARD_REPLICATION_CONFIG", exported)
+    stack = stack_settings()
+    source = config_source(stack, exported)
+    assert (source.pg_port, source.pg_database, stack.pg_port) == (1, "elsewhere", 15999)
+    assert main(["config", "check"]) == 1
+    err = capsys.readouterr().err
+    assert "port 1" in err and "15999" not in err, err
+    monkeypatch.setenv("MALLARD_PG_PORT", "2")
+    assert config_source(stack_settings(), exported).pg_port == 2

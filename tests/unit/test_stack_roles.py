@@ -71,3 +71,21 @@ def test_status_masks_every_password_unless_asked(stack):
     shown = stack.status(show_secrets=True)
     assert shown["postgres"]["dsn"].startswith("postgresql://mallard:owner-pw@")
     assert f"mallard_admin:{passwords['admin']}@" in shown["postgres"]["roles"]["admin"]["dsn"]
+
+
+def test_the_capture_trigger_adds_only_the_configured_tables_as_the_admin():
+    """Issue 18: a configured table created after `up` joins the publication as it is
+    created; the function is the admin's (SECURITY DEFINER, a fixed search_path) and its
+    table list is literal SQL, quoted."""
+    import pglast
+
+    from mallard.stack.roles import capture_trigger_statements
+
+    create, revoke = capture_trigger_statements("mallard_publication", ["public.late", "public.o'brien"])
+    pglast.parse_sql(create)  # one valid statement
+    assert "SECURITY DEFINER SET search_path = pg_catalog" in create
+    assert "ARRAY['public.late', 'public.o''brien']::text[]" in create
+    assert "ALTER PUBLICATION %I ADD TABLE %I.%I" in create and "RAISE WARNING" in create
+    assert revoke.startswith("REVOKE ALL ON FUNCTION") and revoke.endswith("() FROM PUBLIC")
+    empty, _ = capture_trigger_statements("p", [])
+    assert "ARRAY[]::text[]" in empty

@@ -235,3 +235,21 @@ def test_data_loss_on_kafka_is_reported_per_stream_and_in_the_applier_line():
     assert "DATA LOSS on Kafka: 1 partition(s), re-snapshot pending for public.orders" in summary
     entry.update(resnapshot="merged", snapshot_id="s9")
     assert "repaired: snapshot s9 merged" in render(build_report(NOW, services, replica, kafka, CONFIG, "mallard", []), NOW)
+
+
+def test_a_configured_table_that_does_not_exist_yet_is_reported_waiting():
+    """Issue 18: the snapshotter holds the first snapshot of a table that does not exist
+    yet; status names it per stream and in the snapshotter's line."""
+    services, replica, kafka = facts()
+    why = "table public.customers does not exist in Postgres; its snapshot waits for it"
+    services["snapshotter"] = {"state": "running", "pid": 13, "port": 1, "log": "", "summary": "",
+                               "health": {"snapshots": 0, "waiting": {"public.customers": why}}}
+    replica.tables.pop("public.customers", None)
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])
+    assert report["streams"]["public.customers"]["waiting"] == why
+    assert report["streams"]["public.orders"]["waiting"] is None
+    text = render(report, NOW)
+    assert "public.customers  full-refresh  WAITING for its table" in text
+    assert f"    waiting         {why}" in text
+    assert service_summary("snapshotter", services["snapshotter"]["health"]).endswith(
+        "; waiting for 1 table(s): public.customers")

@@ -248,3 +248,77 @@ def test_decimals_are_written_as_postgres_writes_numerics_even_without_integer_d
     from mallard.core.type_registry import DECIMAL_TEXT
 
     assert duckdb.connect().execute("SELECT " + DECIMAL_TEXT.duck.format(f"CAST('{value}' AS {duck_type})")).fetchone() == (text,)
+
+
+# -- the column sets ---------------------------------------------------------------------------
+
+def test_a_column_postgres_has_and_the_replica_lacks_is_a_difference():
+    from mallard.core.verify import compare_columns
+
+    sets = compare_columns(["id", "name", "price", "weight"], ["id", "name", "price"])
+    assert sets.missing == ("weight",) and sets.extra == () and sets.kept == () and sets.differ
+    assert sets.describe() == "columns not in the replica: weight"
+
+
+def test_a_column_only_in_the_replica_is_a_difference_until_the_replica_records_it_dropped():
+    from mallard.core.verify import compare_columns
+
+    unseen = compare_columns(["id", "name"], ["id", "name", "legacy"])
+    assert unseen.extra == ("legacy",) and unseen.differ
+    assert unseen.describe() == "columns only in the replica: legacy"
+    kept = compare_columns(["id", "name"], ["id", "name", "legacy"], dropped=["legacy"])
+    assert kept.kept == ("legacy",) and kept.extra == () and not kept.differ
+
+
+def test_equal_column_sets_in_any_order_do_not_differ_and_both_kinds_are_described():
+    from mallard.core.verify import compare_columns
+
+    assert not compare_columns(["a", "b", "c"], ["c", "a", "b"]).differ
+    both = compare_columns(["id", "new"], ["id", "old"])
+    assert both.describe() == "columns not in the replica: new; only in the replica: old"
+
+
+def _stream_result(column_sets, differences=()):
+    from mallard.core.verify import Comparison
+    from mallard.ops.verify import Plan, StreamResult
+
+    key = KeyType("int", "id")
+    p = Plan("public.products", "ok", '"public"."products"', '"main"."products"', [], key, [], column_sets)
+    comparison = Comparison(Summary(3, 30), Summary(3, 30) if not differences else Summary(3, 31),
+                            list(differences))
+    return StreamResult("public.products", "ok", p, comparison, list(differences))
+
+
+def test_verify_reports_a_column_difference_even_when_every_row_hash_agrees():
+    from mallard.core.verify import ColumnSets
+    from mallard.ops.verify import Report, as_json, render, repair_request
+
+    r = _stream_result(ColumnSets(missing=("weight",)))
+    assert r.rows_equal and not r.equal
+    report = Report("0/1", "the file", None, [r])
+    text = "\n".join(render(report))
+    assert "DIFFERENT 3 rows: columns not in the replica: weight" in text
+    assert text.endswith("0 of 1 stream(s) equal; differences remain")
+    item = as_json(report)["streams"][0]
+    assert item["equal"] is False and item["columns_missing"] == ["weight"] and item["columns_extra"] == []
+    assert repair_request(r) == (None, True)  # the replica's rows need the new column's values: whole table
+
+
+def test_kept_dropped_columns_are_a_note_not_a_difference():
+    from mallard.core.verify import ColumnSets
+    from mallard.ops.verify import Report, render
+
+    r = _stream_result(ColumnSets(kept=("legacy",)))
+    r.plan.notes.append("dropped in Postgres, kept in the replica (not hashed): legacy")
+    assert r.equal
+    text = "\n".join(render(Report("0/1", "the file", None, [r])))
+    assert "equal     3 rows" in text and "note: dropped in Postgres, kept in the replica" in text
+
+
+def test_a_column_difference_is_shown_with_the_keys_that_differ():
+    from mallard.core.verify import ColumnSets
+    from mallard.ops.verify import Report, render
+
+    r = _stream_result(ColumnSets(extra=("legacy",)), [Difference("7", 1, 2)])
+    text = "\n".join(render(Report("0/1", "the file", None, [r])))
+    assert "1 key(s) differ" in text and "id = 7: differs" in text and "columns only in the replica: legacy" in text
