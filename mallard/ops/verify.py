@@ -228,8 +228,9 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
             key = k
     else:
         notes.append("no primary key: only the whole table's count and hash are compared")
-    schema, _, name = stream.partition(".")
-    return Plan(stream, table["status"], f"{qi(schema)}.{qi(name)}", table["target"], columns, key, notes)
+    from mallard.core.names import quoted
+
+    return Plan(stream, table["status"], quoted(stream), table["target"], columns, key, notes)
 
 
 # -- catching up ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from mallard.config.connector import load_connector_config_file
 from mallard.core.changes import Decoder
 from mallard.core.connector import cdc_topic_pattern, transaction_topic
 from mallard.core.data_loss import detect
+from mallard.core.names import stream_of_include
 from mallard.core.snapshots import SnapshotTracker
 from mallard.core.transactions import TransactionAssembler
 from mallard.runtime.metrics import BATCH_BUCKETS, DELAY_BUCKETS
@@ -375,7 +376,10 @@ class ApplierService(Service):
             names = [re.escape(name) for name in load_config(self.settings.replication_config).streams]
         else:
             try:
-                names = load_connector_config_file(self.settings.connector_config).tables
+                # an entry that names a stream matches that stream's one spelling; any other
+                # is Debezium's regex, matched as it is
+                names = [re.escape(stream) if (stream := stream_of_include(entry)) else entry for entry in
+                         load_connector_config_file(self.settings.connector_config).include_entries]
             except Exception as e:  # noqa: BLE001 - said in _request_first_snapshots too
                 self.log.warning("cannot read the connector config %s: events of every table are applied (%s)",
                                  self.settings.connector_config, e)
