@@ -137,7 +137,10 @@ def cmd_stack_guide(args: argparse.Namespace) -> int:
     s = _stack_settings()
     stack = LocalStack(s)
     config = load_connector_config_file(s.connector_config)
-    topic = config.cdc_topic(config.tables[-1]) if config.tables else f"{config.topic_prefix}.<schema>.<table>"
+    from mallard.core.status import topic_of
+
+    topic = topic_of(config.topic_prefix, config.tables[-1]) if config.tables else \
+        f"{config.topic_prefix}.<schema>.<table>"
     home = stack.home
     print(f"""
 How to look at the running stack:
