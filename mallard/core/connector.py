@@ -87,9 +87,10 @@ def transaction_topic(prefix: str) -> str:
 def cdc_topic_pattern(prefix: str) -> str:
     """A Kafka regex subscription to every table topic of the prefix (not the transaction
     topic, which has one dot fewer), so new tables are picked up without a restart.
-    Debezium replaces a dot inside a schema or table name with '_', so every table's topic
-    has exactly two dots after the prefix."""
-    return "^" + re.escape(prefix) + r"\.[^.]+\.[^.]+$"
+    Debezium keeps a dot inside a schema or table name (a valid topic character): a table
+    topic has at least two dots after the prefix, maybe more (librdkafka's regexes have no
+    lookahead, so the shape is all it can say)."""
+    return "^" + re.escape(prefix) + r"\..+\..+$"
 
 
 def parse_connector_config(text: str, source: str = "connector config") -> ConnectorConfig:

@@ -166,11 +166,12 @@ def cdc_topic(prefix: str, stream: str) -> str:
 def include_entry(stream: str) -> str:
     """The stream as one entry of Debezium's ``table.include.list``: a regex (Java's) that
     matches the table's ``<schema>.<table>`` exactly. Debezium matches case-insensitively,
-    ``(?-i)`` turns that off; commas are escaped, Debezium splits the list at the others."""
+    ``(?-i:...)`` turns that off; commas are escaped, Debezium splits the list at the others."""
     schema, table = parse_stream(stream)
     if _PLAIN.match(schema) and _PLAIN.match(table) and "$" not in schema + table:
         return schema + "." + table  # as before: readable, and '.' matches only the dot here
-    return "(?-i)" + (re.escape(schema) + r"\." + re.escape(table)).replace(",", r"\,")
+    # the separator is written '[.]', a dot inside a name '\.': the entry reads back unambiguously
+    return "(?-i:" + (re.escape(schema) + "[.]" + re.escape(table)).replace(",", r"\,") + ")"
 
 
 def split_include_list(value: str) -> list[str]:
@@ -179,14 +180,14 @@ def split_include_list(value: str) -> list[str]:
     return [e for e in entries if e]  # spaces around an entry go; an escaped one ('\ ') is part of a name
 
 
-_ESCAPED = re.compile(r"(?:\(\?-i\))?((?:\\.|[^\\.])*)\\\.((?:\\.|[^\\.])*)\Z", re.S)
+_ESCAPED = re.compile(r"\(\?-i:((?:\\.|[^\\\[])*)\[\.\]((?:\\.|[^\\\[])*)\)\Z", re.S)
 
 
 def stream_of_include(entry: str) -> str | None:
     """The stream an ``include_entry`` names (a plain ``schema.table`` too), or None for an
     entry that is a real regex (Debezium's, matching any number of tables)."""
     if entry.count(".") == 1 and all(_PLAIN.match(p) and "$" not in p for p in entry.split(".")):
-        return entry
+        return stream_name(*entry.split("."))
     m = _ESCAPED.match(entry)
     if not m:
         return None
