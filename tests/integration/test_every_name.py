@@ -1,5 +1,6 @@
 """Tables named as Postgres allows, not only as plain words: public."Order Items" and a
-table in a schema named with capitals and a space, replicated end to end — the config,
+table in a schema named with capitals and a space (its own name with unicode and a dot,
+which Debezium keeps in the topic's name), replicated end to end — the config,
 the first snapshot and a resnapshot, CDC (insert, update, delete), `mallard status` on
 the topic Debezium really writes (its name sanitized), and `mallard verify`."""
 from __future__ import annotations
@@ -12,15 +13,15 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ITEMS = 'public."Order Items"'
-BUYERS = '"Sales Dept"."Big Buyers"'
+BUYERS = '"Sales Dept"."Größte Käufer.v2"'
 CONFIG = """\
 source:
   password: ${MALLARD_PG_PASSWORD}
 streams:
   public.customers:
   public."Order Items":
-  '"Sales Dept"."Big Buyers"':
-    target: '"Sales Dept"."Big Buyers"'
+  '"Sales Dept"."Größte Käufer.v2"':
+    target: '"Sales Dept"."Größte Käufer.v2"'
 """
 
 
@@ -45,8 +46,8 @@ def test_tables_named_with_spaces_capitals_and_quotes_replicate_end_to_end(make_
     pg(stack, 'CREATE TABLE "Order Items" (id int PRIMARY KEY, "Item Name" text, qty int);'
               'INSERT INTO "Order Items" SELECT g, \'item \' || g, g FROM generate_series(1, 50) g;'
               'CREATE SCHEMA "Sales Dept";'
-              'CREATE TABLE "Sales Dept"."Big Buyers" (id int PRIMARY KEY, name text);'
-              'INSERT INTO "Sales Dept"."Big Buyers" SELECT g, \'buyer \' || g FROM generate_series(1, 20) g')
+              'CREATE TABLE "Sales Dept"."Größte Käufer.v2" (id int PRIMARY KEY, name text);'
+              'INSERT INTO "Sales Dept"."Größte Käufer.v2" SELECT g, \'buyer \' || g FROM generate_series(1, 20) g')
     checked = stack.mallard("config", "check").stdout
     assert f"ok: 3 stream(s) (public.customers full-refresh, {ITEMS} full-refresh, {BUYERS} full-refresh)" in checked \
         and "every table exists in Postgres" in checked, checked
@@ -56,7 +57,7 @@ def test_tables_named_with_spaces_capitals_and_quotes_replicate_end_to_end(make_
 
     # First snapshots (the applier asks for them), then a resnapshot named as a user types it.
     stack.wait_for('SELECT count(*), sum(qty) FROM "Order Items"', [[50, 1275]], timeout=180)
-    stack.wait_for('SELECT count(*) FROM "Sales Dept"."Big Buyers"', [[20]], timeout=120)
+    stack.wait_for('SELECT count(*) FROM "Sales Dept"."Größte Käufer.v2"', [[20]], timeout=120)
     out = stack.mallard("resnapshot", ITEMS, BUYERS, "--wait", "--timeout", "180")
     assert f"{ITEMS}: merged" in out.stdout and f"{BUYERS}: merged" in out.stdout, out.stdout
 
@@ -68,25 +69,25 @@ def test_tables_named_with_spaces_capitals_and_quotes_replicate_end_to_end(make_
     pg(stack, 'INSERT INTO "Order Items" VALUES (51, \'new\', 100);'
               'UPDATE "Order Items" SET "Item Name" = \'changed\' WHERE id = 2;'
               'DELETE FROM "Order Items" WHERE id = 3;'
-              'INSERT INTO "Sales Dept"."Big Buyers" VALUES (21, \'new buyer\');'
-              'UPDATE "Sales Dept"."Big Buyers" SET name = \'renamed\' WHERE id = 1;'
-              'DELETE FROM "Sales Dept"."Big Buyers" WHERE id = 2')
+              'INSERT INTO "Sales Dept"."Größte Käufer.v2" VALUES (21, \'new buyer\');'
+              'UPDATE "Sales Dept"."Größte Käufer.v2" SET name = \'renamed\' WHERE id = 1;'
+              'DELETE FROM "Sales Dept"."Größte Käufer.v2" WHERE id = 2')
     stack.wait_for('SELECT count(*), sum(qty), max("Item Name") FILTER (WHERE id = 2) FROM "Order Items"',
                    [[50, 1275 + 100 - 3, "changed"]])
     stack.wait_for('SELECT count(*), max(name) FILTER (WHERE id = 1), count(*) FILTER (WHERE id = 2) '
-                   'FROM "Sales Dept"."Big Buyers"', [[20, "renamed", 0]])
+                   'FROM "Sales Dept"."Größte Käufer.v2"', [[20, "renamed", 0]])
     assert stack.query("SELECT stream, target FROM _mallard.tables WHERE stream <> 'public.customers' "
-                       "ORDER BY stream") == [[BUYERS, '"Sales Dept"."Big Buyers"'], [ITEMS, '"main"."Order Items"']]
+                       "ORDER BY stream") == [[BUYERS, '"Sales Dept"."Größte Käufer.v2"'], [ITEMS, '"main"."Order Items"']]
 
     # status: the topics Debezium wrote (names sanitized), changes captured and applied.
     report = json.loads(stack.mallard("status", "--json").stdout)
     items, buyers = report["streams"][ITEMS], report["streams"][BUYERS]
     assert items["topic"] == "mallard.public.Order_Items" and items["topic_exists"], items
-    assert buyers["topic"] == "mallard.Sales_Dept.Big_Buyers" and buyers["topic_exists"], buyers
+    assert buyers["topic"] == "mallard.Sales_Dept.Gr__te_K_ufer.v2" and buyers["topic_exists"], buyers
     assert items["last_change"] is not None and buyers["last_change"] is not None
     assert items["rows"] == 50 and buyers["rows"] == 20
     text = stack.mallard("status").stdout
-    assert "on mallard.public.Order_Items" in text and "on mallard.Sales_Dept.Big_Buyers" in text, text
+    assert "on mallard.public.Order_Items" in text and "on mallard.Sales_Dept.Gr__te_K_ufer.v2" in text, text
 
     # verify: both tables equal to Postgres.
     out = stack.mallard("verify", ITEMS, BUYERS, "--json", check=False, timeout=240)
