@@ -473,7 +473,9 @@ class Checker:
                           "FOR TABLE <the streams' tables>")
         if row[0][0]:
             return Result("publication", OK, f"{name} (all tables)")
-        covered = {f"{s}.{t}" for s, t in self._rows(
+        from mallard.core.names import stream_name
+
+        covered = {stream_name(s, t) for s, t in self._rows(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", name)}
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
