@@ -88,10 +88,23 @@ def _identifiers(text: str, what: str, fold: bool = True) -> list[tuple[str, str
     return parts
 
 
-@functools.lru_cache(maxsize=4096)
+MAX_NAME_LENGTH = 1024
+"""Characters of a written stream name: two 63-byte parts, quoted or U&-escaped, fit;
+anything longer (from Kafka, say) is refused before it is parsed or cached."""
+
+
 def parse_stream(text: str) -> tuple[str, str]:
     """``<schema>.<table>`` as written (by a user, or read from Kafka) -> (schema, table),
     as Postgres reads it; StreamNameError for anything else."""
+    if not isinstance(text, str):
+        raise StreamNameError(f"a stream name is text, not {type(text).__name__}")
+    if len(text) > MAX_NAME_LENGTH:
+        raise StreamNameError(f"stream name {text[:80]!r}... is longer than {MAX_NAME_LENGTH} characters")
+    return _parse_stream(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_stream(text: str) -> tuple[str, str]:
     parts = _identifiers(text, "stream")
     if len(parts) != 2:
         raise StreamNameError(f"stream name {text[:200]!r}: {HOW}"

@@ -92,6 +92,7 @@ def test_one_table_however_it_is_written():
     ("public.t\x00", "NUL"),
     ("public." + "x" * 64, "longer than Postgres' 63 bytes"),
     ('public."' + "é" * 32 + '"', "longer than Postgres' 63 bytes"),
+    ("public." + " " * 2000 + "t", "longer than 1024 characters"),
 ])
 def test_what_is_not_a_stream_name_is_refused_saying_why(text, why):
     with pytest.raises(names.StreamNameError, match=re.escape(why)):
