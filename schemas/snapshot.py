@@ -15,9 +15,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 SNAPSHOT_SCHEMA_VERSION = 1
+
+
+def _one_spelling(stream: str) -> str:
+    """A stream name as mallard spells it (mallard/core/names.py): every other spelling of
+    the same table would be another stream to the applier."""
+    from mallard.core.names import StreamNameError, canonical
+
+    try:
+        spelled = canonical(stream)
+    except StreamNameError as e:
+        raise ValueError(str(e)) from None
+    if spelled != stream:
+        raise ValueError(f"stream {stream[:200]!r} is spelled {spelled!r}")
+    return stream
+
+
+StreamName = Annotated[str, Field(pattern=r"^\S.*\..*\S$", max_length=300), AfterValidator(_one_spelling)]
+"""'<schema>.<table>', each part double-quoted unless a plain lower-case name: public."Order Items"."""
 
 
 class _Message(BaseModel):
@@ -25,7 +43,8 @@ class _Message(BaseModel):
 
     schema_version: Literal[1] = Field(SNAPSHOT_SCHEMA_VERSION, description="Version of this contract.")
     snapshot_id: str = Field(min_length=1, description="Unique id of this snapshot of this stream.")
-    stream: str = Field(pattern=r"^[^.\s]+\.[^.\s]+$", description="'<schema>.<table>' in Postgres.")
+    stream: StreamName = Field(description="'<schema>.<table>' in Postgres, each part double-quoted unless it is a "
+                                           "plain lower-case name: public.\"Order Items\".")
 
 
 class SnapshotCut(BaseModel):
@@ -95,7 +114,7 @@ class SnapshotFailed(BaseModel):
 
     schema_version: Literal[1] = Field(SNAPSHOT_SCHEMA_VERSION, description="Version of this contract.")
     kind: Literal["failed"] = "failed"
-    stream: str = Field(pattern=r"^[^.\s]+\.[^.\s]+$", description="'<schema>.<table>' the request named.")
+    stream: StreamName = Field(description="'<schema>.<table>' the request named (spelled as in a begin).")
     request_id: str = Field(min_length=1, description="The resnapshot request this answers.")
     snapshot_id: str | None = Field(None, description="The snapshot begun for it, if its begin was published.")
     where: str | None = Field(None, description="The filter it asked for, as checked (or as given, if refused).")

@@ -15,6 +15,7 @@ from mallard.core.replica_sql import (ABSENT, BOOKKEEPING_DDL, NEEDS_RESNAPSHOT,
                                       RESERVED_REASON, STAGING_PREFIX, TableState, create_table_sql,
                                       create_tombstones_sql, prune_recent_sql, reserved_columns, save_table_sql,
                                       target_name, tombstones_name)
+from mallard.core.names import parse_table, split_quoted
 from mallard.core.schema_diff import diff
 from mallard.core.sql import quote_ident as q
 
@@ -199,12 +200,12 @@ class Bookkeeping:
         name = self.targets.get(stream)
         if name is None:
             return target_name(stream)
-        schema, _, table = name.rpartition(".")
+        schema, table = parse_table(name)  # as the replication config writes it (quoted where needed)
         return f"{q(schema or 'main')}.{q(table)}"
 
 
     def _exists(self, target: str) -> bool:
-        schema, table = (part.strip('"') for part in target.split(".", 1))
+        schema, table = split_quoted(target)
         return bool(self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
                                      [schema, table]).fetchone()[0])
 

@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
+from mallard.core.names import split_quoted
 from mallard.core.replica_sql import (ABSENT, META_COLUMNS, OK, REFUSED, STAGING_PREFIX, SnapshotResult, TableState,
-                                      covered_sql, keyless_rebuild_sql, reserved_columns, tombstones_name, value_sql)
+                                      covered_sql, keyless_rebuild_sql, reserved_columns, target_schema, target_table,
+                                      tombstones_name, value_sql)
 from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
 
@@ -33,7 +35,7 @@ class SnapshotMerge:
         if name is None:
             state = self.tables.get(frame.stream)
             target = state.target if state is not None and state.status != ABSENT else self.target_of(frame.stream)
-            name = self._staging[frame.snapshot_id] = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id)}"
+            name = self._staging[frame.snapshot_id] = f"{target_schema(target)}.{q(STAGING_PREFIX + frame.snapshot_id)}"
         return name
 
     # -- snapshots -------------------------------------------------------------------
@@ -52,7 +54,7 @@ class SnapshotMerge:
         self._staging.pop(frame.snapshot_id, None)  # a re-read after a restart chooses again
         staging = self.staging_name(frame)
         if not clash:
-            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {staging.split('.')[0]}")
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {target_schema(staging)}")
             self.con.execute(f"DROP TABLE IF EXISTS {staging}")
             self.con.execute(f"CREATE TABLE {staging} ({cols})")
         cut = frame.cut
@@ -194,7 +196,7 @@ class SnapshotMerge:
         if self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {state.target}) OR EXISTS "
                             f"(SELECT 1 FROM {tombstones_name(state.stream)})").fetchone()[0]:
             return False
-        table = state.target.split(".", 1)[1]
+        table = target_table(state.target)
         self.con.execute(f"DROP TABLE {state.target}")
         self.con.execute(f"ALTER TABLE {self.staging_name(frame)} RENAME TO {table}")
         if state.key_columns:
@@ -202,7 +204,7 @@ class SnapshotMerge:
         return True
 
     def _exists(self, target: str) -> bool:
-        schema, table = (part.strip('"') for part in target.split(".", 1))
+        schema, table = split_quoted(target)
         return bool(self.con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
                                      [schema, table]).fetchone()[0])
 
@@ -231,7 +233,7 @@ class SnapshotMerge:
         from_snapshot += [f"x.{q(c)}" for c, _ in META_COLUMNS]
         key_match = " AND ".join(f"t.{k} = x.{k}" for k in keys)
         tomb_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
-        rebuilt = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
+        rebuilt = f"{target_schema(target)}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
         snapshot_rows = "" if state.truncated_tx_id is not None and not cut.covers(state.truncated_tx_id) else f"""
             SELECT {', '.join(from_snapshot)} FROM {staging} x
              WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match} AND {newer})
@@ -246,7 +248,7 @@ class SnapshotMerge:
             SELECT {', '.join(f't.{n}' for n in names)} FROM {target} t WHERE {newer}""")
         result.applied = self.con.execute(f"SELECT count(*) FROM {rebuilt}").fetchone()[0] - kept
         self.con.execute(f"DROP TABLE {target}")
-        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target.split('.', 1)[1]}")
+        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target_table(target)}")
         self.con.execute(f"ALTER TABLE {target} ADD PRIMARY KEY ({', '.join(keys)})")
 
     def _rebuild_keyless(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:
@@ -254,7 +256,7 @@ class SnapshotMerge:
         built apart and swapped in, in the snapshot's transaction: a reader sees the old rows or
         the new, never a mix."""
         target, cut = state.target, frame.cut
-        rebuilt = f"{target.split('.')[0]}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
+        rebuilt = f"{target_schema(target)}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
         truncated_after = state.truncated_tx_id is not None and not cut.covers(state.truncated_tx_id)
         newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
         before, kept = self.con.execute(f"SELECT count(*), count(*) FILTER (WHERE {newer}) FROM {target} t").fetchone()
@@ -263,14 +265,14 @@ class SnapshotMerge:
         after = self.con.execute(f"SELECT count(*) FROM {rebuilt}").fetchone()[0]
         result.applied, result.deleted = after - kept, before - kept
         self.con.execute(f"DROP TABLE {target}")
-        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target.split('.', 1)[1]}")
+        self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target_table(target)}")
 
     def _merge_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult, subset: str | None) -> None:
         """The cut rule, set-based. Per key, the state CDC wrote after the cut (a row, or a
         deletion) stays; anything older gives way to the snapshot's row, or, for a key the
         snapshot does not hold, is deleted (inside the snapshot's subset only)."""
         target, cut, staging = state.target, frame.cut, self.staging_name(frame)
-        table_ref = target.split(".")[-1]
+        table_ref = target_table(target)
         keys = [q(c) for c in state.key_columns]
         newer_row = f"({table_ref}._mallard_source = 'cdc' AND {covered_sql(cut, f'{table_ref}._mallard_tx_id')} = false)"
         if state.truncated_tx_id is None or cut.covers(state.truncated_tx_id):

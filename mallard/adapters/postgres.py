@@ -8,7 +8,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from mallard.core.sql import quote_ident
+from mallard.core import names
 
 
 class SourceError(RuntimeError):
@@ -61,10 +61,14 @@ def require_logical_wal(conn: Any) -> None:
 
 
 def existing_tables(conn: Any, streams: list[str]) -> tuple[list[str], list[str]]:
-    """Split '<schema>.<table>' names into (existing, missing)."""
+    """Split '<schema>.<table>' names into (existing, missing); an entry that is no
+    stream name (a regex of the connector's table.include.list) is missing."""
     found, missing = [], []
     for stream in streams:
-        schema, _, table = stream.partition(".")
+        if not names.is_stream(stream):
+            missing.append(stream)
+            continue
+        schema, table = names.parse_stream(stream)
         exists = scalar(
             conn,
             "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s",
@@ -86,7 +90,7 @@ def ensure_publication(conn: Any, name: str, include: list[str], existing: list[
         if not include:
             cur.execute(sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(publication))
         elif existing:
-            tables = sql.SQL(", ").join(sql.Identifier(*s.split(".", 1)) for s in existing)
+            tables = sql.SQL(", ").join(sql.Identifier(*names.parse_stream(s)) for s in existing)
             cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(publication, tables))
         else:
             cur.execute(sql.SQL("CREATE PUBLICATION {}").format(publication))
@@ -207,7 +211,7 @@ def table_columns(conn: Any, stream: str) -> list:
     """The columns of '<schema>.<table>' as the snapshot encoder needs them, in order."""
     from mallard.core.snapshot_encoding import PgColumn
 
-    schema, _, table = stream.partition(".")
+    schema, table = names.parse_stream(stream)
     with conn.cursor() as cur:
         cur.execute(
             """SELECT a.attname, t.typname, a.atttypmod, t.typtype = 'e', e.typname
@@ -238,8 +242,9 @@ def primary_key(conn: Any, stream: str) -> list[str]:
 
 
 def quote_stream(stream: str) -> str:
-    """'<schema>.<table>' as a quoted SQL name."""
-    return ".".join(quote_ident(part) for part in stream.split(".", 1))
+    """'<schema>.<table>' (however its parts are quoted) as a quoted SQL name: the same
+    text as ``psycopg2.sql.Identifier(schema, table)``, without a connection."""
+    return names.quoted(stream)
 
 
 def translate(e: BaseException) -> BaseException:

@@ -146,7 +146,10 @@ def cmd_stack_guide(args: argparse.Namespace) -> int:
     s = _stack_settings()
     stack = LocalStack(s)
     config = load_connector_config_file(s.connector_config)
-    topic = config.cdc_topic(config.tables[-1]) if config.tables else f"{config.topic_prefix}.<schema>.<table>"
+    from mallard.core.status import topic_of
+
+    topic = topic_of(config.topic_prefix, config.tables[-1]) if config.tables else \
+        f"{config.topic_prefix}.<schema>.<table>"
     home = stack.home
     print(f"""
 How to look at the running stack:
@@ -418,15 +421,16 @@ def _request_snapshot(args: argparse.Namespace, streams: list[str], reason: str,
 
 
 def cmd_resnapshot(args: argparse.Namespace) -> int:
-    import re
 
     from mallard.core.filters import FilterError, check_filter
 
     if args.full and args.where:
         raise ValueError("--full and --where exclude each other (--full is a whole-table refresh)")
-    bad = [x for x in args.streams if not re.fullmatch(r"[^.\s]+\.[^.\s]+", x)]
-    if bad:
-        raise ValueError(f"bad stream name(s) {', '.join(map(repr, bad))}: expected '<schema>.<table>'")
+    args.streams = _spelled(args.streams)  # (main did already; a caller of cmd_resnapshot may not have)
+    known = _known_streams(args)
+    unknown = [x for x in args.streams if known is not None and x not in known]
+    if unknown:  # refused here: the snapshotter would refuse it, and nothing would say so
+        raise ValueError(f"stream(s) not replicated: {', '.join(unknown)} (replicated: {', '.join(sorted(known))})")
     where = None
     if args.where is not None:
         try:
@@ -441,6 +445,24 @@ def cmd_resnapshot(args: argparse.Namespace) -> int:
         print(f"requested {request.request_id}: {', '.join(args.streams)}")
     return _wait_for_snapshots(args, args.streams, request.requested_at, args.timeout,
                                request_id=request.request_id) if args.wait else 0
+
+
+def _known_streams(args: argparse.Namespace) -> set[str] | None:
+    """The streams a request may name, as the snapshotter decides: the replication
+    config's, else the connector config's table list; None: any table (the connector
+    captures every one, or its config is not readable from here)."""
+    if _deployment(args).config:
+        return set(_replication_config(args).streams)
+    try:
+        from mallard.config.connector import load_connector_config_file
+        from mallard.stack.local import LocalStack
+
+        path = (LocalStack(_stack_settings()).connector_config_path() if _deployment(args).is_local_stack
+                else None)
+        tables = load_connector_config_file(path).tables if path is not None and path.exists() else []
+    except (OSError, ValueError):
+        return None
+    return set(tables) or None
 
 
 def _wait_for_snapshots(args: argparse.Namespace, streams: list[str], requested_at, timeout: float,
@@ -920,9 +942,25 @@ def _deployment_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--config", default=default, metavar="FILE", help="replication config (MALLARD_REPLICATION_CONFIG)")
 
 
+def _spelled(streams: list[str]) -> list[str]:
+    """Stream names from the command line, read as Postgres reads them (``public."Order
+    Items"``, quoted for the shell), each in its one spelling; ValueError names a bad one."""
+    from mallard.core import names
+
+    out = []
+    for text in streams:
+        try:
+            out.append(names.canonical(text))
+        except names.StreamNameError as e:
+            raise ValueError(f"bad stream name: {e}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "streams", None) and isinstance(args.streams, list):
+            args.streams = _spelled(args.streams)
         return args.func(args)
     except KeyboardInterrupt:
         return 130

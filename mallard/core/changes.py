@@ -17,6 +17,7 @@ import msgspec
 import orjson
 
 from mallard.core.errors import TerminalError
+from mallard.core.names import stream_name
 from mallard.core.pgtypes import INT_RANGES, ColumnType, column_type, is_unavailable, placeholder_texts
 
 OPS = frozenset("cudrt")
@@ -300,7 +301,7 @@ class Decoder:
         if not isinstance(tx, dict) or not isinstance(source, dict):
             raise PoisonMessage("change event without transaction metadata (provide.transaction.metadata=true?)")
         try:
-            stream = source["schema"] + "." + source["table"]
+            stream = stream_name(source["schema"], source["table"])  # the event's own table, not its topic
             tx_id = int(source["txId"])
             total_order = int(tx["total_order"])
             committed_at = int(source.get("ts_ms") or payload.get("ts_ms") or 0)
@@ -396,7 +397,7 @@ class Decoder:
             except Exception:  # noqa: BLE001 - the general path names the column
                 return None
             values = tuple(values)
-        stream = source.schema + "." + source.table
+        stream = stream_name(source.schema, source.table)
         if known is not None and known.table.stream == stream:
             table = known.table
             if self._keys.get(stream) is not table.key_columns:

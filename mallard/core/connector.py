@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mallard.core import names
+
 PLACEHOLDER = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Settings that only mean something to a Kafka Connect worker: the embedded
@@ -70,10 +72,16 @@ class ConnectorConfig:
         return self.config["publication.name"] if self.inserts_publication else None
 
     @property
+    def include_entries(self) -> list[str]:
+        """table.include.list's entries (Debezium's regexes), as written."""
+        return names.split_include_list(self.config.get("table.include.list", ""))
+
+    @property
     def tables(self) -> list[str]:
-        """'<schema>.<table>' entries of table.include.list (empty: every table)."""
-        raw = self.config.get("table.include.list", "")
-        return [t.strip() for t in raw.split(",") if t.strip()]
+        """The streams of table.include.list's entries (empty: every table): each entry
+        written by ``with_streams`` names its stream (names.include_entry); any other is a
+        regex of Debezium's, kept as it is."""
+        return [names.stream_of_include(e) or e for e in self.include_entries]
 
     def cdc_topic(self, stream: str) -> str:
         return cdc_topic(self.topic_prefix, stream)
@@ -84,8 +92,9 @@ class ConnectorConfig:
 
 
 def cdc_topic(prefix: str, stream: str) -> str:
-    """Debezium's topic for '<schema>.<table>': '<prefix>.<schema>.<table>'."""
-    return f"{prefix}.{stream}"
+    """Debezium's topic for a stream: '<prefix>.<schema>.<table>', sanitized as Debezium
+    does (names.cdc_topic: ``public."Order Items"`` -> ``<prefix>.public.Order_Items``)."""
+    return names.cdc_topic(prefix, stream)
 
 
 def transaction_topic(prefix: str) -> str:
@@ -94,8 +103,11 @@ def transaction_topic(prefix: str) -> str:
 
 def cdc_topic_pattern(prefix: str) -> str:
     """A Kafka regex subscription to every table topic of the prefix (not the transaction
-    topic, which has one dot fewer), so new tables are picked up without a restart."""
-    return "^" + re.escape(prefix) + r"\.[^.]+\.[^.]+$"
+    topic, which has one dot fewer), so new tables are picked up without a restart.
+    Debezium keeps a dot inside a schema or table name (a valid topic character): a table
+    topic has at least two dots after the prefix, maybe more (librdkafka's regexes have no
+    lookahead, so the shape is all it can say)."""
+    return "^" + re.escape(prefix) + r"\..+\..+$"
 
 
 def parse_connector_config(text: str, source: str = "connector config") -> ConnectorConfig:
@@ -122,7 +134,8 @@ def with_streams(config: ConnectorConfig, streams: list[str]) -> ConnectorConfig
     (``table.include.list`` derived from them, so the two cannot disagree)."""
     if not streams:
         raise ConnectorConfigError("the replication config has no streams for table.include.list")
-    return ConnectorConfig(name=config.name, config={**config.config, "table.include.list": ",".join(streams)})
+    entries = ",".join(names.include_entry(s) for s in streams)
+    return ConnectorConfig(name=config.name, config={**config.config, "table.include.list": entries})
 
 
 def placeholders(config: ConnectorConfig) -> set[str]:

@@ -30,6 +30,7 @@ from mallard.core.arrow_rows import arrow_type
 from mallard.core.changes import TableSchema
 from mallard.core.cut import Cut
 from mallard.core.merge import TableChanges
+from mallard.core.names import parse_stream, split_quoted
 from mallard.core.pgtypes import ColumnType
 from mallard.core.sql import quote_ident as q
 from mallard.core.sql import sql_int, sql_text, sql_time
@@ -53,8 +54,18 @@ the truncate must not bring its rows back."""
 
 
 def target_name(stream: str) -> str:
-    schema, _, table = stream.partition(".")
+    schema, table = parse_stream(stream)
     return f"{q('main' if schema == 'public' else schema)}.{q(table)}"
+
+
+def target_schema(target: str) -> str:
+    """The quoted schema of a quoted ``"schema"."table"`` (names may hold dots and quotes)."""
+    return q(split_quoted(target)[0])
+
+
+def target_table(target: str) -> str:
+    """The quoted table of a quoted ``"schema"."table"``, without its schema."""
+    return q(split_quoted(target)[1])
 
 
 def value_sql(ct: ColumnType, ref: str) -> str:
@@ -206,7 +217,7 @@ def create_table_sql(state: TableState) -> list[str]:
     """The table (with its primary key, if it has one), and its deleted keys (or rows)."""
     cols = ", ".join(f"{q(c)} {t}" for c, t in [*state.columns, *META_COLUMNS])
     key = ", ".join(q(c) for c in state.key_columns)
-    return [f"CREATE SCHEMA IF NOT EXISTS {state.target.split('.')[0]}",
+    return [f"CREATE SCHEMA IF NOT EXISTS {target_schema(state.target)}",
             f"CREATE TABLE IF NOT EXISTS {state.target} ({cols}{f', PRIMARY KEY ({key})' if key else ''})",
             create_tombstones_sql(state)]
 
@@ -317,7 +328,7 @@ def add_upsert(script: Script, state: TableState, schema: TableSchema, states: l
                           for j, i in enumerate(schema.key_indexes))
         join = f"LEFT JOIN {target} t ON {on}"
     updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in names if c not in schema.key_columns)
-    table_ref = target.split(".")[-1]
+    table_ref = target_table(target)
     script.add(
         f"""INSERT INTO {target} ({', '.join(q(c) for c in names)})
             SELECT {', '.join(exprs)} FROM {script.scan(pa.table(data))} b {join}

@@ -20,12 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mallard.core import cron
+from mallard.core import cron, names
 
 Mode = Literal["full-refresh", "incremental"]
 MODES = ("full-refresh", "incremental")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_STREAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 _SCHEDULE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
@@ -124,8 +123,9 @@ class StreamConfig(_Model):
     update_key: str | None = Field(None, description="Incremental: the column whose value grows with every change.")
     where: str | None = Field(None, description="SQL filter: replicate only these rows.")
     _where = field_validator("where")(_checked_where)
-    target: str | None = Field(None, description="Table in DuckDB: 'table' (in main) or 'schema.table'; default: "
-                               "the stream's table (public.<t> -> <t>, <s>.<t> -> <s>.<t>).")
+    target: str | None = Field(None, description="Table in DuckDB: 'table' (in main) or 'schema.table', each part "
+                               "double-quoted when it is not a plain name; default: the stream's table (public.<t> "
+                               "-> <t>, <s>.<t> -> <s>.<t>).")
     replica_identity: Literal["full"] | None = Field(
         None, description="A table without a primary key: 'full' sets REPLICA IDENTITY FULL on it before it enters "
         "the publication, so its updates and deletes are replicated (each applied to one row equal to the old one); "
@@ -134,9 +134,12 @@ class StreamConfig(_Model):
     @field_validator("target")
     @classmethod
     def _table_name(cls, v: str | None) -> str | None:
-        if v is not None and not all(_IDENT.match(part) for part in v.split(".", 1)):
-            raise ValueError(f"{v!r} is not a DuckDB table name ('table' or 'schema.table')")
-        return v
+        if v is None:
+            return v
+        try:
+            return names.table_name(*names.parse_table(v))
+        except names.StreamNameError as e:
+            raise ValueError(f"{e} (a DuckDB table: 'table' or 'schema.table')") from None
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -226,12 +229,23 @@ class ReplicationConfig:
     streams: dict[str, Stream]
     schedules: dict[str, ScheduleSpec]
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
+    written: dict[str, str] = field(default_factory=dict, repr=False)
+    """stream -> its key as written in the file (``public."Order Items"`` may be written otherwise)"""
 
     def stream(self, name: str) -> Stream | None:
-        return self.streams.get(name)
+        """The stream named ``name`` however it is spelled (``public.orders``, ``"public"."orders"``)."""
+        found = self.streams.get(name)
+        if found is None:
+            try:
+                found = self.streams.get(names.canonical(name))
+            except names.StreamNameError:
+                return None
+        return found
 
     def error(self, loc: tuple[Any, ...], message: str) -> ConfigError:
         """A ConfigError naming this file and the line of ``loc``."""
+        if len(loc) > 1 and loc[0] == "streams" and loc[1] in self.written:
+            loc = ("streams", self.written[loc[1]], *loc[2:])
         return ConfigError(f"{self.path}:{_line_for(self.lines, loc)}: {_dotted(loc)}: {message}")
 
 
@@ -344,26 +358,41 @@ def parse_config(text: str, path: str = "replication.yaml") -> ReplicationConfig
         raise ConfigError(f"{path}:{_line_for(lines, loc)}: {_dotted(loc)}: {_message(err)}") from None
     config = ReplicationConfig(path, model, {}, {}, lines)
     d = model.defaults
-    for name, s in model.streams.items():
+    written = config.written
+    for key, s in model.streams.items():
         s = s or StreamConfig()
-        if not _STREAM.match(name):
-            raise config.error(("streams", name), "a stream is '<schema>.<table>' (plain identifiers)")
+        try:
+            name = names.canonical(str(key))
+        except names.StreamNameError as e:
+            raise config.error(("streams", key), f"a stream is '<schema>.<table>': {e}") from None
+        if name in written:
+            raise config.error(("streams", key), f"the same table as {written[name]!r} (line "
+                                                 f"{_line_for(lines, ('streams', written[name]))})")
+        written[name] = key
         mode = s.mode or d.mode
         update_key = s.update_key or d.update_key
         if mode == "incremental" and not update_key:
-            raise config.error(("streams", name), "mode incremental needs an update_key (the column that grows with "
+            raise config.error(("streams", key), "mode incremental needs an update_key (the column that grows with "
                                                   "every insert and update, e.g. updated_at)")
         pk = s.primary_key or d.primary_key
         config.streams[name] = Stream(name, mode, tuple(pk) if pk else None, update_key,
                                       s.where if s.where is not None else d.where, s.target or default_target(name),
-                                      _line_for(lines, ("streams", name)), s.replica_identity)
+                                      _line_for(lines, ("streams", key)), s.replica_identity)
     for name, sched in model.schedules.items():
         if not _SCHEDULE_NAME.match(name):
             raise config.error(("schedules", name), "a schedule name is letters, digits, '_', '-' or '.'")
         streams = tuple(config.streams) if sched.streams == "*" else tuple(sched.streams)
-        for i, st in enumerate(streams if sched.streams != "*" else ()):
-            if st not in config.streams:
-                raise config.error(("schedules", name, "streams", i), f"unknown stream {st!r} (not under streams:)")
+        if sched.streams != "*":
+            spelled = []
+            for i, st in enumerate(streams):
+                try:
+                    st = names.canonical(st)
+                except names.StreamNameError as e:
+                    raise config.error(("schedules", name, "streams", i), str(e)) from None
+                if st not in config.streams:
+                    raise config.error(("schedules", name, "streams", i), f"unknown stream {st!r} (not under streams:)")
+                spelled.append(st)
+            streams = tuple(spelled)
         if not streams:
             raise config.error(("schedules", name, "streams"), "no streams")
         config.schedules[name] = ScheduleSpec(name, cron.parse(sched.cron, sched.timezone), streams, sched.catch_up,
@@ -372,9 +401,10 @@ def parse_config(text: str, path: str = "replication.yaml") -> ReplicationConfig
 
 
 def default_target(stream: str) -> str:
-    """The applier's naming: public.<t> -> <t>; <schema>.<t> keeps its schema."""
-    schema, table = stream.split(".", 1)
-    return table if schema == "public" else stream
+    """The applier's naming: public.<t> -> <t>; <schema>.<t> keeps its schema (as written
+    in a ``target:``, quoted where needed)."""
+    schema, table = names.parse_stream(stream)
+    return names.table_name(None if schema == "public" else schema, table)
 
 
 def missing_tables_error(config: ReplicationConfig, missing: list[str]) -> ConfigError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from mallard.core.names import StreamNameError, canonical, cdc_topic, is_stream
 from mallard.core.scheduling import next_fire
 
 UTC = timezone.utc
@@ -39,8 +40,19 @@ def position_parts(position: int) -> tuple[str, int]:
     return lsn_text(position >> 32), position & 0xFFFFFFFF
 
 
+def topic_of(prefix: str, stream: str) -> str:
+    """The stream's CDC topic, named as Debezium names it (``public."Order Items"`` ->
+    ``<prefix>.public.Order_Items``); a name that is no stream: ``<prefix>.<name>``."""
+    try:
+        return cdc_topic(prefix, stream)
+    except StreamNameError:
+        return f"{prefix}.{stream}"
+
+
 def stream_of_topic(topic: str, prefix: str) -> str | None:
-    """``<prefix>.<schema>.<table>`` -> ``<schema>.<table>``; None for any other topic."""
+    """``<prefix>.<schema>.<table>`` -> ``<schema>.<table>``; None for any other topic.
+    Only a guess for a topic Debezium sanitized (``Order_Items`` may be ``"Order Items"``):
+    where the streams are known, map their topics instead (``dead_letters_by_stream``)."""
     head = prefix + "."
     if not topic.startswith(head):
         return None
@@ -48,17 +60,22 @@ def stream_of_topic(topic: str, prefix: str) -> str | None:
     return rest if rest.count(".") == 1 and all(rest.split(".")) else None
 
 
-def dead_letters_by_stream(letters: Iterable[tuple[str | None, str | None]], prefix: str, snapshot_topic: str
-                           ) -> tuple[dict[str, int], dict[str, int]]:
+def dead_letters_by_stream(letters: Iterable[tuple[str | None, str | None]], prefix: str, snapshot_topic: str,
+                           streams: Iterable[str] = ()) -> tuple[dict[str, int], dict[str, int]]:
     """(per stream, per other source topic) counts of dead letters given as (source topic,
-    original key). A CDC event names its stream by its topic; a snapshot message by its
-    key (snapshot messages are keyed by stream)."""
+    original key). A CDC event names its stream by its topic (the topic of one of
+    ``streams``, else read from the topic's name); a snapshot message by its key
+    (snapshot messages are keyed by stream). A topic two streams share counts as a topic."""
     by_stream: dict[str, int] = {}
     other: dict[str, int] = {}
+    owners: dict[str, list[str]] = {}
+    for s in streams:
+        owners.setdefault(topic_of(prefix, s), []).append(s)
     for topic, key in letters:
-        stream = stream_of_topic(topic or "", prefix)
-        if stream is None and topic == snapshot_topic and key and key.count(".") == 1:
-            stream = key
+        known = owners.get(topic or "")
+        stream = (known[0] if len(known) == 1 else None) if known else stream_of_topic(topic or "", prefix)
+        if stream is None and topic == snapshot_topic and key and is_stream(key):
+            stream = canonical(key)
         if stream is not None:
             by_stream[stream] = by_stream.get(stream, 0) + 1
         else:
@@ -177,7 +194,7 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
     for name in names:
         cfg = configured.get(name)
         table = replica.tables.get(name) or {}
-        topic = f"{prefix}.{name}"
+        topic = topic_of(prefix, name)
         parts = kafka.lag.get(topic)
         if parts is None and kafka.error is None:
             parts = {}  # no CDC topic: Debezium has captured no change of the table yet

@@ -434,7 +434,7 @@ class Checker:
             "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname IN (current_user, %s, %s)",
             debezium_user, snapshotter_user)}
         user = facts[self._rows("SELECT current_user")[0][0]]
-        schemas = sorted({s.partition(".")[0] for s in self.t.streams}) or ["public"]
+        schemas = sorted({_schema_and_table(s)[0] for s in self.t.streams}) or ["public"]
         owners = self._rows("SELECT tableowner FROM pg_tables WHERE schemaname = ANY(%s) GROUP BY tableowner "
                             "ORDER BY count(*) DESC LIMIT 1", schemas)
         return privileges(user, facts.get(debezium_user), facts.get(snapshotter_user), debezium_user=debezium_user,
@@ -447,7 +447,7 @@ class Checker:
             return Result("tables", SKIP, "no stream list: the connector captures every table")
         missing, unreadable = [], []
         for stream in streams:
-            schema, _, table = stream.partition(".")
+            schema, table = _schema_and_table(stream)
             row = self._rows("SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n "
                              "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", schema, table)
             if not row:
@@ -491,7 +491,9 @@ class Checker:
                                                    c.publication_marker):
             return Result("publication", FAIL, f"{c.publication_marker} (the list Debezium streams from) does not exist",
                           "the local stack: mallard stack up (it creates it)")
-        covered = {f"{s}.{t}" for s, t in self._rows(
+        from mallard.core.names import stream_name
+
+        covered = {stream_name(s, t) for s, t in self._rows(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = ANY(%s)", names)}
         uncovered = [s for s in self.t.streams if s not in covered]
         if uncovered:
@@ -688,3 +690,14 @@ class Checker:
 
 def run_checks(targets: Targets) -> Iterator[Result]:
     return Checker(targets).run()
+
+
+def _schema_and_table(stream: str) -> tuple[str, str]:
+    """A stream's table (``public."Order Items"`` -> public, Order Items); an entry of
+    table.include.list that is a regex, split at its first dot (it names no one table)."""
+    from mallard.core import names
+
+    if names.is_stream(stream):
+        return names.parse_stream(stream)
+    schema, _, table = stream.partition(".")
+    return schema, table

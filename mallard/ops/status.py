@@ -21,7 +21,7 @@ from typing import Any
 from mallard.core.sql import quote_ident, quote_literal
 from mallard.runtime.health import client_request, probe
 from mallard.core.status import KafkaFacts, ReplicaFacts, build_report, dead_letters_by_stream, partition_lag, \
-    service_summary
+    service_summary, topic_of
 
 Run = Callable[[str], list[list[Any]]]
 DEAD_LETTERS_READ_AT_MOST = 200_000
@@ -123,7 +123,7 @@ def _oldest_unapplied(bootstrap_servers: str, tx_topic: str, committed: dict[tup
 
 
 def kafka_facts(bootstrap_servers: str, group: str, topics: list[str], dead_letter_topic: str, prefix: str,
-                snapshot_topic: str, snapshot_group: str) -> KafkaFacts:
+                snapshot_topic: str, snapshot_group: str, streams: list[str] = ()) -> KafkaFacts:
     from mallard.adapters import kafka
 
     facts = KafkaFacts(group=group, snapshot_group=snapshot_group, dead_letter_topic=dead_letter_topic)
@@ -157,7 +157,7 @@ def kafka_facts(bootstrap_servers: str, group: str, topics: list[str], dead_lett
                                    else (None, None))
                 facts.dead_letters_total = max(facts.dead_letters_total, len(letters))
                 facts.dead_letters_by_stream, facts.dead_letters_other = dead_letters_by_stream(letters, prefix,
-                                                                                                snapshot_topic)
+                                                                                                snapshot_topic, streams)
         else:
             facts.dead_letters_total = 0
     except Exception as e:  # noqa: BLE001 - the broker down is a fact to report
@@ -233,8 +233,8 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None, deplo
     applier = ApplierSettings()
     group, snapshot_group = applier.consumer_group, applier.snapshot_group
     if services["broker"]["state"] == "running":
-        kafka = kafka_facts(bootstrap_servers, group, [f"{prefix}.{s}" for s in streams] + other_topics,
-                            k.dead_letter_topic, prefix, k.snapshot_topic, snapshot_group)
+        kafka = kafka_facts(bootstrap_servers, group, [topic_of(prefix, s) for s in streams] + other_topics,
+                            k.dead_letter_topic, prefix, k.snapshot_topic, snapshot_group, streams)
     else:  # no waiting for a broker that is known to be down
         kafka = KafkaFacts(error=f"no Kafka broker answers at {bootstrap_servers}", group=group,
                            snapshot_group=snapshot_group, dead_letter_topic=k.dead_letter_topic)

@@ -229,8 +229,9 @@ def plan(conn: Any, stream: str, table: dict[str, Any]) -> Plan:
     else:
         notes.append(("no primary key: compared as multisets (the whole table's row count and sum of row "
                       "hashes, so a duplicate row counts)"))
-    schema, _, name = stream.partition(".")
-    return Plan(stream, table["status"], f"{qi(schema)}.{qi(name)}", table["target"], columns, key, notes,
+    from mallard.core.names import quoted
+
+    return Plan(stream, table["status"], quoted(stream), table["target"], columns, key, notes,
                 column_sets)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mallard.core import names
 from mallard.core.sql import quote_ident
 
 PASSWORD_PLACEHOLDER = "<password>"
@@ -217,11 +218,10 @@ def sync_publication_tables(admin_db_conn, publication: str, tables: list[str]) 
         row = cur.fetchone()
         if row is None or row[0] or not tables:
             return False
-        cur.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
-                    (publication,))
-        if {r[0] for r in cur.fetchall()} == set(tables):
+        cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
+        if {names.stream_name(*r) for r in cur.fetchall()} == {names.canonical(t) for t in tables}:
             return False
-        listed = ", ".join(".".join(quote_ident(part) for part in t.split(".", 1)) for t in tables)
+        listed = ", ".join(names.quoted(t) for t in tables)
         cur.execute(f"ALTER PUBLICATION {quote_ident(publication)} SET TABLE {listed}")
         return True
 

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mallard.core.data_loss import KINDS, Known, Loss, Observed
+from mallard.core.names import StreamNameError, cdc_topic
 from mallard.core.status import stream_of_topic
 from mallard.runtime.metrics import counter, gauge
 
@@ -43,12 +44,23 @@ class DataLossWatch:
         self.recent: list[dict[str, Any]] = []
         self.streams: dict[str, dict[str, Any]] = {}
         """stream -> the last loss on its topic, and where its re-snapshot is."""
+        self.topic_streams: dict[str, set[str]] = {}
+        """topic -> its streams: those whose events came on it (the router's), and the
+        expected ones (``expect_streams``): a topic's name is Debezium's sanitized one."""
         self.failures = 0
 
     def configure(self, bootstrap_servers: str, group: str, prefix: str, interval_s: float,
                   log: logging.Logger) -> None:
         self.bootstrap_servers, self.group, self.prefix, self.interval_s, self.log = (
             bootstrap_servers, group, prefix, interval_s, log)
+
+    def expect_streams(self, streams: list[str]) -> None:
+        """The streams' topics as Debezium names them, before any of their events came."""
+        for stream in streams:
+            try:
+                self.topic_streams.setdefault(cdc_topic(self.prefix, stream), set()).add(stream)
+            except StreamNameError:
+                continue  # a regex of the connector's table list: no one topic
 
     # -- asking -----------------------------------------------------------------------
 
@@ -100,13 +112,17 @@ class DataLossWatch:
         self.epoch += 1
         self.detected += 1
         self.by_kind[loss.kind] = self.by_kind.get(loss.kind, 0) + 1
-        stream = stream_of_topic(loss.topic, self.prefix)
-        entry = {"topic": loss.topic, "partition": loss.partition, "stream": stream, "kind": loss.kind,
+        owners = sorted(self.topic_streams.get(loss.topic, ()))
+        guess = stream_of_topic(loss.topic, self.prefix)
+        streams = owners or ([guess] if guess else [])
+        stream = streams[0] if streams else None
+        entry = {"topic": loss.topic, "partition": loss.partition, "stream": stream, "streams": streams,
+                 "kind": loss.kind,
                  "detail": loss.detail, "read_again_from": loss.restart_at,
                  "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         self.recent = [*self.recent, entry][-RECENT:]
-        if stream is not None:
-            self.streams[stream] = {**entry, "resnapshot": resnapshot, "snapshot_id": None}
+        for one in streams:
+            self.streams[one] = {**entry, "stream": one, "resnapshot": resnapshot, "snapshot_id": None}
         return entry
 
     def snapshot_merged(self, frame: Any) -> None:

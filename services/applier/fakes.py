@@ -436,7 +436,13 @@ class NoDataLoss:
     detected = 0
     due = 0.0
 
+    def __init__(self) -> None:
+        self.topic_streams: dict[str, set[str]] = {}
+
     def configure(self, *args: Any) -> None:
+        pass
+
+    def expect_streams(self, streams: list[str]) -> None:
         pass
 
     def answer(self) -> None:

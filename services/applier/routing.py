@@ -37,7 +37,7 @@ def _tx_of_poison(raw: bytes) -> tuple[int, int] | None:
 class Router:
     def __init__(self, *, tx_topic: str, snapshot_topic: str, assembler: TransactionAssembler, decoder: Decoder,
                  snapshots: SnapshotTracker, snapshot_queue: SnapshotQueue, dead_letters: DeadLetterWriter,
-                 allowed: re.Pattern | None, log: Any):
+                 allowed: re.Pattern | None, log: Any, topic_streams: dict[str, set[str]] | None = None):
         self.tx_topic, self.snapshot_topic = tx_topic, snapshot_topic
         self.assembler, self.decoder, self.snapshots = assembler, decoder, snapshots
         self.snapshot_queue, self.dead_letters, self.log = snapshot_queue, dead_letters, log
@@ -45,6 +45,9 @@ class Router:
         """The streams events may be applied for (None: every one)."""
         self.stream_allowed: dict[str, bool] = {}
         """stream -> whether ``allowed`` matches it (asked once per stream)."""
+        self.topic_streams = topic_streams if topic_streams is not None else {}
+        """topic -> the streams whose events came on it: Debezium's topic names a table only
+        roughly ('Order Items' and 'Order_Items' share one), the events' source block exactly."""
 
     def route(self, msg: Any) -> None:
         # Runs for every message: each of librdkafka's accessors is called once.
@@ -73,6 +76,7 @@ class Router:
                 if allowed is None:
                     allowed = self.stream_allowed[event.stream] = self.allowed is None or bool(
                         self.allowed.fullmatch(event.stream))
+                    self.topic_streams.setdefault(topic, set()).add(event.stream)
                 if not allowed:  # never creates a table; still counts toward its transaction
                     self.dead_letters.message(msg, f"an event for {event.stream}, which is not a stream of the replication "
                                       "config (nor of the connector's table.include.list)")

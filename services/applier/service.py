@@ -33,6 +33,7 @@ from mallard.config.connector import load_connector_config_file
 from mallard.core.changes import Decoder
 from mallard.core.connector import cdc_topic_pattern, transaction_topic
 from mallard.core.data_loss import detect
+from mallard.core.names import stream_of_include
 from mallard.core.snapshots import SnapshotTracker
 from mallard.core.transactions import TransactionAssembler
 from mallard.runtime.metrics import BATCH_BUCKETS, DELAY_BUCKETS
@@ -146,9 +147,11 @@ class ApplierService(Service):
             give_up_after_s=s.tx_give_up_after_s)
         self.router = Router(tx_topic=self.tx_topic, snapshot_topic=s.snapshot_topic, assembler=self.assembler,
                              decoder=self.decoder, snapshots=self.snapshots, snapshot_queue=self.snapshot_queue,
-                             dead_letters=self.dead_letters, allowed=self._configured_streams(), log=self.log)
+                             dead_letters=self.dead_letters, allowed=self._configured_streams(), log=self.log,
+                             topic_streams=self._loss.topic_streams)
         self._loss.configure(s.kafka_bootstrap_servers, s.consumer_group, s.topic_prefix, s.data_loss_check_interval_s,
                              self.log)
+        self._loss.expect_streams(self._stream_list())
         consumer: ChangeSource = ports.change_source(self.offsets.on_commit)
         consumer.subscribe([self.cdc_pattern, self.tx_topic], on_assign=self.flow.on_assign)
         # Snapshot batches are big and come in bursts of millions of rows: a consumer of their
@@ -272,11 +275,10 @@ class ApplierService(Service):
                 except KafkaException:
                     pass  # the assembler commits it with the next round
                 entry = self._loss.record(loss, "requested" if loss.topic != self.tx_topic else None)
-                if entry["stream"] and entry["stream"] not in lost_streams:
-                    lost_streams.append(entry["stream"])
+                lost_streams += [x for x in entry["streams"] if x not in lost_streams]
                 self.log.error("DATA LOSS on Kafka: %s; reading %s[%d] again from offset %d%s", loss.detail,
                                loss.topic, loss.partition, loss.restart_at,
-                               f", re-snapshotting {entry['stream']}" if entry["stream"] else
+                               f", re-snapshotting {', '.join(entry['streams'])}" if entry["streams"] else
                                " (transactions that may have lost their END are expired, their streams re-snapshotted)",
                                extra={**entry, "loss": entry["kind"], "kind": "data_loss"})
             if self.assembler.refused:
@@ -354,6 +356,17 @@ class ApplierService(Service):
             return
         self.log.info("requested a snapshot of %s: %s", ", ".join(streams), reason)
 
+    def _stream_list(self) -> list[str]:
+        """The streams this applier replicates, where a list says so (else none)."""
+        try:
+            if self.settings.replication_config:
+                from mallard.config.replication import load_config
+
+                return list(load_config(self.settings.replication_config).streams)
+            return load_connector_config_file(self.settings.connector_config).tables
+        except Exception:  # noqa: BLE001 - said elsewhere (_configured_streams, _request_first_snapshots)
+            return []
+
     def _request_first_snapshots(self) -> None:
         """A configured stream the replica has never had a snapshot of gets its first one."""
         try:
@@ -375,7 +388,10 @@ class ApplierService(Service):
             names = [re.escape(name) for name in load_config(self.settings.replication_config).streams]
         else:
             try:
-                names = load_connector_config_file(self.settings.connector_config).tables
+                # an entry that names a stream matches that stream's one spelling; any other
+                # is Debezium's regex, matched as it is
+                names = [re.escape(stream) if (stream := stream_of_include(entry)) else entry for entry in
+                         load_connector_config_file(self.settings.connector_config).include_entries]
             except Exception as e:  # noqa: BLE001 - said in _request_first_snapshots too
                 self.log.warning("cannot read the connector config %s: events of every table are applied (%s)",
                                  self.settings.connector_config, e)

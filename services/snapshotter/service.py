@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ import psycopg2
 from mallard.adapters import postgres
 from mallard.config.connector import load_connector_config_file
 from mallard.core.arrow_rows import CsvPlan
+from mallard.core import names
 from mallard.core.cut import Cut
 from mallard.core.filters import FilterError, check_filter
 from mallard.core.snapshot_encoding import (PgColumn, connect_schema, encode, fix_marked, row_json_expression,
@@ -56,7 +56,6 @@ from mallard.schemas.snapshot import (SNAPSHOT_SCHEMA_VERSION, SnapshotBegin, Sn
                               SnapshotFailed, SnapshotRowsHeader, ARROW_ROWS_CONTENT_TYPE, arrow_rows_message)
 from mallard.services.snapshotter.config import SnapshotterSettings
 
-_STREAM = re.compile(r"^[^.\s]+\.[^.\s]+$")
 # COPY's CSV form with quote and delimiter characters JSON text never holds raw: each
 # row comes out as its JSON text and a newline, unescaped.
 _COPY_OPTIONS = "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
@@ -437,11 +436,12 @@ class SnapshotterService(Service):
             except FilterError as e:
                 return None, Refusal(msg, f"bad filter {request.where[:200]!r}: {e}", request, request.streams)
             request = request.model_copy(update={"where": where})
-        bad = [x for x in request.streams if not _STREAM.match(x)]
-        unknown = [x for x in request.streams if _STREAM.match(x) and self.streams is not None
-                   and x not in self.streams]
+        # Names from Kafka: read as Postgres reads them, and spelled one way from here on.
+        bad = [x for x in request.streams if not names.is_stream(x)]
+        spelled = [names.canonical(x) for x in request.streams if x not in bad]
+        unknown = [x for x in spelled if self.streams is not None and x not in self.streams]
         if not bad and not unknown:
-            return request, None
+            return (request if spelled == request.streams else request.model_copy(update={"streams": spelled})), None
         why = []
         if bad:
             why.append("bad stream name(s) " + ", ".join(repr(x[:200]) for x in bad[:10]) + " (expected '<schema>.<table>')")
@@ -449,7 +449,7 @@ class SnapshotterService(Service):
             why.append("stream(s) not replicated " + ", ".join(repr(x) for x in unknown[:10]) + " (replicated: "
                        + ", ".join(sorted(self.streams or ())) + ")")
         refusal = Refusal(msg, "; ".join(why), request, unknown)
-        rest = [x for x in request.streams if x not in bad and x not in unknown]
+        rest = [x for x in spelled if x not in unknown]
         return (request.model_copy(update={"streams": rest}) if rest else None), refusal
 
     def _refuse(self, refusal: Refusal) -> None:
@@ -474,8 +474,8 @@ class SnapshotterService(Service):
                             failed_at=datetime.now(timezone.utc))
         self.producer.produce(self.settings.dead_letter_topic, key=key, value=letter.model_dump_json().encode())
         for stream in refusal.streams:
-            if _STREAM.match(stream):
-                self._answer_failure(stream, refusal.request, refusal.reason, None)
+            if names.is_stream(stream):
+                self._answer_failure(names.canonical(stream), refusal.request, refusal.reason, None)
         self._flush("a refusal's dead letter and answers")
 
     def _fail(self, stream: str, request: ResnapshotRequest, reason: str) -> None:
@@ -494,8 +494,9 @@ class SnapshotterService(Service):
 
     def snapshot(self, stream: str, request: ResnapshotRequest) -> SnapshotEnd:
         s = self.settings
-        if not _STREAM.match(stream):
-            raise SnapshotError(f"bad stream name {stream!r}: expected '<schema>.<table>'")
+        if not names.is_stream(stream):
+            raise SnapshotError(f"bad stream name {stream!r}: {names.HOW}")
+        stream = names.canonical(stream)
         self.begun = None
         snapshot_id = f"{stream}@{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         table = postgres.quote_stream(stream)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mallard.core.names import cdc_topic, stream_name
 from mallard.core.replica_sql import NEEDS_RESNAPSHOT
 from mallard.services.applier.bootstrap import bootstrap
 from mallard.services.applier.config import ApplierSettings
@@ -53,10 +54,16 @@ class Source:
     def __init__(self, kafka: FakeKafka, tables: tuple[str, ...] = ("a", "b"), partitions: int = 1):
         self.kafka, self.partitions = kafka, partitions
         self.tx_id, self.lsn = 1000, 10_000_000
-        self.expected: dict[str, dict[int, str]] = {f"public.{t}": {} for t in tables}
+        self.expected: dict[str, dict[int, str]] = {stream_name("public", t): {} for t in tables}
         for t in tables:
-            kafka.create(f"{PREFIX}.public.{t}", partitions)
+            if self.topic(t) not in kafka.topics:
+                kafka.create(self.topic(t), partitions)
         kafka.create(TX_TOPIC)
+
+    @staticmethod
+    def topic(table: str) -> str:
+        """Debezium's topic of public.<table> (its name sanitized)."""
+        return cdc_topic(PREFIX, stream_name("public", table))
 
     def transaction(self, *changes: tuple[str, str, int, str | None]) -> int:
         """(table, op, id, v) ...: one Postgres transaction."""
@@ -71,11 +78,11 @@ class Source:
                                                  "data_collection_order": order}}
             key_bytes = json.dumps({"schema": KEY_SCHEMA, "payload": {"id": key}}).encode()
             value = json.dumps({"schema": value_schema(table), "payload": payload}).encode()
-            self.kafka.produce(f"{PREFIX}.public.{table}", key_bytes, value, partition=key % self.partitions)
+            self.kafka.produce(self.topic(table), key_bytes, value, partition=key % self.partitions)
             if op == "d":
-                self.expected[f"public.{table}"].pop(key, None)
+                self.expected[stream_name("public", table)].pop(key, None)
             else:
-                self.expected[f"public.{table}"][key] = v
+                self.expected[stream_name("public", table)][key] = v
         self.lsn += 100
         end = {"status": "END", "id": f"{self.tx_id}:{self.lsn}", "event_count": len(changes),
                "data_collections": None, "ts_ms": ts}
@@ -124,6 +131,30 @@ class Running:
 
 def everything_applied(store: ReplicaStore, source: Source) -> Callable[[], bool]:
     return lambda: all(rows(store, s) == want for s, want in source.expected.items())
+
+
+# -- names ------------------------------------------------------------------------------
+
+def test_two_tables_on_one_sanitized_topic_are_applied_each_to_its_own_stream(tmp_path):
+    """Debezium writes both public."Order Items" and public.order_items' cousin
+    public."Order_Items" to mallard.public.Order_Items: each event's stream is its source
+    block's table, never the topic's name."""
+    kafka, store = FakeKafka(), ReplicaStore()
+    source = Source(kafka, tables=("Order Items", "Order_Items", "a"), partitions=2)
+    assert Source.topic("Order Items") == Source.topic("Order_Items") == "mallard.public.Order_Items"
+    for i in range(10):
+        source.transaction(("Order Items", "c", i, f"space{i}"), ("Order_Items", "c", i, f"underscore{i}"))
+        if i % 2:
+            source.transaction(("Order Items", "d", i, None), ("Order_Items", "u", i, f"u{i}"), ("a", "c", i, "x"))
+    replica = FakeReplica(store)
+    service = bootstrap(settings(tmp_path), **fake_ports(kafka, replica))
+    run = Running(service)
+    run.until(everything_applied(store, source))
+    run.stop()
+    assert set(store.rows) == {'public."Order Items"', 'public."Order_Items"', "public.a"}
+    assert rows(store, 'public."Order Items"') == {i: f"space{i}" for i in range(0, 10, 2)}
+    assert service.router.topic_streams["mallard.public.Order_Items"] == {'public."Order Items"',
+                                                                         'public."Order_Items"'}
 
 
 # -- the commit/offset crash window -----------------------------------------------------

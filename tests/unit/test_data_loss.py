@@ -173,3 +173,21 @@ def test_the_watch_asks_with_what_was_known_before_and_remembers_topic_ids():
     watch.close()
     assert {m.name for m in watch.metric_families()} == {"mallard_kafka_data_loss",
                                                          "mallard_streams_unrepaired_after_data_loss"}
+
+
+def test_a_loss_on_a_sanitized_topic_names_the_streams_of_that_topic():
+    """Debezium writes public."Order Items" to mallard.public.Order_Items: the stream to
+    re-snapshot is the one whose topic it is (or whose events came on it), not a guess
+    from the topic's name; a topic two tables share names both."""
+    from mallard.core.data_loss import Loss
+    from mallard.services.applier.data_loss import DataLossWatch
+
+    watch = DataLossWatch(prefix="mallard")
+    watch.expect_streams(['public."Order Items"', "public.orders", r"public\..*"])  # a regex names no topic
+    entry = watch.record(Loss("mallard.public.Order_Items", 0, RECREATED, "recreated", 0), "requested")
+    assert entry["streams"] == ['public."Order Items"'] and entry["stream"] == 'public."Order Items"'
+    watch.topic_streams["mallard.public.Order_Items"].add('public."Order_Items"')  # seen by the router
+    entry = watch.record(Loss("mallard.public.Order_Items", 1, RECREATED, "recreated", 0), "requested")
+    assert entry["streams"] == ['public."Order Items"', 'public."Order_Items"']
+    assert set(watch.unrepaired()) == {'public."Order Items"', 'public."Order_Items"'}
+    assert watch.record(Loss("mallard.shop.t", 0, RECREATED, "recreated", 0), None)["streams"] == ["shop.t"]
