@@ -151,7 +151,7 @@ def test_the_include_list_splits_as_debezium_does_and_keeps_plain_names_readable
     config = with_streams(parse_connector_config(
         '{"name": "c", "config": {"connector.class": "io.debezium.connector.postgresql.PostgresConnector", '
         '"plugin.name": "pgoutput", "snapshot.mode": "no_data", "skipped.operations": "none", '
-        '"provide.transaction.metadata": "true", "decimal.handling.mode": "precise", '
+        '"provide.transaction.metadata": "true", "decimal.handling.mode": "string", "datatype.propagate.source.type": ".+\\\\.numeric", '
         '"interval.handling.mode": "string", "key.converter.schemas.enable": "true", '
         '"value.converter.schemas.enable": "true", "topic.prefix": "mallard"}}'), streams)
     value = config.config["table.include.list"]
