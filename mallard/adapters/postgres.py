@@ -105,7 +105,7 @@ def table_identities(conn: Any, streams: list[str]) -> dict:
     out = {}
     with conn.cursor() as cur:
         for stream in streams:
-            schema, _, table = stream.partition(".")
+            schema, table = names.parse_stream(stream)
             cur.execute("""SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i
                                                              WHERE i.indrelid = c.oid AND i.indisprimary)
                            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -119,7 +119,7 @@ def table_identities(conn: Any, streams: list[str]) -> dict:
 def set_replica_identity_full(conn: Any, stream: str) -> None:
     """Postgres then logs whole old rows for the table's updates and deletes (its owner, or a superuser)."""
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(*stream.split(".", 1))))
+        cur.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(*names.parse_stream(stream))))
 
 
 def ensure_inserts_publication(conn: Any, name: str, tables: list[str]) -> bool:
@@ -135,14 +135,14 @@ def ensure_inserts_publication(conn: Any, name: str, tables: list[str]) -> bool:
                 publication, sql.Literal(INSERTS_PUBLISH)))
             held: set[str] = set()
         else:
-            cur.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
-            held = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
+            held = {names.stream_name(*r) for r in cur.fetchall()}
         for stream in sorted(held - wanted):
             cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-                publication, sql.Identifier(*stream.split(".", 1))))
+                publication, sql.Identifier(*names.parse_stream(stream))))
         for stream in [t for t in tables if t not in held]:
             cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                publication, sql.Identifier(*stream.split(".", 1))))
+                publication, sql.Identifier(*names.parse_stream(stream))))
     return held != wanted
 
 
@@ -169,7 +169,7 @@ def slot_exists(conn: Any, slot: str) -> bool:
 def in_publication(conn: Any, publication: str, stream: str) -> bool:
     """Whether the publication covers the table (listed, by its schema, or FOR ALL TABLES):
     Debezium receives its changes from then on."""
-    schema, table = stream.split(".", 1)
+    schema, table = names.parse_stream(stream)
     return bool(scalar(conn, "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
                              "AND tablename = %s", publication, schema, table))
 
