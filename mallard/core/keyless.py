@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from mallard.core.names import quoted
 
 INSERTS_ONLY = "inserts only"
 IDENTITY_FULL = "replica identity full"
@@ -55,7 +54,7 @@ class KeylessMode:
 
     def describe(self, publication: str) -> str:
         """One line for the user: what is replicated, and what would add the rest."""
-        table = quoted(self.stream)
+        table = self.stream  # its one spelling is SQL (mallard/core/names.py)
         if self.mode == INSERTS_ONLY:
             return (f"{self.stream} has no primary key: inserts only (in publication "
                     f"{inserts_publication(publication)}, which publishes no update or delete, so Postgres keeps "

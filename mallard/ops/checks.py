@@ -474,7 +474,6 @@ class Checker:
                           "FOR TABLE <the streams' tables>")
         if row[0][0]:
             from mallard.adapters import postgres
-            from mallard.core import names
             from mallard.core.keyless import INSERTS_ONLY, keyless_modes
 
             broken = [m.stream for m in keyless_modes(postgres.table_identities(self.conn, list(self.t.streams)))
@@ -483,7 +482,7 @@ class Checker:
                 return Result("publication", WARN, f"{name} (all tables) publishes updates and deletes of "
                               f"{', '.join(broken)}, which have no primary key nor replica identity: Postgres "
                               "refuses their UPDATE and DELETE",
-                              "; ".join(f"ALTER TABLE {names.quoted(t)} REPLICA IDENTITY FULL" for t in broken))
+                              "; ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL" for t in broken))
             return Result("publication", OK, f"{name} (all tables)")
         from mallard.core.keyless import inserts_publication
 
