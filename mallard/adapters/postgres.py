@@ -166,12 +166,12 @@ def slot_exists(conn: Any, slot: str) -> bool:
     return bool(scalar(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", slot))
 
 
-def in_publication(conn: Any, publication: str, stream: str) -> bool:
-    """Whether the publication covers the table (listed, by its schema, or FOR ALL TABLES):
-    Debezium receives its changes from then on."""
+def in_publication(conn: Any, publications: list[str], stream: str) -> bool:
+    """Whether one of the publications covers the table (listed, by its schema, or FOR ALL
+    TABLES): Debezium receives its changes from then on."""
     schema, table = names.parse_stream(stream)
-    return bool(scalar(conn, "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
-                             "AND tablename = %s", publication, schema, table))
+    return bool(scalar(conn, "SELECT 1 FROM pg_publication_tables WHERE pubname = ANY(%s) AND schemaname = %s "
+                             "AND tablename = %s", list(publications), schema, table))
 
 
 def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:

@@ -408,7 +408,8 @@ class LocalStack:
                            f"{', '.join(inserts)}")
                 postgres.ensure_empty_publication(conn, config.publication_marker)
             if not every_table:  # a configured table created later joins it as it is created
-                roles.ensure_capture_trigger(conn, config.publication_name, config.tables)
+                roles.ensure_capture_trigger(conn, config.publication_name, config.tables, config.inserts_publication,
+                                             self._identity_full_streams())
         finally:
             conn.close()
 
@@ -419,18 +420,23 @@ class LocalStack:
         the publication of every change, tables for the inserts-only one)."""
         from mallard.adapters import postgres
         from mallard.config.connector import load_connector_config_file
-        from mallard.config.replication import load_config
         from mallard.core.keyless import plan_publications
 
-        full = [s.name for s in load_config(self.s.replication_config).streams.values()
-                if s.replica_identity == "full"] if self.s.replication_config else []
-        plan = plan_publications(postgres.table_identities(conn, existing), full)
+        plan = plan_publications(postgres.table_identities(conn, existing), self._identity_full_streams())
         publication = load_connector_config_file(self.connector_config_path()).publication_name
         for stream in plan.set_full:  # before it enters the publication of updates and deletes
             postgres.set_replica_identity_full(conn, stream)
         for mode in plan.modes:
             report(f"  {'no key':<14} {mode.describe(publication)}")
         return plan.main, plan.inserts
+
+    def _identity_full_streams(self) -> list[str]:
+        """Streams the replication config gives ``replica_identity: full``."""
+        from mallard.config.replication import load_config
+
+        if not self.s.replication_config:
+            return []
+        return [s.name for s in load_config(self.s.replication_config).streams.values() if s.replica_identity == "full"]
 
     def load_demo(self) -> bool:
         """Load the demo shop schema and rows into an empty database, as its owner."""

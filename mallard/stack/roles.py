@@ -231,35 +231,61 @@ CAPTURE_FUNCTION = "capture_new_table"
 CAPTURE_TAGS = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE")
 
 
-def capture_trigger_statements(publication: str, streams: list[str]) -> list[str]:
+def capture_trigger_statements(publication: str, streams: list[str], inserts_publication: str | None = None,
+                               full: list[str] = ()) -> list[str]:
     """An event trigger adding a configured table to the publication in the transaction
     that creates it (or renames a table to it): a table the config names before it exists
     is captured from its first row, with no process holding the admin's password. Only the
     admin (a superuser) creates event triggers; the function runs as it (SECURITY DEFINER)
-    and adds only the tables listed here, which are fixed each ``up``."""
+    and adds only the tables listed here, which are fixed each ``up``.
+    A table without a primary key nor replica identity never enters the publication of
+    updates and deletes (Postgres would refuse its UPDATE and DELETE, mallard/core/keyless.py):
+    it goes to ``inserts_publication``, or gets REPLICA IDENTITY FULL first when ``full``
+    names it; with neither, it is left out (the snapshot waits, saying why)."""
     from mallard.core.sql import quote_literal
 
-    wanted = "ARRAY[" + ", ".join(quote_literal(s) for s in streams) + "]::text[]" if streams else "ARRAY[]::text[]"
+    def pairs(of: list[str]) -> str:
+        parsed = [names.parse_stream(s) for s in of]
+        return (f"unnest(ARRAY[{', '.join(quote_literal(a) for a, _ in parsed)}]::text[], "
+                f"ARRAY[{', '.join(quote_literal(b) for _, b in parsed)}]::text[])")
+
+    wanted, full_tables = pairs(streams), pairs(list(full))
+    publications = [publication, *([inserts_publication] if inserts_publication else [])]
+    listed = "ARRAY[" + ", ".join(quote_literal(p) for p in publications) + "]::text[]"
+    inserts = quote_literal(inserts_publication) if inserts_publication else "NULL"
     function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
     body = f"""
 DECLARE
     added record;
+    target text;
 BEGIN
     FOR added IN
-        SELECT DISTINCT n.nspname, c.relname
+        SELECT DISTINCT n.nspname, c.relname, c.relreplident,
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_key
         FROM pg_event_trigger_ddl_commands() d
         JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY ({wanted})
-          AND NOT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = {quote_literal(publication)}
+        WHERE c.relkind IN ('r', 'p') AND (n.nspname, c.relname) IN (SELECT * FROM {wanted})
+          AND NOT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = ANY ({listed})
                           AND t.schemaname = n.nspname AND t.tablename = c.relname)
     LOOP
         BEGIN
-            EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', {quote_literal(publication)}, added.nspname,
-                           added.relname);
+            target := {quote_literal(publication)};
+            IF NOT added.has_key AND added.relreplident NOT IN ('f', 'i') THEN
+                IF (added.nspname, added.relname) IN (SELECT * FROM {full_tables}) THEN
+                    EXECUTE format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', added.nspname, added.relname);
+                ELSE
+                    target := {inserts};
+                END IF;
+            END IF;
+            IF target IS NULL THEN
+                RAISE WARNING 'mallard: % has no primary key: not added to a publication that would refuse its '
+                    'UPDATE and DELETE', added.nspname || '.' || added.relname;
+            ELSE
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', target, added.nspname, added.relname);
+            END IF;
         EXCEPTION WHEN OTHERS THEN  -- never fail the application's DDL: the snapshot waits, saying why
-            RAISE WARNING 'mallard: % not added to the publication %: %', added.nspname || '.' || added.relname,
-                {quote_literal(publication)}, SQLERRM;
+            RAISE WARNING 'mallard: % not added to a publication: %', added.nspname || '.' || added.relname, SQLERRM;
         END;
     END LOOP;
 END"""
@@ -270,11 +296,12 @@ END"""
     ]
 
 
-def ensure_capture_trigger(admin_db_conn, publication: str, streams: list[str]) -> None:
+def ensure_capture_trigger(admin_db_conn, publication: str, streams: list[str], inserts_publication: str | None = None,
+                           full: list[str] = ()) -> None:
     """The function (replaced each ``up``: the streams may have changed) and its trigger."""
     function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
     with admin_db_conn.cursor() as cur, _serialized(cur):
-        for statement in capture_trigger_statements(publication, streams):
+        for statement in capture_trigger_statements(publication, streams, inserts_publication, full):
             _run(cur, statement)
         if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", CAPTURE_TRIGGER):
             tags = ", ".join(f"'{t}'" for t in CAPTURE_TAGS)

@@ -204,6 +204,7 @@ class SnapshotterService(Service):
         and failed 1 when its last snapshot failed (it needs another)."""
         self.slot_name: str | None = None
         self.publication: str | None = None
+        self.publications: list[str] = []
         self.waiting: dict[str, tuple[ResnapshotRequest, str]] = {}
         """stream -> (its request, why it waits): configured tables that do not exist yet or
         are not in the publication yet; snapshotted once they are (in memory: after a
@@ -274,6 +275,8 @@ class SnapshotterService(Service):
         connector = load_connector_config_file(s.connector_config)
         self.slot_name, self.connector_name = connector.slot_name, connector.name
         self.publication = connector.publication_name
+        # A table without a primary key is in the inserts-only one (mallard/core/keyless.py).
+        self.publications = [p for p in (connector.publication_name, connector.inserts_publication) if p]
         if s.replication_config:
             from mallard.config.replication import load_config
 
@@ -363,7 +366,7 @@ class SnapshotterService(Service):
         in the publication (a cut must come after Debezium receives its changes)."""
         if postgres.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", postgres.quote_stream(stream)) is not True:
             return f"table {stream} does not exist in Postgres"
-        if publication and self.publication and not postgres.in_publication(conn, self.publication, stream):
+        if publication and self.publication and not postgres.in_publication(conn, self.publications, stream):
             return (f"table {stream} is not in the publication {self.publication}: a cut taken now would lose "
                     "the changes made before Debezium captures it")
         return None

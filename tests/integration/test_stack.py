@@ -164,7 +164,7 @@ def test_a_configured_table_created_after_up_is_waited_for_then_snapshotted_and_
 
     stack = make_stack()
     home_config = stack.home / "late.yaml"
-    home_config.write_text("streams:\n  public.late_arrival:\n")
+    home_config.write_text('streams:\n  public.late_arrival:\n  public."Late Log":\n')
     stack.env["MALLARD_REPLICATION_CONFIG"] = str(home_config)
     stack.mallard("stack", "up", "--no-demo")
 
@@ -196,6 +196,17 @@ def test_a_configured_table_created_after_up_is_waited_for_then_snapshotted_and_
     cur.execute("DELETE FROM late_arrival WHERE id = 2")
     stack.wait_for("SELECT count(*), count(*) FILTER (WHERE note = 'changed'), count(*) FILTER (WHERE id = 2) "
                    "FROM late_arrival", [[49, 1, 0]], timeout=60)
+    # A late table without a primary key joins the inserts-only publication: Postgres keeps
+    # accepting its UPDATE and DELETE (the publication of every change would refuse them).
+    cur.execute('CREATE TABLE "Late Log" (n int, what text)')
+    cur.execute("SELECT pubname FROM pg_publication_tables WHERE tablename = 'Late Log'")
+    assert cur.fetchall() == [("mallard_publication_inserts",)]
+    cur.execute("""INSERT INTO "Late Log" VALUES (1, 'a'), (1, 'a'), (2, 'b')""")
+    cur.execute("""UPDATE "Late Log" SET what = 'c' WHERE n = 2""")
+    cur.execute("""DELETE FROM "Late Log" WHERE n = 2""")
+    cur.execute("""INSERT INTO "Late Log" VALUES (3, 'd')""")
+    stack.wait_for('SELECT count(*), count(*) FILTER (WHERE n = 1) FROM "Late Log"',
+                   lambda rows: rows[0][1] == 2 and rows[0][0] in (3, 4), timeout=90)
     conn.close()
     assert waiting() is None
     assert "snapshot of public.late_arrival waits" in (stack.home / "logs" / "snapshotter.log").read_text()

@@ -81,11 +81,16 @@ def test_the_capture_trigger_adds_only_the_configured_tables_as_the_admin():
 
     from mallard.stack.roles import capture_trigger_statements
 
-    create, revoke = capture_trigger_statements("mallard_publication", ["public.late", "public.o'brien"])
+    create, revoke = capture_trigger_statements("mallard_publication", ["public.late", 'public."O\'Brien Ltd"'],
+                                                "mallard_publication_inserts", ["public.late"])
     pglast.parse_sql(create)  # one valid statement
     assert "SECURITY DEFINER SET search_path = pg_catalog" in create
-    assert "ARRAY['public.late', 'public.o''brien']::text[]" in create
+    # (schema, table) pairs as Postgres stores the names: no spelling to parse in SQL
+    assert "unnest(ARRAY['public', 'public']::text[], ARRAY['late', 'O''Brien Ltd']::text[])" in create
+    assert "unnest(ARRAY['public']::text[], ARRAY['late']::text[])" in create  # REPLICA IDENTITY FULL first
     assert "ALTER PUBLICATION %I ADD TABLE %I.%I" in create and "RAISE WARNING" in create
+    # a table without a key goes to the inserts-only publication (Postgres keeps accepting its writes)
+    assert "target := 'mallard_publication_inserts'" in create
     assert revoke.startswith("REVOKE ALL ON FUNCTION") and revoke.endswith("() FROM PUBLIC")
     empty, _ = capture_trigger_statements("p", [])
-    assert "ARRAY[]::text[]" in empty
+    assert "unnest(ARRAY[]::text[], ARRAY[]::text[])" in empty and "target := NULL" in empty
