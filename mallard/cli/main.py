@@ -360,8 +360,11 @@ def _verify(args: argparse.Namespace) -> int:
     reader = _source_settings(args, reading=True)  # verify only reads: a SELECT-only role where there is one
 
     def run(streams):
-        return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
-                      leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr))
+        from mallard.runtime.progress import VerifyProgress
+
+        with VerifyProgress(sys.stderr) as progress:
+            return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
+                          leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr), progress=progress)
 
     try:
         report = run(args.streams)

@@ -336,8 +336,10 @@ class Report:
 
 
 def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, slot: str, *,
-           timeout: float = 120, fanout: int = 16, leaf_rows: int = 256, log: Callable[[str], None] = lambda _: None
-           ) -> Report:
+           timeout: float = 120, fanout: int = 16, leaf_rows: int = 256, log: Callable[[str], None] = lambda _: None,
+           progress: Any = None) -> Report:
+    """``progress``: told as each stream starts (``start(stream, estimate)``) and ends
+    (``done(stream, rows, seconds, outcome)``): runtime/progress.py's VerifyProgress."""
     from mallard.adapters import postgres
 
     applier = replica if isinstance(replica, ApplierReplica) else None
@@ -355,7 +357,15 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
         names = list(streams) if streams else [s for s, t in tables.items() if t["status"] != "absent"]
         results = []
         for stream in names:
-            results.append(_compare_stream(conn, cur, replica, stream, tables.get(stream), fanout, leaf_rows))
+            started = time.monotonic()
+            if progress is not None:
+                progress.start(stream, _estimate(cur, stream))
+            result = _compare_stream(conn, cur, replica, stream, tables.get(stream), fanout, leaf_rows)
+            results.append(result)
+            if progress is not None:
+                c = result.comparison
+                progress.done(stream, max(c.source.count, c.replica.count) if c else 0, time.monotonic() - started,
+                              "could not compare" if c is None else "equal" if result.equal else "DIFFERENT")
         conn.rollback()
         # Re-check what differs after another catch-up: a key Postgres changed meanwhile is not a difference.
         if any(r.differences or (r.comparison and not r.comparison.equal) or (r.plan and r.plan.column_sets.differ)
@@ -374,6 +384,18 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
     finally:
         conn.close()
         control.close()
+
+
+def _estimate(cur: Any, stream: str) -> int | None:
+    """Postgres' own estimate of a table's rows (pg_class.reltuples: -1 before any ANALYZE)."""
+    from mallard.core.names import StreamNameError, quoted
+
+    try:
+        cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (quoted(stream),))
+    except StreamNameError:
+        return None
+    row = cur.fetchone()
+    return row[0] if row and row[0] is not None and row[0] >= 0 else None
 
 
 def _read_snapshot_position(cur: Any) -> int:

@@ -1,6 +1,6 @@
-"""Live progress for long interactive work (``resnapshot --wait``, ``verify --repair``):
-a rich progress bar per stream with rows, rate and ETA on a terminal; plain lines when
-the output is not one (a log, a pipe, CI)."""
+"""Live progress for long interactive work (``resnapshot --wait``, ``verify``): a rich
+progress bar per stream with rows, rate and ETA on a terminal; plain lines when the
+output is not one (a log, a pipe, CI)."""
 from __future__ import annotations
 
 from typing import IO
@@ -53,3 +53,39 @@ class SnapshotProgress:
             import sys
 
             print(line, file=sys.stdout if to_stdout else sys.stderr, flush=True)
+
+
+class VerifyProgress:
+    """``verify``: a bar per stream, filled when both sides of it are compared (rows of the
+    larger side, and their rate); a line per stream when the output is not a terminal."""
+
+    def __init__(self, stream: IO[str]):
+        self.console = Console(file=stream)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("rows {task.fields[rate]}"), TimeRemainingColumn(),
+                                 console=self.console, transient=False) if self.console.is_terminal else None
+        self.tasks: dict[str, TaskID] = {}
+        self.file = stream
+
+    def __enter__(self) -> "VerifyProgress":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def start(self, stream: str, estimate: int | None) -> None:
+        """Comparing ``stream`` now, of about ``estimate`` rows (Postgres' statistics)."""
+        if self.progress is not None:
+            self.tasks[stream] = self.progress.add_task(f"{stream} comparing", total=estimate or None, rate="")
+
+    def done(self, stream: str, rows: int, seconds: float, outcome: str) -> None:
+        rate = f"{rows / seconds:,.0f}/s" if seconds > 0 else ""
+        if self.progress is not None and stream in self.tasks:
+            self.progress.update(self.tasks[stream], completed=rows, total=rows or 1, rate=rate,
+                                 description=f"{stream} {outcome}")
+        elif self.progress is None:
+            print(f"verify: {stream} {outcome}: {rows:,} rows compared in {seconds:.1f}s ({rate or '-'})",
+                  file=self.file, flush=True)

@@ -52,6 +52,8 @@ def test_verify_reports_exactly_the_keys_edited_behind_the_applier_and_repair_fi
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "3 of 3 stream(s) equal" in clean.stdout and "caught up" in clean.stdout
     assert "public.orders" in clean.stdout and "5,000 rows" in clean.stdout
+    # Progress per stream, as plain lines off a terminal (a bar on one).
+    assert "verify: public.orders equal: 5,000 rows compared in" in clean.stderr, clean.stderr
 
     path = stop_applier(stack)
     con = duckdb.connect(path)

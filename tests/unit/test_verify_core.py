@@ -322,3 +322,19 @@ def test_a_column_difference_is_shown_with_the_keys_that_differ():
     r = _stream_result(ColumnSets(extra=("legacy",)), [Difference("7", 1, 2)])
     text = "\n".join(render(Report("0/1", "the file", None, [r])))
     assert "1 key(s) differ" in text and "id = 7: differs" in text and "columns only in the replica: legacy" in text
+
+
+def test_verify_progress_is_a_line_per_stream_off_a_terminal():
+    import io
+
+    from mallard.runtime.progress import VerifyProgress
+
+    out = io.StringIO()
+    with VerifyProgress(out) as progress:
+        progress.start("public.orders", 5000)
+        progress.done("public.orders", 5000, 0.5, "equal")
+        progress.start('public."Order Items"', None)
+        progress.done('public."Order Items"', 0, 0.0, "could not compare")
+    assert out.getvalue().splitlines() == [
+        "verify: public.orders equal: 5,000 rows compared in 0.5s (10,000/s)",
+        'verify: public."Order Items" could not compare: 0 rows compared in 0.0s (-)']
