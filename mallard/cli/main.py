@@ -364,7 +364,7 @@ def _verify(args: argparse.Namespace) -> int:
 
         with VerifyProgress(sys.stderr) as progress:
             return verify(reader, replica, streams, slot, timeout=args.catch_up_timeout, fanout=args.fanout,
-                          leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr), progress=progress)
+                          leaf_rows=args.leaf_rows, log=lambda line: print(line, file=sys.stderr), on_stream=progress)
 
     try:
         report = run(args.streams)

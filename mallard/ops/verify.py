@@ -337,8 +337,8 @@ class Report:
 
 def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, slot: str, *,
            timeout: float = 120, fanout: int = 16, leaf_rows: int = 256, log: Callable[[str], None] = lambda _: None,
-           progress: Any = None) -> Report:
-    """``progress``: told as each stream starts (``start(stream, estimate)``) and ends
+           on_stream: Any = None) -> Report:
+    """``on_stream``: told as each stream starts (``start(stream, estimate)``) and ends
     (``done(stream, rows, seconds, outcome)``): runtime/progress.py's VerifyProgress."""
     from mallard.adapters import postgres
 
@@ -358,13 +358,13 @@ def verify(pg_settings: Any, replica: Replica, streams: Sequence[str] | None, sl
         results = []
         for stream in names:
             started = time.monotonic()
-            if progress is not None:
-                progress.start(stream, _estimate(cur, stream))
+            if on_stream is not None:
+                on_stream.start(stream, _estimate(cur, stream))
             result = _compare_stream(conn, cur, replica, stream, tables.get(stream), fanout, leaf_rows)
             results.append(result)
-            if progress is not None:
+            if on_stream is not None:
                 c = result.comparison
-                progress.done(stream, max(c.source.count, c.replica.count) if c else 0, time.monotonic() - started,
+                on_stream.done(stream, max(c.source.count, c.replica.count) if c else 0, time.monotonic() - started,
                               "could not compare" if c is None else "equal" if result.equal else "DIFFERENT")
         conn.rollback()
         # Re-check what differs after another catch-up: a key Postgres changed meanwhile is not a difference.
