@@ -153,3 +153,18 @@ class ConfinedQuery:
                 pass
             cur.close()
 
+
+
+class ReplicaFile(ConfinedQuery):
+    """A copy of the replica (the applier's read copy) opened read-only from the CLI and
+    confined as the applier's /query is: one read, no file system, no configuration change."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no replica file at {path}")
+        self.con = duckdb.connect(path, read_only=True)
+        self.confined = False
+        self.confine()
+
+    def close(self) -> None:
+        self.con.close()

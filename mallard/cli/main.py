@@ -23,7 +23,7 @@ def _deployment(args: argparse.Namespace):
         from mallard.config.deployment import resolve_deployment
 
         options = {name: getattr(args, name, None) for name in
-                   ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config")}
+                   ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config", "replica_file")}
         dep = resolve_deployment(options, getattr(args, "profile", None))
         kafka.use_client_config(dict(dep.kafka))
         args._deployment = dep
@@ -288,6 +288,13 @@ def _applier_get(args: argparse.Namespace, path: str, **params: str) -> dict:
     return _service_get("applier", _deployment(args).applier_url, path, **params)
 
 
+def _answers(url: str) -> bool:
+    """Whether the applier answers at ``url`` (its /healthz; 503 while not ready still answers)."""
+    from mallard.runtime.health import probe
+
+    return probe(url.rstrip("/") + "/healthz", timeout=3)[1] is not None
+
+
 def cmd_tables(args: argparse.Namespace) -> int:
     tables = _applier_get(args, "/tables")["tables"]
     if args.json:
@@ -306,7 +313,29 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    result = _applier_get(args, "/query", sql=args.sql)
+    dep = _deployment(args)
+    if dep.replica_file and not _answers(dep.applier_url):
+        # Compose from the host: the applier's port is not published, its read copy is.
+        import duckdb
+
+        from mallard.adapters.duckdb_read import ReplicaFile
+        from mallard.core.read_query import QueryRefused
+
+        try:
+            replica = ReplicaFile(dep.replica_file)
+        except (OSError, duckdb.Error) as e:
+            print(f"mallard query: the applier does not answer at {dep.applier_url}, and {e}", file=sys.stderr)
+            return 1
+        try:
+            result = replica.query(args.sql)
+        except QueryRefused as e:
+            print(f"mallard query: {e}", file=sys.stderr)
+            return 1
+        finally:
+            replica.close()
+        print(f"(read from {dep.replica_file}: the applier's read copy, as of its last publication)", file=sys.stderr)
+    else:
+        result = _applier_get(args, "/query", sql=args.sql)
     if args.json:
         print(json.dumps({"columns": result["columns"], "rows": result["rows"],
                           "truncated": bool(result.get("truncated"))}, default=str))
@@ -348,7 +377,9 @@ def _verify(args: argparse.Namespace) -> int:
         replica = FileReplica(args.duckdb)
     else:
         replica = ApplierReplica(dep.applier_url)
-        if not replica.answers():
+        if not replica.answers() and dep.replica_file:
+            replica = FileReplica(dep.replica_file)  # compose from the host: the applier's read copy
+        elif not replica.answers():
             if not dep.is_local_stack:
                 raise CannotCompare(f"the applier does not answer at {dep.applier_url} (give --duckdb FILE to read a "
                                     "copy of the replica instead)")
@@ -943,6 +974,9 @@ def _deployment_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--pg-dsn", default=default, metavar="DSN",
                    help="the source Postgres, a libpq DSN or URL; its password from PGPASSWORD (MALLARD_PG_DSN)")
     g.add_argument("--config", default=default, metavar="FILE", help="replication config (MALLARD_REPLICATION_CONFIG)")
+    g.add_argument("--replica-file", default=default, metavar="FILE",
+                   help="a copy of the replica (the applier's read copy) that query, status and verify read when the "
+                   "applier does not answer (MALLARD_REPLICA_FILE)")
 
 
 def _spelled(streams: list[str]) -> list[str]:

@@ -13,10 +13,11 @@ from mallard.core.deployment import Deployment, ProfileError, parse_profiles, re
 
 BUILT_IN_PROFILES: dict[str, dict[str, Any]] = {
     # docker-compose.yml's published ports (all on 127.0.0.1); the applier's port is
-    # published only with the override its header shows.
+    # published only with the override its header shows: until then the replica is read
+    # from the read copy the applier writes to the host's .mallard/compose/.
     "compose": {"bootstrap_server": "127.0.0.1:19092", "connect_url": "http://127.0.0.1:8083",
                 "applier_url": "http://127.0.0.1:18082", "pg_dsn": "postgresql://mallard@127.0.0.1:15432/shop",
-                "config": "demo/replication.yaml", "kafka": {}},
+                "config": "demo/replication.yaml", "replica_file": ".mallard/compose/mallard.duckdb", "kafka": {}},
 }
 
 
@@ -58,7 +59,7 @@ def local_addresses(stack: Any) -> dict[str, str]:
     """The local stack's addresses: the default deployment. (Its Postgres is reached through
     its settings and roles, not a DSN: pg_dsn stays empty.)"""
     return {"bootstrap_server": stack.bootstrap_servers, "applier_url": f"http://127.0.0.1:{stack.applier_health_port}",
-            "connect_url": stack.connect_url, "pg_dsn": "", "config": stack.replication_config}
+            "connect_url": stack.connect_url, "pg_dsn": "", "config": stack.replication_config, "replica_file": ""}
 
 
 def resolve_deployment(options: Mapping[str, str | None], profile: str | None = None,

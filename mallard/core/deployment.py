@@ -11,6 +11,7 @@ A profile file is YAML, like kubectl contexts or kcat's ``-F`` file::
         connect_url: http://127.0.0.1:8083
         pg_dsn: postgresql://mallard@127.0.0.1:5432/shop
         config: demo/replication.yaml
+        replica_file: .mallard/compose/mallard.duckdb   # a read copy, when the applier is not reachable
         kafka:                          # librdkafka properties: security and TLS
           security.protocol: SASL_SSL
           sasl.mechanism: SCRAM-SHA-512
@@ -32,7 +33,7 @@ import yaml
 
 from mallard.core.replication import resolve_env
 
-ADDRESSES = ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config")
+ADDRESSES = ("bootstrap_server", "applier_url", "connect_url", "pg_dsn", "config", "replica_file")
 """What names a deployment; each is a global option (--bootstrap-server ...) and a variable."""
 
 ENV_NAMES = {
@@ -41,6 +42,7 @@ ENV_NAMES = {
     "connect_url": "MALLARD_CONNECT_URL",
     "pg_dsn": "MALLARD_PG_DSN",
     "config": "MALLARD_REPLICATION_CONFIG",
+    "replica_file": "MALLARD_REPLICA_FILE",
 }
 
 KAFKA_ENV = {
@@ -70,6 +72,9 @@ class Deployment:
     connect_url: str
     pg_dsn: str
     config: str
+    replica_file: str = ""
+    """A copy of the replica (the applier's read copy) that query, status and verify open
+    read-only when the applier does not answer: compose from the host."""
     kafka: Mapping[str, str] = field(default_factory=dict)
     """librdkafka properties every client gets (security.protocol, sasl.*, ssl.*)."""
     profile: str | None = None

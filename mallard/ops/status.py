@@ -223,8 +223,9 @@ def gather(settings: Any, config: Any | None, now: datetime | None = None, deplo
     applier_url = deployment.applier_url if deployment is not None else f"http://127.0.0.1:{settings.applier_health_port}"
     bootstrap_servers = deployment.bootstrap_server if deployment is not None else settings.bootstrap_servers
     services = service_states(stack) if local else remote_service_states(deployment)
+    replica_file = Path(deployment.replica_file) if deployment is not None and deployment.replica_file else None
     replica = replica_facts(services["applier"]["state"] == "running", applier_url,
-                            stack.duckdb_path if local else None)
+                            stack.duckdb_path if local else replica_file)
     k = KafkaSettings()
     prefix = k.topic_prefix
     streams = list(config.streams) if config is not None else []

@@ -71,3 +71,19 @@ def test_a_change_in_postgres_reaches_kafka_through_kafka_connect(compose_stack)
     finally:
         consumer.close()
         conn.close()
+
+
+def test_the_host_queries_the_replica_through_the_compose_profile(compose_stack):
+    """The applier's port is not published: `--profile compose query` reads its read copy
+    in ./.mallard/compose/ (the profile's replica_file, relative to the checkout)."""
+    import sys
+
+    deadline = time.monotonic() + 300
+    while True:
+        out = subprocess.run([sys.executable, "-m", "mallard.cli.main", "--profile", "compose", "query", "--json",
+                              "SELECT count(*) FROM orders"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and json.loads(out.stdout)["rows"][0][0] > 0:
+            break
+        assert time.monotonic() < deadline, out.stdout + out.stderr
+        time.sleep(5)
+    assert "read copy" in out.stderr

@@ -32,9 +32,23 @@ def container_path_to_repo(path: str) -> Path:
 
 def test_the_stack_has_every_part():
     assert {"postgres", "kafka", "connect", "connector-init", *MALLARD_SERVICES} <= set(SERVICES)
+    one_shot = {"connector-init", "replica-dir"}  # they exit 0; what needs them waits for that
     for name, svc in SERVICES.items():
-        if name != "connector-init":
+        if name not in one_shot:
             assert "healthcheck" in svc, f"{name} has no health check"
+    for name in one_shot:
+        assert any(name in (s.get("depends_on") or {}) and s["depends_on"][name]["condition"] ==
+                   "service_completed_successfully" for s in SERVICES.values()), name
+
+
+def test_the_applier_publishes_its_read_copy_where_the_compose_profile_reads_it():
+    from mallard.config.deployment import BUILT_IN_PROFILES
+
+    applier = SERVICES["applier"]
+    copy = applier["environment"]["MALLARD_READ_COPY_PATH"]
+    host, container = next(v.split(":") for v in applier["volumes"] if v.startswith("./"))
+    assert copy.startswith(container + "/") and "replica-dir" in applier["depends_on"]
+    assert BUILT_IN_PROFILES["compose"]["replica_file"] == host.removeprefix("./") + copy.removeprefix(container)
 
 
 def test_kafka_is_real_apache_kafka_in_kraft_mode():

@@ -1,5 +1,7 @@
 """Which deployment the CLI talks to: option > variable > profile > local stack, masked
 secrets, and a profile file that refuses what it cannot use in one line."""
+import json
+
 import pytest
 
 from mallard.core.deployment import ADDRESSES, ENV_NAMES, ProfileError, mask_dsn, parse_profiles, resolve
@@ -8,7 +10,8 @@ LOCAL = {"bootstrap_server": "127.0.0.1:19092", "applier_url": "http://127.0.0.1
          "connect_url": "http://127.0.0.1:18084", "pg_dsn": "", "config": "demo/replication.yaml"}
 PROFILE = {"bootstrap_server": "kafka.example:9093", "applier_url": "http://applier.example:8082",
            "connect_url": "http://connect.example:8083", "pg_dsn": "postgresql://ro@db.example/shop",
-           "config": "prod.yaml", "kafka": {"security.protocol": "SASL_SSL", "sasl.password": "${KAFKA_PW}"}}
+           "config": "prod.yaml", "replica_file": "/mnt/replica/mallard.duckdb",
+           "kafka": {"security.protocol": "SASL_SSL", "sasl.password": "${KAFKA_PW}"}}
 
 
 def test_nothing_given_is_the_local_stack():
@@ -139,3 +142,33 @@ def test_the_exported_config_names_the_source_commands_connect_to(tmp_path, monk
     assert "port 1" in err and "15999" not in err, err
     monkeypatch.setenv("MALLARD_PG_PORT", "2")
     assert config_source(stack_settings(), exported).pg_port == 2
+
+
+def test_query_reads_the_replica_file_when_the_applier_does_not_answer(tmp_path):
+    """Compose from the host: the applier's port is not published, its read copy is on a
+    host folder; the CLI reads it read-only and confined, one read only."""
+    import os
+    import subprocess
+    import sys
+
+    import duckdb
+
+    copy = tmp_path / "mallard.duckdb"
+    con = duckdb.connect(str(copy))
+    con.execute("CREATE TABLE orders (id int, total decimal(12,2)); INSERT INTO orders VALUES (1, 649.40), (2, 1.00)")
+    con.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
+    env.update(MALLARD_HOME=str(tmp_path / "home"), MALLARD_REPLICA_FILE=str(copy),
+               MALLARD_APPLIER_URL="http://127.0.0.1:9/")  # discard port: nothing answers
+
+    def query(sql: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mallard.cli.main", "query", "--json", sql], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    out = query("SELECT id, total FROM orders ORDER BY id")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"] == [[1, "649.40"], [2, "1.00"]] and "read copy" in out.stderr
+    for hostile in ("DELETE FROM orders", "SELECT * FROM read_csv('/etc/passwd')", "COPY orders TO '/tmp/x.csv'"):
+        refused = query(hostile)
+        assert refused.returncode == 1 and "mallard query:" in refused.stderr, (hostile, refused)
+    assert duckdb.connect(str(copy), read_only=True).execute("SELECT count(*) FROM orders").fetchone() == (2,)
