@@ -66,14 +66,23 @@ class TableChanges:
     """row -> indexes in ``inserted`` of the inserts still there (to find an update's or delete's row)."""
 
 
+def _truncate(changes: TableChanges, event: ChangeEvent) -> None:
+    """A TRUNCATE: whatever the batch held for the table before it is gone (keyed states, or
+    a keyless table's inserts and removals)."""
+    changes.truncated = True
+    changes.truncated_tx_id = event.tx_id
+    changes.states.clear()
+    changes.inserted.clear()
+    changes.removed.clear()
+    changes._pending.clear()
+
+
 def apply_event(changes: TableChanges, event: ChangeEvent, pos: int) -> None:
     """Fold one event into a table's pending state (events arrive in commit order)."""
     changes.events += 1
     changes.last_tx_id = event.tx_id
     if event.op == "t":
-        changes.truncated = True
-        changes.truncated_tx_id = event.tx_id
-        changes.states.clear()
+        _truncate(changes, event)
         return
     key = event.key
     previous = changes.states.get(key)
@@ -126,11 +135,7 @@ def apply_keyless_event(changes: TableChanges, event: ChangeEvent, pos: int) -> 
     changes.events += 1
     changes.last_tx_id = event.tx_id
     if event.op == "t":
-        changes.truncated = True
-        changes.truncated_tx_id = event.tx_id
-        changes.inserted.clear()
-        changes.removed.clear()
-        changes._pending.clear()
+        _truncate(changes, event)
         return
     if event.op in ("u", "d"):
         before = event.key
