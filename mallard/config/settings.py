@@ -165,3 +165,7 @@ class ServiceSettings(KafkaSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text (for people) or json (one object per line with time, level, logger, "
         "message and the line's fields, e.g. stream, rows, rate); --log-format overrides it.")
+    config_reload_interval_s: float = Field(
+        2.0, ge=0, description="How often the service looks whether its replication config file changed, and takes "
+        "the new one without a restart (streams added or removed, modes, schedules; `mallard config apply` does the "
+        "rest); 0: never.")

@@ -112,3 +112,24 @@ def plan_publications(tables: Mapping[str, TableIdentity], full: Iterable[str] =
 def publication_names(publication: str) -> str:
     """Debezium's ``publication.name`` for both publications: pgoutput's list."""
     return f"{publication},{inserts_publication(publication)}"
+
+
+def publication_statements(plan: PublicationPlan, publication: str, inserts: str | None,
+                           held: Iterable[str], held_inserts: Iterable[str] = (),
+                           keep: Iterable[str] = ()) -> list[str]:
+    """The SQL that brings table-list publications from what they hold to ``plan``, for
+    whoever holds the rights (mallard prints it where it has no admin role): REPLICA
+    IDENTITY FULL first, where the config asks, then tables added, then dropped. ``keep``:
+    tables left in ``publication`` whatever the plan (the heartbeat table). Without an
+    inserts-only publication (``inserts`` None), the tables planned for it are not added."""
+    from mallard.core.names import quote_ident, quoted
+
+    held, held_inserts, keep = set(held), set(held_inserts), set(keep)
+    out = [f"ALTER TABLE {quoted(t)} REPLICA IDENTITY FULL;" for t in plan.set_full]
+    for pub, want, has in ((publication, plan.main, held), (inserts, plan.inserts, held_inserts)):
+        if pub is None:
+            continue
+        out += [f"ALTER PUBLICATION {quote_ident(pub)} ADD TABLE {quoted(t)};" for t in want if t not in has]
+        out += [f"ALTER PUBLICATION {quote_ident(pub)} DROP TABLE {quoted(t)};" for t in sorted(has)
+                if t not in want and t not in keep]
+    return out

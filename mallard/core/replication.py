@@ -411,3 +411,67 @@ def missing_tables_error(config: ReplicationConfig, missing: list[str]) -> Confi
     first = missing[0]
     more = f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
     return config.error(("streams", first), f"table {first} does not exist in Postgres{more}")
+
+
+# -- day-two changes: what a new config changes against the running one ------------------
+
+_STREAM_FIELDS = ("mode", "primary_key", "update_key", "where", "target", "replica_identity")
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What applying ``new`` over ``old`` changes (``diff_configs``)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """stream -> the settings of it that differ (mode, where, ...)"""
+    schedules_added: tuple[str, ...] = ()
+    schedules_removed: tuple[str, ...] = ()
+    schedules_changed: tuple[str, ...] = ()
+    fixed_changed: tuple[str, ...] = ()
+    """'source' and/or 'target': what a running stack cannot take without a restart."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.schedules_added or self.schedules_removed
+                    or self.schedules_changed or self.fixed_changed)
+
+    @property
+    def streams_changed(self) -> bool:
+        """The set of streams differs: the connector's table list and the publication change."""
+        return bool(self.added or self.removed)
+
+    def describe(self) -> str:
+        """One line for people: what changes."""
+        parts = [f"+{s}" for s in self.added] + [f"-{s}" for s in self.removed]
+        parts += [f"~{s} ({', '.join(fields)})" for s, fields in self.changed.items()]
+        parts += [f"+schedule {n}" for n in self.schedules_added] + [f"-schedule {n}" for n in self.schedules_removed]
+        parts += [f"~schedule {n}" for n in self.schedules_changed] + [f"~{n}" for n in self.fixed_changed]
+        return ", ".join(parts) or "no change"
+
+
+def diff_configs(old: ReplicationConfig, new: ReplicationConfig) -> ConfigDiff:
+    """Streams added, removed and changed (by their canonical names), schedules likewise,
+    and whether the source or target (fixed while the stack runs) differ."""
+    added = tuple(s for s in new.streams if s not in old.streams)
+    removed = tuple(s for s in old.streams if s not in new.streams)
+    changed = {}
+    for name, stream in new.streams.items():
+        before = old.streams.get(name)
+        if before is not None:
+            fields = tuple(f for f in _STREAM_FIELDS if getattr(before, f) != getattr(stream, f))
+            if fields:
+                changed[name] = fields
+
+    def schedule(spec: ScheduleSpec) -> tuple[Any, ...]:
+        return spec.cron.expression, str(spec.cron.tz), spec.streams, spec.catch_up
+
+    return ConfigDiff(
+        added=added, removed=removed, changed=changed,
+        schedules_added=tuple(n for n in new.schedules if n not in old.schedules),
+        schedules_removed=tuple(n for n in old.schedules if n not in new.schedules),
+        schedules_changed=tuple(n for n, spec in new.schedules.items()
+                                if n in old.schedules and schedule(old.schedules[n]) != schedule(spec)),
+        fixed_changed=tuple(part for part in ("source", "target")
+                            if getattr(old.model, part) != getattr(new.model, part)))

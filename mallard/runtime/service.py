@@ -39,12 +39,17 @@ class Service:
         self.stopping = threading.Event()
         self.ready = False
         self.log = logging.getLogger(f"mallard.{self.name}")
+        self.config_watch: Any = None
+        """The replication config this service runs and watches (mallard.config.replication.ConfigWatch)."""
         self.metrics = ServiceMetrics(self.name)
         self.metrics.on_scrape(lambda: [gauge("mallard_ready", "1 when the service is ready (its /healthz answers 200).",
                                               1 if Service.state(self)["ready"] else 0)])
 
     def state(self) -> dict[str, Any]:
-        return {"service": self.name, "ready": self.ready and not self.stopping.is_set()}
+        state = {"service": self.name, "ready": self.ready and not self.stopping.is_set()}
+        if self.config_watch is not None:
+            state["config"] = self.config_watch.state()
+        return state
 
     def routes(self) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
         """Extra HTTP endpoints beside /healthz."""
