@@ -44,6 +44,10 @@ class Router:
         self.allowed = allowed
         """The streams events may be applied for (None: every one)."""
         self.stream_allowed: dict[str, bool] = {}
+        self.removed: set[str] = set()
+        """Streams taken out of the replication config while running: their events, still on
+        their way until the connector stops capturing them, are skipped quietly."""
+        self.skipped_removed: dict[str, int] = {}
         """stream -> whether ``allowed`` matches it (asked once per stream)."""
         self.topic_streams = topic_streams if topic_streams is not None else {}
         """topic -> the streams whose events came on it: Debezium's topic names a table only
@@ -77,6 +81,13 @@ class Router:
                     allowed = self.stream_allowed[event.stream] = self.allowed is None or bool(
                         self.allowed.fullmatch(event.stream))
                     self.topic_streams.setdefault(topic, set()).add(event.stream)
+                if not allowed and event.stream in self.removed:  # no longer replicated: not poison
+                    if event.stream not in self.skipped_removed:
+                        self.log.info("%s is no longer in the replication config: its changes are not applied",
+                                      event.stream)
+                    self.skipped_removed[event.stream] = self.skipped_removed.get(event.stream, 0) + 1
+                    assembler.add_event(None, event.tx_id, event.total_order, tp, offset)
+                    return
                 if not allowed:  # never creates a table; still counts toward its transaction
                     self.dead_letters.message(msg, f"an event for {event.stream}, which is not a stream of the replication "
                                       "config (nor of the connector's table.include.list)")

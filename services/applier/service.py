@@ -137,6 +137,11 @@ class ApplierService(Service):
     def run(self) -> None:
         s, ports, clock = self.settings, self.ports, self.clock
         ports.prepare_topics(self.stopping)
+        if s.replication_config:
+            from mallard.config.replication import ConfigWatch, load_config
+
+            self.config_watch = ConfigWatch(s.replication_config, load_config(s.replication_config), self.log,
+                                            s.config_reload_interval_s)
         self.replica = ports.open_replica(self._configured_targets())
         self.replica.confine(s.read_copy_path or None)  # before /query can serve anything
         applied_lsn, recent = self.replica.applied_position()
@@ -223,6 +228,7 @@ class ApplierService(Service):
                     if assembler.refused:
                         self._handle_refused()
                     self._check_data_loss(consumer)
+                    self._take_config_change()
                 since = clock.monotonic() - last_commit
                 if (uncommitted and since >= COMMIT_INTERVAL_S) or since > 5:
                     self.offsets.commit(consumer, snapshot_consumer)
@@ -359,10 +365,8 @@ class ApplierService(Service):
     def _stream_list(self) -> list[str]:
         """The streams this applier replicates, where a list says so (else none)."""
         try:
-            if self.settings.replication_config:
-                from mallard.config.replication import load_config
-
-                return list(load_config(self.settings.replication_config).streams)
+            if self.config_watch is not None:
+                return list(self.config_watch.config.streams)
             return load_connector_config_file(self.settings.connector_config).tables
         except Exception:  # noqa: BLE001 - said elsewhere (_configured_streams, _request_first_snapshots)
             return []
@@ -382,10 +386,8 @@ class ApplierService(Service):
     def _configured_streams(self) -> re.Pattern | None:
         """The streams events may be applied for: the replication config's, else the
         connector config's table.include.list (Debezium's regexes); None: every table."""
-        if self.settings.replication_config:
-            from mallard.config.replication import load_config
-
-            names = [re.escape(name) for name in load_config(self.settings.replication_config).streams]
+        if self.config_watch is not None:
+            names = [re.escape(name) for name in self.config_watch.config.streams]
         else:
             try:
                 # an entry that names a stream matches that stream's one spelling; any other
@@ -401,12 +403,32 @@ class ApplierService(Service):
     def _configured_targets(self) -> dict[str, str]:
         """stream -> DuckDB table, as the replication config names them (a new table only:
         one the replica already has keeps its name)."""
-        if not self.settings.replication_config:
+        if self.config_watch is None:
             return {}
-        from mallard.config.replication import load_config
+        return {name: stream.target for name, stream in self.config_watch.config.streams.items() if stream.target}
 
-        return {name: stream.target for name, stream in load_config(self.settings.replication_config).streams.items()
-                if stream.target}
+    def _take_config_change(self) -> None:
+        """The replication config file changed (``mallard config apply``): a stream added is
+        applied from now on and gets a first snapshot through the cut (the snapshotter waits
+        until Debezium captures its table); a stream removed is no longer applied (its table
+        stays in the replica, as it was); no restart."""
+        if self.config_watch is None:
+            return
+        change = self.config_watch.check(self.clock.monotonic())
+        if change is None or change[1] is None:
+            return
+        diff = change[1]
+        self.router.allowed = self._configured_streams()
+        self.router.stream_allowed.clear()
+        self.router.removed.difference_update(diff.added)
+        self.router.removed.update(diff.removed)
+        targets = getattr(self.replica, "targets", None)
+        if isinstance(targets, dict):  # a new stream's table is named on its first write
+            targets.update(self._configured_targets())
+        if diff.added:
+            self._loss.expect_streams(list(diff.added))
+            # Also a stream removed earlier and added again: its changes meanwhile were not applied.
+            self._request_snapshot(list(diff.added), "a stream added to the replication config")
 
     def _handle_refused(self) -> None:
         """Markers the assembler refused and events it expired: to the dead-letter topic; the

@@ -63,6 +63,8 @@ class SchedulerService(Service):
         self.caught_up = False
         self.last_fire: dict[str, datetime] = {}
         self.anchor = self.clock.now()
+        self.anchors: dict[str, datetime] = {}
+        """A schedule added or changed while running starts from then, not from the start."""
         self.published = 0
         self.fires: dict[str, int] = {}
         self._high: dict[int, int] = {}
@@ -139,11 +141,22 @@ class SchedulerService(Service):
         s = self.settings
         self.ports.prepare_topics(self.stopping)
         self._load()
+        if self.config is not None:
+            from mallard.config.replication import ConfigWatch
+
+            self.config_watch = ConfigWatch(s.replication_config, self.config, self.log, s.config_reload_interval_s)
         if self.config is None or not self.config.schedules:
             self.log.info("scheduler up: no schedules (%s)", s.replication_config or "no replication config")
             self.ready = True
-            self.stopping.wait()
-            return
+            # A schedule added to the config later (``mallard config apply``) starts this one.
+            while not self.stopping.wait(max(s.config_reload_interval_s, 0.5)):
+                if self.config_watch is None or s.config_reload_interval_s <= 0:
+                    continue
+                self._take_config_change()
+                if self.config.schedules:
+                    break
+            else:
+                return
         consumer = self.ports.control_source()
         consumer.subscribe([s.control_topic], on_assign=self._assigned, on_revoke=self._revoked,
                            on_lost=self._revoked)
@@ -155,6 +168,7 @@ class SchedulerService(Service):
         self.ready = True
         try:
             while not self.stopping.is_set():
+                self._take_config_change()
                 msg = consumer.poll(0.2)
                 if msg is not None:
                     self._seen(msg)
@@ -165,6 +179,21 @@ class SchedulerService(Service):
         finally:
             self.ready = False
             consumer.close()
+
+    def _take_config_change(self) -> None:
+        """The replication config file changed (``mallard config apply``): schedules added,
+        removed or changed take effect now; one added or changed fires from now on (no
+        catch-up of fires before it existed)."""
+        if self.config_watch is None:
+            return
+        change = self.config_watch.check(time.monotonic())
+        if change is None or change[1] is None:
+            return
+        self.config, diff = change
+        now = self.clock.now()
+        for name in (*diff.schedules_added, *diff.schedules_changed):
+            self.anchors[name] = now
+            self.last_fire.pop(name, None)
 
     # -- leadership --------------------------------------------------------------------
 
@@ -224,7 +253,7 @@ class SchedulerService(Service):
         now = self.clock.now()
         grace = timedelta(seconds=self.settings.missed_after_s)
         for name, sched in self.config.schedules.items():
-            d = due(sched.cron, now, self.last_fire.get(name), self.anchor, grace)
+            d = due(sched.cron, now, self.last_fire.get(name), self.anchors.get(name, self.anchor), grace)
             if d is None:
                 continue
             if d.missed and (sched.catch_up or self.settings.catch_up) == "skip":

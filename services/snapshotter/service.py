@@ -280,8 +280,11 @@ class SnapshotterService(Service):
         if s.replication_config:
             from mallard.config.replication import load_config
 
+            from mallard.config.replication import ConfigWatch
+
             self.config = load_config(s.replication_config)
             self.streams = frozenset(self.config.streams)
+            self.config_watch = ConfigWatch(s.replication_config, self.config, self.log, s.config_reload_interval_s)
         else:
             self.streams = frozenset(connector.tables) or None
         self.producer = self.ports.snapshot_writer(self._delivered)
@@ -300,6 +303,7 @@ class SnapshotterService(Service):
         self.ready = True
         try:
             while not self.stopping.is_set():
+                self._take_config_change()
                 if self.waiting and time.monotonic() >= self._next_table_check:
                     self._take_waiting()
                 first = consumer.poll(0.5)  # returns with the first request (consume() waits out its timeout)
@@ -443,6 +447,8 @@ class SnapshotterService(Service):
         bad = [x for x in request.streams if not names.is_stream(x)]
         spelled = [names.canonical(x) for x in request.streams if x not in bad]
         unknown = [x for x in spelled if self.streams is not None and x not in self.streams]
+        if unknown and self._take_config_change(force=True):  # a stream just added: the applier may know first
+            unknown = [x for x in spelled if self.streams is not None and x not in self.streams]
         if not bad and not unknown:
             return (request if spelled == request.streams else request.model_copy(update={"streams": spelled})), None
         why = []
@@ -454,6 +460,23 @@ class SnapshotterService(Service):
         refusal = Refusal(msg, "; ".join(why), request, unknown)
         rest = [x for x in spelled if x not in unknown]
         return (request.model_copy(update={"streams": rest}) if rest else None), refusal
+
+    def _take_config_change(self, force: bool = False) -> bool:
+        """The replication config file changed (``mallard config apply``): requests may name
+        the streams added, not those removed (a removed stream's waiting snapshot is dropped);
+        a stream's mode, filter and update_key are read per request, so they apply from the
+        next snapshot. True when a new config was taken."""
+        if self.config_watch is None:
+            return False
+        change = self.config_watch.check(time.monotonic(), force=force)
+        if change is None or change[1] is None:
+            return False
+        self.config = change[0]
+        self.streams = frozenset(self.config.streams)
+        for stream in change[1].removed:
+            if self.waiting.pop(stream, None) is not None:
+                self.log.info("%s is no longer in the replication config: its waiting snapshot is dropped", stream)
+        return True
 
     def _refuse(self, refusal: Refusal) -> None:
         """Dead-letter the message with its reason, and answer each stream it named that
