@@ -175,18 +175,18 @@ def in_publication(conn: Any, publications: list[str], stream: str) -> bool:
 
 
 def slot_state(conn: Any, slot: str) -> dict[str, Any] | None:
-    """Whether the slot is being consumed, and how much WAL it holds back."""
+    """Whether the slot is being consumed (and by which walsender), and how much WAL it holds back."""
     with conn.cursor() as cur:
         cur.execute(
             """SELECT active, confirmed_flush_lsn::text,
-                      pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+                      pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active_pid
                FROM pg_replication_slots WHERE slot_name = %s""",
             (slot,),
         )
         row = cur.fetchone()
     if row is None:
         return None
-    return {"active": row[0], "confirmed_flush_lsn": row[1], "retained_wal_bytes": row[2]}
+    return {"active": row[0], "confirmed_flush_lsn": row[1], "retained_wal_bytes": row[2], "active_pid": row[3]}
 
 
 def drop_slot_and_publication(conn: Any, slot: str, publication: str, *others: str) -> list[str]:

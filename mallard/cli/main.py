@@ -597,6 +597,97 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_apply(args: argparse.Namespace) -> int:
+    """A changed replication config on a running deployment, without restarting anything
+    (docs/operating.md, "Changing the config while it runs")."""
+    from mallard.config.replication import load_config
+
+    dep = _deployment(args)
+    path = args.file or dep.config
+    if not path:
+        raise ValueError("no replication config: name the FILE, or pass --config FILE or set MALLARD_REPLICATION_CONFIG")
+    load_config(path)  # a bad file is refused before anything is asked of anyone
+    if dep.origin.get("connect_url") == "local stack" and not dep.pg_dsn:
+        from mallard.stack.local import LocalStack
+
+        print(f"mallard config apply {path} (local stack)")
+        diff = LocalStack(_stack_settings()).apply_config(path)
+        named = os.environ.get("MALLARD_REPLICATION_CONFIG")
+        if named and Path(named).resolve() != Path(path).resolve():
+            print(f"  note: MALLARD_REPLICATION_CONFIG names {named}: commands run with it keep reading that file "
+                  f"(the environment wins over the stack's record); point it at {path}", file=sys.stderr)
+        if diff is not None and diff.removed:
+            print(f"  no longer applied: {', '.join(diff.removed)} (their DuckDB tables are kept as they are; drop them "
+                  "in the replica if they are not wanted)")
+        return 0
+    return _apply_elsewhere(args, dep, path)
+
+
+def _apply_elsewhere(args: argparse.Namespace, dep, path: str) -> int:
+    """Another deployment (compose, your own Kafka Connect): check the config against the
+    source, PUT the connector's new table list through Connect's REST API, and print the
+    publication's SQL for a role that may alter it (mallard holds no such role there)."""
+    from mallard.adapters import postgres
+    from mallard.config.connector import register
+    from mallard.config.replication import check_against_postgres, load_config
+    from mallard.core import names
+    from mallard.core.connector import ConnectorConfig, with_streams
+    from mallard.core.keyless import plan_publications, publication_statements
+    from mallard.stack import jvm
+    from mallard.stack.roles import HEARTBEAT
+
+    config = load_config(path)
+    conn = postgres.connect(**_source_settings(args).pg_params())
+    try:
+        missing = check_against_postgres(config, conn, missing_ok=True)
+        existing = [s for s in config.streams if s not in missing]
+        plan = plan_publications(postgres.table_identities(conn, existing),
+                                 [n for n, st in config.streams.items() if st.replica_identity == "full"])
+        name = args.name or _connector_name()
+        try:
+            held_config = jvm.connector_config(dep.connect_url, name)
+        except jvm.JvmError as e:
+            raise RuntimeError(f"{e}: register it first (mallard connector register)") from None
+        connector = with_streams(ConnectorConfig(name, {k: v for k, v in held_config.items() if k != "name"}),
+                                 list(config.streams))
+        publication, inserts = connector.publication_name, connector.inserts_publication
+        held: dict[str, set[str]] = {}
+        for pub in filter(None, (publication, inserts)):
+            with conn.cursor() as cur:
+                cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (pub,))
+                held[pub] = {names.stream_name(*r) for r in cur.fetchall()}
+        all_tables = bool(postgres.scalar(conn, "SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                                          publication))
+    finally:
+        conn.close()
+    register(dep.connect_url, connector, timeout=args.timeout)
+    print(f"connector {name} at {dep.connect_url}: table.include.list {connector.config['table.include.list']} "
+          "(RUNNING)")
+    statements = [] if all_tables else publication_statements(
+        plan, publication, inserts, held.get(publication, ()), held.get(inserts, ()) if inserts else (), [HEARTBEAT])
+    if statements:
+        print("run this in the source database as its owner or a superuser (mallard holds no such role here); a new "
+              "stream's first snapshot waits until its table is in the publication:")
+        for statement in statements:
+            print(f"  {statement}")
+    else:
+        print(f"publication {publication}: already as the config needs it")
+    for mode in plan.modes:
+        print(f"  {mode.describe(publication)}")
+    if missing:
+        print(f"waiting for tables that do not exist yet: {', '.join(missing)}")
+    print(f"then give the services {path} as their MALLARD_REPLICATION_CONFIG (replace the file they read): they "
+          "take it within seconds, without a restart (/healthz shows its digest under config)")
+    return 0
+
+
+def _connector_name() -> str:
+    from mallard.config.connector import load_connector_config_file
+    from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG
+
+    return load_connector_config_file(os.environ.get("MALLARD_CONNECTOR_CONFIG") or DEFAULT_CONNECTOR_CONFIG).name
+
+
 def _publication_name() -> str:
     """The publication Debezium streams from, as the connector config names it (its default when unreadable)."""
     from mallard.config.connector import load_connector_config_file
@@ -881,6 +972,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="machine-readable")
     chk.add_argument("--offline", action="store_true", help="validate the file only, without Postgres")
     chk.set_defaults(func=cmd_config_check)
+
+    app = cfgsub.add_parser("apply", parents=[dp], help="take a changed config on a running deployment, without a "
+                            "restart: streams added or removed, modes, schedules")
+    app.add_argument("file", nargs="?", help="the new config (default: the deployment's, e.g. the stack's)")
+    app.add_argument("--name", default=None, help="connector name (default: the connector config's)")
+    app.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the connector to run again")
+    app.set_defaults(func=cmd_config_apply)
 
     state = sub.add_parser("state", help="incremental state (the last update_key value per stream), kept in Kafka")
     stsub = state.add_subparsers(dest="state_command", required=True)

@@ -372,6 +372,9 @@ def render(report: dict[str, Any], now: datetime) -> str:
             head.append(f"— {st['reason']}")
         out.append("  " + "  ".join(head))
         target = f" in {st['target'].replace(chr(34), '')}" if st["target"] else ""
+        if not st.get("configured", True) and st["status"]:
+            out.append("    not applied     no stream of the replication config names it: its table is kept as it "
+                       "was, changes are no longer applied (drop it in DuckDB if it is not wanted)")
         if st.get("waiting"):
             out.append(f"    waiting         {st['waiting']}")
         out.append(f"    rows            {_count(st['rows'])}{target}")

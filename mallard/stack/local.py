@@ -274,7 +274,9 @@ class LocalStack:
             "MALLARD_DUCKDB_PATH": str(self.duckdb_path),
             "MALLARD_CONNECTOR_CONFIG": str(self.connector_config_path()),
             "MALLARD_CONNECT_URL": s.connect_url,  # the snapshotter reports the connector's task states
-            "MALLARD_REPLICATION_CONFIG": str(Path(s.replication_config).resolve()) if s.replication_config else "",
+            # The copy `up` and `config apply` write once Debezium captures its tables: an edit of
+            # the user's file reaches the services only through them (see apply_config).
+            "MALLARD_REPLICATION_CONFIG": str(self.applied_config_path()) if s.replication_config else "",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -284,6 +286,143 @@ class LocalStack:
         if not self.s.replication_config:
             return self.s.connector_config.resolve()
         return self.home / "debezium" / "connector.json"
+
+    def applied_config_path(self) -> Path:
+        """The replication config the services run (and watch): a copy of the user's, in the home."""
+        return self.home / "config" / "replication.yaml"
+
+    def _write_applied_config(self) -> None:
+        if not self.s.replication_config:
+            return
+        out = self.applied_config_path()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(Path(self.s.replication_config).read_bytes())
+        tmp.replace(out)  # whole or not at all: a service never reads half a file
+
+    def apply_config(self, path: str | Path, report: Callable[[str], None] = print,
+                     wait_s: float | None = None) -> Any:
+        """``mallard config apply`` on the running local stack, without restarting anything.
+        The new config is validated (and checked against Postgres) before anything changes;
+        then, in this order, so that a new stream's first cut comes after Debezium captures
+        it: the connector's table.include.list (PUT through Connect's REST API, waiting for
+        its task to stream again), the publication (as the admin role), and last the copy
+        the services watch. Returns the ConfigDiff against what the services ran."""
+        from mallard.adapters import postgres
+        from mallard.config.replication import check_against_postgres, config_digest, load_config
+        from mallard.core.replication import diff_configs
+
+        path = Path(path).resolve()
+        new = load_config(path)  # ConfigError: nothing changed
+        applied = self.applied_config_path()
+        if not applied.is_file() and any(c.running_pid() is not None for c in self.components[3:]):
+            raise StackError("the services run without a replication config (the stack was started without one): "
+                             "they cannot take one while running; `mallard stack down`, then `mallard stack up` with "
+                             "MALLARD_REPLICATION_CONFIG set. Nothing was changed")
+        old = load_config(applied) if applied.is_file() else None
+        diff = diff_configs(old, new) if old is not None else None
+        if diff is not None and diff.fixed_changed:
+            raise StackError(f"{path}: {' and '.join(diff.fixed_changed)} differ from the running stack's "
+                             f"({applied}): they cannot change while it runs; `mallard stack down` and `up` for that. "
+                             "Nothing was changed")
+        if self.components[0].running_pid() is None:
+            raise StackError("postgres: not running; `mallard stack up` first")
+        admin = self.as_role("admin")
+        conn = postgres.connect(**admin.pg_params())
+        try:
+            missing = check_against_postgres(new, conn, missing_ok=True)
+        finally:
+            conn.close()
+        before = self._connector()
+        self.s = self.s.model_copy(update={"replication_config": str(path)})
+        self._write_state()  # stack.json: what `status`, `config check` and the next `up` use
+        self.derive_connector_config()
+        after = self._connector()
+        if after.config != before.config or self._connect_holds_another_config():
+            self._reregister_connector(report)
+        self._ensure_publication(admin, report)
+        self._write_applied_config()
+        digest = config_digest(applied.read_bytes())
+        report(f"  {'config':<14} {path} applied ({diff.describe() if diff is not None else 'first config'})"
+               + (f"; waiting for tables that do not exist yet: {', '.join(missing)}" if missing else ""))
+        self._wait_for_services(digest, report, self.s.start_timeout_s if wait_s is None else wait_s)
+        return diff
+
+    def _applied_digest(self) -> str | None:
+        from mallard.config.replication import config_digest
+
+        try:
+            return config_digest(self.applied_config_path().read_bytes())
+        except OSError:
+            return None
+
+    def _config_digest(self) -> str | None:
+        from mallard.config.replication import config_digest
+
+        try:
+            return config_digest(Path(self.s.replication_config).read_bytes()) if self.s.replication_config else None
+        except OSError:
+            return None
+
+    def _connect_holds_another_config(self) -> bool:
+        from mallard.stack import jvm
+
+        config = self._connector()
+        try:
+            held = jvm.connector_config(self.s.connect_url, config.name)
+        except jvm.JvmError:
+            return False  # not registered (yet): register_connector creates it
+        return {k: v for k, v in held.items() if k != "name"} != {k: v for k, v in config.config.items() if k != "name"}
+
+    def _reregister_connector(self, report: Callable[[str], None]) -> None:
+        """PUT the new config; Connect restarts the task. Wait until a new walsender streams
+        from the slot: from then on every change of the new tables reaches Kafka."""
+        from mallard.config.connector import register
+
+        config = self._connector()
+        slot = self._slot_state(config.slot_name) or {}
+        old_pid = slot.get("active_pid")
+        t0 = time.monotonic()
+        try:
+            register(self.s.connect_url, config, timeout=self.s.start_timeout_s)
+        except RuntimeError as e:
+            raise StackError(f"connect: {e}; see its log: {self.logs / 'connect.log'}") from None
+        deadline = time.monotonic() + self.s.start_timeout_s
+        while True:
+            slot = self._slot_state(config.slot_name) or {}
+            if slot.get("active") and slot.get("active_pid") != old_pid:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"connect: connector {config.name} took the new table list but its task did not "
+                                 f"stream again within {self.s.start_timeout_s:.0f}s; see {self.logs / 'connect.log'}")
+            time.sleep(0.2)
+        report(f"  {'debezium':<14} connector {config.name} now captures {', '.join(config.tables) or 'no table'} "
+               f"(task streaming again in {time.monotonic() - t0:.1f}s)")
+
+    def _wait_for_services(self, digest: str, report: Callable[[str], None], wait_s: float) -> None:
+        """Until every running service says (in /healthz) that it runs this version of the config."""
+        from mallard.runtime.health import probe
+
+        services = [c for c in self.components[3:] if c.running_pid() is not None]
+        deadline = time.monotonic() + wait_s
+        pending = {c.name for c in services}
+        while pending:
+            for c in services:
+                if c.name in pending:
+                    _, body = probe(f"http://127.0.0.1:{c.port}/healthz")
+                    config = (body or {}).get("config") or {}
+                    if config.get("digest") == digest:
+                        pending.discard(c.name)
+                    elif (config.get("refused") or {}).get("digest") == digest:
+                        raise StackError(f"{c.name} refused the config: {config['refused']['reason']}")
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"{', '.join(sorted(pending))} did not take the new config within {wait_s:.0f}s; "
+                                 "see their logs")
+            time.sleep(0.25)
+        if services:
+            report(f"  {'services':<14} {', '.join(c.name for c in services)} run it (no restart)")
 
     def derive_connector_config(self) -> None:
         if self.s.replication_config:
@@ -611,14 +750,25 @@ class LocalStack:
                              "another process; stop it or choose another port with MALLARD_KAFKA_CONTROLLER_PORT")
         self._write_state()
         started: list[Component] = []
+        wait_for: str | None = None
         try:
             for c in components:
+                if c.name == "snapshotter":
+                    # Written once Debezium captures the config's tables: running services take
+                    # it as `mallard config apply` gives it to them, without a restart.
+                    changed = self._applied_digest() != self._config_digest()
+                    self._write_applied_config()
+                    if changed and c.running_pid() is not None and self._config_digest():
+                        wait_for = self._config_digest()
                 if c.running_pid() is not None:
                     report(f"  {c.name:<14} already running (pid {c.running_pid()})")
                     if c.name == "postgres":
                         self._prepare_postgres(False, report)  # roles and grants as this version wants them
                     if c.name == "connect":
-                        self.register_connector(report)  # the config may have changed: PUT is idempotent
+                        if self._connect_holds_another_config():  # the task must stream again before a cut
+                            self._reregister_connector(report)
+                        else:
+                            self.register_connector(report)  # PUT is idempotent
                     continue
                 t0 = time.monotonic()
                 started.append(c)  # before it is healthy: a failed start is stopped too
@@ -628,6 +778,8 @@ class LocalStack:
                 report(f"  {c.name:<14} started (pid {c.running_pid()}) in {time.monotonic() - t0:.1f}s")
                 if c.name == "connect":
                     self.register_connector(report)
+            if wait_for:
+                self._wait_for_services(wait_for, report, self.s.start_timeout_s)
         except BaseException:
             for c in reversed(started):
                 pid = c.running_pid()
