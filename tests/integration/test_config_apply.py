@@ -10,6 +10,8 @@ import json
 import psycopg2
 import pytest
 
+from mallard.core.names import include_entry
+
 pytestmark = pytest.mark.integration
 
 TABLES = ("a", "b", "c")
@@ -74,6 +76,17 @@ def test_a_stream_added_then_another_removed_on_a_running_stack_without_a_restar
     assert out.returncode == 1
     assert f"{bad}:4: streams.public.a.update_key: column 'updated_at' does not exist in public.a" in out.stderr
     assert str(bad) not in (stack.home / "stack.json").read_text()
+
+    # Another deployment's way (this stack, named by its addresses: mallard holds no admin role
+    # then): the connector's new table list PUT through Connect, the publication's SQL printed.
+    url = stack.status()["kafka_connect"]["url"]
+    again = stack.home / "abc.yaml"
+    again.write_text("streams:\n  public.a:\n  public.b:\n  public.c:\n")
+    out = stack.mallard("config", "apply", str(again), "--connect-url", url, "--pg-dsn", stack.dsn).stdout
+    assert 'ALTER PUBLICATION "mallard_publication" ADD TABLE "public"."b";' in out, out
+    held = json.loads(stack.mallard("connector", "config", "--connect-url", url).stdout)
+    assert held["table.include.list"] == ",".join(include_entry(f"public.{t}") for t in TABLES)
+    assert held["publication.name"] == "mallard_publication,mallard_publication_inserts"  # the rest as it was
 
     assert pids(stack) == before, "nothing was restarted"
     report = json.loads(stack.mallard("status", "--json").stdout)
