@@ -206,6 +206,9 @@ class Pipeline:
                     self.replica.mark_for_resnapshot(stream, reason, tx.tx_id)
             stats = self.retrying("applying a spilled transaction to DuckDB", self._commit_spilled, tx)
             _keep(stats.needs_resnapshot, streams)
+        self.log.info("spilled transaction %d: %d events read back from disk and applied in chunks of %d, in one "
+                      "DuckDB transaction", tx.tx_id, tx.live, self.chunk_events,
+                      extra={"kind": "spilled_transaction", "tx_id": tx.tx_id, "events": tx.live})
         return Applied([tx], stats, self.clock.monotonic() - started)
 
     def _commit_spilled(self, tx: Transaction) -> ApplyStats:

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
 import pytest
 
+from mallard.adapters import duckdb_writer
+from mallard.core.replica_sql import Script
 from tests.conftest import up_capturing_every_table
 
 pytestmark = pytest.mark.integration
@@ -108,3 +111,42 @@ def test_an_update_of_every_row_in_one_transaction_is_spilled_and_applied_whole_
           f"DuckDB writer {before[1]:.0f} -> {after[1]:.0f} MB (memory limit {DUCKDB_MB} MB)")
     assert after[0] - before[0] < BOUND_MB + APPLIER_OVERHEAD_MB, (before, after)
     assert after[1] < DUCKDB_MB + WRITER_OVERHEAD_MB, (before, after)
+
+
+def _chunk(first: int, n: int, fail: bool = False) -> Script:
+    script = Script()
+    table = pa.table({"id": pa.array(range(first, first + n), pa.int64())})
+    script.add(f"INSERT INTO t SELECT id, 1 FROM {script.scan(table)} ON CONFLICT (id) DO UPDATE SET n = t.n + 1")
+    if fail:
+        script.add("SELECT error('refused')")
+    return script
+
+
+def test_a_transaction_sent_to_the_writer_in_chunks_commits_whole_or_not_at_all(tmp_path):
+    """The DuckDB side of a spilled transaction: a message per chunk, one DuckDB transaction;
+    a reader sees nothing of it until the commit, and a failing chunk leaves nothing."""
+    con = duckdb_writer.connect(str(tmp_path / "r.duckdb"))
+    con.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, n INT)")
+    runner = duckdb_writer.ScriptRunner(con, "")
+    reader = con.cursor()
+    seen = []
+
+    def chunks(fail_at: int | None):
+        for i in range(5):
+            yield _chunk(i * 1000, 1500, fail=i == fail_at)  # overlapping: keys touched twice
+            seen.append(reader.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    with pytest.raises(duckdb_writer.duckdb.Error, match="refused"):
+        runner.run_chunks(chunks(3))
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (0,) and set(seen) == {0}
+    with pytest.raises(RuntimeError, match="preparing"):  # the applier failing between chunks
+        runner.run_chunks(c if i < 2 else (_ for _ in ()).throw(RuntimeError("preparing"))
+                          for i, c in enumerate(chunks(None)))
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    seen.clear()
+    runner.run_chunks(chunks(None))
+    assert set(seen) == {0}  # never a part of it
+    assert con.execute("SELECT count(*), sum(n) FROM t").fetchone() == (5500, 5500 + 4 * 500)
+    runner.close()
+    reader.close()
+    con.close()
