@@ -37,6 +37,7 @@ backlog waits from when the assembler was made, never from the clock's zero
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -150,10 +151,10 @@ class TransactionAssembler:
         self._spill = spill
         self.memory_bound_bytes = memory_bound_bytes if spill is not None else 0
         self.event_bytes = 1000
-        """Estimated bytes per held event (sampled, see ``_sample``)."""
-        self._spill_at = self.memory_bound_bytes // self.event_bytes if self.memory_bound_bytes else -1
-        self._spill_check = 0
-        self._sampled = 0
+        """Estimated bytes per held event (sampled, see ``_check_memory``)."""
+        self._spill_at = self.memory_bound_bytes // self.event_bytes
+        self._check_at = self._spill_at if self.memory_bound_bytes else sys.maxsize
+        """Events held at which memory is looked at next (one comparison per event until then)."""
         self.transactions_spilled = 0
         self.events_spilled = 0
         # -- bounds against hostile input (see the module's docstring)
@@ -257,21 +258,25 @@ class TransactionAssembler:
             slot[total_order] = event
             if type(slot) is dict:
                 self.buffered_events += 1
-                if self._spill_at >= 0:
-                    self._sampled += 1
-                    if event is not None and self._sampled >= 1024:
-                        self._sample(event)
-                    if self.buffered_events > self._spill_at and self.buffered_events >= self._spill_check:
-                        self._spill_biggest()
+                if self.buffered_events >= self._check_at:
+                    self._check_memory(event)
             else:
                 self.events_spilled += 1
 
     # -- memory --------------------------------------------------------------------
 
-    def _sample(self, event: ChangeEvent) -> None:
-        self._sampled = 0
-        self.event_bytes = max(64, (self.event_bytes * 7 + event_bytes(event)) // 8)
-        self._spill_at = self.memory_bound_bytes // self.event_bytes
+    def _check_step(self) -> int:
+        return max(16, min(4096, self._spill_at // 8))
+
+    def _check_memory(self, event: ChangeEvent | None) -> None:
+        """Every few thousand events held more: the size of an event (sampled), and past the
+        bound, spill."""
+        if event is not None:
+            self.event_bytes = max(64, (self.event_bytes * 3 + event_bytes(event)) // 4)
+            self._spill_at = self.memory_bound_bytes // self.event_bytes
+        if self.buffered_events > self._spill_at:
+            self._spill_biggest()
+        self._check_at = self.buffered_events + self._check_step()
 
     @property
     def held_bytes(self) -> int:
@@ -294,8 +299,6 @@ class TransactionAssembler:
             self.buffered_events -= len(held)
             self.events_spilled += len(held)
             self.transactions_spilled += 1
-        # Many small transactions hold the rest: look again only after some more came.
-        self._spill_check = self.buffered_events + max(16, self._spill_at // 8)
 
     def _pop_events(self, tx_id: int) -> dict[int, ChangeEvent | None] | _Spilled | None:
         """Forget a transaction's events (a spilled one's store is discarded)."""
@@ -400,8 +403,8 @@ class TransactionAssembler:
             ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live),
                                      self._held_in.pop(end.tx_id, [])))
             taken += end.event_count
-        if self._spill_check and self.buffered_events <= self._spill_at:
-            self._spill_check = 0
+        if self.memory_bound_bytes:
+            self._check_at = min(self._check_at, self.buffered_events + self._check_step())
         return ready
 
     def mark_applied(self, transactions: list[Transaction]) -> None:
