@@ -266,7 +266,7 @@ class TransactionAssembler:
     # -- memory --------------------------------------------------------------------
 
     def _check_step(self) -> int:
-        return max(16, min(4096, self._spill_at // 8))
+        return max(1, min(4096, self._spill_at // 8))
 
     def _check_memory(self, event: ChangeEvent | None) -> None:
         """Every few thousand events held more: the size of an event (sampled), and past the
