@@ -153,7 +153,8 @@ class TransactionAssembler:
         self.event_bytes = 1000
         """Estimated bytes per held event (sampled, see ``_check_memory``)."""
         self._spill_at = self.memory_bound_bytes // self.event_bytes
-        self._check_at = self._spill_at if self.memory_bound_bytes else sys.maxsize
+        self._check_at = min(self._spill_at, 64) if self.memory_bound_bytes else sys.maxsize
+        self._sampled = False
         """Events held at which memory is looked at next (one comparison per event until then)."""
         self.transactions_spilled = 0
         self.events_spilled = 0
@@ -272,7 +273,9 @@ class TransactionAssembler:
         """Every few thousand events held more: the size of an event (sampled), and past the
         bound, spill."""
         if event is not None:
-            self.event_bytes = max(64, (self.event_bytes * 3 + event_bytes(event)) // 4)
+            size = event_bytes(event)
+            self.event_bytes = max(64, (self.event_bytes * 3 + size) // 4 if self._sampled else size)
+            self._sampled = True
             self._spill_at = self.memory_bound_bytes // self.event_bytes
         if self.buffered_events > self._spill_at:
             self._spill_biggest()

@@ -93,6 +93,19 @@ def test_past_the_bound_the_biggest_transaction_is_spilled_and_released_alone_in
     assert [t.tx_id for t in a.take_ready(1000)] == [12]
 
 
+def test_the_size_of_an_event_is_learnt_early_so_wide_rows_spill_near_the_bound():
+    spills = Spills()
+    a = TransactionAssembler(spill=spills, memory_bound_bytes=600_000)
+    wide = "x" * 5_000
+    held = []
+    for i in range(1, 2001):
+        e = ChangeEvent(*PARTS[0], i, "public.t", "u", 11, i, 0, (i,), (i, wide), frozenset(), SCHEMA)
+        a.add_event(e, 11, i, PARTS[0], i)
+        held.append(a.buffered_events)
+    assert spills.made and 5_000 < a.event_bytes < 7_000
+    assert max(held) * 5_000 < 2 * 600_000  # what was held in memory stayed near the bound
+
+
 def test_a_spilled_transaction_given_up_on_refuses_one_event_per_stream_and_discards_its_file():
     spills = Spills()
     a = TransactionAssembler(spill=spills, memory_bound_bytes=20 * 1000, give_up_after_s=10, clock=lambda: 0.0)
