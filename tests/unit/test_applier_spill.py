@@ -84,3 +84,27 @@ def test_without_a_spill_or_under_the_bound_nothing_is_spilled(tmp_path):
     run.until(everything_applied(store, source))
     run.stop()
     assert spills.made == [] and replica.chunks == 0
+
+
+def test_an_event_duckdb_refuses_in_a_spilled_transaction_re_snapshots_its_streams_and_the_rest_goes_on(tmp_path):
+    from mallard.core.replica_sql import NEEDS_RESNAPSHOT
+    from mallard.services.applier.fakes import FakeTopic
+
+    kafka, store = FakeKafka(), ReplicaStore()
+    source = Source(kafka, tables=("a", "b", "c"), partitions=2)
+    for i in range(10):
+        source.transaction(("c", "c", i, f"c{i}"))
+    big = source.transaction(*[(t, "u", i, "BOOM" if (t, i) == ("b", 7) else f"{t}{i}'")
+                               for i in range(BIG // 2) for t in ("a", "b")])
+    source.transaction(("c", "u", 1, "c1'"))
+    requests = FakeTopic()
+    replica = FakeReplica(store, refuse=lambda row: row[1] == "BOOM")
+    service = bootstrap(settings(tmp_path, memory_bound_mb=0.05, max_batch_events=40),
+                        **fake_ports(kafka, replica, spill=Spills(), snapshot_requests=requests))
+    run = Running(service)
+    run.until(lambda: rows(store, "public.c") == source.expected["public.c"] and requests.sent)
+    run.stop()
+    assert store.status["public.a"] == store.status["public.b"] == NEEDS_RESNAPSHOT  # the streams it touches
+    assert sorted(s for r in requests.sent for s in r["streams"]) == ["public.a", "public.b"]
+    assert not rows(store, "public.a") and big in store.applied  # held back for the snapshot, position moved
+    assert len(store.applied) == len(set(store.applied)) == source.tx_id - 1000
