@@ -3,6 +3,7 @@
 one DuckDB transaction (mallard/adapters/duckdb_writer.py)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from mallard.adapters.duckdb_errors import translate
@@ -41,6 +42,17 @@ class CdcApply:
             raise translate(e) from e
         return batch.stats
 
+    def commit_chunks(self, batches: Iterable[PreparedBatch]) -> None:
+        """Run prepared batches, in turn, as ONE DuckDB transaction (a spilled Postgres
+        transaction's chunks, each prepared as the one before it is sent: memory holds one).
+        Raises like ``commit``; nothing of it is applied then."""
+        try:
+            self.writer.run_chunks(batch.script for batch in batches)
+        except (TransientError, TerminalError):
+            raise
+        except Exception as e:
+            raise translate(e) from e
+
     def probe(self, batch: PreparedBatch) -> Exception | None:
         """Run a prepared batch and roll it back: the error it raises (translated), or None.
         How the applier finds the one event of a batch that DuckDB refuses without applying
@@ -54,18 +66,22 @@ class CdcApply:
             return translate(e)
         raise AssertionError("a probe committed")  # unreachable: its last statement fails
 
-    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction],
+                progress_events: int | None = None) -> PreparedBatch:
         """The DuckDB transaction that applies whole transactions, with the position they reach.
         A table's creation or schema change is applied here, on its own (applying it again is a no-op).
-        Raises TerminalError for values that do not go into their table's Arrow types."""
+        Raises TerminalError for values that do not go into their table's Arrow types.
+        ``transactions`` empty: no position (a chunk of a spilled transaction; its last script
+        gives the position, with ``progress_events`` events for the whole)."""
         try:
-            return self._prepare(steps, transactions)
+            return self._prepare(steps, transactions, progress_events)
         except (TransientError, TerminalError):
             raise
         except Exception as e:
             raise translate(e) from e
 
-    def _prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+    def _prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction],
+                 progress_events: int | None = None) -> PreparedBatch:
         stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
         now = datetime.now(timezone.utc)
         script = Script()
@@ -86,6 +102,7 @@ class CdcApply:
                         script.add(save_table_sql(state))
                     continue
                 add_table_changes(script, state, changes, now, stats)
-        add_progress(script, transactions, stats.events, now)
+        if transactions:
+            add_progress(script, transactions, stats.events if progress_events is None else progress_events, now)
         stats.needs_resnapshot, self.needing_resnapshot = self.needing_resnapshot, []
         return PreparedBatch(script, stats)

@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -245,6 +245,25 @@ class WriterConnection:
         one round trip. Returns once DuckDB committed; a failure rolled it back whole."""
         self._call(("transaction", list(statements), [name for name, _ in scans]), [t for _, t in scans])
 
+    def run_transaction_in_chunks(self, scripts: Iterable[Script]) -> None:
+        """Each of ``scripts`` (statements and the Arrow tables they read) in turn, all in one
+        DuckDB transaction: a message per script, so neither side ever holds the whole of a
+        large transaction. Returns once DuckDB committed; a failure (or an exception from
+        ``scripts``) rolled it back whole. A crash of either process commits nothing."""
+        self._call(("begin",))
+        try:
+            for script in scripts:
+                self._call(("chunk", script.statements, [name for name, _ in script.scans]),
+                           [t for _, t in script.scans])
+            self._call(("commit",))
+        except BaseException:
+            if self._broken is None:
+                try:
+                    self._call(("rollback",))
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+            raise
+
     def cursor(self) -> WriterConnection:
         """A connection of its own (DuckDB's ``cursor``), served beside this one."""
         channel_id, sock = self._writer.channel("cursor", self._id)
@@ -381,6 +400,28 @@ def _do(con: duckdb.DuckDBPyConnection, op: str, header: tuple, tables: list[pa.
             for name in names:
                 con.unregister(name)
         return None
+    if op == "begin":
+        con.execute("BEGIN TRANSACTION")
+        return None
+    if op == "chunk":  # inside the transaction "begin" opened: the parent rolls back on failure
+        names = header[2]
+        for name, table in zip(names, tables):
+            con.register(name, table.to_reader())
+        try:
+            con.execute(";\n".join(header[1]))
+        finally:
+            for name in names:
+                con.unregister(name)
+        return None
+    if op == "commit":  # a failed COMMIT has rolled back
+        con.execute("COMMIT")
+        return None
+    if op == "rollback":
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # nothing was open any more
+        return None
     if op == "close":  # before the answer: the parent then finds the file closed
         con.close()
         return None
@@ -439,6 +480,10 @@ class ScriptRunner:
 
     def run(self, script: Script) -> None:
         self.batches.run_transaction(script.statements, script.scans)
+
+    def run_chunks(self, scripts: Iterable[Script]) -> None:
+        """Scripts in one DuckDB transaction, one message each (a large transaction's chunks)."""
+        self.batches.run_transaction_in_chunks(scripts)
 
     def close(self) -> None:
         self.batches.close()

@@ -25,6 +25,10 @@ The topics are untrusted input: no single message may halt or corrupt replicatio
   streams re-snapshotted, and later transactions flow again. Events whose END never
   comes are expired after ``give_up_after_s`` alike.
 Refused markers and expired events wait in ``refused`` / ``expired`` for the caller.
+
+Memory: past ``memory_bound_bytes`` of events held (estimated, mallard/core/spill.py),
+the biggest transaction held is spilled (``spill``, a port: files in the applier) and
+the events it gains go there too; it is released alone, its events read back in chunks.
 Time comes only from ``tick(now)`` and the injected ``clock`` (LSN checks, and the
 time of what arrives before the first ``tick``), so tests drive it. ``tick`` takes the
 clock's time: a restarted applier reads a backlog before it first ticks, and that
@@ -33,12 +37,14 @@ backlog waits from when the assembler was made, never from the clock's zero
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mallard.core.changes import ChangeEvent, TransactionMarker
+from mallard.core.spill import SeenOrders, SpilledEvents, SpillFactory, event_bytes
 
 TopicPartition = tuple[str, int]
 
@@ -53,6 +59,43 @@ class Transaction:
     """Events of this transaction that were dead-lettered (counted, never applied)."""
     partitions: list[TopicPartition] = field(default_factory=list)
     """Where its messages are (its events' partitions, its END's): held there until it is applied."""
+    spilled: SpilledEvents | None = None
+    """Its events, when they were too many to hold in memory (``events`` is then empty):
+    read back in chunks, applied in one DuckDB transaction all the same."""
+
+    @property
+    def live(self) -> int:
+        """Events to apply (those dead-lettered are not)."""
+        return self.spilled.count if self.spilled is not None else len(self.events)
+
+
+class _Spilled:
+    """A transaction's slot once spilled: what the in-memory dict of total_order -> event
+    answers (how many, which seen), with the events themselves in ``store``."""
+
+    __slots__ = ("store", "seen", "received", "dead")
+
+    def __init__(self, store: SpilledEvents, held: dict[int, ChangeEvent | None]):
+        self.store, self.seen, self.received, self.dead = store, SeenOrders(held), 0, 0
+        for order in sorted(held):
+            self._put(order, held[order])
+
+    def __len__(self) -> int:
+        return self.received
+
+    def __contains__(self, order: int) -> bool:
+        return order in self.seen
+
+    def __setitem__(self, order: int, event: ChangeEvent | None) -> None:
+        self.seen.add(order)
+        self._put(order, event)
+
+    def _put(self, order: int, event: ChangeEvent | None) -> None:
+        self.received += 1
+        if event is None:
+            self.dead += 1
+        else:
+            self.store.add(order, event)
 
 
 @dataclass(slots=True)
@@ -81,7 +124,8 @@ class TransactionAssembler:
     def __init__(self, applied_lsn: int = 0, recent: dict[int, int] | None = None, recent_limit: int = 100_000, *,
                  source_lsn: Callable[[], int | None] | None = None, clock: Callable[[], float] = time.monotonic,
                  lsn_check_interval_s: float = 0.1, lsn_window: int = 64 << 30,
-                 stuck_after_s: float = 60.0, give_up_after_s: float = 600.0, expired_limit: int = 10_000):
+                 stuck_after_s: float = 60.0, give_up_after_s: float = 600.0, expired_limit: int = 10_000,
+                 spill: SpillFactory | None = None, memory_bound_bytes: int = 0):
         self.applied_lsn = applied_lsn
         """Commit LSN of the last transaction applied (persisted with the data)."""
         self.recent: OrderedDict[int, int] = OrderedDict(recent or {})
@@ -101,7 +145,19 @@ class TransactionAssembler:
         """Per partition, the transaction of the last event held from it."""
         self._marker_partitions: set[TopicPartition] = set()
         self.buffered_events = 0
+        """Events held in memory (a spilled transaction's are not)."""
         self.unknown_old_transactions = 0
+        # -- memory: spill the biggest transaction past the bound (0: never)
+        self._spill = spill
+        self.memory_bound_bytes = memory_bound_bytes if spill is not None else 0
+        self.event_bytes = 1000
+        """Estimated bytes per held event (sampled, see ``_check_memory``)."""
+        self._spill_at = self.memory_bound_bytes // self.event_bytes
+        self._check_at = min(self._spill_at, 64) if self.memory_bound_bytes else sys.maxsize
+        self._sampled = False
+        """Events held at which memory is looked at next (one comparison per event until then)."""
+        self.transactions_spilled = 0
+        self.events_spilled = 0
         # -- bounds against hostile input (see the module's docstring)
         self._source_port = source_lsn
         self._clock = clock
@@ -171,9 +227,8 @@ class TransactionAssembler:
         tx_id = marker.tx_id
         reason = (f"transaction {tx_id} ends at LSN {lsn_text(marker.lsn)}, not after the replica's position "
                   f"{lsn_text(self.applied_lsn)}, yet the replica never applied it: dropped")
-        self.refused.extend(Refusal(e.topic, e.partition, e.offset, reason, e, e.stream)
-                            for e in (self._events.get(tx_id) or {}).values() if e is not None)
-        self.buffered_events -= len(self._events.pop(tx_id, ()))
+        self.refused.extend(self._refusals(tx_id, reason))
+        self._pop_events(tx_id)
         self._release(tx_id, self._held_in.pop(tx_id, ()))
         self._first_seen.pop(tx_id, None)
         self._remember_expired(tx_id)
@@ -202,7 +257,75 @@ class TransactionAssembler:
         self._hold(tx_id, tp, offset)
         if total_order not in slot:  # a duplicate delivery counts once
             slot[total_order] = event
-            self.buffered_events += 1
+            if type(slot) is dict:
+                self.buffered_events += 1
+                if self.buffered_events >= self._check_at:
+                    self._check_memory(event)
+            else:
+                self.events_spilled += 1
+
+    # -- memory --------------------------------------------------------------------
+
+    def _check_step(self) -> int:
+        return max(1, min(4096, self._spill_at // 8))
+
+    def _check_memory(self, event: ChangeEvent | None) -> None:
+        """Every few thousand events held more: the size of an event (sampled), and past the
+        bound, spill."""
+        if event is not None:
+            size = event_bytes(event)
+            self.event_bytes = max(64, (self.event_bytes * 3 + size) // 4 if self._sampled else size)
+            self._sampled = True
+            self._spill_at = self.memory_bound_bytes // self.event_bytes
+        if self.buffered_events > self._spill_at:
+            self._spill_biggest()
+        self._check_at = self.buffered_events + self._check_step()
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated bytes of the events held in memory."""
+        return self.buffered_events * self.event_bytes
+
+    def _spill_biggest(self) -> None:
+        """Past the bound: spill the biggest transactions held until half the bound is left.
+        One that holds less than an eighth of the bound is never spilled: many small ones
+        (a backlog) are what the held-events bound (``partitions_ahead``) is for."""
+        while self.buffered_events > self._spill_at // 2:
+            tx_id, biggest = -1, max(0, self._spill_at // 8 - 1)
+            for t, slot in self._events.items():
+                if type(slot) is dict and len(slot) > biggest:
+                    tx_id, biggest = t, len(slot)
+            if tx_id < 0:
+                break
+            held = self._events[tx_id]
+            self._events[tx_id] = _Spilled(self._spill(tx_id), held)
+            self.buffered_events -= len(held)
+            self.events_spilled += len(held)
+            self.transactions_spilled += 1
+
+    def _pop_events(self, tx_id: int) -> dict[int, ChangeEvent | None] | _Spilled | None:
+        """Forget a transaction's events (a spilled one's store is discarded)."""
+        slot = self._events.pop(tx_id, None)
+        if type(slot) is dict:
+            self.buffered_events -= len(slot)
+        elif slot is not None:
+            slot.store.discard()
+        return slot
+
+    def _refusals(self, tx_id: int, reason: str) -> list[Refusal]:
+        """Each event of ``tx_id`` refused. A spilled transaction: the first event of each
+        stream only (it dead-letters with the count; every stream is re-snapshotted), not
+        millions of dead letters."""
+        slot = self._events.get(tx_id)
+        if slot is None:
+            return []
+        if type(slot) is dict:
+            return [Refusal(e.topic, e.partition, e.offset, reason, e, e.stream) for e in slot.values() if e is not None]
+        first: dict[str, ChangeEvent] = {}
+        for e in slot.store.events():
+            first.setdefault(e.stream, e)
+        why = f"{reason} (a spilled transaction of {slot.store.count} events: its first event per table is dead-lettered)"
+        return [Refusal(e.topic, e.partition, e.offset, why, e, e.stream) for e in first.values()]
 
     def _refuse_marker(self, marker: TransactionMarker, reason: str) -> None:
         self.markers_refused += 1
@@ -265,19 +388,26 @@ class TransactionAssembler:
                     continue
                 break  # the source cannot tell yet: wait
             got = self._events.get(end.tx_id, {})
-            if len(got) < end.event_count or (ready and taken + end.event_count > max_events):
+            spilled = type(got) is _Spilled
+            if len(got) < end.event_count or (ready and (spilled or taken + end.event_count > max_events)):
                 break
             self._ends.popleft()
             self._ended.discard(end.tx_id)
             self._end_seen.pop(end.tx_id, None)
             self._released.add(end.tx_id)
             events = self._events.pop(end.tx_id, {})
+            if spilled:  # alone in its batch: it is read back in chunks
+                ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, [], events.dead,
+                                         self._held_in.pop(end.tx_id, []), events.store))
+                break
             self.buffered_events -= len(events)
             ordered = [events[k] for k in sorted(events)]
             live = [e for e in ordered if e is not None]
             ready.append(Transaction(end.tx_id, end.lsn, end.committed_at_ms, live, len(ordered) - len(live),
                                      self._held_in.pop(end.tx_id, [])))
             taken += end.event_count
+        if self.memory_bound_bytes:
+            self._check_at = min(self._check_at, self.buffered_events + self._check_step())
         return ready
 
     def mark_applied(self, transactions: list[Transaction]) -> None:
@@ -287,8 +417,10 @@ class TransactionAssembler:
             self.recent[tx.tx_id] = tx.commit_lsn
             self._released.discard(tx.tx_id)
             self._first_seen.pop(tx.tx_id, None)
-            if tx.events:  # nothing but dead letters (a forged END's fodder?) is no evidence of a position
+            if tx.live:  # nothing but dead letters (a forged END's fodder?) is no evidence of a position
                 self.applied_lsn = max(self.applied_lsn, tx.commit_lsn)
+            if tx.spilled is not None:
+                tx.spilled.discard()
         while len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
 
@@ -431,10 +563,8 @@ class TransactionAssembler:
             self._ended.discard(tx_id)
             self._end_seen.pop(tx_id, None)
             self.refused.append(Refusal(end.topic, end.partition, end.offset, reason))
-        for event in (self._events.get(tx_id) or {}).values():
-            if event is not None:  # None: dead-lettered when it came
-                self.refused.append(Refusal(event.topic, event.partition, event.offset, reason, event, event.stream))
-        self.buffered_events -= len(self._events.pop(tx_id, ()))
+        self.refused.extend(self._refusals(tx_id, reason))  # (None: dead-lettered when it came)
+        self._pop_events(tx_id)
         self._release(tx_id, self._held_in.pop(tx_id, ()))
         self._first_seen.pop(tx_id, None)
         self._head_state = None

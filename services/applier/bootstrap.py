@@ -32,6 +32,9 @@ class ApplierPorts:
     """The source's WAL position (callable, with close()), given the logger."""
     data_loss: Any
     """The watch for data Kafka lost (services/applier/data_loss.DataLossWatch)."""
+    spill: Callable[[], Any] | None = None
+    """Where transactions too big for memory go (a ``SpillFactory``, mallard/core/spill.py),
+    made when the service starts (emptied of what a crash left); None: they stay in memory."""
     tune_process: bool = True
     """Tune the process for throughput (the cycle collector, the GIL's switch interval): not in a test's process."""
 
@@ -39,6 +42,7 @@ class ApplierPorts:
 def real_ports(s: ApplierSettings) -> ApplierPorts:
     from mallard.adapters import kafka
     from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.adapters.spill_files import SpillFolder
     from mallard.services.applier.data_loss import DataLossWatch
     from mallard.services.applier.source_position import SourcePosition
 
@@ -73,7 +77,8 @@ def real_ports(s: ApplierSettings) -> ApplierPorts:
         snapshot_source=snapshot_source,
         dead_letters=kafka.TopicWriter(s.kafka_bootstrap_servers, s.dead_letter_topic, shared),
         snapshot_requests=kafka.TopicWriter(s.kafka_bootstrap_servers, s.control_topic, shared),
-        clock=SystemClock(), source_position=lambda log: SourcePosition(s, log), data_loss=DataLossWatch())
+        clock=SystemClock(), source_position=lambda log: SourcePosition(s, log), data_loss=DataLossWatch(),
+        spill=lambda: SpillFolder(f"{s.duckdb_path}.spill"))
 
 
 def bootstrap(settings: ApplierSettings, **overrides: Any) -> Any:
@@ -81,7 +86,7 @@ def bootstrap(settings: ApplierSettings, **overrides: Any) -> Any:
     ``snapshot_source`` (instances: the service uses them as they are), ``dead_letters``,
     ``snapshot_requests``, ``clock``, ``data_loss``, ``source_position`` (a callable giving
     the source's WAL position, or None), ``prepare_topics`` (called with the stop event),
-    ``tune_process``."""
+    ``spill`` (a SpillFactory, e.g. mallard.core.spill.MemorySpill; None: no spilling), ``tune_process``."""
     from mallard.services.applier.service import ApplierService
 
     ports = real_ports(settings)
@@ -92,6 +97,8 @@ def bootstrap(settings: ApplierSettings, **overrides: Any) -> Any:
     for name in ("change_source", "snapshot_source"):
         if name in given:
             given[name] = (lambda source: lambda on_commit: source)(given[name])
+    if "spill" in given:
+        given["spill"] = (lambda factory: None if factory is None else lambda: factory)(given["spill"])
     if "source_position" in given:
         given["source_position"] = (lambda position: lambda log: _Closable(position))(given["source_position"])
     unknown = set(given) - set(ApplierPorts.__dataclass_fields__)

@@ -18,6 +18,11 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
     max_batch_events: int = Field(
         50_000, description="Upper bound of events per DuckDB transaction (whole Postgres transactions only; bounds memory)."
     )
+    memory_bound_mb: float = Field(
+        512, ge=0, description="Megabytes of change events the applier holds in memory while their transactions "
+        "are incomplete (estimated); past it, the biggest transaction held is spilled to disk (a folder beside the "
+        "DuckDB file, <duckdb_path>.spill) and read back in chunks of max_batch_events, still applied as one DuckDB "
+        "transaction. 0: never spill.")
     poll_messages: int = Field(10_000, description="Messages fetched from Kafka per poll.")
     max_buffered_events: int = Field(
         60_000, description="Decoded events held (waiting for their transaction or for DuckDB) before the applier "

@@ -293,6 +293,8 @@ class FakeReplica:
         self.confined = False
         self.commits = 0
         self.probes = 0
+        self.chunks = 0
+        self.crash_in_chunks: int | None = None
         self.closed = False
 
     def applied_position(self) -> tuple[int, dict[int, int]]:
@@ -317,7 +319,8 @@ class FakeReplica:
     def changes_schema(self, steps: list[dict[str, TableChanges]]) -> bool:
         return False
 
-    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction]) -> PreparedBatch:
+    def prepare(self, steps: list[dict[str, TableChanges]], transactions: list[Transaction],
+                progress_events: int | None = None) -> PreparedBatch:
         stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
         writes = []
         for step in steps:
@@ -358,10 +361,25 @@ class FakeReplica:
         for tx in batch.script.transactions:
             s.applied.append(tx.tx_id)
             s.recent[tx.tx_id] = tx.commit_lsn
-            if tx.events:
+            if tx.live:
                 s.applied_lsn = max(s.applied_lsn, tx.commit_lsn)
         self.commits += 1
         return batch.stats
+
+    def commit_chunks(self, batches: Any) -> None:
+        """One transaction of many batches: all of them or nothing (``crash_in_chunks``: the
+        process dies after that many chunks, before the commit)."""
+        writes: list = []
+        transactions: list = []
+        for n, batch in enumerate(batches, 1):
+            self._check(batch)
+            writes += batch.script.writes
+            transactions += batch.script.transactions
+            self.chunks += 1
+            if self.crash_in_chunks is not None and n >= self.crash_in_chunks:
+                self.crash_in_chunks = None
+                raise Crash("the applier died in the middle of a chunked transaction")
+        self.commit(PreparedBatch(_Script(writes, transactions), ApplyStats()))  # type: ignore[arg-type]
 
     def probe(self, batch: PreparedBatch) -> Exception | None:
         self.probes += 1
@@ -473,7 +491,7 @@ class NoDataLoss:
 def fake_ports(kafka: FakeKafka, replica: FakeReplica, *, group: str = "mallard-applier",
                snapshot_group: str = "mallard-applier-snapshots", clock: FakeClock | None = None,
                dead_letters: FakeTopic | None = None, snapshot_requests: FakeTopic | None = None,
-               consumer: FakeConsumer | None = None) -> dict[str, Any]:
+               consumer: FakeConsumer | None = None, spill: Any = None) -> dict[str, Any]:
     """Every port of ``bootstrap``, faked: pass as ``bootstrap(settings, **fake_ports(...))``."""
     return {
         "prepare_topics": lambda stopping: None,
@@ -486,4 +504,5 @@ def fake_ports(kafka: FakeKafka, replica: FakeReplica, *, group: str = "mallard-
         "source_position": lambda: None,
         "data_loss": NoDataLoss(),
         "tune_process": False,
+        "spill": spill,
     }

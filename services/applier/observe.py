@@ -20,6 +20,9 @@ def state(svc: Any, service_state: dict[str, Any]) -> dict[str, Any]:
         base["waiting_transactions"] = svc.assembler.waiting_transactions
         base["transactions_expired"] = svc.assembler.transactions_expired
         base["markers_refused"] = svc.assembler.markers_refused
+        base["held_bytes"] = svc.assembler.held_bytes
+        base["transactions_spilled"] = svc.assembler.transactions_spilled
+        base["events_spilled"] = svc.assembler.events_spilled
         if svc._loss.detected:  # loud, but ready: the re-snapshot that repairs it is under way
             base["data_loss"] = svc._loss.report()
         if svc.assembler.stuck:  # replication is held up: not ready, and why

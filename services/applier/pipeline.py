@@ -11,6 +11,14 @@ Errors, by kind (mallard/core/errors.py):
   for a re-snapshot (its changes are held back until then), and everything else is applied.
   Finding the event never applies part of a Postgres transaction: events are tried in
   DuckDB transactions that are rolled back (``Replica.probe``).
+
+A spilled transaction (too big to hold in memory, mallard/core/spill.py) comes alone in
+its batch: its events are read back in chunks of ``chunk_events``, each reduced per key
+and prepared as the one before it goes to DuckDB, all in ONE DuckDB transaction
+(``Replica.commit_chunks``). Tables it creates or alters are settled first. DuckDB
+refusing one of its events (terminal) is not bisected (that would read it whole, many
+times): the streams it touches are marked for a re-snapshot and it is applied again
+without them.
 """
 from __future__ import annotations
 
@@ -25,8 +33,9 @@ from typing import Any
 
 from mallard.core.changes import ChangeEvent
 from mallard.core.errors import TerminalError, TransientError, cause
-from mallard.core.merge import reduce
+from mallard.core.merge import TableChanges, reduce
 from mallard.core.replica_sql import ApplyStats, PreparedBatch
+from mallard.core.spill import chunks
 from mallard.core.transactions import Transaction
 from mallard.services.applier.ports import Clock, Replica
 from mallard.services.applier.snapshot_work import apply_snapshot_work
@@ -48,9 +57,12 @@ class Applied:
 
 class Pipeline:
     def __init__(self, *, replica: Replica, lock: threading.Lock, clock: Clock, stopping: threading.Event,
-                 log: logging.Logger, read_copy_path: str = "", read_copy_interval_s: float = 60.0):
+                 log: logging.Logger, read_copy_path: str = "", read_copy_interval_s: float = 60.0,
+                 chunk_events: int = 50_000):
         self.replica, self.lock, self.clock, self.stopping, self.log = replica, lock, clock, stopping, log
         self.read_copy_path, self.read_copy_interval_s = read_copy_path, read_copy_interval_s
+        self.chunk_events = chunk_events
+        """Events of a spilled transaction read back and sent to DuckDB at a time."""
         # At most one batch waits for DuckDB; what it did comes back on `applied`.
         self.to_apply: queue.Queue = queue.Queue(maxsize=1)
         self.applied: queue.Queue = queue.Queue()
@@ -67,7 +79,14 @@ class Pipeline:
         self._thread.start()
 
     def stop(self, timeout: float = 120) -> None:
-        self.to_apply.put(None)
+        # A DuckDB thread that died (what killed it is raised by ``done``) takes nothing more:
+        # never wait for room in its queue then.
+        while self._thread is None or self._thread.is_alive():
+            try:
+                self.to_apply.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
         if self._thread is not None:
             self._thread.join(timeout=timeout)
 
@@ -137,6 +156,10 @@ class Pipeline:
                     continue
                 transactions = work
                 started = self.clock.monotonic()
+                if transactions[0].spilled is not None:  # alone in its batch (TransactionAssembler.take_ready)
+                    finish()
+                    self.applied.put(self._apply_spilled(transactions[0], started))
+                    continue
                 try:
                     batch = self._prepare(transactions, finish)
                     if finish():  # a stream may no longer take changes: prepared again
@@ -168,6 +191,51 @@ class Pipeline:
             with self.lock:
                 return self.retrying("preparing a batch", self.replica.prepare, steps, transactions)
         return self.retrying("preparing a batch", self.replica.prepare, steps, transactions)
+
+    # -- a spilled transaction: in chunks, one DuckDB transaction ---------------------------
+
+    def _apply_spilled(self, tx: Transaction, started: float) -> Applied:
+        try:
+            stats = self.retrying("applying a spilled transaction to DuckDB", self._commit_spilled, tx)
+        except TerminalError as e:
+            streams = sorted({schema.stream for schema in tx.spilled.schemas})
+            reason = f"DuckDB refused an event of spilled transaction {tx.tx_id} ({tx.live} events): {cause(e)}"
+            self.log.error("%s; %s re-snapshotted, the transaction applied without them", reason, ", ".join(streams))
+            with self.lock:
+                for stream in streams:
+                    self.replica.mark_for_resnapshot(stream, reason, tx.tx_id)
+            stats = self.retrying("applying a spilled transaction to DuckDB", self._commit_spilled, tx)
+            _keep(stats.needs_resnapshot, streams)
+        self.log.info("spilled transaction %d: %d events read back from disk and applied in chunks of %d, in one "
+                      "DuckDB transaction", tx.tx_id, tx.live, self.chunk_events,
+                      extra={"kind": "spilled_transaction", "tx_id": tx.tx_id, "events": tx.live})
+        return Applied([tx], stats, self.clock.monotonic() - started)
+
+    def _commit_spilled(self, tx: Transaction) -> ApplyStats:
+        store = tx.spilled
+        total = ApplyStats()
+        layouts = [{schema.stream: TableChanges(schema, keyless=schema.key_known and not schema.key_columns)}
+                   for schema in store.schemas]
+        if self.replica.changes_schema(layouts):  # created or altered before the rows (as prepare does)
+            with self.lock:
+                _keep(total.needs_resnapshot, self.replica.prepare(layouts, []).stats.needs_resnapshot)
+        cuts = self.replica.snapshot_cuts()
+
+        def batches():
+            for events in chunks(store.events(), self.chunk_events):
+                batch = self.replica.prepare(reduce([dataclasses.replace(tx, events=events, spilled=None, dead=0)],
+                                                    cuts), [])
+                _add(total, batch.stats)
+                yield batch
+            yield self.replica.prepare([], [tx], total.events)  # the position it reaches
+
+        if self.replica.commits_apart:
+            self.replica.commit_chunks(batches())
+        else:
+            with self.lock:
+                self.replica.commit_chunks(batches())
+        total.transactions, total.dead = 1, tx.dead
+        return total
 
     def _commit(self, batch: PreparedBatch) -> ApplyStats:
         return self.retrying("applying a batch to DuckDB", self._commit_once, batch)

@@ -149,7 +149,7 @@ class ApplierService(Service):
         self.assembler = TransactionAssembler(
             applied_lsn, recent, source_lsn=self._source_position, lsn_check_interval_s=s.commit_lsn_check_interval_s,
             lsn_window=s.commit_lsn_window_bytes, stuck_after_s=s.tx_stuck_after_s,
-            give_up_after_s=s.tx_give_up_after_s)
+            give_up_after_s=s.tx_give_up_after_s, spill=self._open_spill(), memory_bound_bytes=int(s.memory_bound_mb * (1 << 20)))
         self.router = Router(tx_topic=self.tx_topic, snapshot_topic=s.snapshot_topic, assembler=self.assembler,
                              decoder=self.decoder, snapshots=self.snapshots, snapshot_queue=self.snapshot_queue,
                              dead_letters=self.dead_letters, allowed=self._configured_streams(), log=self.log,
@@ -181,7 +181,8 @@ class ApplierService(Service):
         # batch is fetched and decoded; at most one batch waits for it.
         pipeline = self.pipeline = Pipeline(replica=self.replica, lock=self.lock, clock=clock, stopping=self.stopping,
                                             log=self.log, read_copy_path=s.read_copy_path,
-                                            read_copy_interval_s=s.read_copy_interval_s)
+                                            read_copy_interval_s=s.read_copy_interval_s,
+                                            chunk_events=s.max_batch_events)
         pipeline.start()
         route, assembler, snapshot_queue = self.router.route, self.assembler, self.snapshot_queue
         last_commit, uncommitted = clock.monotonic(), False
@@ -257,6 +258,15 @@ class ApplierService(Service):
                     sys.setswitchinterval(0.005)
         self.log.info("applier stopped: %d events in %d transactions applied, %d dead-lettered",
                       self.counts["events_applied"], self.counts["transactions_applied"], self.counts["dead_letters"])
+
+    def _open_spill(self) -> Any:
+        if self.ports.spill is None or not self.settings.memory_bound_mb:
+            return None
+        spill = self.ports.spill()
+        if getattr(spill, "removed", 0):
+            self.log.info("removed %d spill file(s) a previous run left in %s (their transactions come again from "
+                          "Kafka)", spill.removed, spill.path)
+        return spill
 
     def _check_data_loss(self, consumer: ChangeSource) -> None:
         """Has Kafka lost messages under the applier (services/applier/data_loss.py)? Each
