@@ -140,7 +140,10 @@ class Bookkeeping:
             change = diff(state.columns, state.key_columns, columns, list(schema.key_columns), state.dropped)
             if change.incompatible:
                 state.status, state.reason = NEEDS_RESNAPSHOT, change.incompatible
-                self.needing_resnapshot.append(schema.stream)
+                if state.converging_tx_id is None:
+                    self.needing_resnapshot.append(schema.stream)
+                # else: a snapshot is asked for already; one whose cut came before this change is
+                # followed by another (the changes held back from now on are not covered by it).
                 log.error("%s needs a re-snapshot: %s; its changes are held back until it is rebuilt",
                           schema.stream, change.incompatible)
             else:
@@ -171,8 +174,11 @@ class Bookkeeping:
                 if rewrite and tx_id is not None:
                     # Rows Postgres rewrote sent no events: a snapshot through the cut brings them,
                     # while CDC goes on. Until one whose cut saw ``tx_id`` is merged: converging.
+                    asked = state.converging_tx_id is not None
                     state.converging, state.converging_tx_id = rewrite, tx_id
-                    if schema.stream not in self.needing_resnapshot:
+                    if not asked and schema.stream not in self.needing_resnapshot:
+                        # One request out at a time: a snapshot whose cut came before this change is
+                        # followed by another when it is merged (finish_snapshot).
                         self.needing_resnapshot.append(schema.stream)
                     log.warning("%s is converging: %s; re-snapshot requested, its changes are applied meanwhile",
                                 schema.stream, rewrite, extra={"kind": "schema_rewrite", "stream": schema.stream,
