@@ -38,14 +38,17 @@ class Bookkeeping:
             self.con.execute(sql)
         for row in self.con.execute(
             "SELECT stream, target, status, reason, columns, key_columns, dropped_columns, unknown_columns, "
-            "snapshot_cut, truncated_tx_id, held_back_tx_id FROM _mallard.tables"
+            "snapshot_cut, truncated_tx_id, held_back_tx_id, converging, converging_tx_id FROM _mallard.tables"
         ).fetchall():
             cut = json.loads(row[8]) if row[8] else None
             self.tables[row[0]] = TableState(
                 row[0], row[1], row[2], row[3], [tuple(c) for c in json.loads(row[4])], json.loads(row[5]),
                 json.loads(row[6] or "[]"), json.loads(row[7] or "[]"),
                 snapshot_cut=Cut(cut["xmin"], cut["xmax"], frozenset(cut["xip"])) if cut else None,
-                truncated_tx_id=row[9], held_back_tx_id=row[10])
+                truncated_tx_id=row[9], held_back_tx_id=row[10], converging=row[11], converging_tx_id=row[12])
+            if row[11] is not None and row[2] == OK:
+                # Converging when the applier stopped: its snapshot may never have come. Asked again.
+                self.needing_resnapshot.append(row[0])
         existing = {r[0] for r in self.con.execute(
             "SELECT '\"' || schema_name || '\".\"' || table_name || '\"' FROM duckdb_tables()").fetchall()}
         for state in self.tables.values():
@@ -97,13 +100,15 @@ class Bookkeeping:
 
     def table_report(self) -> list[dict[str, Any]]:
         return [{"stream": t.stream, "target": t.target, "status": t.status, "reason": t.reason,
-                 "dropped_columns": t.dropped, "unknown_type_columns": t.unknown}
+                 "dropped_columns": t.dropped, "unknown_type_columns": t.unknown, "converging": t.converging}
                 for t in self.tables.values() if t.status != ABSENT]
 
     # -- tables ----------------------------------------------------------------------
 
-    def ensure_table(self, schema: TableSchema) -> TableState:
-        """Create the table on its first event, or evolve it; returns its state."""
+    def ensure_table(self, schema: TableSchema, tx_id: int | None = None) -> TableState:
+        """Create the table on its first event, or evolve it; returns its state. ``tx_id``: a
+        CDC transaction with ``schema`` (None: a snapshot's schema, which needs no convergence:
+        the snapshot brings every row as it is now)."""
         state = self.tables.get(schema.stream)
         if not schema.key_known:  # a truncate: it changes no schema
             return state or TableState(schema.stream, self.target_of(schema.stream), ABSENT, None, [], [])
@@ -132,10 +137,13 @@ class Bookkeeping:
                 log.warning("%s: columns of unknown type kept as text: %s", schema.stream, ", ".join(unknown))
             self._save_table(state)
         elif state.status == OK:
-            change = diff(state.columns, state.key_columns, columns, list(schema.key_columns))
+            change = diff(state.columns, state.key_columns, columns, list(schema.key_columns), state.dropped)
             if change.incompatible:
                 state.status, state.reason = NEEDS_RESNAPSHOT, change.incompatible
-                self.needing_resnapshot.append(schema.stream)
+                if state.converging_tx_id is None:
+                    self.needing_resnapshot.append(schema.stream)
+                # else: a snapshot is asked for already; one whose cut came before this change is
+                # followed by another (the changes held back from now on are not covered by it).
                 log.error("%s needs a re-snapshot: %s; its changes are held back until it is rebuilt",
                           schema.stream, change.incompatible)
             else:
@@ -145,6 +153,12 @@ class Bookkeeping:
                         self.con.execute(f"ALTER TABLE {table} ADD COLUMN {q(name)} {duck_type}")
                     state.columns.append((name, duck_type))
                     log.info("%s: added column %s %s", schema.stream, name, duck_type)
+                for old, new in change.rename:
+                    for table in (target, *keyless_log):
+                        self.con.execute(f"ALTER TABLE {table} RENAME COLUMN {q(old)} TO {q(new)}")
+                    state.columns = [(new if c == old else c, t) for c, t in state.columns]
+                    state.unknown = [new if c == old else c for c in state.unknown]
+                    log.info("%s: renamed column %s -> %s", schema.stream, old, new)
                 for name, old, new in change.widen:
                     for table in (target, *keyless_log):
                         self.con.execute(f"ALTER TABLE {table} ALTER COLUMN {q(name)} TYPE {new}")
@@ -156,6 +170,19 @@ class Bookkeeping:
                                 schema.stream, ", ".join(newly_dropped))
                 state.dropped = sorted((set(state.dropped) | set(change.dropped)) - set(dict(columns)))
                 state.unknown = sorted(set(state.unknown) | set(unknown))
+                rewrite = change.rewrite_reason
+                if rewrite and tx_id is not None:
+                    # Rows Postgres rewrote sent no events: a snapshot through the cut brings them,
+                    # while CDC goes on. Until one whose cut saw ``tx_id`` is merged: converging.
+                    asked = state.converging_tx_id is not None
+                    state.converging, state.converging_tx_id = rewrite, tx_id
+                    if not asked and schema.stream not in self.needing_resnapshot:
+                        # One request out at a time: a snapshot whose cut came before this change is
+                        # followed by another when it is merged (finish_snapshot).
+                        self.needing_resnapshot.append(schema.stream)
+                    log.warning("%s is converging: %s; re-snapshot requested, its changes are applied meanwhile",
+                                schema.stream, rewrite, extra={"kind": "schema_rewrite", "stream": schema.stream,
+                                                               "reason": rewrite})
             self._save_table(state)
         if state.status == OK:
             state.fingerprints.add(fingerprint)

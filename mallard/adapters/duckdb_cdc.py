@@ -87,7 +87,7 @@ class CdcApply:
         script = Script()
         for step in steps:
             for stream, changes in step.items():
-                state = self.ensure_table(changes.schema)
+                state = self.ensure_table(changes.schema, changes.last_tx_id)
                 stats.events += changes.events
                 stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
                 stats.covered += changes.covered

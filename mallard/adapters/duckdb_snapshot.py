@@ -135,6 +135,14 @@ class SnapshotMerge:
                                  f"WHERE {covered_sql(frame.cut, '_mallard_tx_id')}")
                 if state.truncated_tx_id is not None and frame.cut.covers(state.truncated_tx_id):
                     state.truncated_tx_id = None
+            if state.converging_tx_id is not None:
+                if frame.full and frame.cut.covers(state.converging_tx_id):
+                    # It saw the schema change and the rows Postgres rewrote: the table holds them now.
+                    log.info("%s converged: snapshot %s saw the schema change (%s)", frame.stream,
+                             frame.snapshot_id, state.converging)
+                    state.converging, state.converging_tx_id = None, None
+                elif frame.full:  # its cut came before the change: the next one brings the rewritten rows
+                    result.resnapshot_again = True
             if state.held_back_tx_id is not None:
                 # CDC changes were held back while the table needed a re-snapshot: those the cut
                 # did not see are missing still, and only another snapshot can bring them.
@@ -179,7 +187,9 @@ class SnapshotMerge:
         rebuilt = TableState(frame.stream, self.target_of(frame.stream), OK, None, columns, list(schema.key_columns),
                              unknown=[c for c, t in zip(schema.columns, schema.types) if not t.known],
                              truncated_tx_id=state.truncated_tx_id if state else None,
-                             held_back_tx_id=state.held_back_tx_id if state else None)
+                             held_back_tx_id=state.held_back_tx_id if state else None,
+                             converging=state.converging if state else None,
+                             converging_tx_id=state.converging_tx_id if state else None)
         self._create(rebuilt)
         self.tables[frame.stream] = rebuilt
         if rebuilt.status == OK:
@@ -229,13 +239,18 @@ class SnapshotMerge:
         snapshot_columns = set(frame.schema.columns)
         types = dict(state.columns)
         names = [q(c) for c, _ in state.columns] + [q(c) for c, _ in META_COLUMNS]
-        from_snapshot = [f"x.{q(c)}" if c in snapshot_columns else f"NULL::{types[c]}" for c, _ in state.columns]
+        # A column the snapshot lacks (dropped in Postgres, kept here) keeps the value it had.
+        lacking = [c for c, _ in state.columns if c not in snapshot_columns]
+        # (named: CREATE TABLE AS names its columns after the first SELECT's expressions)
+        from_snapshot = [f"x.{q(c)}" if c in snapshot_columns else f"k.{q(c)}::{types[c]} AS {q(c)}"
+                         for c, _ in state.columns]
         from_snapshot += [f"x.{q(c)}" for c, _ in META_COLUMNS]
+        with_kept = (f" LEFT JOIN {target} k ON {' AND '.join(f'k.{k} = x.{k}' for k in keys)}" if lacking else "")
         key_match = " AND ".join(f"t.{k} = x.{k}" for k in keys)
         tomb_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
         rebuilt = f"{target_schema(target)}.{q(STAGING_PREFIX + frame.snapshot_id + ':merged')}"
         snapshot_rows = "" if state.truncated_tx_id is not None and not cut.covers(state.truncated_tx_id) else f"""
-            SELECT {', '.join(from_snapshot)} FROM {staging} x
+            SELECT {', '.join(from_snapshot)} FROM {staging} x{with_kept}
              WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match} AND {newer})
                AND NOT EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
                                WHERE {tomb_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})

@@ -304,6 +304,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
         extra = []
         if t["reason"]:
             extra.append(t["reason"])
+        if t.get("converging"):
+            extra.append(f"converging (re-snapshot requested): {t['converging']}")
         if t["dropped_columns"]:
             extra.append("dropped in Postgres, kept: " + ", ".join(t["dropped_columns"]))
         if t["unknown_type_columns"]:

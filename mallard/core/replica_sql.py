@@ -153,6 +153,12 @@ class TableState:
     """xid of the last truncate CDC applied."""
     held_back_tx_id: int | None = None
     """xid of the last CDC transaction held back while the table needed a re-snapshot."""
+    converging: str | None = None
+    """Why existing rows may differ from Postgres' (a schema change that rewrites rows without
+    row events): the table is re-snapshotted, its changes still applied, until then."""
+    converging_tx_id: int | None = None
+    """xid of a CDC transaction after that schema change: a full snapshot whose cut covers it
+    holds the rewritten rows, and ends the convergence."""
 
 
 @dataclass
@@ -193,7 +199,8 @@ BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS _mallard.recent_transactions (
             tx_id BIGINT PRIMARY KEY, commit_lsn BIGINT)""",
     *(f"ALTER TABLE _mallard.tables ADD COLUMN IF NOT EXISTS {column} {duck_type}"
-      for column, duck_type in (("snapshot_cut", "JSON"), ("truncated_tx_id", "BIGINT"), ("held_back_tx_id", "BIGINT"))),
+      for column, duck_type in (("snapshot_cut", "JSON"), ("truncated_tx_id", "BIGINT"), ("held_back_tx_id", "BIGINT"),
+                                ("converging", "VARCHAR"), ("converging_tx_id", "BIGINT"))),
     """CREATE TABLE IF NOT EXISTS _mallard.snapshots (
             snapshot_id VARCHAR PRIMARY KEY, stream VARCHAR, request_id VARCHAR, where_sql VARCHAR, cut VARCHAR,
             started_at TIMESTAMPTZ, status VARCHAR, reason VARCHAR, rows_staged BIGINT, rows_applied BIGINT,
@@ -207,10 +214,12 @@ def save_table_sql(t: TableState) -> str:
     values = [t.stream, t.target, t.status, t.reason, json.dumps(t.columns), json.dumps(t.key_columns),
               json.dumps(t.dropped), json.dumps(t.unknown)]
     return ("INSERT OR REPLACE INTO _mallard.tables (stream, target, status, reason, columns, key_columns, "
-            "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id) "
+            "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id, "
+            "converging, converging_tx_id) "
             f"VALUES ({', '.join(sql_text(v) for v in values)}, now(), "
             f"{sql_text(json.dumps({'xmin': cut.xmin, 'xmax': cut.xmax, 'xip': sorted(cut.xip)}) if cut else None)}, "
-            f"{sql_int(t.truncated_tx_id)}, {sql_int(t.held_back_tx_id)})")
+            f"{sql_int(t.truncated_tx_id)}, {sql_int(t.held_back_tx_id)}, {sql_text(t.converging)}, "
+            f"{sql_int(t.converging_tx_id)})")
 
 
 def create_table_sql(state: TableState) -> list[str]:

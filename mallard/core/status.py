@@ -15,6 +15,9 @@ from mallard.core.names import StreamNameError, canonical, cdc_topic, is_stream
 from mallard.core.scheduling import next_fire
 
 UTC = timezone.utc
+CONVERGING = "converging"
+"""A stream whose rows a schema change may have rewritten without row events, until the
+re-snapshot the applier asked for is merged (its changes are applied meanwhile)."""
 
 
 # -- small pieces ----------------------------------------------------------------------
@@ -202,8 +205,9 @@ def build_report(now: datetime, services: dict[str, dict[str, Any]], replica: Re
             "configured": cfg is not None,
             "mode": cfg.mode if cfg is not None else None,
             "target": table.get("target"),
-            "status": table.get("status"),
-            "reason": table.get("reason"),
+            # A schema change rewrote rows without row events: not ok until its re-snapshot is merged.
+            "status": CONVERGING if table.get("status") == "ok" and table.get("converging") else table.get("status"),
+            "reason": table.get("converging") if table.get("status") == "ok" else table.get("reason"),
             "rows": replica.rows.get(name),
             "last_change": _last_change(name, replica),
             "topic": topic,

@@ -30,8 +30,12 @@ DEAD_LETTERS_READ_AT_MOST = 200_000
 def read_replica(run: Run, facts: ReplicaFacts) -> None:
     """Fill ``facts`` from the replica's bookkeeping and a scan of each table's
     _mallard_* columns (one query per kind, all tables at once)."""
-    for stream, target, status, reason in run("SELECT stream, target, status, reason FROM _mallard.tables ORDER BY stream"):
-        facts.tables[stream] = {"target": target, "status": status, "reason": reason}
+    try:
+        tables = run("SELECT stream, target, status, reason, converging FROM _mallard.tables ORDER BY stream")
+    except Exception:  # noqa: BLE001 - a replica written before convergence was recorded
+        tables = [[*r, None] for r in run("SELECT stream, target, status, reason FROM _mallard.tables ORDER BY stream")]
+    for stream, target, status, reason, converging in tables:
+        facts.tables[stream] = {"target": target, "status": status, "reason": reason, "converging": converging}
     row = run("SELECT commit_lsn, tx_id, epoch_ms(committed_at), epoch_ms(applied_at) FROM _mallard.progress WHERE id = 1")
     if row:
         facts.progress = dict(zip(("commit_lsn", "tx_id", "committed_ms", "applied_ms"), row[0]))

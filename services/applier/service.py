@@ -335,8 +335,9 @@ class ApplierService(Service):
                     if event.stream not in streams:
                         streams.append(event.stream)
                 self._request_snapshot(streams, "an event DuckDB refused was dead-lettered")
-            if stats.needs_resnapshot:  # rebuilt by a snapshot; its changes flow again after it
-                self._request_snapshot(stats.needs_resnapshot, "a schema change that cannot be applied in place")
+            if stats.needs_resnapshot:  # rebuilt, or converging, by a full snapshot through the cut
+                self._request_snapshot(stats.needs_resnapshot, "a schema change that cannot be applied in place, or "
+                                       "that may have rewritten existing rows without row events", full=True)
             last = transactions[-1]
             lag = self.clock.time() - last.committed_at_ms / 1000
             rate = stats.events / elapsed if elapsed else 0
@@ -361,9 +362,10 @@ class ApplierService(Service):
 
     # -- snapshots the applier asks for; dead letters ------------------------------------
 
-    def _request_snapshot(self, streams: list[str], reason: str) -> None:
+    def _request_snapshot(self, streams: list[str], reason: str, full: bool = False) -> None:
+        """``full``: a full refresh even of an incremental stream (rows changed without events)."""
         request = ResnapshotRequest(request_id=f"applier-{uuid.uuid4().hex[:12]}", streams=streams, reason=reason,
-                                    requested_by="applier", requested_at=datetime.now(timezone.utc))
+                                    requested_by="applier", requested_at=datetime.now(timezone.utc), full=full)
         try:
             self.ports.snapshot_requests.send(*request_message(request))
         except Exception:  # noqa: BLE001 - said; the stream stays marked, a later request repairs it

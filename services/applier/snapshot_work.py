@@ -71,7 +71,7 @@ def apply_snapshot_work(replica: Replica, work: list[SnapshotWork]) -> list[tupl
 
 class SnapshotAccounting:
     def __init__(self, snapshots: SnapshotTracker, counts: dict[str, int], log: Any,
-                 request_snapshot: Callable[[list[str], str], None], loss: Any):
+                 request_snapshot: Callable[..., None], loss: Any):
         self.snapshots, self.counts, self.log = snapshots, counts, log
         self.request_snapshot, self.loss = request_snapshot, loss
 
@@ -116,7 +116,8 @@ class SnapshotAccounting:
                                      "rows_kept": result.staged - result.applied, "rows_deleted": result.deleted,
                                      "elapsed_ms": round(seconds * 1000)})
                 if result.resnapshot_again:
-                    self.request_snapshot([f.stream], "changes were held back after the last snapshot's cut")
+                    self.request_snapshot([f.stream], "changes were held back, or a schema change rewrote rows, "
+                                                      "after the last snapshot's cut", True)
                 self.loss.snapshot_merged(f)
             else:
                 self.counts["snapshots_abandoned"] += 1

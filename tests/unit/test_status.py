@@ -253,3 +253,19 @@ def test_a_configured_table_that_does_not_exist_yet_is_reported_waiting():
     assert f"    waiting         {why}" in text
     assert service_summary("snapshotter", services["snapshotter"]["health"]).endswith(
         "; waiting for 1 table(s): public.customers")
+
+
+def test_a_stream_a_schema_change_rewrote_is_converging_not_ok_until_its_snapshot_is_merged():
+    services, replica, kafka = facts()
+    why = "column(s) added (in_stock): a default may have filled existing rows"
+    replica.tables["public.customers"] = {"target": '"main"."customers"', "status": "ok", "reason": None,
+                                          "converging": why}
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])
+    customers = report["streams"]["public.customers"]
+    assert customers["status"] == "converging" and customers["reason"] == why
+    assert report["streams"]["public.orders"]["status"] == "ok"
+    assert f"public.customers  full-refresh  converging  — {why}" in render(report, NOW)
+    # a table that needs a rebuild says so, whatever else it waits for
+    replica.tables["public.customers"].update(status="needs_resnapshot", reason="key changed")
+    customers = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])["streams"]["public.customers"]
+    assert customers["status"] == "needs_resnapshot" and customers["reason"] == "key changed"

@@ -1,0 +1,183 @@
+"""Issue 18, "Schema changes that rewrite existing rows": DDL that changes existing rows'
+values without a single WAL row event (an added column's default, constant or volatile; a
+rename; a type change with USING), and a dropped column, on a 100k-row table while writes
+go on. Without any command from the user, the stream converges (the applier re-snapshots
+it through the cut), `mallard status` shows it `converging` until then, and `mallard
+verify` ends equal."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROWS = 100_000
+STREAM = "public.ddl_items"
+
+
+def converging(stack) -> str | None:
+    tables = {t["stream"]: t for t in stack.applier_state().get("tables") or []}
+    return (tables.get(STREAM) or {}).get("converging")
+
+
+def writer(dsn: str, stop: threading.Event, done: list[int]) -> None:
+    """An application writing on: updates and inserts through columns no DDL here renames or drops."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    i = 0
+    while not stop.is_set():
+        i += 1
+        cur.execute("UPDATE ddl_items SET price = price + 1 WHERE id = %s", ((i * 7919) % ROWS + 1,))
+        if i % 5 == 0:
+            cur.execute("INSERT INTO ddl_items (id, price) VALUES (%s, %s)", (ROWS + i, i))
+        time.sleep(0.01)
+    done.append(i)
+    conn.close()
+
+
+def test_ddl_that_rewrites_rows_converges_by_itself(cdc_stack):
+    stack = cdc_stack
+    conn = psycopg2.connect(stack.dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE ddl_items (id integer PRIMARY KEY, email text, price integer, note text)")
+    cur.execute(f"INSERT INTO ddl_items SELECT g, 'user' || g || '@example.com', g % 1000, 'n' || g "
+                f"FROM generate_series(1, {ROWS}) g")
+    stack.wait_for("SELECT count(*) FROM ddl_items", [[ROWS]], timeout=180)
+
+    stop, done = threading.Event(), []
+    thread = threading.Thread(target=writer, args=(stack.dsn, stop, done), daemon=True)
+    thread.start()
+    # The snapshotter is paused while the DDL runs, so that the window in which the stream is
+    # converging (between the DDL and the merge of its re-snapshot) is long enough to look at.
+    snapshotter = stack.status()["components"]["snapshotter"]["pid"]
+    os.kill(snapshotter, signal.SIGSTOP)
+    try:
+        cur.execute("ALTER TABLE ddl_items ADD COLUMN in_stock boolean NOT NULL DEFAULT true")
+        cur.execute("ALTER TABLE ddl_items ADD COLUMN seen_at timestamptz DEFAULT now()")  # volatile: a rewrite
+        cur.execute("ALTER TABLE ddl_items RENAME COLUMN email TO email_address")
+        cur.execute("ALTER TABLE ddl_items ALTER COLUMN price TYPE bigint USING price * 10")
+        cur.execute("ALTER TABLE ddl_items DROP COLUMN note")
+        cur.execute("SELECT txid_current()")  # a transaction after every DDL: its writes carry the final schema
+        after_ddl = cur.fetchone()[0]
+        try:
+            stack.wait_for(f"SELECT count(*) > 0 FROM ddl_items WHERE _mallard_tx_id > {after_ddl}", [[True]])
+        except AssertionError:  # what the applier made of the schema changes, beyond the log's tail
+            said = [line for line in (stack.home / "logs" / "applier.log").read_text().splitlines()
+                    if STREAM in line and "applied" not in line]
+            raise AssertionError("\n".join(said[-40:])) from None
+        assert converging(stack), stack.applier_state().get("tables")
+        report = json.loads(stack.mallard("status", "--json", check=False).stdout)
+        item = report["streams"][STREAM]
+        assert item["status"] == "converging" and "added" in item["reason"], item
+        # A rename is a rename in the replica: email's values are under email_address at once.
+        columns = [r[0] for r in stack.query("SELECT column_name FROM information_schema.columns WHERE "
+                                             "table_name = 'ddl_items' AND NOT starts_with(column_name, '_mallard')"
+                                             " ORDER BY ordinal_position")]
+        assert columns == ["id", "email_address", "price", "note", "in_stock", "seen_at"], columns
+        assert stack.query("SELECT email_address FROM ddl_items WHERE id = 42") == [["user42@example.com"]]
+    finally:
+        os.kill(snapshotter, signal.SIGCONT)
+
+    deadline = time.monotonic() + 180
+    while converging(stack):
+        assert time.monotonic() < deadline, f"still converging\n{stack.log_tails()}"
+        time.sleep(0.5)
+    stop.set()
+    thread.join(timeout=30)
+    assert done and done[0] > 0
+    out = stack.mallard("verify", "--json", STREAM, check=False, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (item,) = json.loads(out.stdout)["streams"]
+    assert item["equal"] and item["columns"] == ["id", "email_address", "price", "in_stock", "seen_at"], item
+    assert "dropped in Postgres, kept in the replica (not hashed): note" in item["notes"]
+    log = (stack.home / "logs" / "applier.log").read_text()
+    assert "renamed column email -> email_address" in log
+    assert STREAM + " converged" in log
+    # No command did it: the snapshots merged were the applier's own requests.
+    assert stack.query(f"SELECT count(*) > 0, bool_and(request_id LIKE 'applier-%') FROM _mallard.snapshots "
+                       f"WHERE stream = '{STREAM}' AND status = 'merged'") == [[True, True]]
+    conn.close()
+
+
+# -- the DuckDB adapter alone (no stack): what a schema change does to the replica -------------
+
+def _schema(*columns: tuple[str, str]):
+    from mallard.core.changes import TableSchema
+    from mallard.core.pgtypes import column_type
+
+    return TableSchema("public.t", tuple(c for c, _ in columns), tuple(column_type({"type": t}) for _, t in columns),
+                       ("id",))
+
+
+def _tx(n: int, xid: int, schema, rows: list[tuple]):
+    from mallard.core.changes import ChangeEvent
+    from mallard.core.transactions import Transaction
+
+    events = [ChangeEvent("t", 0, 0, "public.t", "c", xid, order, 0, (row[0],), row, frozenset(), schema)
+              for order, row in enumerate(rows, 1)]
+    return Transaction(xid, 1000 + n, 0, events)
+
+
+def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the_change_is_merged(tmp_path):
+    from datetime import datetime, timezone
+
+    from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.core.arrow_rows import snapshot_table
+    from mallard.core.cut import Cut
+    from mallard.core.merge import reduce
+    from mallard.core.snapshots import SnapshotFrame
+
+    v1 = _schema(("id", "int32"), ("email", "string"), ("price", "int32"), ("note", "string"))
+    v2 = _schema(("id", "int32"), ("email_address", "string"), ("price", "int64"), ("in_stock", "boolean"))
+
+    def apply(replica, txs):
+        return replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+
+    def merge(replica, snapshot_id, cut, rows):
+        frame = SnapshotFrame(snapshot_id, "public.t", cut, v2, None, datetime.now(timezone.utc))
+        replica.begin_snapshot(frame)
+        replica.stage_rows(frame, snapshot_table(v2.types, [list(c) for c in zip(*rows)]))
+        return replica.finish_snapshot(frame)
+
+    def state(replica):
+        return {t["stream"]: t for t in replica.table_report()}["public.t"]
+
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    try:
+        assert apply(replica, [_tx(1, 100, v1, [(i, f"u{i}", i, f"n{i}") for i in (1, 2, 3)])]).needs_resnapshot == []
+        # Postgres: ADD COLUMN in_stock ... DEFAULT true, RENAME email, price TYPE bigint USING price * 10,
+        # DROP note — then one row written.
+        stats = apply(replica, [_tx(2, 105, v2, [(1, "u1", 10, True)])])
+        assert stats.needs_resnapshot == ["public.t"]  # the applier asks for the snapshot
+        why = state(replica)["converging"]
+        assert "in_stock" in why and "email -> email_address" in why and "price" in why
+        assert state(replica)["status"] == "ok" and state(replica)["dropped_columns"] == ["note"]
+        rows = replica.con.execute("SELECT id, email_address, price, note, in_stock FROM main.t ORDER BY id").fetchall()
+        assert rows == [(1, "u1", 10, "n1", True), (2, "u2", 2, "n2", None), (3, "u3", 3, "n3", None)]
+        # More events of the new schema: no second request while one is out.
+        assert apply(replica, [_tx(3, 106, v2, [(2, "u2", 20, True)])]).needs_resnapshot == []
+
+        now = [(1, "u1", 10, True), (2, "u2", 20, True), (3, "u3", 30, True)]
+        early = merge(replica, "s-early", Cut(104, 104), now)  # taken before the change: not enough
+        assert early.resnapshot_again and state(replica)["converging"]
+        late = merge(replica, "s-late", Cut(107, 107), now)
+        assert not late.resnapshot_again and state(replica)["converging"] is None
+        rows = replica.con.execute("SELECT id, email_address, price, note, in_stock FROM main.t ORDER BY id").fetchall()
+        # the kept column keeps what it had; the rest is Postgres' rewritten rows
+        assert rows == [(1, "u1", 10, "n1", True), (2, "u2", 20, "n2", True), (3, "u3", 30, "n3", True)]
+    finally:
+        replica.close()
+
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))  # converged: nothing asked again on restart
+    try:
+        assert state(replica)["converging"] is None and replica.needing_resnapshot == []
+    finally:
+        replica.close()
