@@ -58,8 +58,10 @@ class TableSchema:
         return operator.itemgetter(*indexes)
 
 
-@dataclass(slots=True)
-class ChangeEvent:
+class ChangeEvent(msgspec.Struct, gc=False):
+    """One decoded change. A msgspec Struct, not a dataclass: one is made for every event,
+    and a Struct is made in a third of the time; never in a reference cycle (gc=False)."""
+
     topic: str
     partition: int
     offset: int
@@ -78,8 +80,9 @@ class ChangeEvent:
     schema: TableSchema
 
 
-@dataclass(slots=True)
-class TransactionMarker:
+class TransactionMarker(msgspec.Struct, gc=False):
+    """A BEGIN or END of Debezium's transaction topic (a Struct, as ChangeEvent)."""
+
     topic: str
     partition: int
     offset: int
