@@ -58,8 +58,10 @@ class TableSchema:
         return operator.itemgetter(*indexes)
 
 
-@dataclass(slots=True)
-class ChangeEvent:
+class ChangeEvent(msgspec.Struct, gc=False):
+    """One decoded change. A msgspec Struct, not a dataclass: one is made for every event,
+    and a Struct is made in a third of the time; never in a reference cycle (gc=False)."""
+
     topic: str
     partition: int
     offset: int
@@ -78,8 +80,9 @@ class ChangeEvent:
     schema: TableSchema
 
 
-@dataclass(slots=True)
-class TransactionMarker:
+class TransactionMarker(msgspec.Struct, gc=False):
+    """A BEGIN or END of Debezium's transaction topic (a Struct, as ChangeEvent)."""
+
     topic: str
     partition: int
     offset: int
@@ -117,14 +120,14 @@ def _prefix(raw: bytes, payload_raw: bytes) -> bytes:
     return raw[: len(raw) - len(payload_raw) - 1]
 
 
-class _Source(msgspec.Struct):
+class _Source(msgspec.Struct, gc=False):
     schema: str
     table: str
     txId: int
     ts_ms: int | None = None
 
 
-class _Block(msgspec.Struct):
+class _Block(msgspec.Struct, gc=False):
     total_order: int
 
 
@@ -164,9 +167,19 @@ class _Layout:
         source and transaction blocks are read, all else is skipped. Then the columns
         whose value still needs a decoder, with it."""
         row = msgspec.defstruct("Row", [(f"c{i}", _WIRE_TYPES[t.wire] | None, None) for i, t in enumerate(self.types)],
-                                rename={f"c{i}": c for i, c in enumerate(self.columns)})
+                                rename={f"c{i}": c for i, c in enumerate(self.columns)}, gc=False)
         envelope = msgspec.defstruct("Envelope", [("op", str), ("source", _Source), ("after", row | None, None),
-                                                  ("transaction", _Block | None, None), ("ts_ms", int | None, None)])
+                                                  ("transaction", _Block | None, None), ("ts_ms", int | None, None)], gc=False)
+        return msgspec.json.Decoder(envelope), tuple((i, t.from_wire) for i, t in enumerate(self.types) if t.from_wire)
+
+    @cached_property
+    def fast_key(self) -> tuple[msgspec.json.Decoder, tuple[tuple[int, Callable[[Any], Any]], ...]]:
+        """For a key's layout: a typed decoder of the before image of a delete with that key,
+        reading only the key's columns (all else is skipped); then the columns whose value
+        still needs a decoder, with it."""
+        key = msgspec.defstruct("Key", [(f"c{i}", _WIRE_TYPES[t.wire] | None, None) for i, t in enumerate(self.types)],
+                                rename={f"c{i}": c for i, c in enumerate(self.columns)})
+        envelope = msgspec.defstruct("DeleteEnvelope", [("before", key | None, None)])
         return msgspec.json.Decoder(envelope), tuple((i, t.from_wire) for i, t in enumerate(self.types) if t.from_wire)
 
 
@@ -179,6 +192,7 @@ class _Known:
     key_prefix: bytes | None
     """None: the message had no key (a table without a primary key)."""
     layout: _Layout
+    key_layout: _Layout | None
     table: TableSchema
 
     def matches(self, key_raw: bytes | None, value_raw: bytes) -> bool:
@@ -276,7 +290,10 @@ class Decoder:
     def decode_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None,
                       value_raw: bytes) -> ChangeEvent:
         known = self._known.get(topic) if self.typed else None
-        if known is not None and known.matches(key_raw, value_raw):
+        # known.matches(key_raw, value_raw), inlined: this runs for every event.
+        if known is not None and value_raw.startswith(known.value_prefix) and value_raw.endswith(b"}") and (
+                key_raw is None if known.key_prefix is None else
+                key_raw is not None and key_raw.startswith(known.key_prefix) and key_raw.endswith(b"}")):
             # Its schema is the known one: the general path, if needed, starts from it too.
             layout, payload, payload_raw = known.layout, None, value_raw[len(known.value_prefix):-1]
             event = self._fast_change(topic, partition, offset, key_raw, layout, payload_raw, known)
@@ -368,7 +385,8 @@ class Decoder:
             if schema_raw is None:
                 return
             key_prefix = _prefix(key_raw, key_payload)
-        self._known[topic] = _Known(_prefix(value_raw, payload_raw), key_prefix, layout, table)
+        key_layout = self._key(topic, key_raw, parse=False)[0]  # cached: the typed pass just found it
+        self._known[topic] = _Known(_prefix(value_raw, payload_raw), key_prefix, layout, key_layout, table)
 
     def _fast_change(self, topic: str, partition: int, offset: int, key_raw: bytes | None, layout: _Layout,
                      payload_raw: bytes, known: _Known | None = None) -> ChangeEvent | None:
@@ -386,6 +404,8 @@ class Decoder:
             return None
         after, tx, source = payload.after, payload.transaction, payload.source
         if after is None or tx is None or payload.op not in _FAST_OPS:
+            if payload.op == "d" and tx is not None:
+                return self._fast_delete(topic, partition, offset, key_raw, layout, payload_raw, known, payload)
             return None
         values = msgspec.structs.astuple(after)
         if decoders:
@@ -413,6 +433,43 @@ class Decoder:
             return None  # no key: the general path reads the before image
         return ChangeEvent(topic, partition, offset, stream, payload.op, source.txId, tx.total_order,
                            source.ts_ms or payload.ts_ms or 0, key, values, _NOTHING_UNAVAILABLE, table)
+
+    def _fast_delete(self, topic: str, partition: int, offset: int, key_raw: bytes | None, layout: _Layout,
+                     payload_raw: bytes, known: _Known | None, payload: Any) -> ChangeEvent | None:
+        """A delete from a table with a primary key, its key's columns read from the before
+        image in a second typed pass (as the general path reads them); None: anything else."""
+        source = payload.source
+        stream = stream_name(source.schema, source.table)
+        if known is not None and known.table.stream == stream:
+            table, key_layout = known.table, known.key_layout
+            if self._keys.get(stream) is not table.key_columns:
+                self._keys[stream] = table.key_columns
+        else:
+            key_layout = self._key(topic, key_raw, parse=False)[0]
+            table = self._table(stream, layout, key_layout)
+        if key_layout is None or not table.key_columns:
+            return None  # no key: the general path reads the whole before image
+        decoder, decoders = key_layout.fast_key
+        try:
+            before = decoder.decode(payload_raw).before
+        except msgspec.MsgspecError:
+            return None
+        if before is None:
+            return None
+        key = msgspec.structs.astuple(before)
+        if decoders:
+            key = list(key)
+            try:
+                for i, decode in decoders:
+                    if (v := key[i]) is not None:
+                        key[i] = decode(v)
+            except Exception:  # noqa: BLE001 - the general path names the column
+                return None
+            key = tuple(key)
+        if None in key:
+            return None  # the general path names it
+        return ChangeEvent(topic, partition, offset, stream, "d", source.txId, payload.transaction.total_order,
+                           source.ts_ms or payload.ts_ms or 0, key, None, _NOTHING_UNAVAILABLE, table)
 
     @staticmethod
     def _row(layout: _Layout, image: dict) -> list:

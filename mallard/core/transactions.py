@@ -254,7 +254,22 @@ class TransactionAssembler:
                 return
             slot = self._events[tx_id] = {}
             self._first_seen[tx_id] = self._now
-        self._hold(tx_id, tp, offset)
+        # self._hold(tx_id, tp, offset), inlined: this runs for every event.
+        if offset >= self._next.get(tp, 0):
+            self._next[tp] = offset + 1
+        held = self._held.get(tp)
+        if held is None:
+            held = self._held[tp] = {}
+        first = held.get(tx_id)
+        if first is None:
+            held[tx_id] = offset
+            partitions = self._held_in.get(tx_id)
+            if partitions is None:
+                self._held_in[tx_id] = [tp]
+            else:
+                partitions.append(tp)
+        elif offset < first:
+            held[tx_id] = offset
         if total_order not in slot:  # a duplicate delivery counts once
             slot[total_order] = event
             if type(slot) is dict:
@@ -334,6 +349,10 @@ class TransactionAssembler:
     def add_marker(self, marker: TransactionMarker) -> None:
         tp = (marker.topic, marker.partition)
         self._marker_partitions.add(tp)
+        if marker.status != "END":  # a BEGIN (half the markers) only moves the offset on: ENDs carry the rest
+            if marker.offset >= self._next.get(tp, 0):
+                self._next[tp] = marker.offset + 1
+            return
         if marker.tx_id in self._released:  # a copy (read again after a rebalance) of one DuckDB is getting
             self._seen(tp, marker.offset)
             return

@@ -60,8 +60,8 @@ class Router:
             if error.code() != KafkaError._PARTITION_EOF:
                 self.log.warning("consumer: %s", error)
             return
-        topic, offset, value = msg.topic(), msg.offset(), msg.value()
-        tp = (topic, msg.partition())
+        topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
+        tp = (topic, partition)
         if topic == self.snapshot_topic:
             self._route_snapshot(msg, tp)
             return
@@ -71,11 +71,11 @@ class Router:
                 if value is None:
                     assembler.add_done(tp, offset)
                 else:
-                    assembler.add_marker(self.decoder.decode_transaction(*tp, offset, value))
+                    assembler.add_marker(self.decoder.decode_transaction(topic, partition, offset, value))
             elif value is None:  # tombstone: the delete before it did the work
                 assembler.add_done(tp, offset)
             else:
-                event = self.decoder.decode_change(*tp, offset, msg.key(), value)
+                event = self.decoder.decode_change(topic, partition, offset, msg.key(), value)
                 allowed = self.stream_allowed.get(event.stream)
                 if allowed is None:
                     allowed = self.stream_allowed[event.stream] = self.allowed is None or bool(

@@ -137,6 +137,26 @@ def test_the_typed_pass_and_the_general_path_agree_on_every_message(payload, key
     assert typed == general
 
 
+@settings(max_examples=600, deadline=None)
+@given(payload=payloads, key_id=st.sampled_from([1, 2, None]))
+def test_the_paths_agree_on_deletes(payload, key_id):
+    """A delete's key is read from its before image by a second typed pass."""
+    typed, general = both_paths({**payload, "op": "d"}, key_id)
+    assert typed == general
+
+
+def test_the_typed_pass_decodes_a_delete():
+    value = ('{"schema":' + SCHEMA + ',"payload":' + text({**COMMON, "op": "d", "after": None,
+                                                            "before": {"id": 7, "col 1": 5}}) + "}").encode()
+    d = Decoder()
+    for offset in range(2):
+        d.decode_change(TOPIC, 0, offset, (KEY % 7).encode(), value)
+    layout = d._value_prefixes[TOPIC][0][1]
+    event = d._fast_change(TOPIC, 0, 2, (KEY % 7).encode(), layout, text({**COMMON, "op": "d", "after": None,
+                                                                          "before": {"id": 7}}).encode())
+    assert event is not None and (event.op, event.key, event.row) == ("d", (7,), None)
+
+
 @pytest.mark.parametrize("column, value", [(name, v) for name, (_, valid, invalid) in zip(NAMES, COLUMNS)
                                            for v in valid + invalid], ids=repr)
 def test_every_value_of_every_type_alone_gives_the_same_on_both_paths(column, value):
