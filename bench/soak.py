@@ -59,7 +59,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E4
 
 from mallard.runtime.health import client_request  # noqa: E402
 from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
-from mallard.stack.processes import free_ports  # noqa: E402
+from mallard.stack.processes import free_ports, port_in_use  # noqa: E402
 
 PG_BIN = Path(os.environ.get("MALLARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PORT_VARIABLES = ("MALLARD_PG_PORT", "MALLARD_KAFKA_PORT", "MALLARD_KAFKA_CONTROLLER_PORT", "MALLARD_CONNECT_PORT",
@@ -292,13 +292,16 @@ class Faults:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass  # died by itself: it is started again all the same
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:  # a zombie is reaped by init
+        # Gone when its port is free: a JVM's main thread is a zombie while its other threads
+        # (and its listening socket) are still being torn down.
+        port = int(self.stack.ports["MALLARD_CONNECT_PORT" if name == "connect" else "MALLARD_APPLIER_HEALTH_PORT"])
+        deadline = time.monotonic() + 60
+        while (Path(f"/proc/{pid}").exists() or port_in_use(port)) and time.monotonic() < deadline:
             try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" and not port_in_use(port):
+                    break  # init reaps it
             except OSError:
-                break
+                pass
             time.sleep(0.05)
         self.stack.mallard("stack", "up", "--no-demo", timeout=600)
         comps = self.stack.status()["components"]
@@ -633,6 +636,7 @@ def main() -> int:
                              "pgbench, restarting them with `stack up` (0: no faults); implies --verify")
     parser.add_argument("--verify", action="store_true", help="after catching up, `mallard verify` the four tables")
     parser.add_argument("--verify-timeout", type=float, default=600, help="verify's --catch-up-timeout (s)")
+    parser.add_argument("--keep-logs", help="copy the stack's logs to this folder before tearing it down")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, on_signal)
     home = Path(tempfile.mkdtemp(prefix="mallard-soak-"))
@@ -643,6 +647,8 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # tear down whatever happens next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.keep_logs:
+            shutil.copytree(home / "logs", args.keep_logs, dirs_exist_ok=True)
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
 
