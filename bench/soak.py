@@ -1,7 +1,9 @@
 """Soak: drive the local stack (Postgres -> Debezium in Kafka Connect -> Apache Kafka ->
-applier -> DuckDB) with pgbench for a long run and watch whether memory stays flat.
+applier -> DuckDB) with pgbench for a long run and watch whether memory stays flat; with
+``--kill-every``, through faults, and prove every table exact at the end.
 
     .venv/bin/python bench/soak.py [--seconds 600] [--scale 10] [--clients 4] [--interval 10]
+                                   [--kill-every 60]
 
 Needs nothing running: it starts its own local stack (`mallard stack up`) in a
 temporary home on free ports and tears it down (`stack down --purge`) at the end,
@@ -11,19 +13,25 @@ also when something fails or the run is interrupted.
    tables exist before Debezium captures them: their rows reach DuckDB through the
    snapshotter, as for any existing database);
 2. `stack up --no-demo` with a connector config capturing the four pgbench tables
-   (`pgbench_history` has no primary key); the applier asks for first snapshots
-   itself; wait until the keyed tables' rows are all in DuckDB;
+   (`pgbench_history` has no primary key: `stack up` puts it in the inserts-only
+   publication, and the applier appends its CDC inserts, a multiset); the applier asks
+   for first snapshots itself; wait until the tables' rows are all in DuckDB;
 3. `pgbench -c <clients> -T <seconds>`; every <interval> s: RSS of the broker, the
    Connect worker and the applier, the broker's log on disk, events applied, the
-   applier's consumer lag and delay, the slot's retained WAL, the load average;
+   applier's consumer lag and delay, the slot's retained WAL, the load average. With
+   `--kill-every S`: every S seconds the applier and the Kafka Connect worker, in turn,
+   get SIGKILL (no warning, no shutdown hook), and `mallard stack up` starts what is
+   missing again, as a user would;
 4. after pgbench, wait until the replica has caught up (row count and balance sum of
-   each keyed table equal to Postgres'), still sampling;
+   each keyed table, and pgbench_history's row count, equal to Postgres'), still
+   sampling; with `--kill-every`, or `--verify`, then `mallard verify` the four tables
+   (per key for the keyed ones, as a multiset for pgbench_history): each must be `equal`;
 5. print the table and a summary: first/last/max RSS, the slope over the second half
    of the run, the JVMs' RSS split (anonymous / mapped files) and heap (`jcmd`) at the
-   end, pgbench's tps, events applied/s, caught up or not.
+   end, pgbench's tps, events applied/s, the kills and restarts, caught up or not, and
+   verify's verdict per table.
 
-Exit status 0 when the replica caught up. `pgbench_history` has no primary key: the
-applier replicates it by full refresh only, so its CDC inserts are not applied.
+Exit status 0 when the replica caught up (and, when verified, every table is equal).
 """
 from __future__ import annotations
 
@@ -51,7 +59,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E4
 
 from mallard.runtime.health import client_request  # noqa: E402
 from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG  # noqa: E402
-from mallard.stack.processes import free_ports  # noqa: E402
+from mallard.stack.processes import free_ports, port_in_use  # noqa: E402
 
 PG_BIN = Path(os.environ.get("MALLARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PORT_VARIABLES = ("MALLARD_PG_PORT", "MALLARD_KAFKA_PORT", "MALLARD_KAFKA_CONTROLLER_PORT", "MALLARD_CONNECT_PORT",
@@ -257,6 +265,79 @@ def keyed_equal(source: dict, replica: dict) -> bool:
     return all(replica.get(t) == source[t] for t in KEYED)
 
 
+def all_equal(source: dict, replica: dict) -> bool:
+    """The keyed tables' counts and sums, and pgbench_history's row count."""
+    return keyed_equal(source, replica) and replica.get("pgbench_history") == source["pgbench_history"]
+
+
+class Faults:
+    """Every ``every`` seconds, SIGKILL the applier or the Connect worker (in turn), then
+    `mallard stack up` starts what is missing, as a user would after a crash."""
+
+    VICTIMS = ("applier", "connect")
+
+    def __init__(self, stack: Stack, pids: dict[str, int], every: float):
+        self.stack, self.pids, self.every = stack, pids, every
+        self.kills: list[dict] = []
+        self.next_at = time.monotonic() + every
+
+    def due(self) -> bool:
+        return self.every > 0 and time.monotonic() >= self.next_at
+
+    def kill_one(self) -> dict:
+        name = self.VICTIMS[len(self.kills) % len(self.VICTIMS)]
+        pid = self.pids[name]
+        t0 = time.monotonic()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # died by itself: it is started again all the same
+        # Gone when its port is free: a JVM's main thread is a zombie while its other threads
+        # (and its listening socket) are still being torn down.
+        port = int(self.stack.ports["MALLARD_CONNECT_PORT" if name == "connect" else "MALLARD_APPLIER_HEALTH_PORT"])
+        deadline = time.monotonic() + 60
+        while (Path(f"/proc/{pid}").exists() or port_in_use(port)) and time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" and not port_in_use(port):
+                    break  # init reaps it
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stack.mallard("stack", "up", "--no-demo", timeout=600)
+        comps = self.stack.status()["components"]
+        self.pids[name] = comps[name]["pid"]
+        kill = {"component": name, "pid": pid, "new_pid": self.pids[name], "at_s": None,
+                "restart_s": time.monotonic() - t0}
+        self.kills.append(kill)
+        self.next_at = time.monotonic() + self.every
+        print(f"   killed {name} (pid {pid}, SIGKILL); `stack up` started it again as pid {self.pids[name]} in "
+              f"{kill['restart_s']:.1f}s", flush=True)
+        return kill
+
+
+def verify_tables(stack: Stack, timeout: float) -> dict[str, str]:
+    """`mallard verify --json` of the four tables: stream -> 'equal', 'DIFFERENT (...)' or why not compared."""
+    out = subprocess.run([sys.executable, "-m", "mallard.cli.main", "verify", "--json", "--catch-up-timeout",
+                          str(int(timeout)), *TABLES], env=stack.env, cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout + 1800)
+    try:
+        report = json.loads(out.stdout)
+    except ValueError:
+        return {t: f"not compared (exit {out.returncode}: {out.stderr.strip()[-500:]})" for t in TABLES}
+    verdict = {}
+    for item in report["streams"]:
+        rows = item.get("rows") or {}
+        if item["equal"]:
+            verdict[item["stream"]] = f"equal ({rows.get('postgres')} rows)"
+        else:
+            verdict[item["stream"]] = (f"DIFFERENT: {rows.get('postgres')} rows in Postgres, {rows.get('replica')} in "
+                                       f"DuckDB, {len(item.get('differences') or [])} differences shown, "
+                                       f"status {item.get('status')}, error {item.get('error')}")
+    for t in TABLES:
+        verdict.setdefault(t, "not in verify's report")
+    return verdict
+
+
 class Sampler:
     COLUMNS = ("t_s", "phase", "load1", "broker_MB", "connect_MB", "applier_MB", "kafka_disk_MB", "cdc_msgs",
                "applied", "applied/s", "lag_msgs", "delay_s", "slot_WAL_MB", "unconf_MB")
@@ -429,13 +510,16 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
                               "-T", str(args.seconds), "-P", str(args.interval), *conn_args, db],
                              env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     run_t0 = time.monotonic()
+    faults = Faults(stack, pids, args.kill_every)
     try:
         next_at = run_t0 + args.interval
         while bench.poll() is None:
-            time.sleep(max(0.0, min(1.0, next_at - time.monotonic())))
+            time.sleep(max(0.0, min(1.0, next_at - time.monotonic(), faults.next_at - time.monotonic())))
+            if faults.due() and bench.poll() is None:
+                faults.kill_one()["at_s"] = time.monotonic() - run_t0
             if time.monotonic() >= next_at and bench.poll() is None:
                 sampler.sample("pgbench")
-                next_at += args.interval
+                next_at = max(next_at + args.interval, time.monotonic())
     finally:
         if bench.poll() is None:
             bench.terminate()
@@ -455,7 +539,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     next_at = time.monotonic() + args.interval
     while time.monotonic() - t < args.catch_up_timeout:
         replica = replica_figures(stack)
-        if keyed_equal(source, replica):
+        if all_equal(source, replica):
             caught_up = True
             break
         if time.monotonic() >= next_at:
@@ -465,6 +549,11 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     catch_up_s = time.monotonic() - t
     final = sampler.sample("caught-up" if caught_up else "not-caught-up")
     state = stack.healthz()
+    verdict: dict[str, str] = {}
+    if args.verify or args.kill_every:
+        t = time.monotonic()
+        verdict = verify_tables(stack, args.verify_timeout)
+        verify_s = time.monotonic() - t
 
     # Summary.
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
@@ -515,11 +604,22 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         print(f"  table {tr.get('stream')}: {tr.get('status')}{' - ' + tr['reason'] if tr.get('reason') else ''}")
     print(f"source   : {source}")
     print(f"replica  : {replica}")
-    print(f"caught up: {'yes' if caught_up else 'NO'} (keyed tables' row counts and balance sums equal) "
-          f"{catch_up_s:.1f}s after pgbench ended")
+    print(f"caught up: {'yes' if caught_up else 'NO'} (keyed tables' row counts and balance sums, pgbench_history's "
+          f"row count equal) {catch_up_s:.1f}s after pgbench ended")
+    if faults.kills:
+        print(f"kills: {len(faults.kills)} (" + ", ".join(
+            f"{k['component']} at {k['at_s']:.0f}s, back in {k['restart_s']:.1f}s" for k in faults.kills) + ")")
+    verified = True
+    if verdict:
+        print(f"mallard verify ({verify_s:.0f}s):")
+        for stream, v in verdict.items():
+            print(f"  {stream}: {v}")
+        verified = all(v.startswith("equal") for v in verdict.values())
+        print(f"verify: {'every table equal' if verified else 'NOT every table equal'}")
     print(f"total wall time {time.monotonic() - t_start:.0f}s")
-    print(json.dumps({"samples": [{k: v for k, v in s.items() if k != "mono"} for s in sampler.samples]}))
-    return 0 if caught_up else 1
+    print(json.dumps({"samples": [{k: v for k, v in s.items() if k != "mono"} for s in sampler.samples],
+                      "kills": faults.kills, "verify": verdict}))
+    return 0 if caught_up and verified else 1
 
 
 def main() -> int:
@@ -531,6 +631,12 @@ def main() -> int:
     parser.add_argument("--snapshot-timeout", type=float, default=1200, help="for the first snapshots (s)")
     parser.add_argument("--catch-up-timeout", type=float, default=1800, help="after pgbench ends (s)")
     parser.add_argument("--start-timeout", type=int, default=240, help="MALLARD_START_TIMEOUT_S for stack up")
+    parser.add_argument("--kill-every", type=float, default=0,
+                        help="SIGKILL the applier and the Connect worker in turn every this many seconds during "
+                             "pgbench, restarting them with `stack up` (0: no faults); implies --verify")
+    parser.add_argument("--verify", action="store_true", help="after catching up, `mallard verify` the four tables")
+    parser.add_argument("--verify-timeout", type=float, default=600, help="verify's --catch-up-timeout (s)")
+    parser.add_argument("--keep-logs", help="copy the stack's logs to this folder before tearing it down")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, on_signal)
     home = Path(tempfile.mkdtemp(prefix="mallard-soak-"))
@@ -541,6 +647,8 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # tear down whatever happens next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.keep_logs:
+            shutil.copytree(home / "logs", args.keep_logs, dirs_exist_ok=True)
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
 

@@ -30,7 +30,7 @@ from mallard.core.replica_sql import (ABSENT, META_COLUMNS, NEEDS_RESNAPSHOT, OK
 
 class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuery):
     def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None,
-                 threads: int = 0):
+                 threads: int = 0, checkpoint_threshold: str | None = None):
         self.path = path
         self.targets = targets or {}
         """stream -> DuckDB table ('table' in main, or 'schema.table') where the replication config names one."""
@@ -41,6 +41,8 @@ class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuer
         self.writer = ScriptRunner(self.con, path)
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        if checkpoint_threshold:
+            self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
         self.tables: dict[str, TableState] = {}
         self.confined = False
         """Whether ``confine`` ran: ``query`` serves only a confined instance."""

@@ -44,6 +44,13 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
         "from one DuckDB row group (122,880 rows) on, DuckDB writes them to the file directly instead of "
         "through its WAL, at half the cost.")
     duckdb_memory_limit: str = Field("300MB", description="DuckDB's memory limit (its page cache, indexes included: they are evicted and reloaded as needed): keeps the applier's memory flat in the replica's size.")
+    duckdb_checkpoint_threshold: str = Field(
+        "256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B$",
+        description="DuckDB's checkpoint_threshold: the WAL size at which a commit checkpoints. DuckDB compares it "
+        "with the WAL plus an estimate of the commit's own size that for updates scattered over a big table is about "
+        "100 times the WAL it writes: at its 16MB default a batch of a few hundred updates checkpoints, rewriting the "
+        "table, at every commit (bench/RESULTS.md). Larger: fewer checkpoints, but a longer WAL replay when the "
+        "applier restarts after a crash (67MB of such a WAL took 16 s on a loaded 2-core machine).")
     duckdb_threads: int = Field(
         1, ge=0, description="DuckDB's worker threads; 0: its default (one per core). One: on a small machine "
         "the decoding thread (and a broker) need the other cores more than DuckDB does.")

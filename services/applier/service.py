@@ -51,6 +51,8 @@ from mallard.services.applier.snapshot_work import SnapshotAccounting, SnapshotQ
 
 GC_INTERVAL_S = 300
 COMMIT_INTERVAL_S = 0.5
+IDLE_WAIT_S = 0.2
+"""How long the loop waits for a CDC message when none is fetched (it returns at the first)."""
 GIL_SWITCH_INTERVAL_S = 0.1
 """How long a thread waiting for the GIL waits before it forces a switch (Python's default:
 5 ms). With a backlog the decoding thread holds the GIL, and the DuckDB thread needs it
@@ -203,7 +205,15 @@ class ApplierService(Service):
                         route(msg)
                     snapshot_messages = len(messages)
                 if read_cdc:
-                    for msg in consumer.consume(num_messages=s.poll_messages, timeout=0 if snapshot_messages else 0.2):
+                    messages = consumer.consume(num_messages=s.poll_messages, timeout=0)
+                    if not messages and not snapshot_messages:
+                        # Nothing fetched yet: wait for the first message only, then take what came
+                        # with it. A wait for a whole poll's worth would hold every change that
+                        # trickles in for the full timeout (librdkafka returns at the count or then).
+                        messages = consumer.consume(num_messages=1, timeout=IDLE_WAIT_S)
+                        if messages:
+                            messages += consumer.consume(num_messages=s.poll_messages - 1, timeout=0)
+                    for msg in messages:
                         route(msg)
                 elif not snapshot_messages:
                     clock.sleep(0.005)

@@ -153,3 +153,27 @@ def test_a_batch_commits_while_another_connection_reads(tmp_path):
         assert len(replica_rows(replica)) == 20
     finally:
         replica.close()
+
+
+@pytest.mark.parametrize("threshold", [None, "default"])
+def test_a_batch_of_scattered_updates_checkpoints_only_at_duckdbs_own_threshold(tmp_path, threshold):
+    """DuckDB weighs a commit's updates at about 100 times the WAL they write: at its 16MB
+    default, a few hundred updates spread over a big table checkpoint (rewrite the table)
+    at every commit. The applier's threshold keeps them in the WAL (bench/RESULTS.md)."""
+    from mallard.services.applier.config import ApplierSettings
+
+    path = str(tmp_path / "r.duckdb")
+    setting = ApplierSettings.model_fields["duckdb_checkpoint_threshold"].default if threshold else None
+    replica = DuckDBReplica(path, checkpoint_threshold=setting)
+    try:
+        replica.con.execute("CREATE TABLE big AS SELECT i AS id, 0 AS v, 0::BIGINT AS pos, 'snapshot' AS src, "
+                            "now() AS applied_at, repeat('x', 84) AS filler FROM range(500000) r(i)")
+        replica.con.execute("CHECKPOINT")
+        script = Script()
+        script.add("UPDATE big SET v = v + 1, pos = 1, src = 'cdc', applied_at = now(), filler = repeat('y', 84) "
+                   "WHERE id % 1000 = 7")  # 500 rows, one in every vector
+        replica._run(script)
+        wal = os.path.getsize(path + ".wal") if os.path.exists(path + ".wal") else 0
+        assert (wal > 0) == bool(setting), f"WAL of {wal} bytes after the commit"
+    finally:
+        replica.close()
