@@ -19,6 +19,16 @@ from mallard.stack.processes import free_ports
 
 import pytest
 
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (scripts/test.sh: ``-n 3 --dist loadgroup``) a file runs on one worker,
+    so its module fixtures (a stack of its own) start once; a test marked
+    ``@pytest.mark.xdist_group("name")`` runs on the worker of every test of that group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 PORT_VARIABLES = (
     "MALLARD_PG_PORT", "MALLARD_KAFKA_PORT", "MALLARD_SNAPSHOTTER_HEALTH_PORT",
     "MALLARD_APPLIER_HEALTH_PORT", "MALLARD_SCHEDULER_HEALTH_PORT", "MALLARD_CONNECT_PORT",
@@ -36,8 +46,10 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
         self.env.update({k: str(v) for k, v in self.ports.items()})
         # No replication config unless a test gives one: the connector config's own table list, no schedules.
+        # C1 only: half the JVMs' start-up CPU (the suite starts ~25 stacks, several at once
+        # under xdist); their peak speed does not matter for a test's few thousand rows.
         self.env.update({"MALLARD_HOME": str(home), "MALLARD_START_TIMEOUT_S": "120", "MALLARD_REPLICATION_CONFIG": "",
-                         **extra_env})
+                         "MALLARD_JVM_OPTS": "-XX:TieredStopAtLevel=1", **extra_env})
 
     def mallard(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "mallard.cli.main", *args], env=self.env, capture_output=True,
