@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Three workers: the integration tests mostly wait on their stacks (start-ups, polling),
-# so 3 fit 2 cores; a file stays on one worker (tests/conftest.py). MALLARD_TEST_WORKERS=0: serial.
-exec .venv/bin/python -m pytest -n "${MALLARD_TEST_WORKERS:-3}" --dist loadgroup --durations=25 "$@"
+# so 3 fit 2 cores; a file stays on one worker. MALLARD_TEST_WORKERS=0: serial.
+exec .venv/bin/python -m pytest -n "${MALLARD_TEST_WORKERS:-3}" --dist loadfile --durations=25 "$@"
