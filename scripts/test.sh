@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest --durations=25 "$@"
+# Three workers: the integration tests mostly wait on their stacks (start-ups, polling),
+# so 3 fit 2 cores; a file stays on one worker. MALLARD_TEST_WORKERS=0: serial.
+exec .venv/bin/python -m pytest -n "${MALLARD_TEST_WORKERS:-3}" --dist loadfile --durations=25 "$@"

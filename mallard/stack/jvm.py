@@ -282,6 +282,8 @@ class BrokerConfig:
     port: int
     controller_port: int
     heap: str = "512m"
+    jvm_opts: tuple[str, ...] = ()
+    """Extra JVM options (StackSettings.jvm_opts), after mallard's own."""
     node_id: int = 1
     host: str = "127.0.0.1"
     num_partitions: int = 1
@@ -406,11 +408,12 @@ class BrokerConfig:
         refuses a formatted dir, so a second call cannot wipe anything)."""
         return java_command(STORAGE_TOOL_MAIN, ["format", "--cluster-id", self.cluster_id(), "--config",
                                                 str(self.properties_file)],
-                            classpath=artifacts.classpath(), heap="256m", log4j_config=self.log4j_file, java=java)
+                            classpath=artifacts.classpath(), heap="256m", log4j_config=self.log4j_file, java=java,
+                            extra_opts=self.jvm_opts)
 
     def command(self, artifacts: Artifacts, java: str = "java") -> list[str]:
         return java_command(BROKER_MAIN, [str(self.properties_file)], classpath=artifacts.classpath(), heap=self.heap,
-                            log4j_config=self.log4j_file, java=java)
+                            log4j_config=self.log4j_file, java=java, extra_opts=self.jvm_opts)
 
 
 # -- Kafka Connect: one distributed worker ------------------------------------------------
@@ -425,6 +428,8 @@ class ConnectConfig:
     rest_port: int
     plugin_path: Path
     heap: str = "512m"
+    jvm_opts: tuple[str, ...] = ()
+    """Extra JVM options (StackSettings.jvm_opts), after mallard's own."""
     group_id: str = "mallard-connect"
     config_topic: str = "mallard-connect-configs"
     offset_topic: str = "mallard-connect-offsets"
@@ -499,7 +504,7 @@ class ConnectConfig:
 
     def command(self, artifacts: Artifacts, java: str = "java") -> list[str]:
         return java_command(CONNECT_MAIN, [str(self.properties_file)], classpath=artifacts.classpath(),
-                            heap=self.heap, log4j_config=self.log4j_file, java=java)
+                            heap=self.heap, log4j_config=self.log4j_file, java=java, extra_opts=self.jvm_opts)
 
 
 # -- Connect's REST API ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,9 @@ class StackSettings(PostgresSettings, PostgresRoleSettings):
     connect_port: int = Field(18084, description="Port of Kafka Connect's REST API on 127.0.0.1.")
     broker_heap: str = Field("512m", description="Maximum heap of the Kafka broker's JVM (-Xmx).")
     connect_heap: str = Field("512m", description="Maximum heap of the Kafka Connect worker's JVM (-Xmx).")
+    jvm_opts: str = Field("", description="Extra options for the broker's and Connect's JVMs, space-separated, after "
+                          "mallard's own (e.g. -XX:TieredStopAtLevel=1: about half the start-up CPU, for short-lived "
+                          "stacks such as tests').")
     snapshotter_health_port: int = Field(18081, description="Health port of the snapshotter.")
     applier_health_port: int = Field(18082, description="Health port of the applier.")
     scheduler_health_port: int = Field(18083, description="Health port of the scheduler.")
@@ -68,6 +72,10 @@ class StackSettings(PostgresSettings, PostgresRoleSettings):
     @property
     def connect_url(self) -> str:
         return f"http://127.0.0.1:{self.connect_port}"
+
+
+PURGE_GRACE_S = 5.0
+"""How long ``down --purge`` lets each component stop by itself before killing it."""
 
 
 class StackError(RuntimeError):
@@ -134,7 +142,9 @@ class Component:
     check: Callable[[], tuple[bool, Any]]
     """(healthy, detail): detail is a sentence, or a service's /healthz body."""
     launch: Callable[[], int]
-    stop_fn: Callable[[int], bool] = field(default=terminate)
+    stop_fn: Callable[[int, float], bool] = field(default=terminate)
+    """stop_fn(pid, grace): ask the process to stop, kill it after ``grace`` seconds; True when gone."""
+    grace_s: float = 20.0
     started: Callable[[], tuple[bool, Any]] | None = None
     """What ``up`` waits for after the launch, when less than ``check`` (Connect: its REST API
     answers; the connector is registered next)."""
@@ -155,9 +165,10 @@ class LocalStack:
 
         self.artifacts = jvm.Artifacts()
         self.broker = jvm.BrokerConfig(self.home / "kafka", settings.kafka_port, settings.kafka_controller_port,
-                                       heap=settings.broker_heap)
+                                       heap=settings.broker_heap, jvm_opts=tuple(shlex.split(settings.jvm_opts)))
         self.connect = jvm.ConnectConfig(self.home / "connect", settings.bootstrap_servers, settings.connect_port,
-                                         self.artifacts.plugin_path, heap=settings.connect_heap)
+                                         self.artifacts.plugin_path, heap=settings.connect_heap,
+                                         jvm_opts=tuple(shlex.split(settings.jvm_opts)))
         self.secrets_file = self.home / "secrets.json"
         self.components = self._components()
 
@@ -167,15 +178,16 @@ class LocalStack:
         s = self.s
         return [
             Component("postgres", s.pg_port, "MALLARD_PG_PORT", self.pg_dir / "postgres.log",
-                      PidFile(self.pids / "postgres.pid"), self._check_postgres, self._launch_postgres, self._stop_postgres),
+                      PidFile(self.pids / "postgres.pid"), self._check_postgres, self._launch_postgres, self._stop_postgres,
+                      grace_s=60.0),
             Component("broker", s.kafka_port, "MALLARD_KAFKA_PORT", self.logs / "broker.log",
                       PidFile(self.pids / "broker.pid"), self._check_broker, self._launch_broker,
                       # A controlled shutdown closes the log cleanly: no recovery at the next start.
-                      lambda pid: terminate(pid, timeout=60.0)),
+                      grace_s=60.0),
             Component("connect", s.connect_port, "MALLARD_CONNECT_PORT", self.logs / "connect.log",
                       PidFile(self.pids / "connect.pid"), self._check_connect, self._launch_connect,
                       # Graceful: Debezium's task commits its last offsets before the worker exits.
-                      lambda pid: terminate(pid, timeout=60.0), started=self._connect_answers),
+                      grace_s=60.0, started=self._connect_answers),
             self._service("snapshotter", "mallard.services.snapshotter", s.snapshotter_health_port, "MALLARD_SNAPSHOTTER_HEALTH_PORT"),
             self._service("applier", "mallard.services.applier", s.applier_health_port, "MALLARD_APPLIER_HEALTH_PORT"),
             self._service("scheduler", "mallard.services.scheduler", s.scheduler_health_port, "MALLARD_SCHEDULER_HEALTH_PORT"),
@@ -600,9 +612,13 @@ class LocalStack:
         except (postgres.SourceError, StackError) as e:
             return False, str(e)
 
-    def _stop_postgres(self, pid: int) -> bool:
-        self._pg("pg_ctl", "stop", "-D", str(self.pg_dir / "data"), "-m", "fast", "-w", check=False)
-        return not is_alive(pid) or terminate(pid)
+    def _stop_postgres(self, pid: int, grace: float) -> bool:
+        # Within the grace "fast" (clean shutdown, no recovery at the next start); shorter: the
+        # data is about to be deleted ("immediate").
+        mode = "fast" if grace >= PURGE_GRACE_S * 2 else "immediate"
+        self._pg("pg_ctl", "stop", "-D", str(self.pg_dir / "data"), "-m", mode, "-w", "-t", str(max(1, int(grace))),
+                 check=False)
+        return not is_alive(pid) or terminate(pid, grace)
 
     def _launch_broker(self) -> int:
         from mallard.stack import jvm
@@ -784,7 +800,7 @@ class LocalStack:
             for c in reversed(started):
                 pid = c.running_pid()
                 if pid is not None:
-                    c.stop_fn(pid)
+                    c.stop_fn(pid, c.grace_s)
                 c.pid_file.remove()
             raise
 
@@ -824,10 +840,14 @@ class LocalStack:
             if pid is None:
                 c.pid_file.remove()
                 continue
-            if not c.stop_fn(pid):
+            # Purging deletes the data: a clean shutdown saves nothing, and a component that
+            # hangs on the way out (Connect with its broker gone) would hold ``down`` for a minute.
+            grace = min(c.grace_s, PURGE_GRACE_S) if purge else c.grace_s
+            t0 = time.monotonic()
+            if not c.stop_fn(pid, grace):
                 raise StackError(f"{c.name}: pid {pid} did not stop; see its log: {c.log}")
             c.pid_file.remove()
-            report(f"  {c.name:<14} stopped (pid {pid})")
+            report(f"  {c.name:<14} stopped (pid {pid}) in {time.monotonic() - t0:.1f}s")
         if purge:
             for path in (self.pg_dir, *(self.home / sub for sub in ("kafka", "connect", "debezium", "duckdb", "logs", "run",
                                                                      "stack.json", "secrets.json"))):

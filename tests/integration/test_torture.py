@@ -20,8 +20,11 @@ import pytest
 from tests.conftest import up_capturing_every_table
 
 pytestmark = pytest.mark.integration
+# New seeds each run; under xdist every worker must collect the same ones, so they are
+# drawn from the run's id (one per run, the same in every worker).
+_RUN = random.Random(os.environ.get("PYTEST_XDIST_TESTRUNUID"))  # no xdist: None, fresh seeds
 SEEDS = [int(os.environ["MALLARD_TEST_SEED"])] if os.environ.get("MALLARD_TEST_SEED") else \
-    [random.randrange(10**6) for _ in range(2)]
+    [_RUN.randrange(10**6) for _ in range(2)]
 
 TABLES = {
     "items": "id int PRIMARY KEY, n int, note text, amount numeric(10,2), big text",

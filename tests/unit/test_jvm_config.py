@@ -317,3 +317,18 @@ def test_connects_refusal_of_a_config_keeps_the_errors_it_lists():
     message = _error_message(error)
     assert message.startswith("Connector configuration is invalid") and "slot.name: Valid replication slot" in message
     assert "You can also find" not in message and "\n" not in message
+
+
+def test_extra_jvm_options_come_after_mallards_own_on_every_jvm(tmp_path, monkeypatch):
+    from mallard.stack.local import LocalStack, StackSettings
+
+    monkeypatch.delenv("MALLARD_JVM_OPTS", raising=False)
+
+    artifacts = fake_artifacts(tmp_path)
+    stack = LocalStack(StackSettings(home=tmp_path / "home", replication_config="",
+                                     jvm_opts="-XX:TieredStopAtLevel=1  -Dmallard.note='two words'"))
+    for argv in (stack.broker.command(artifacts), stack.broker.format_command(artifacts),
+                 stack.connect.command(artifacts)):
+        i = argv.index("-XX:TieredStopAtLevel=1")
+        assert argv[i + 1] == "-Dmallard.note=two words" and argv.index("-XX:+UseG1GC") < i < argv.index("-cp")
+    assert "-XX:TieredStopAtLevel=1" not in LocalStack(StackSettings(home=tmp_path / "h2")).broker.command(artifacts)
