@@ -2,12 +2,15 @@
 then merged with the cut rule in one DuckDB transaction (docs/applier.md)."""
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
 
+from mallard.adapters.duckdb_errors import translate
 from mallard.core.names import split_quoted
 from mallard.core.replica_sql import (ABSENT, META_COLUMNS, OK, REFUSED, STAGING_PREFIX, SnapshotResult, TableState,
                                       covered_sql, keyless_rebuild_sql, reserved_columns, target_schema, target_table,
@@ -16,6 +19,20 @@ from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
 
 log = logging.getLogger("mallard.duckdb")
+
+
+def _translated(method: Callable) -> Callable:
+    """DuckDB's errors as transient or terminal: the applier abandons a snapshot DuckDB refuses."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as e:
+            translated = translate(e)
+            if translated is e:
+                raise
+            raise translated from e
+    return wrapper
 
 
 class SnapshotMerge:
@@ -40,6 +57,7 @@ class SnapshotMerge:
 
     # -- snapshots -------------------------------------------------------------------
 
+    @_translated
     def begin_snapshot(self, frame: SnapshotFrame) -> None:
         """Stage a snapshot's rows apart from the table until its end has arrived."""
         if frame.snapshot_id in self.merged_snapshots:
@@ -63,6 +81,7 @@ class SnapshotMerge:
             [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
              f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at])
 
+    @_translated
     def stage_rows(self, frame: SnapshotFrame, rows: pa.Table) -> None:
         """``rows``: from ``snapshot_table``."""
         if frame.snapshot_id in self.merged_snapshots or frame.snapshot_id in self._refused_snapshots \

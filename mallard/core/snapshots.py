@@ -52,7 +52,8 @@ class SnapshotFrame:
 class SnapshotWork:
     """One step for the replica: ``kind`` is begin (create staging), rows (stage
     ``columns``: one list of transport values per column), end (merge into the table)
-    or abandon (drop staging; ``reason`` says why)."""
+    or abandon (drop staging; ``reason`` says why); the applier reports work of a snapshot
+    it abandoned before as ``skip``."""
 
     kind: str
     frame: SnapshotFrame
