@@ -19,6 +19,8 @@ from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
 
 log = logging.getLogger("mallard.duckdb")
+_SNAPSHOT_COLUMNS = ("snapshot_id, stream, request_id, where_sql, cut, started_at, status, reason, rows_staged, "
+                     "rows_applied, rows_deleted, finished_at, requested_at")
 
 
 def _translated(method: Callable) -> Callable:
@@ -85,9 +87,11 @@ class SnapshotMerge:
             self.con.execute(f"CREATE TABLE {staging} ({cols})")
         cut = frame.cut
         self.con.execute(
-            "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
+            f"INSERT OR REPLACE INTO _mallard.snapshots ({_SNAPSHOT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL, ?)",
             [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
-             f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at])
+             f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at,
+             frame.requested_at])
 
     def _keyed_staging(self, frame: SnapshotFrame) -> bool:
         """Whether the snapshot is staged under its primary key (to be merged by a swap)."""
@@ -128,9 +132,10 @@ class SnapshotMerge:
                                 "WHERE snapshot_id = ? RETURNING snapshot_id", [reason, frame.snapshot_id]).fetchall():
             # Failed before its begin reached the replica: recorded all the same, so that
             # `mallard status` and `resnapshot --wait` say why.
-            self.con.execute("INSERT INTO _mallard.snapshots VALUES (?, ?, ?, ?, NULL, ?, 'abandoned', ?, 0, NULL, "
-                             "NULL, now())", [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
-                                              frame.started_at, reason])
+            self.con.execute(f"INSERT INTO _mallard.snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, NULL, ?, "
+                             "'abandoned', ?, 0, NULL, NULL, now(), ?)",
+                             [frame.snapshot_id, frame.stream, frame.request_id, frame.where, frame.started_at, reason,
+                              frame.requested_at])
 
     def finish_snapshot(self, frame: SnapshotFrame) -> SnapshotResult:
         """Merge a complete snapshot into its table with the cut rule, in one DuckDB
@@ -140,7 +145,7 @@ class SnapshotMerge:
         if frame.snapshot_id in self._refused_snapshots:
             raise ValueError(f"{frame.stream} refused: {self._refused_snapshots.pop(frame.snapshot_id)}")
         staging = self.staging_name(frame)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)  # the merge starts: its end reached DuckDB
         state = self.tables.get(frame.stream)
         # Checked outside the transaction: a failed statement would abort it.
         subset = self._subset_sql(state, frame.where) if frame.where is not None and state is not None else ""
@@ -175,8 +180,10 @@ class SnapshotMerge:
             self._save_table(state)
             self.con.execute(f"DROP TABLE IF EXISTS {staging}")
             self.con.execute("UPDATE _mallard.snapshots SET status = 'merged', rows_staged = ?, rows_applied = ?, "
-                             "rows_deleted = ?, finished_at = ? WHERE snapshot_id = ?",
-                             [result.staged, result.applied, result.deleted, now, frame.snapshot_id])
+                             "rows_deleted = ?, merge_started_at = ?, read_finished_at = ?, "
+                             "finished_at = ? WHERE snapshot_id = ?",
+                             [result.staged, result.applied, result.deleted, now, frame.read_finished_at,
+                              datetime.now(timezone.utc), frame.snapshot_id])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
