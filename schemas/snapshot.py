@@ -80,6 +80,8 @@ class SnapshotBegin(_Message):
     where: str | None = Field(None, description="Filter of a subset snapshot; the end-of-snapshot delete stays inside it.")
     request_id: str | None = Field(None, description="The resnapshot request this snapshot answers.")
     started_at: datetime
+    requested_at: datetime | None = Field(None, description="When the request this snapshot answers was made (the "
+                                          "request's requested_at): status shows the time from request to merged.")
     incremental: bool = Field(False, description="An incremental run (rows with update_key past the stream's state): "
                               "rows are upserted; nothing is deleted at its end.")
     rows_format: Literal["json", "arrow"] = Field(

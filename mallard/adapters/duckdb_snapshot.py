@@ -2,12 +2,15 @@
 then merged with the cut rule in one DuckDB transaction (docs/applier.md)."""
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
 
+from mallard.adapters.duckdb_errors import translate
 from mallard.core.names import split_quoted
 from mallard.core.replica_sql import (ABSENT, META_COLUMNS, OK, REFUSED, STAGING_PREFIX, SnapshotResult, TableState,
                                       covered_sql, keyless_rebuild_sql, reserved_columns, target_schema, target_table,
@@ -16,6 +19,22 @@ from mallard.core.snapshots import SnapshotFrame
 from mallard.core.sql import quote_ident as q
 
 log = logging.getLogger("mallard.duckdb")
+_SNAPSHOT_COLUMNS = ("snapshot_id, stream, request_id, where_sql, cut, started_at, status, reason, rows_staged, "
+                     "rows_applied, rows_deleted, finished_at, requested_at")
+
+
+def _translated(method: Callable) -> Callable:
+    """DuckDB's errors as transient or terminal: the applier abandons a snapshot DuckDB refuses."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as e:
+            translated = translate(e)
+            if translated is e:
+                raise
+            raise translated from e
+    return wrapper
 
 
 class SnapshotMerge:
@@ -27,6 +46,10 @@ class SnapshotMerge:
     merged_snapshots: set[str]
     _staging: dict[str, str]
     _refused_snapshots: dict[str, str]
+    merge_by_swap: bool = True
+    """A full snapshot of a keyed table is staged under its primary key and merged by a swap
+    (``_swap_keyed``); False: by a rewrite of the table at its end (``_rebuild_keyed``, the
+    older way, kept for the benchmark that compares them)."""
 
     def staging_name(self, frame: SnapshotFrame) -> str:
         """Beside the target table (a first copy becomes the table by a rename); chosen once,
@@ -40,6 +63,7 @@ class SnapshotMerge:
 
     # -- snapshots -------------------------------------------------------------------
 
+    @_translated
     def begin_snapshot(self, frame: SnapshotFrame) -> None:
         """Stage a snapshot's rows apart from the table until its end has arrived."""
         if frame.snapshot_id in self.merged_snapshots:
@@ -53,16 +77,27 @@ class SnapshotMerge:
                                                     *META_COLUMNS])
         self._staging.pop(frame.snapshot_id, None)  # a re-read after a restart chooses again
         staging = self.staging_name(frame)
+        if self._keyed_staging(frame):
+            # The index is built as the rows are staged, between CDC batches: the merge at
+            # the end then only swaps the table in (with what CDC wrote after the cut).
+            cols += f", PRIMARY KEY ({', '.join(q(c) for c in schema.key_columns)})"
         if not clash:
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {target_schema(staging)}")
             self.con.execute(f"DROP TABLE IF EXISTS {staging}")
             self.con.execute(f"CREATE TABLE {staging} ({cols})")
         cut = frame.cut
         self.con.execute(
-            "INSERT OR REPLACE INTO _mallard.snapshots VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL)",
+            f"INSERT OR REPLACE INTO _mallard.snapshots ({_SNAPSHOT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'staging', NULL, 0, NULL, NULL, NULL, ?)",
             [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
-             f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at])
+             f"{cut.xmin}:{cut.xmax}:{','.join(str(x) for x in sorted(cut.xip))}", frame.started_at,
+             frame.requested_at])
 
+    def _keyed_staging(self, frame: SnapshotFrame) -> bool:
+        """Whether the snapshot is staged under its primary key (to be merged by a swap)."""
+        return self.merge_by_swap and frame.full and bool(frame.schema.key_columns)
+
+    @_translated
     def stage_rows(self, frame: SnapshotFrame, rows: pa.Table) -> None:
         """``rows``: from ``snapshot_table``."""
         if frame.snapshot_id in self.merged_snapshots or frame.snapshot_id in self._refused_snapshots \
@@ -97,9 +132,10 @@ class SnapshotMerge:
                                 "WHERE snapshot_id = ? RETURNING snapshot_id", [reason, frame.snapshot_id]).fetchall():
             # Failed before its begin reached the replica: recorded all the same, so that
             # `mallard status` and `resnapshot --wait` say why.
-            self.con.execute("INSERT INTO _mallard.snapshots VALUES (?, ?, ?, ?, NULL, ?, 'abandoned', ?, 0, NULL, "
-                             "NULL, now())", [frame.snapshot_id, frame.stream, frame.request_id, frame.where,
-                                              frame.started_at, reason])
+            self.con.execute(f"INSERT INTO _mallard.snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, NULL, ?, "
+                             "'abandoned', ?, 0, NULL, NULL, now(), ?)",
+                             [frame.snapshot_id, frame.stream, frame.request_id, frame.where, frame.started_at, reason,
+                              frame.requested_at])
 
     def finish_snapshot(self, frame: SnapshotFrame) -> SnapshotResult:
         """Merge a complete snapshot into its table with the cut rule, in one DuckDB
@@ -109,7 +145,7 @@ class SnapshotMerge:
         if frame.snapshot_id in self._refused_snapshots:
             raise ValueError(f"{frame.stream} refused: {self._refused_snapshots.pop(frame.snapshot_id)}")
         staging = self.staging_name(frame)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)  # the merge starts: its end reached DuckDB
         state = self.tables.get(frame.stream)
         # Checked outside the transaction: a failed statement would abort it.
         subset = self._subset_sql(state, frame.where) if frame.where is not None and state is not None else ""
@@ -125,7 +161,8 @@ class SnapshotMerge:
             elif not state.key_columns:
                 self._rebuild_keyless(state, frame, result)
             elif frame.full:
-                self._rebuild_keyed(state, frame, result)
+                if not self._swap_keyed(state, frame, result):
+                    self._rebuild_keyed(state, frame, result)
             else:
                 self._merge_keyed(state, frame, result, subset)
             if frame.full:
@@ -151,8 +188,10 @@ class SnapshotMerge:
             self._save_table(state)
             self.con.execute(f"DROP TABLE IF EXISTS {staging}")
             self.con.execute("UPDATE _mallard.snapshots SET status = 'merged', rows_staged = ?, rows_applied = ?, "
-                             "rows_deleted = ?, finished_at = ? WHERE snapshot_id = ?",
-                             [result.staged, result.applied, result.deleted, now, frame.snapshot_id])
+                             "rows_deleted = ?, merge_started_at = ?, read_finished_at = ?, "
+                             "finished_at = ? WHERE snapshot_id = ?",
+                             [result.staged, result.applied, result.deleted, now, frame.read_finished_at,
+                              datetime.now(timezone.utc), frame.snapshot_id])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -209,7 +248,7 @@ class SnapshotMerge:
         table = target_table(state.target)
         self.con.execute(f"DROP TABLE {state.target}")
         self.con.execute(f"ALTER TABLE {self.staging_name(frame)} RENAME TO {table}")
-        if state.key_columns:
+        if state.key_columns and not self._keyed_staging(frame):
             self.con.execute(f"ALTER TABLE {state.target} ADD PRIMARY KEY ({', '.join(q(c) for c in state.key_columns)})")
         return True
 
@@ -265,6 +304,43 @@ class SnapshotMerge:
         self.con.execute(f"DROP TABLE {target}")
         self.con.execute(f"ALTER TABLE {rebuilt} RENAME TO {target_table(target)}")
         self.con.execute(f"ALTER TABLE {target} ADD PRIMARY KEY ({', '.join(keys)})")
+
+    def _swap_keyed(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> bool:
+        """The cut rule for a full snapshot staged under its key (``_keyed_staging``): the
+        staging table becomes the table's new content, fixed up with what CDC wrote after the
+        cut (per key: its row wins, or its deletion stands), then swapped in. The cost is in
+        the changes since the cut, not in the table's size, so CDC waits little for it. The
+        same content as ``_rebuild_keyed``; False (nothing done) where that one must do it."""
+        if not self._keyed_staging(frame) or state.key_columns != list(frame.schema.key_columns) \
+                or state.columns != [(c, t.duckdb) for c, t in zip(frame.schema.columns, frame.schema.types)] \
+                or (state.truncated_tx_id is not None and not frame.cut.covers(state.truncated_tx_id)):
+            return False
+        target, cut, staging = state.target, frame.cut, self.staging_name(frame)
+        keys = [q(c) for c in state.key_columns]
+        names = self._staged_columns(frame)
+        newer = f"(t._mallard_source = 'cdc' AND {covered_sql(cut, 't._mallard_tx_id')} = false)"
+        key_match = " AND ".join(f"t.{k} = x.{k}" for k in keys)
+        tomb_match = " AND ".join(f"d.{k} = x.{k}" for k in keys)
+        result.deleted = self.con.execute(
+            f"SELECT count(*) FROM {target} t WHERE NOT {newer} AND NOT EXISTS "
+            f"(SELECT 1 FROM {staging} x WHERE {key_match})").fetchone()[0]
+        kept = self.con.execute(f"SELECT count(*) FROM {target} t WHERE {newer}").fetchone()[0]
+        # Deleted after the cut (and not written again since): the snapshot's row is gone.
+        # Keys CDC wrote again are left to the upsert: DuckDB refuses a key deleted and
+        # inserted again in one transaction.
+        self.con.execute(f"""DELETE FROM {staging} x
+            WHERE EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
+                          WHERE {tomb_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})
+              AND NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match} AND {newer})""")
+        if kept:  # written after the cut: CDC's row wins over the snapshot's
+            updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
+            self.con.execute(f"""INSERT INTO {staging} ({', '.join(names)})
+                SELECT {', '.join(f't.{c}' for c in names)} FROM {target} t WHERE {newer}
+                ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}""")
+        result.applied = self.con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0] - kept
+        self.con.execute(f"DROP TABLE {target}")
+        self.con.execute(f"ALTER TABLE {staging} RENAME TO {target_table(target)}")
+        return True
 
     def _rebuild_keyless(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:
         """A table without a primary key, as a multiset at the snapshot's cut (keyless_rebuild_sql),

@@ -205,6 +205,10 @@ BOOKKEEPING_DDL = (
             snapshot_id VARCHAR PRIMARY KEY, stream VARCHAR, request_id VARCHAR, where_sql VARCHAR, cut VARCHAR,
             started_at TIMESTAMPTZ, status VARCHAR, reason VARCHAR, rows_staged BIGINT, rows_applied BIGINT,
             rows_deleted BIGINT, finished_at TIMESTAMPTZ)""",
+    # A snapshot's phases: request -> read (started_at .. read_finished_at, by the snapshotter)
+    # -> transfer (.. merge_started_at, when its end reached DuckDB) -> merge (.. finished_at).
+    *(f"ALTER TABLE _mallard.snapshots ADD COLUMN IF NOT EXISTS {column} TIMESTAMPTZ"
+      for column in ("requested_at", "read_finished_at", "merge_started_at")),
 )
 """The bookkeeping tables, created (or brought up to date) when the replica opens."""
 

@@ -35,6 +35,10 @@ class SnapshotFrame:
     offset: tuple[TopicPartition, int] = (("", 0), 0)
     incremental: bool = False
     """An incremental run: upsert its rows, delete nothing at its end."""
+    requested_at: datetime | None = None
+    """When its request was made (the begin says)."""
+    read_finished_at: datetime | None = None
+    """When the snapshotter had read and published its last row (the end says)."""
     rows_format: str = "json"
     """How its rows batches are written (schemas/snapshot.py): json or arrow."""
     batches: int = 0
@@ -52,7 +56,8 @@ class SnapshotFrame:
 class SnapshotWork:
     """One step for the replica: ``kind`` is begin (create staging), rows (stage
     ``columns``: one list of transport values per column), end (merge into the table)
-    or abandon (drop staging; ``reason`` says why)."""
+    or abandon (drop staging; ``reason`` says why); the applier reports work of a snapshot
+    it abandoned before as ``skip``."""
 
     kind: str
     frame: SnapshotFrame

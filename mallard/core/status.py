@@ -175,9 +175,18 @@ def _snapshot(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if not row:
         return None
     started, finished = from_ms(row.get("started_ms")), from_ms(row.get("finished_ms"))
+    requested, read, merging = (from_ms(row.get(k)) for k in ("requested_ms", "read_finished_ms", "merge_started_ms"))
+    merged = row["status"] == "merged"
     return {"snapshot_id": row["snapshot_id"], "result": row["status"], "reason": row.get("reason"),
             "where": row.get("where_sql"), "request_id": row.get("request_id"), "started_at": iso(started),
             "finished_at": iso(finished), "duration_s": seconds_between(started, finished),
+            "requested_at": iso(requested),
+            "request_to_merged_s": seconds_between(requested, finished) if merged else None,
+            # Apart: waiting for the snapshotter, its read (and publishing), the transfer
+            # through Kafka into DuckDB's staging, and the merge into the table.
+            "phases": {"waited_s": seconds_between(requested, started), "read_s": seconds_between(started, read),
+                       "transfer_s": seconds_between(read, merging),
+                       "merge_s": seconds_between(merging, finished) if merged else None},
             "rows": row.get("rows_staged"), "rows_applied": row.get("rows_applied"),
             "rows_deleted": row.get("rows_deleted")}
 
@@ -396,10 +405,17 @@ def render(report: dict[str, Any], now: datetime) -> str:
             rows = (f"{_count(sn['rows'])} rows ({_count(sn['rows_applied'])} applied, {_count(sn['rows_deleted'])} deleted)"
                     if sn["result"] == "merged" else f"{_count(sn['rows'])} rows staged")
             took = f" in {_span(sn['duration_s'])}" if sn["duration_s"] is not None else ""
+            if sn["request_to_merged_s"] is not None:
+                took += f", {_span(sn['request_to_merged_s'])} from request to merged"
+            phases = ", ".join(f"{name} {_span(sn['phases'][key])}" for name, key in (
+                ("waited", "waited_s"), ("read", "read_s"), ("transfer", "transfer_s"), ("merge", "merge_s"))
+                if sn["phases"][key] is not None)
             why = f": {sn['reason']}" if sn["reason"] and sn["result"] != "merged" else ""
             subset = f", where {sn['where']}" if sn["where"] else ""
             out.append(f"    last snapshot   {sn['result']}{why}, started {_when(sn['started_at'], now)}, {rows}{took}"
                        f"{subset}  [{sn['snapshot_id']}]")
+            if phases:
+                out.append(f"    phases          {phases}")
         else:
             out.append("    last snapshot   none")
         nr = st["next_run"]

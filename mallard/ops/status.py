@@ -40,10 +40,12 @@ def read_replica(run: Run, facts: ReplicaFacts) -> None:
     if row:
         facts.progress = dict(zip(("commit_lsn", "tx_id", "committed_ms", "applied_ms"), row[0]))
     for r in run("""SELECT stream, snapshot_id, status, reason, where_sql, request_id, epoch_ms(started_at),
-                           epoch_ms(finished_at), rows_staged, rows_applied, rows_deleted FROM _mallard.snapshots
+                           epoch_ms(finished_at), rows_staged, rows_applied, rows_deleted, epoch_ms(requested_at),
+                           epoch_ms(read_finished_at), epoch_ms(merge_started_at) FROM _mallard.snapshots
                     QUALIFY row_number() OVER (PARTITION BY stream ORDER BY started_at DESC, snapshot_id DESC) = 1"""):
         facts.snapshots[r[0]] = dict(zip(("stream", "snapshot_id", "status", "reason", "where_sql", "request_id",
-                                          "started_ms", "finished_ms", "rows_staged", "rows_applied", "rows_deleted"), r))
+                                          "started_ms", "finished_ms", "rows_staged", "rows_applied", "rows_deleted",
+                                          "requested_ms", "read_finished_ms", "merge_started_ms"), r))
     existing = {f'"{s}"."{t}"' for s, t in run("SELECT schema_name, table_name FROM duckdb_tables()")}
     writes, deletes = [], []
     for stream, t in facts.tables.items():

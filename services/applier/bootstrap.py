@@ -53,7 +53,7 @@ def real_ports(s: ApplierSettings) -> ApplierPorts:
     def open_replica(targets: dict[str, str]) -> Replica:
         Path(s.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
         return DuckDBReplica(s.duckdb_path, s.duckdb_memory_limit, targets=targets, threads=s.duckdb_threads,
-                             checkpoint_threshold=s.duckdb_checkpoint_threshold)
+                             checkpoint_threshold=s.duckdb_checkpoint_threshold, snapshot_merge=s.snapshot_merge)
 
     def change_source(on_commit: Callable) -> ChangeSource:
         return kafka.consumer(s.kafka_bootstrap_servers, s.consumer_group, **{

@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 
 from mallard.config.settings import DEFAULT_CONNECTOR_CONFIG, PostgresSettings, ServiceSettings
@@ -43,6 +45,11 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
         245_760, description="Snapshot rows staged in DuckDB per statement, at least (while more are coming): "
         "from one DuckDB row group (122,880 rows) on, DuckDB writes them to the file directly instead of "
         "through its WAL, at half the cost.")
+    snapshot_merge: Literal["swap", "rewrite"] = Field(
+        "swap", description="How a full snapshot of a table with a primary key is merged at its end. swap: staged "
+        "under its key as it arrives, then fixed up with what CDC wrote after the cut and swapped in, in time "
+        "proportional to those changes (CDC waits little). rewrite: the table rewritten from the staged rows in one "
+        "step at the end (the older way; CDC waits for all of it).")
     duckdb_memory_limit: str = Field("300MB", description="DuckDB's memory limit (its page cache, indexes included: they are evicted and reloaded as needed): keeps the applier's memory flat in the replica's size.")
     duckdb_checkpoint_threshold: str = Field(
         "256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B$",

@@ -270,6 +270,9 @@ class ReplicaStore:
     applied: list[int] = field(default_factory=list)
     """Every transaction committed, in commit order, replays included (none should be)."""
     snapshots: set[str] = field(default_factory=set)
+    """Snapshots merged."""
+    abandoned: dict[str, str] = field(default_factory=dict)
+    """snapshot_id -> why it was abandoned."""
 
 
 @dataclass
@@ -296,6 +299,7 @@ class FakeReplica:
         self.chunks = 0
         self.crash_in_chunks: int | None = None
         self.closed = False
+        self._staged: dict[str, dict[tuple, tuple]] = {}
 
     def applied_position(self) -> tuple[int, dict[int, int]]:
         return self.store.applied_lsn, dict(sorted(self.store.recent.items(), key=lambda kv: kv[1]))
@@ -399,17 +403,30 @@ class FakeReplica:
         return True  # no first snapshots asked for: the tests say what they need
 
     def begin_snapshot(self, frame: Any) -> None:
-        pass
+        self._staged[frame.snapshot_id] = {}
 
     def stage_rows(self, frame: Any, rows: Any) -> None:
-        pass
+        """Rows DuckDB would refuse (``refuse``) fail the whole insert, as DuckDB's do."""
+        staged = dict(self._staged[frame.snapshot_id])
+        keys = [frame.schema.columns.index(c) for c in frame.schema.key_columns]
+        for values in rows.to_pylist():
+            row = tuple(values.values())
+            if self.refuse(row):
+                raise TerminalError(f"Conversion Error: {frame.stream} refuses {row!r}")
+            staged[tuple(row[k] for k in keys)] = row
+        self._staged[frame.snapshot_id] = staged
 
     def finish_snapshot(self, frame: Any) -> SnapshotResult:
+        """A full refresh, the cut aside (the fake keeps no positions for snapshot rows)."""
         self.store.snapshots.add(frame.snapshot_id)
-        return SnapshotResult()
+        staged = self._staged.pop(frame.snapshot_id, {})
+        self.store.rows[frame.stream] = staged
+        self.store.status[frame.stream] = OK
+        return SnapshotResult(staged=len(staged), applied=len(staged))
 
     def abandon_snapshot(self, frame: Any, reason: str) -> None:
-        pass
+        self._staged.pop(frame.snapshot_id, None)
+        self.store.abandoned[frame.snapshot_id] = reason
 
     def publish_copy(self, path: str) -> dict[str, Any]:
         raise NotImplementedError("the fake replica publishes no copy")

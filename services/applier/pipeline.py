@@ -71,6 +71,8 @@ class Pipeline:
         self._copy_due = 0.0  # monotonic time of the next copy; 0: as soon as the replica is open
         self._changed_since_copy = True
         self._thread: threading.Thread | None = None
+        self.abandoned_snapshots: set[str] = set()
+        """Snapshots DuckDB refused while staging (the DuckDB thread's): what comes of them is skipped."""
 
     # -- the main loop's side -----------------------------------------------------------
 
@@ -152,7 +154,8 @@ class Pipeline:
                 if kind == "snapshot":
                     finish()
                     with self.lock:
-                        self.applied.put(("snapshot", apply_snapshot_work(self.replica, work)))
+                        self.applied.put(("snapshot", apply_snapshot_work(self.replica, work,
+                                                                          self.abandoned_snapshots, self.retrying)))
                     continue
                 transactions = work
                 started = self.clock.monotonic()

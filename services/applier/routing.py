@@ -146,13 +146,14 @@ class Router:
                                   Cut(message.cut.xmin, message.cut.xmax, frozenset(message.cut.xip)),
                                   frame_schema(message.stream, columns), where, message.started_at,
                                   message.request_id, incremental=message.incremental,
-                                  rows_format=message.rows_format)
+                                  rows_format=message.rows_format, requested_at=message.requested_at)
             self.snapshot_queue.put(self.snapshots.begin(frame, tp, offset))
         elif isinstance(message, SnapshotEnd):
             frame = self.snapshots.frame(message.stream, message.snapshot_id)
             if frame is None:
                 self.snapshots.skip(tp, offset)
             else:
+                frame.read_finished_at = message.finished_at
                 self.snapshot_queue.put(self.snapshots.end(frame, message.batches, message.row_count, tp, offset))
         elif isinstance(message, SnapshotFailed):  # abandons what it began; recorded for status and --wait
             self.snapshot_queue.put(self.snapshots.failed(message.stream, message.snapshot_id, message.request_id,

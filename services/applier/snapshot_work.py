@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mallard.core.errors import TerminalError, cause
 from mallard.core.snapshots import SnapshotTracker, SnapshotWork
 from mallard.services.applier.ports import Replica
 
@@ -42,29 +43,47 @@ class SnapshotQueue:
         return taken
 
 
-def apply_snapshot_work(replica: Replica, work: list[SnapshotWork]) -> list[tuple[SnapshotWork, Any, float]]:
-    """On the DuckDB thread: stage, merge or abandon; what came of each, and how long it took."""
+def apply_snapshot_work(replica: Replica, work: list[SnapshotWork], abandoned: set[str] | None = None,
+                        retrying: Callable[..., Any] | None = None) -> list[tuple[SnapshotWork, Any, float]]:
+    """On the DuckDB thread: stage, merge or abandon; what came of each, and how long it took.
+
+    A snapshot DuckDB refuses while staging (a TerminalError: a value it cannot store) is
+    abandoned with the reason, and what comes of it later is skipped (kind ``skip``): the
+    other streams go on. ``abandoned``: the snapshot ids abandoned so, kept by the caller
+    across calls. ``retrying(what, fn, *args)``: runs a step again after a TransientError."""
+    abandoned = set() if abandoned is None else abandoned
+    run = retrying or (lambda what, fn, *args: fn(*args))
     done = []
     for i, w in enumerate(work):
         started = time.monotonic()
         result = None
-        if w.kind == "begin":
-            replica.begin_snapshot(w.frame)
-        elif w.kind == "rows":
-            # Consecutive batches of one snapshot go in as one insert.
-            if i + 1 < len(work) and work[i + 1].kind == "rows" and work[i + 1].frame is w.frame:
-                work[i + 1].columns = pa.concat_tables([w.columns, work[i + 1].columns])
-            else:
-                replica.stage_rows(w.frame, w.columns)
+        if w.frame.snapshot_id in abandoned and w.kind != "abandon":
             w.columns = None
-        elif w.kind == "end":
-            try:
-                result = replica.finish_snapshot(w.frame)
-            except Exception as e:  # noqa: BLE001 - rolled back: the table keeps its content
-                w = SnapshotWork("abandon", w.frame, reason=f"merging it failed: {e}")
-                replica.abandon_snapshot(w.frame, w.reason)
-        else:
-            replica.abandon_snapshot(w.frame, w.reason or "abandoned")
+            done.append((SnapshotWork("skip", w.frame, row_count=w.row_count), None, 0.0))
+            continue
+        try:
+            if w.kind == "begin":
+                run("staging a snapshot", replica.begin_snapshot, w.frame)
+            elif w.kind == "rows":
+                # Consecutive batches of one snapshot go in as one insert.
+                if i + 1 < len(work) and work[i + 1].kind == "rows" and work[i + 1].frame is w.frame:
+                    work[i + 1].columns = pa.concat_tables([w.columns, work[i + 1].columns])
+                else:
+                    run("staging a snapshot's rows", replica.stage_rows, w.frame, w.columns)
+                w.columns = None
+            elif w.kind == "end":
+                try:
+                    result = replica.finish_snapshot(w.frame)
+                except Exception as e:  # noqa: BLE001 - rolled back: the table keeps its content
+                    w = SnapshotWork("abandon", w.frame, reason=f"merging it failed: {e}")
+                    replica.abandon_snapshot(w.frame, w.reason)
+            else:
+                replica.abandon_snapshot(w.frame, w.reason or "abandoned")
+        except TerminalError as e:  # DuckDB refuses what it stages: this snapshot only, abandoned
+            w.columns = None
+            w = SnapshotWork("abandon", w.frame, reason=f"DuckDB refused it while staging: {cause(e)}")
+            abandoned.add(w.frame.snapshot_id)
+            run("abandoning a snapshot", replica.abandon_snapshot, w.frame, w.reason)
         done.append((w, result, time.monotonic() - started))
     return done
 
@@ -93,6 +112,8 @@ class SnapshotAccounting:
         for w, result, seconds in done:
             self.snapshots.done(w)
             f = w.frame
+            if w.kind == "skip":  # of a snapshot abandoned before (said then)
+                continue
             if w.kind == "rows":
                 if frame is not None and frame is not f:
                     log_staged()
@@ -120,6 +141,8 @@ class SnapshotAccounting:
                                                       "after the last snapshot's cut", True)
                 self.loss.snapshot_merged(f)
             else:
+                # Its later messages are skipped (when DuckDB gave it up before its end arrived).
+                self.snapshots.abandon(f, w.reason or "abandoned")
                 self.counts["snapshots_abandoned"] += 1
                 self.log.error("snapshot %s of %s abandoned: %s; the table keeps its content, and the snapshot "
                                "must be taken again (mallard resnapshot %s)", f.snapshot_id, f.stream, w.reason,

@@ -573,7 +573,7 @@ class SnapshotterService(Service):
                 columns=[SnapshotColumn(name=c.name, pg_type=c.type_name,
                                         primary_key_position=key.index(c.name) + 1 if c.name in key else None,
                                         connect_schema=connect_schema(c)) for c in columns],
-                started_at=datetime.now(timezone.utc))
+                started_at=datetime.now(timezone.utc), requested_at=request.requested_at)
             self._send(stream, begin.model_dump_json().encode())
             self.begun = snapshot_id
             self.current = {"stream": stream, "snapshot_id": snapshot_id, "rows": 0, "estimate": estimate,

@@ -116,14 +116,15 @@ def merge_snapshot(replica: DuckDBReplica, snapshot_id: str, cut: Cut, rows: dic
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories())
+@given(histories(), st.sampled_from(["swap", "rewrite"]))
 @example(([("start", 100), ("write", 100, "u", 1), ("commit", 100), ("snapshot",), ("start", 101),
-           ("write", 101, "t", 0), ("commit", 101)], 100, False, None))  # a truncate after the cut
-def test_the_merge_converges_to_postgres_whatever_the_order(tmp_path_factory, history):
+           ("write", 101, "t", 0), ("commit", 101)], 100, False, None), "swap")  # a truncate after the cut
+def test_the_merge_converges_to_postgres_whatever_the_order(tmp_path_factory, history, snapshot_merge):
+    """Both ways of merging a full snapshot (MALLARD_SNAPSHOT_MERGE) give the same table."""
     steps, lag_pct, older_snapshot_first, where = history
     committed, (cut, rows, at) = simulate(steps)
     txs = [transaction(n, xid, writes) for n, (xid, writes, _) in enumerate(committed)]
-    replica = DuckDBReplica(str(tmp_path_factory.mktemp("merge") / "r.duckdb"))
+    replica = DuckDBReplica(str(tmp_path_factory.mktemp("merge") / "r.duckdb"), snapshot_merge=snapshot_merge)
     try:
         if older_snapshot_first:  # the replica already holds an older full snapshot (of nothing yet)
             merge_snapshot(replica, "s0", Cut(100, 100), {})
@@ -218,5 +219,37 @@ def test_a_stream_goes_to_the_table_the_config_names(tmp_path):
         apply_cdc(replica, [transaction(0, 100, [("u", 3, 30), ("d", 1, None)])])
         assert dict(replica.con.execute("SELECT id, v FROM analytics.t_copy").fetchall()) == {2: 20, 3: 30}
         assert replica.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchone() == (0,)
+    finally:
+        replica.close()
+
+
+def test_a_snapshot_duckdb_refuses_raises_a_terminal_error_and_phases_are_recorded(tmp_path):
+    """What the applier abandons a snapshot for (a TerminalError, not the driver's error),
+    and the times `mallard status` splits a merged snapshot's phases by."""
+    from datetime import timedelta
+
+    from mallard.core.errors import TerminalError
+
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    try:
+        t0 = datetime.now(timezone.utc)
+        frame = SnapshotFrame("bad", STREAM, Cut(100, 100), SCHEMA, None, t0)
+        replica.begin_snapshot(frame)
+        with pytest.raises(TerminalError, match="Constraint Error"):  # one key twice: DuckDB refuses it
+            replica.stage_rows(frame, snapshot_table(SCHEMA.types, [[1, 1], [10, 11]]))
+        replica.abandon_snapshot(frame, "DuckDB refused it while staging")
+        frame = SnapshotFrame("good", STREAM, Cut(100, 100), SCHEMA, None, t0, requested_at=t0 - timedelta(seconds=3),
+                              read_finished_at=t0 + timedelta(seconds=1))
+        replica.begin_snapshot(frame)
+        replica.stage_rows(frame, snapshot_table(SCHEMA.types, [[1, 2], [10, 20]]))
+        replica.finish_snapshot(frame)
+        assert replica_rows(replica) == {1: 10, 2: 20}
+        (status, requested, read, merging, finished), = replica.con.execute(
+            "SELECT status, requested_at, read_finished_at, merge_started_at, finished_at FROM _mallard.snapshots "
+            "WHERE snapshot_id = 'good'").fetchall()
+        assert status == "merged" and requested == t0 - timedelta(seconds=3) and read == t0 + timedelta(seconds=1)
+        assert t0 <= merging <= finished
+        assert replica.con.execute("SELECT status, reason FROM _mallard.snapshots WHERE snapshot_id = 'bad'"
+                                   ).fetchall() == [("abandoned", "DuckDB refused it while staging")]
     finally:
         replica.close()

@@ -295,3 +295,54 @@ def test_transient_errors_are_retried_with_backoff_and_logged_once(tmp_path, cap
     backoff = clock.slept_over(0.05)
     assert backoff[:6] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
     assert len(store.applied) == len(set(store.applied)) == 20
+
+
+# -- a terminal error in snapshot work ----------------------------------------------------
+
+SNAPSHOT_TOPIC = "mallard.snapshots"
+
+
+def publish_snapshot(kafka: FakeKafka, snapshot_id: str, table: str, rows_: list[list]) -> None:
+    """A full snapshot of public.<table> as the snapshotter frames it: begin, one rows batch per 3 rows, end."""
+    if SNAPSHOT_TOPIC not in kafka.topics:
+        kafka.create(SNAPSHOT_TOPIC)
+    stream = stream_name("public", table)
+    head = {"schema_version": 1, "snapshot_id": snapshot_id, "stream": stream}
+    begin = {**head, "kind": "begin", "cut": {"xmin": 1, "xmax": 1, "xip": []}, "started_at": "2026-12-01T00:00:00Z",
+             "columns": [{"name": "id", "pg_type": "bigint", "nullable": False, "primary_key_position": 1,
+                          "connect_schema": {"type": "int64", "optional": False}},
+                         {"name": "v", "pg_type": "text", "connect_schema": {"type": "string", "optional": True}}]}
+    batches = [rows_[i:i + 3] for i in range(0, len(rows_), 3)]
+    messages = [begin, *({**head, "kind": "rows", "batch": n, "rows": b} for n, b in enumerate(batches, 1)),
+                {**head, "kind": "end", "batches": len(batches), "row_count": len(rows_),
+                 "finished_at": "2026-12-01T00:00:01Z"}]
+    for m in messages:
+        kafka.produce(SNAPSHOT_TOPIC, stream.encode(), json.dumps(m).encode())
+
+
+def test_a_snapshot_duckdb_refuses_is_abandoned_with_the_reason_and_the_other_streams_go_on(tmp_path, caplog):
+    kafka, store = FakeKafka(), ReplicaStore()
+    source = Source(kafka)
+    for i in range(20):
+        source.transaction(("a", "c", i, f"a{i}"))
+    # A snapshot of b holding a value DuckDB refuses (in its second batch), then one it takes.
+    publish_snapshot(kafka, "s-bad", "b", [[i, "BOOM" if i == 4 else f"s{i}"] for i in range(9)])
+    publish_snapshot(kafka, "s-good", "b", [[i, f"t{i}"] for i in range(5)])
+    for i in range(20, 40):
+        source.transaction(("a", "c", i, f"a{i}"))
+    replica = FakeReplica(store, refuse=lambda row: row[1] == "BOOM")
+    service = bootstrap(settings(tmp_path, snapshot_stage_rows=3), **fake_ports(kafka, replica))
+    with caplog.at_level(logging.INFO, logger="mallard.applier"):
+        run = Running(service)
+        run.until(lambda: rows(store, "public.a") == source.expected["public.a"] and "s-good" in store.snapshots)
+        run.stop()
+    # The snapshot is abandoned with DuckDB's reason, said once; nothing of it is merged ...
+    assert set(store.abandoned) == {"s-bad"} and "BOOM" in store.abandoned["s-bad"]
+    assert "DuckDB refused it while staging" in store.abandoned["s-bad"]
+    said = [r for r in caplog.records if "s-bad" in r.getMessage() and "abandoned" in r.getMessage()]
+    assert len(said) == 1
+    assert "s-bad" not in store.snapshots
+    # ... the applier goes on: the other stream whole, and the stream's next snapshot merges.
+    assert rows(store, "public.a") == source.expected["public.a"]
+    assert rows(store, "public.b") == {i: f"t{i}" for i in range(5)}
+    assert service.counts["snapshots_abandoned"] == 1 and service.counts["snapshots_merged"] == 1

@@ -269,3 +269,27 @@ def test_a_stream_a_schema_change_rewrote_is_converging_not_ok_until_its_snapsho
     replica.tables["public.customers"].update(status="needs_resnapshot", reason="key changed")
     customers = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])["streams"]["public.customers"]
     assert customers["status"] == "needs_resnapshot" and customers["reason"] == "key changed"
+
+
+def test_a_snapshot_is_timed_from_request_to_merged_with_its_phases_apart():
+    services, replica, kafka = facts()
+    replica.snapshots["public.customers"].update({
+        "requested_ms": ms("2026-01-01T05:59:58+00:00"),  # 2 s waiting for the snapshotter
+        "read_finished_ms": ms("2026-01-01T06:00:01+00:00"),  # read and published in 1 s
+        "merge_started_ms": ms("2026-01-01T06:00:02.200+00:00")})  # its end reached DuckDB 1.2 s later
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])
+    sn = report["streams"]["public.customers"]["last_snapshot"]
+    assert sn["requested_at"] == "2026-01-01T05:59:58.000Z" and sn["request_to_merged_s"] == 4.5
+    assert sn["phases"] == {"waited_s": 2.0, "read_s": 1.0, "transfer_s": 1.2, "merge_s": 0.3}
+    text = render(report, NOW)
+    assert "2,000 rows (2,000 applied, 3 deleted) in 2.5s, 4.5s from request to merged  [s1]" in text
+    assert "phases          waited 2.0s, read 1.0s, transfer 1.2s, merge 0.3s" in text
+    # A snapshot that was not merged has no merge phase, and a replica from before has no phases.
+    replica.snapshots["public.customers"]["status"] = "abandoned"
+    sn = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])["streams"]["public.customers"]["last_snapshot"]
+    assert sn["request_to_merged_s"] is None and sn["phases"]["merge_s"] is None
+    services, replica, kafka = facts()
+    report = build_report(NOW, services, replica, kafka, CONFIG, "mallard", [])
+    assert report["streams"]["public.customers"]["last_snapshot"]["phases"] == {
+        "waited_s": None, "read_s": None, "transfer_s": None, "merge_s": None}
+    assert "phases " not in render(report, NOW)
