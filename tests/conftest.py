@@ -22,10 +22,12 @@ import pytest
 
 # The longest files (minutes of a serial run), started first so that no worker is left
 # with one of them at the end while the others idle. A new file runs after these.
-SLOW_FIRST = ("test_applier_types.py", "test_stack.py", "test_check.py", "test_monitoring.py", "test_torture.py",
-              "test_verify.py", "test_operating.py", "test_incremental.py", "test_faults.py", "test_hostile_events.py",
-              "test_applier_crash.py", "test_keyless_merge.py", "test_snapshot_merge.py", "test_hostile_query.py",
-              "test_keyless.py", "test_durability.py", "test_kafka_security.py")
+SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema_rewrites.py",
+              "test_config_apply.py", "test_stack.py", "test_check.py", "test_monitoring.py", "test_torture.py",
+              "test_verify.py", "test_operating.py", "test_incremental.py", "test_faults.py",
+              "test_hostile_events.py", "test_applier_crash.py", "test_keyless_merge.py",
+              "test_snapshot_merge.py", "test_hostile_query.py", "test_keyless.py", "test_durability.py",
+              "test_kafka_security.py")
 
 
 def pytest_collection_modifyitems(config, items):
