@@ -389,25 +389,11 @@ class LocalStack:
     def _reregister_connector(self, report: Callable[[str], None]) -> None:
         """PUT the new config; Connect restarts the task. Wait until a new walsender streams
         from the slot: from then on every change of the new tables reaches Kafka."""
-        from mallard.config.connector import register
-
         config = self._connector()
-        slot = self._slot_state(config.slot_name) or {}
-        old_pid = slot.get("active_pid")
+        old_pid = (self._slot_state(config.slot_name) or {}).get("active_pid")
         t0 = time.monotonic()
-        try:
-            register(self.s.connect_url, config, timeout=self.s.start_timeout_s)
-        except RuntimeError as e:
-            raise StackError(f"connect: {e}; see its log: {self.logs / 'connect.log'}") from None
-        deadline = time.monotonic() + self.s.start_timeout_s
-        while True:
-            slot = self._slot_state(config.slot_name) or {}
-            if slot.get("active") and slot.get("active_pid") != old_pid:
-                break
-            if time.monotonic() > deadline:
-                raise StackError(f"connect: connector {config.name} took the new table list but its task did not "
-                                 f"stream again within {self.s.start_timeout_s:.0f}s; see {self.logs / 'connect.log'}")
-            time.sleep(0.2)
+        self._register_and_wait(config, lambda slot: slot.get("active") and slot.get("active_pid") != old_pid,
+                                "took the new table list but its task did not stream again")
         report(f"  {'debezium':<14} connector {config.name} now captures {', '.join(config.tables) or 'no table'} "
                f"(task streaming again in {time.monotonic() - t0:.1f}s)")
 
@@ -718,26 +704,29 @@ class LocalStack:
             detail["slot_error"] = str(e)
         return state.ready and bool(detail["slot"] and detail["slot"]["active"]), detail
 
-    def register_connector(self, report: Callable[[str], None] = print) -> None:
-        """Register the connector through Connect's REST API (the code path of ``mallard
-        connector register``), then wait until Debezium streams from its slot."""
+    def _register_and_wait(self, config, streaming: Callable[[dict], bool], failure: str) -> None:
+        """PUT the connector's config through Connect's REST API, then wait until its slot
+        shows ``streaming`` (Debezium reads the WAL: from then on no change is missed)."""
         from mallard.config.connector import register
 
-        config = self._connector()
-        t0 = time.monotonic()
         try:
             register(self.s.connect_url, config, timeout=self.s.start_timeout_s)
         except RuntimeError as e:
             raise StackError(f"connect: {e}; see its log: {self.logs / 'connect.log'}") from None
         deadline = time.monotonic() + self.s.start_timeout_s
-        while True:
-            slot = self._slot_state(config.slot_name)
-            if slot and slot["active"]:
-                break
+        while not streaming(self._slot_state(config.slot_name) or {}):
             if time.monotonic() > deadline:
-                raise StackError(f"connect: connector {config.name} RUNNING but slot {config.slot_name} not active "
-                                 f"after {self.s.start_timeout_s:.0f}s; see its log: {self.logs / 'connect.log'}")
+                raise StackError(f"connect: connector {config.name} {failure} within {self.s.start_timeout_s:.0f}s; "
+                                 f"see its log: {self.logs / 'connect.log'}")
             time.sleep(0.2)
+
+    def register_connector(self, report: Callable[[str], None] = print) -> None:
+        """Register the connector through Connect's REST API (the code path of ``mallard
+        connector register``), then wait until Debezium streams from its slot."""
+        config = self._connector()
+        t0 = time.monotonic()
+        self._register_and_wait(config, lambda slot: slot.get("active"),
+                                f"RUNNING but slot {config.slot_name} not active")
         report(f"  {'debezium':<14} connector {config.name} RUNNING, slot {config.slot_name} active, "
                f"in {time.monotonic() - t0:.1f}s")
 
