@@ -230,7 +230,7 @@ def test_a_snapshot_duckdb_refuses_raises_a_terminal_error_and_phases_are_record
 
     from mallard.core.errors import TerminalError
 
-    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"), snapshot_merge="swap")  # staged under its key
     try:
         t0 = datetime.now(timezone.utc)
         frame = SnapshotFrame("bad", STREAM, Cut(100, 100), SCHEMA, None, t0)
