@@ -43,6 +43,7 @@ import threading
 import time
 import urllib.error
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -304,6 +305,28 @@ def print_table(rows: list[dict]) -> None:
     print(f"\nhighest rate with commit → DuckDB p99 under 2 s: {max(under) if under else 'none'}")
 
 
+def on_pgbench_stack(prefix: str, start_timeout: int, body: Callable[[Stack], int],
+                     keep_logs: str | None = None) -> int:
+    """``body`` on a local stack in a temporary home, its connector capturing pgbench's
+    tables and the probe; torn down (logs copied to ``keep_logs`` first) also on SIGTERM."""
+    signal.signal(signal.SIGTERM, on_signal)
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    stack = Stack(home, start_timeout)
+    connector = json.loads(Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).read_text())
+    connector["config"]["table.include.list"] = ",".join(f"public.{t}" for t in [*PGBENCH, PROBE])
+    Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).write_text(json.dumps(connector, indent=2))
+    try:
+        return body(stack)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if keep_logs:
+            shutil.copytree(home / "logs", keep_logs, dirs_exist_ok=True)
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=int, nargs="+", default=[250, 500, 1000, 1500])
@@ -313,23 +336,7 @@ def main() -> int:
     parser.add_argument("--start-timeout", type=int, default=240)
     parser.add_argument("--keep-logs", help="copy the stack's logs to this folder before tearing it down")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    home = Path(tempfile.mkdtemp(prefix="mallard-latency-"))
-    home.chmod(0o755)
-    stack = Stack(home, args.start_timeout)
-    connector = json.loads(Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).read_text())
-    connector["config"]["table.include.list"] = ",".join(f"public.{t}" for t in [*PGBENCH, PROBE])
-    Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).write_text(json.dumps(connector, indent=2))
-    try:
-        return run(args, stack)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.keep_logs:
-            shutil.copytree(home / "logs", args.keep_logs, dirs_exist_ok=True)
-        stack.down()
-        shutil.rmtree(home, ignore_errors=True)
-
+    return on_pgbench_stack("mallard-latency-", args.start_timeout, lambda stack: run(args, stack), args.keep_logs)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 from pathlib import Path
@@ -34,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg2  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
-from latency_benchmark import PGBENCH, PROBE, Probe, percentile, replication_config  # noqa: E402
-from soak import PG_BIN, Stack, on_signal, pg_env, wait_until  # noqa: E402
+from latency_benchmark import PROBE, Probe, on_pgbench_stack, percentile, replication_config  # noqa: E402
+from soak import PG_BIN, Stack, pg_env, wait_until  # noqa: E402
 
 TABLE = "public.pgbench_accounts"
 
@@ -186,21 +184,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds a re-snapshot may take")
     parser.add_argument("--start-timeout", type=int, default=240)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    home = Path(tempfile.mkdtemp(prefix="mallard-resnapshot-latency-"))
-    home.chmod(0o755)
-    stack = Stack(home, args.start_timeout)
-    connector = json.loads(Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).read_text())
-    connector["config"]["table.include.list"] = ",".join(f"public.{t}" for t in [*PGBENCH, PROBE])
-    Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).write_text(json.dumps(connector, indent=2))
-    try:
-        return run(args, stack)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.down()
-        shutil.rmtree(home, ignore_errors=True)
-
+    return on_pgbench_stack("mallard-resnapshot-latency-", args.start_timeout, lambda stack: run(args, stack))
 
 if __name__ == "__main__":
     sys.exit(main())
