@@ -24,6 +24,19 @@ OPS = frozenset("cudrt")
 _NOTHING_UNAVAILABLE: frozenset[int] = frozenset()
 
 
+def _decoded(values: tuple, decoders: tuple) -> tuple | None:
+    """``values`` with the typed pass's (index, decode) columns decoded; None where a decoder
+    refuses its value (the general path then names the column)."""
+    values = list(values)
+    try:
+        for i, decode in decoders:
+            if (v := values[i]) is not None:
+                values[i] = decode(v)
+    except Exception:  # noqa: BLE001 - the general path names the column
+        return None
+    return tuple(values)
+
+
 class PoisonMessage(TerminalError, ValueError):
     """A message that cannot be applied; the reason names what was wrong."""
 
@@ -408,15 +421,8 @@ class Decoder:
                 return self._fast_delete(topic, partition, offset, key_raw, layout, payload_raw, known, payload)
             return None
         values = msgspec.structs.astuple(after)
-        if decoders:
-            values = list(values)
-            try:
-                for i, decode in decoders:
-                    if (v := values[i]) is not None:
-                        values[i] = decode(v)
-            except Exception:  # noqa: BLE001 - the general path names the column
-                return None
-            values = tuple(values)
+        if decoders and (values := _decoded(values, decoders)) is None:
+            return None
         stream = stream_name(source.schema, source.table)
         if known is not None and known.table.stream == stream:
             table = known.table
@@ -457,15 +463,8 @@ class Decoder:
         if before is None:
             return None
         key = msgspec.structs.astuple(before)
-        if decoders:
-            key = list(key)
-            try:
-                for i, decode in decoders:
-                    if (v := key[i]) is not None:
-                        key[i] = decode(v)
-            except Exception:  # noqa: BLE001 - the general path names the column
-                return None
-            key = tuple(key)
+        if decoders and (key := _decoded(key, decoders)) is None:
+            return None
         if None in key:
             return None  # the general path names it
         return ChangeEvent(topic, partition, offset, stream, "d", source.txId, payload.transaction.total_order,
