@@ -175,7 +175,11 @@ class Bookkeeping:
                     # Rows Postgres rewrote sent no events: a snapshot through the cut brings them,
                     # while CDC goes on. Until one whose cut saw ``tx_id`` is merged: converging.
                     asked = state.converging_tx_id is not None
-                    state.converging, state.converging_tx_id = rewrite, tx_id
+                    # Every cause seen since the stream began converging, not only the last:
+                    # the snapshot asked for covers them all.
+                    causes = (state.converging or "").split("; ") if asked else []
+                    causes += [c for c in rewrite.split("; ") if c not in causes]
+                    state.converging, state.converging_tx_id = "; ".join(c for c in causes if c), tx_id
                     if not asked and schema.stream not in self.needing_resnapshot:
                         # One request out at a time: a snapshot whose cut came before this change is
                         # followed by another when it is merged (finish_snapshot).

@@ -181,3 +181,25 @@ def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the
         assert state(replica)["converging"] is None and replica.needing_resnapshot == []
     finally:
         replica.close()
+
+
+def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_path):
+    """DDLs that land between a stream's row events arrive as several schema changes: the
+    converging reason names them all, whichever order the events came in."""
+    from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.core.merge import reduce
+
+    v1 = _schema(("id", "int32"), ("email", "string"))
+    v2 = _schema(("id", "int32"), ("email", "string"), ("in_stock", "boolean"))
+    v3 = _schema(("id", "int32"), ("email_address", "string"), ("in_stock", "boolean"))
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+    try:
+        asked = []
+        for n, (schema, row) in enumerate([(v1, (1, "a")), (v2, (1, "a", True)), (v3, (1, "a", True))]):
+            txs = [_tx(n, 100 + n, schema, [row])]
+            asked += replica.apply(reduce(txs, replica.snapshot_cuts()), txs).needs_resnapshot
+        assert asked == ["public.t"]  # one request out, for all of it
+        why = {t["stream"]: t for t in replica.table_report()}["public.t"]["converging"]
+        assert "added (in_stock)" in why and "email -> email_address" in why, why
+    finally:
+        replica.close()
