@@ -109,7 +109,9 @@ def merge_snapshot(replica: DuckDBReplica, snapshot_id: str, cut: Cut, content: 
     replica.finish_snapshot(frame)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 100 histories (was 200: the suite's slowest test): each runs up to ~15 transactions through
+# a real DuckDB writer process, ~1 s; the two hand-picked histories below always run.
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 @example(([("start", 100), ("write", 100, "i", (1, "x"), (0, None)), ("commit", 100), ("snapshot",),
            ("start", 101), ("write", 101, "d", (1, "x"), (0, None)), ("commit", 101)], 100, True))
