@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -144,11 +145,35 @@ class _Block(msgspec.Struct, gc=False):
     total_order: int
 
 
+class _DataCollection(msgspec.Struct):
+    data_collection: str
+    event_count: int
+
+
 class _TransactionPayload(msgspec.Struct):
     status: str
     id: str
     event_count: int | None = None
+    data_collections: list[_DataCollection] | None = None
     ts_ms: int | None = None
+
+
+MESSAGE_COLLECTION = re.compile(r"^io\.debezium\.connector\.postgresql\.LogicalDecodingMessageMonitor\$"
+                                r"LogicalDecodingMessageId@[0-9a-f]+$")
+"""How Debezium 3.x names, in a transaction's END, the logical decoding messages
+(``pg_logical_emit_message(true, ...)``) the transaction sent: they go to
+``<prefix>.message``, never to a table topic, so they are not events the applier waits for."""
+
+
+def table_event_count(total: int, collections) -> int:
+    """An END's event count without its logical decoding messages: an application that
+    emits one inside a transaction must not leave the transaction waiting for ever."""
+    for c in collections or ():
+        name, count = (c.data_collection, c.event_count) if isinstance(c, _DataCollection) else \
+            (c.get("data_collection"), c.get("event_count")) if isinstance(c, dict) else (None, None)
+        if isinstance(name, str) and isinstance(count, int) and MESSAGE_COLLECTION.match(name):
+            total -= count
+    return total
 
 
 _TX_DECODER = msgspec.json.Decoder(_TransactionPayload)
@@ -501,7 +526,8 @@ class Decoder:
                 tx_id, _, lsn = m.id.partition(":")
                 if m.status in ("BEGIN", "END"):
                     return TransactionMarker(topic, partition, offset, m.status, int(tx_id), int(lsn or 0),
-                                             m.event_count or 0, m.ts_ms or 0)
+                                             table_event_count(m.event_count or 0, m.data_collections),
+                                             m.ts_ms or 0)
             except (msgspec.MsgspecError, ValueError):
                 pass  # the general path names what is wrong
         payload = _loads(payload_raw)
@@ -512,6 +538,9 @@ class Decoder:
         tx_id, _, lsn = str(payload.get("id", "")).partition(":")
         try:
             return TransactionMarker(topic, partition, offset, payload["status"], int(tx_id), int(lsn or 0),
-                                     int(payload.get("event_count") or 0), int(payload.get("ts_ms") or 0))
+                                     table_event_count(int(payload.get("event_count") or 0),
+                                                       payload.get("data_collections")
+                                                       if isinstance(payload.get("data_collections"), list) else None),
+                                     int(payload.get("ts_ms") or 0))
         except ValueError:
             raise PoisonMessage(f"transaction id {payload.get('id')!r} is not '<txId>:<lsn>'") from None

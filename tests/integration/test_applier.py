@@ -58,6 +58,18 @@ def test_an_unchanged_toasted_column_keeps_its_value(cdc_stack, pg):
     assert placeholder == [[0]]
 
 
+def test_a_logical_decoding_message_in_a_transaction_does_not_hold_it_back(cdc_stack, pg):
+    # Debezium counts an application's pg_logical_emit_message(true, ...) in the END of its
+    # transaction, yet sends it to <prefix>.message: waited for, it held every table back for ever.
+    pg.execute("CREATE TABLE noted (id int PRIMARY KEY, note text)")
+    pg.execute("BEGIN; SELECT pg_logical_emit_message(true, 'app-audit', 'who did it'); "
+               "INSERT INTO noted VALUES (1, 'with a message'); "
+               "SELECT pg_logical_emit_message(true, 'app-audit', 'twice'); COMMIT")
+    pg.execute("SELECT pg_logical_emit_message(false, 'app-audit', 'outside any transaction')")
+    pg.execute("INSERT INTO noted VALUES (2, 'after')")
+    cdc_stack.wait_for("SELECT id, note FROM noted ORDER BY id", [[1, "with a message"], [2, "after"]])
+
+
 def test_a_table_without_primary_key_is_kept_current_as_a_multiset(cdc_stack, pg):
     # Issue 18 replaced the refusal (its CDC dropped) by a multiset: inserts append, and with
     # REPLICA IDENTITY FULL an update or delete takes one equal row.

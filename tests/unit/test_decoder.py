@@ -47,6 +47,28 @@ def test_transaction_markers_give_the_commit_lsn():
     assert [m.lsn for m in ends] == sorted(m.lsn for m in ends)  # commit order
 
 
+# The END Debezium 3.6 sent for `BEGIN; SELECT pg_logical_emit_message(true, 'app', '...');
+# UPDATE customers ...; COMMIT` (pgoutput): the message is counted, under a Java object's name,
+# but goes to mallard.message, never to a table topic.
+END_WITH_A_MESSAGE = {"status": "END", "id": "757:28604736", "event_count": 2, "data_collections": [
+    {"data_collection": "public.customers", "event_count": 1},
+    {"data_collection": "io.debezium.connector.postgresql.LogicalDecodingMessageMonitor$"
+                        "LogicalDecodingMessageId@7ae678ea", "event_count": 1}], "ts_ms": 1796333841991}
+
+
+@pytest.mark.parametrize("typed", [True, False])
+@pytest.mark.parametrize("enveloped", [True, False])
+def test_an_end_does_not_count_the_logical_decoding_messages_of_its_transaction(typed, enveloped):
+    value = {"schema": {"type": "struct"}, "payload": END_WITH_A_MESSAGE} if enveloped else END_WITH_A_MESSAGE
+    marker = Decoder(typed=typed).decode_transaction("mallard.transaction", 0, 3, json.dumps(value).encode())
+    assert (marker.tx_id, marker.event_count) == (757, 1)
+    only_messages = {**END_WITH_A_MESSAGE, "event_count": 1, "data_collections": END_WITH_A_MESSAGE["data_collections"][1:]}
+    assert Decoder(typed=typed).decode_transaction("t", 0, 0, json.dumps(only_messages).encode()).event_count == 0
+    # A table may be named like anything, but not like a Java object with a hash code.
+    table = {**END_WITH_A_MESSAGE, "data_collections": [{"data_collection": "io.debezium.x", "event_count": 2}]}
+    assert Decoder(typed=typed).decode_transaction("t", 0, 0, json.dumps(table).encode()).event_count == 2
+
+
 def test_a_truncate_before_any_keyed_event_does_not_claim_a_key():
     d = Decoder()
     e = next(e for e in EVENTS if e["value"] and '"op":"t"' in e["value"])
