@@ -9,7 +9,7 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any
@@ -165,15 +165,12 @@ MESSAGE_COLLECTION = re.compile(r"^io\.debezium\.connector\.postgresql\.LogicalD
 ``<prefix>.message``, never to a table topic, so they are not events the applier waits for."""
 
 
-def table_event_count(total: int, collections) -> int:
-    """An END's event count without its logical decoding messages: an application that
-    emits one inside a transaction must not leave the transaction waiting for ever."""
-    for c in collections or ():
-        name, count = (c.data_collection, c.event_count) if isinstance(c, _DataCollection) else \
-            (c.get("data_collection"), c.get("event_count")) if isinstance(c, dict) else (None, None)
-        if isinstance(name, str) and isinstance(count, int) and MESSAGE_COLLECTION.match(name):
-            total -= count
-    return total
+def table_event_count(total: int, collections: Iterable[tuple[object, object]]) -> int:
+    """An END's event count without its logical decoding messages, given its
+    (data_collection, event_count) pairs: an application that emits one inside a
+    transaction must not leave the transaction waiting for ever."""
+    return total - sum(count for name, count in collections
+                       if isinstance(name, str) and isinstance(count, int) and MESSAGE_COLLECTION.match(name))
 
 
 _TX_DECODER = msgspec.json.Decoder(_TransactionPayload)
@@ -526,7 +523,9 @@ class Decoder:
                 tx_id, _, lsn = m.id.partition(":")
                 if m.status in ("BEGIN", "END"):
                     return TransactionMarker(topic, partition, offset, m.status, int(tx_id), int(lsn or 0),
-                                             table_event_count(m.event_count or 0, m.data_collections),
+                                             table_event_count(m.event_count or 0, (
+                                                 (c.data_collection, c.event_count)
+                                                 for c in m.data_collections or ())),
                                              m.ts_ms or 0)
             except (msgspec.MsgspecError, ValueError):
                 pass  # the general path names what is wrong
@@ -536,11 +535,13 @@ class Decoder:
         if not isinstance(payload, dict) or payload.get("status") not in ("BEGIN", "END"):
             raise PoisonMessage("unknown transaction envelope: expected status BEGIN or END")
         tx_id, _, lsn = str(payload.get("id", "")).partition(":")
+        collections = payload.get("data_collections")
+        collections = collections if isinstance(collections, list) else ()
         try:
             return TransactionMarker(topic, partition, offset, payload["status"], int(tx_id), int(lsn or 0),
-                                     table_event_count(int(payload.get("event_count") or 0),
-                                                       payload.get("data_collections")
-                                                       if isinstance(payload.get("data_collections"), list) else None),
+                                     table_event_count(int(payload.get("event_count") or 0), (
+                                         (c.get("data_collection"), c.get("event_count"))
+                                         for c in collections if isinstance(c, dict))),
                                      int(payload.get("ts_ms") or 0))
         except ValueError:
             raise PoisonMessage(f"transaction id {payload.get('id')!r} is not '<txId>:<lsn>'") from None
