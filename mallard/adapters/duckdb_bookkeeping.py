@@ -177,9 +177,9 @@ class Bookkeeping:
                     asked = state.converging_tx_id is not None
                     # Every cause seen since the stream began converging, not only the last:
                     # the snapshot asked for covers them all.
-                    causes = (state.converging or "").split("; ") if asked else []
+                    causes = state.converging.split("; ") if asked and state.converging else []
                     causes += [c for c in rewrite.split("; ") if c not in causes]
-                    state.converging, state.converging_tx_id = "; ".join(c for c in causes if c), tx_id
+                    state.converging, state.converging_tx_id = "; ".join(causes), tx_id
                     if not asked and schema.stream not in self.needing_resnapshot:
                         # One request out at a time: a snapshot whose cut came before this change is
                         # followed by another when it is merged (finish_snapshot).
