@@ -98,4 +98,28 @@ class TransactionEvent(_Open):
     payload: TransactionEventPayload
 
 
+class LogicalMessage(_Open):
+    """``payload.message`` of a logical decoding message (``pg_logical_emit_message``)."""
+
+    prefix: str | None = None
+    content: str | None = Field(None, description="The message's bytes, base64 (Connect bytes in JSON).")
+
+
+class LogicalMessagePayload(_Open):
+    op: Literal["m"]
+    ts_ms: int | None = None
+    source: SourceInfo
+    transaction: TransactionBlock | None = Field(None, description="Present for a transactional message.")
+    message: LogicalMessage
+
+
+class LogicalMessageValue(_Open):
+    """Value of a message on ``<prefix>.message``: Debezium publishes every logical decoding
+    message there (the ``txId`` of a transactional one is its transaction's); mallard reads
+    only those with the ``mallard.ddl`` prefix (schemas/ddl.py)."""
+
+    schema_: ConnectSchema = Field(alias="schema")
+    payload: LogicalMessagePayload
+
+
 ConnectSchema.model_rebuild()

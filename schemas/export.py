@@ -8,8 +8,9 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from mallard.schemas.control import ResnapshotRequest, StateReset
+from mallard.schemas.ddl import DdlSignal
 from mallard.schemas.deadletter import DeadLetter
-from mallard.schemas.debezium import ChangeEventKey, ChangeEventValue, TransactionEvent
+from mallard.schemas.debezium import ChangeEventKey, ChangeEventValue, LogicalMessageValue, TransactionEvent
 from mallard.schemas.snapshot import SnapshotMessage, SnapshotRowsHeader
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -18,6 +19,8 @@ CONTRACTS = {
     "debezium.change_event_key.v1": ChangeEventKey,
     "debezium.change_event_value.v1": ChangeEventValue,
     "debezium.transaction_event.v1": TransactionEvent,
+    "debezium.logical_message_value.v1": LogicalMessageValue,
+    "ddl.signal.v1": DdlSignal,
     "snapshot.message.v1": SnapshotMessage,
     "snapshot.arrow_rows_header.v1": SnapshotRowsHeader,
     "control.resnapshot_request.v1": ResnapshotRequest,

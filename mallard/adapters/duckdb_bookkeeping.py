@@ -38,14 +38,16 @@ class Bookkeeping:
             self.con.execute(sql)
         for row in self.con.execute(
             "SELECT stream, target, status, reason, columns, key_columns, dropped_columns, unknown_columns, "
-            "snapshot_cut, truncated_tx_id, held_back_tx_id, converging, converging_tx_id FROM _mallard.tables"
+            "snapshot_cut, truncated_tx_id, held_back_tx_id, converging, converging_tx_id, converging_ddl_tx_id "
+            "FROM _mallard.tables"
         ).fetchall():
             cut = json.loads(row[8]) if row[8] else None
             self.tables[row[0]] = TableState(
                 row[0], row[1], row[2], row[3], [tuple(c) for c in json.loads(row[4])], json.loads(row[5]),
                 json.loads(row[6] or "[]"), json.loads(row[7] or "[]"),
                 snapshot_cut=Cut(cut["xmin"], cut["xmax"], frozenset(cut["xip"])) if cut else None,
-                truncated_tx_id=row[9], held_back_tx_id=row[10], converging=row[11], converging_tx_id=row[12])
+                truncated_tx_id=row[9], held_back_tx_id=row[10], converging=row[11], converging_tx_id=row[12],
+                converging_ddl_tx_id=row[13])
             if row[11] is not None and row[2] == OK:
                 # Converging when the applier stopped: its snapshot may never have come. Asked again.
                 self.needing_resnapshot.append(row[0])
@@ -140,7 +142,7 @@ class Bookkeeping:
             change = diff(state.columns, state.key_columns, columns, list(schema.key_columns), state.dropped)
             if change.incompatible:
                 state.status, state.reason = NEEDS_RESNAPSHOT, change.incompatible
-                if state.converging_tx_id is None:
+                if state.converging is None:
                     self.needing_resnapshot.append(schema.stream)
                 # else: a snapshot is asked for already; one whose cut came before this change is
                 # followed by another (the changes held back from now on are not covered by it).
@@ -171,22 +173,8 @@ class Bookkeeping:
                 state.dropped = sorted((set(state.dropped) | set(change.dropped)) - set(dict(columns)))
                 state.unknown = sorted(set(state.unknown) | set(unknown))
                 rewrite = change.rewrite_reason
-                if rewrite and tx_id is not None:
-                    # Rows Postgres rewrote sent no events: a snapshot through the cut brings them,
-                    # while CDC goes on. Until one whose cut saw ``tx_id`` is merged: converging.
-                    asked = state.converging_tx_id is not None
-                    # Every cause seen since the stream began converging, not only the last:
-                    # the snapshot asked for covers them all.
-                    causes = state.converging.split("; ") if asked and state.converging else []
-                    causes += [c for c in rewrite.split("; ") if c not in causes]
-                    state.converging, state.converging_tx_id = "; ".join(causes), tx_id
-                    if not asked and schema.stream not in self.needing_resnapshot:
-                        # One request out at a time: a snapshot whose cut came before this change is
-                        # followed by another when it is merged (finish_snapshot).
-                        self.needing_resnapshot.append(schema.stream)
-                    log.warning("%s is converging: %s; re-snapshot requested, its changes are applied meanwhile",
-                                schema.stream, rewrite, extra={"kind": "schema_rewrite", "stream": schema.stream,
-                                                               "reason": rewrite})
+                if rewrite and tx_id is not None and self._converging(state, rewrite, tx_id, signalled=False):
+                    self.needing_resnapshot.append(schema.stream)
             self._save_table(state)
         if state.status == OK:
             state.fingerprints.add(fingerprint)
@@ -242,6 +230,38 @@ class Bookkeeping:
 
     def prune_recent(self) -> None:
         self.con.execute(prune_recent_sql())
+
+    def _converging(self, state: TableState, reason: str, tx_id: int, signalled: bool) -> bool:
+        """Rows Postgres rewrote sent no events (``reason``; ``tx_id``: the DDL's transaction if
+        ``signalled``, else the first row event's after it): a snapshot through the cut brings
+        them, while CDC goes on. Until one whose cut saw the latest such transactions is merged,
+        the stream is converging. True: a snapshot is to be asked for (one request out at a
+        time: a snapshot whose cut came before this change is followed by another when it is
+        merged, finish_snapshot)."""
+        asked = state.converging is not None
+        # Every cause seen since the stream began converging, not only the last: the snapshot
+        # asked for covers them all.
+        causes = state.converging.split("; ") if asked and state.converging else []
+        causes += [c for c in reason.split("; ") if c not in causes]
+        state.converging = "; ".join(causes)
+        if signalled:  # each kind comes in commit order: its latest is the one to cover
+            state.converging_ddl_tx_id = tx_id
+        else:
+            state.converging_tx_id = tx_id
+        log.warning("%s is converging: %s; re-snapshot requested, its changes are applied meanwhile",
+                    state.stream, reason, extra={"kind": "schema_rewrite", "stream": state.stream, "reason": reason})
+        return not asked and state.stream not in self.needing_resnapshot
+
+    def converge(self, stream: str, tx_id: int, reason: str) -> bool:
+        """The DDL signal (mallard/core/schema_signal.py): transaction ``tx_id`` changed
+        ``stream``'s existing rows without row events. True: a snapshot is to be asked for. A
+        stream without a table yet, or already waiting for a rebuild, needs nothing more."""
+        state = self.tables.get(stream)
+        if state is None or state.status != OK:
+            return False
+        ask = self._converging(state, reason, tx_id, signalled=True)
+        self._save_table(state)
+        return ask
 
     def mark_for_resnapshot(self, stream: str, reason: str, tx_id: int | None) -> None:
         """A stream one of whose events cannot be applied (it was dead-lettered): its changes

@@ -172,12 +172,12 @@ class SnapshotMerge:
                                  f"WHERE {covered_sql(frame.cut, '_mallard_tx_id')}")
                 if state.truncated_tx_id is not None and frame.cut.covers(state.truncated_tx_id):
                     state.truncated_tx_id = None
-            if state.converging_tx_id is not None:
-                if frame.full and frame.cut.covers(state.converging_tx_id):
+            if state.converging_covered_by:
+                if frame.full and all(frame.cut.covers(x) for x in state.converging_covered_by):
                     # It saw the schema change and the rows Postgres rewrote: the table holds them now.
                     log.info("%s converged: snapshot %s saw the schema change (%s)", frame.stream,
                              frame.snapshot_id, state.converging)
-                    state.converging, state.converging_tx_id = None, None
+                    state.converging, state.converging_tx_id, state.converging_ddl_tx_id = None, None, None
                 elif frame.full:  # its cut came before the change: the next one brings the rewritten rows
                     result.resnapshot_again = True
             if state.held_back_tx_id is not None:
@@ -228,7 +228,8 @@ class SnapshotMerge:
                              truncated_tx_id=state.truncated_tx_id if state else None,
                              held_back_tx_id=state.held_back_tx_id if state else None,
                              converging=state.converging if state else None,
-                             converging_tx_id=state.converging_tx_id if state else None)
+                             converging_tx_id=state.converging_tx_id if state else None,
+                             converging_ddl_tx_id=state.converging_ddl_tx_id if state else None)
         self._create(rebuilt)
         self.tables[frame.stream] = rebuilt
         if rebuilt.status == OK:

@@ -101,6 +101,13 @@ def transaction_topic(prefix: str) -> str:
     return f"{prefix}.transaction"
 
 
+def message_topic_pattern(prefix: str) -> str:
+    """The topic of logical decoding messages (``pg_logical_emit_message``), where mallard's
+    DDL signal comes (schemas/ddl.py). A regex subscription: Debezium creates the topic with
+    its first message, and a subscription by name to a missing topic is an error."""
+    return "^" + re.escape(prefix) + r"\.message$"
+
+
 def cdc_topic_pattern(prefix: str) -> str:
     """A Kafka regex subscription to every table topic of the prefix (not the transaction
     topic, which has one dot fewer), so new tables are picked up without a restart.

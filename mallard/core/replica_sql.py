@@ -159,6 +159,15 @@ class TableState:
     converging_tx_id: int | None = None
     """xid of a CDC transaction after that schema change: a full snapshot whose cut covers it
     holds the rewritten rows, and ends the convergence."""
+    converging_ddl_tx_id: int | None = None
+    """xid of the last DDL that signalled a rewrite (mallard/core/schema_signal.py): the cut
+    must cover it too. Kept apart from ``converging_tx_id``: the signal and the row events
+    come on different topics, so neither can tell which of the two committed later."""
+
+    @property
+    def converging_covered_by(self) -> list[int]:
+        """The transactions a full snapshot's cut must cover to end the convergence."""
+        return [x for x in (self.converging_tx_id, self.converging_ddl_tx_id) if x is not None]
 
 
 @dataclass
@@ -200,7 +209,8 @@ BOOKKEEPING_DDL = (
             tx_id BIGINT PRIMARY KEY, commit_lsn BIGINT)""",
     *(f"ALTER TABLE _mallard.tables ADD COLUMN IF NOT EXISTS {column} {duck_type}"
       for column, duck_type in (("snapshot_cut", "JSON"), ("truncated_tx_id", "BIGINT"), ("held_back_tx_id", "BIGINT"),
-                                ("converging", "VARCHAR"), ("converging_tx_id", "BIGINT"))),
+                                ("converging", "VARCHAR"), ("converging_tx_id", "BIGINT"),
+                                ("converging_ddl_tx_id", "BIGINT"))),
     """CREATE TABLE IF NOT EXISTS _mallard.snapshots (
             snapshot_id VARCHAR PRIMARY KEY, stream VARCHAR, request_id VARCHAR, where_sql VARCHAR, cut VARCHAR,
             started_at TIMESTAMPTZ, status VARCHAR, reason VARCHAR, rows_staged BIGINT, rows_applied BIGINT,
@@ -219,11 +229,11 @@ def save_table_sql(t: TableState) -> str:
               json.dumps(t.dropped), json.dumps(t.unknown)]
     return ("INSERT OR REPLACE INTO _mallard.tables (stream, target, status, reason, columns, key_columns, "
             "dropped_columns, unknown_columns, updated_at, snapshot_cut, truncated_tx_id, held_back_tx_id, "
-            "converging, converging_tx_id) "
+            "converging, converging_tx_id, converging_ddl_tx_id) "
             f"VALUES ({', '.join(sql_text(v) for v in values)}, now(), "
             f"{sql_text(json.dumps({'xmin': cut.xmin, 'xmax': cut.xmax, 'xip': sorted(cut.xip)}) if cut else None)}, "
             f"{sql_int(t.truncated_tx_id)}, {sql_int(t.held_back_tx_id)}, {sql_text(t.converging)}, "
-            f"{sql_int(t.converging_tx_id)})")
+            f"{sql_int(t.converging_tx_id)}, {sql_int(t.converging_ddl_tx_id)})")
 
 
 def create_table_sql(state: TableState) -> list[str]:

@@ -144,6 +144,8 @@ class TransactionAssembler:
         self._last_tx: dict[TopicPartition, int] = {}
         """Per partition, the transaction of the last event held from it."""
         self._marker_partitions: set[TopicPartition] = set()
+        self._holds = 0
+        """The last token ``hold`` gave out."""
         self.buffered_events = 0
         """Events held in memory (a spilled transaction's are not)."""
         self.unknown_old_transactions = 0
@@ -389,6 +391,18 @@ class TransactionAssembler:
         self._ends.append(marker)
         self._ended.add(marker.tx_id)
         self._end_seen[marker.tx_id] = self._now
+
+    def hold(self, tp: TopicPartition, offset: int) -> int:
+        """Keep ``offset`` uncommitted until ``release`` of the token returned: a message
+        applied apart from any transaction (a DDL signal), whose effect must be in DuckDB
+        before Kafka may forget it."""
+        self._holds -= 1  # negative: never a transaction id
+        self._hold(self._holds, tp, offset)
+        return self._holds
+
+    def release(self, token: int) -> None:
+        """The message held by ``hold`` has had its effect: its offset may be committed."""
+        self._release(token, self._held_in.pop(token, ()))
 
     def add_done(self, tp: TopicPartition, offset: int) -> None:
         """A message that needs nothing more (tombstone, BEGIN, dead-lettered garbage)."""

@@ -547,6 +547,8 @@ class LocalStack:
             if not every_table:  # a configured table created later joins it as it is created
                 roles.ensure_capture_trigger(conn, config.publication_name, config.tables, config.inserts_publication,
                                              self._identity_full_streams())
+            # DDL that changes existing rows without row events is said in its own transaction.
+            roles.ensure_rewrite_signal(conn, config.publication_name, config.inserts_publication)
         finally:
             conn.close()
 

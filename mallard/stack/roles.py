@@ -309,6 +309,103 @@ def ensure_capture_trigger(admin_db_conn, publication: str, streams: list[str], 
                       f"WHEN TAG IN ({tags}) EXECUTE FUNCTION {function}()")
 
 
+REWRITE_TRIGGER = "mallard_signal_rewrites"  # after the capture trigger (triggers fire in name order)
+REWRITE_FUNCTION = "signal_rewrites"
+REWRITE_TAGS = CAPTURE_TAGS
+COLUMNS_SEEN = "columns_seen"
+"""The columns of each captured table as the trigger last saw them (UNLOGGED: never in a
+publication; after a crash it is empty, and the next ALTER of a table is signalled)."""
+
+
+def rewrite_signal_statements(publication: str, inserts_publication: str | None = None) -> list[str]:
+    """An event trigger that tells the applier, in the DDL's own transaction, that an ALTER
+    TABLE of a captured table may have changed its existing rows without row events: a
+    column added with a default (or an identity or generated column), a column renamed, a
+    type changed (schemas/ddl.py). What changed is found against the columns it saw last
+    (``COLUMNS_SEEN``), so a drop, a constraint or a default for new rows sends nothing. It
+    never fails the application's DDL: then only the table's next row event says so
+    (mallard/core/schema_diff.py)."""
+    from mallard.core.sql import quote_literal
+    from mallard.schemas.ddl import DDL_SIGNAL_PREFIX
+
+    publications = [publication, *([inserts_publication] if inserts_publication else [])]
+    listed = "ARRAY[" + ", ".join(quote_literal(p) for p in publications) + "]::text[]"
+    seen = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(COLUMNS_SEEN)}"
+    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}"
+    body = f"""
+DECLARE
+    altered record;
+    changes text;
+BEGIN
+    FOR altered IN
+        SELECT DISTINCT c.oid AS relid, n.nspname, c.relname, d.command_tag = 'ALTER TABLE' AS alter_table
+        FROM pg_event_trigger_ddl_commands() d
+        JOIN pg_class c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p')
+          AND EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = ANY ({listed})
+                      AND t.schemaname = n.nspname AND t.tablename = c.relname)
+    LOOP
+        BEGIN
+            IF altered.alter_table THEN
+                IF NOT EXISTS (SELECT 1 FROM {seen} WHERE relid = altered.relid) THEN
+                    changes := 'altered before mallard saw its columns';
+                ELSE
+                    SELECT string_agg(CASE
+                            WHEN s.attnum IS NULL THEN 'column ' || quote_ident(a.attname) || ' added with a default'
+                            WHEN s.attname <> a.attname THEN 'column ' || quote_ident(s.attname::text) || ' renamed to '
+                                                             || quote_ident(a.attname)
+                            ELSE 'column ' || quote_ident(a.attname) || ' changed type to '
+                                 || format_type(a.atttypid, a.atttypmod) END, '; ' ORDER BY a.attnum)
+                    INTO changes
+                    FROM pg_attribute a
+                    LEFT JOIN {seen} s ON s.relid = a.attrelid AND s.attnum = a.attnum
+                    WHERE a.attrelid = altered.relid AND a.attnum > 0 AND NOT a.attisdropped
+                      AND ((s.attnum IS NULL AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''))
+                           OR s.attname <> a.attname OR s.atttypid <> a.atttypid OR s.atttypmod <> a.atttypmod);
+                END IF;
+                IF changes IS NOT NULL THEN
+                    PERFORM pg_logical_emit_message(true, {quote_literal(DDL_SIGNAL_PREFIX)}, json_build_object(
+                        'v', 1, 'schema', altered.nspname, 'table', altered.relname, 'changes', changes)::text);
+                END IF;
+            END IF;
+            DELETE FROM {seen} WHERE relid = altered.relid;
+            INSERT INTO {seen} SELECT attrelid, attnum, attname, atttypid, atttypmod FROM pg_attribute
+                WHERE attrelid = altered.relid AND attnum > 0 AND NOT attisdropped;
+        EXCEPTION WHEN OTHERS THEN  -- never fail the application's DDL: its next row event still says it
+            RAISE WARNING 'mallard: % altered, not signalled: %', altered.nspname || '.' || altered.relname, SQLERRM;
+        END;
+    END LOOP;
+END"""
+    return [
+        f"CREATE UNLOGGED TABLE IF NOT EXISTS {seen} (relid oid, attnum int2, attname name, atttypid oid, "
+        "atttypmod int4, PRIMARY KEY (relid, attnum))",
+        f"REVOKE ALL ON {seen} FROM PUBLIC",
+        # The tables captured now, where it has none (a table altered meanwhile was seen by the trigger).
+        f"INSERT INTO {seen} SELECT a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') "
+        f"AND NOT EXISTS (SELECT 1 FROM {seen} s WHERE s.relid = c.oid) "
+        f"AND EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = ANY ({listed}) "
+        "AND t.schemaname = n.nspname AND t.tablename = c.relname)",
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER "
+        f"SET search_path = pg_catalog AS $mallard${body}$mallard$",
+        f"REVOKE ALL ON FUNCTION {function}() FROM PUBLIC",
+    ]
+
+
+def ensure_rewrite_signal(admin_db_conn, publication: str, inserts_publication: str | None = None) -> None:
+    """The rewrite signal's function (replaced each ``up``) and its trigger."""
+    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}"
+    with admin_db_conn.cursor() as cur, _serialized(cur):
+        for statement in rewrite_signal_statements(publication, inserts_publication):
+            _run(cur, statement)
+        if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", REWRITE_TRIGGER):
+            tags = ", ".join(f"'{t}'" for t in REWRITE_TAGS)
+            _run(cur, f"CREATE EVENT TRIGGER {quote_ident(REWRITE_TRIGGER)} ON ddl_command_end "
+                      f"WHEN TAG IN ({tags}) EXECUTE FUNCTION {function}()")
+
+
 HEARTBEAT_SCHEMA, HEARTBEAT_TABLE = "_mallard", "heartbeat"  # not the owner's name: that schema would come first in its search_path
 HEARTBEAT = f"{HEARTBEAT_SCHEMA}.{HEARTBEAT_TABLE}"
 """Debezium's heartbeat.action.query updates this one-row table. Its change is in the

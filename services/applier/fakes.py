@@ -273,6 +273,8 @@ class ReplicaStore:
     """Snapshots merged."""
     abandoned: dict[str, str] = field(default_factory=dict)
     """snapshot_id -> why it was abandoned."""
+    converging: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """stream -> (the DDL's transaction, what changed) of the DDL signals taken."""
 
 
 @dataclass
@@ -395,6 +397,11 @@ class FakeReplica:
 
     def mark_for_resnapshot(self, stream: str, reason: str, tx_id: int | None) -> None:
         self.store.status[stream] = NEEDS_RESNAPSHOT
+
+    def converge(self, stream: str, tx_id: int, reason: str) -> bool:
+        asked = stream in self.store.converging
+        self.store.converging[stream] = (tx_id, reason)
+        return not asked
 
     def prune_recent(self) -> None:
         pass

@@ -99,7 +99,8 @@ class Pipeline:
         self.to_apply.put((kind, work))
 
     def done(self) -> list[Any]:
-        """What DuckDB committed since the last call (Applied, or ("snapshot", done)); raises
+        """What DuckDB committed since the last call (Applied, ("snapshot", done), or ("signals",
+        [(signal, hold token, whether to ask for a snapshot)])); raises
         what stopped the DuckDB thread."""
         items = []
         while not self.applied.empty():
@@ -151,6 +152,14 @@ class Pipeline:
                     break
                 self._changed_since_copy = True
                 kind, work = item
+                if kind == "signals":  # DDL signals (routing): each stream marked converging
+                    finish()
+                    with self.lock:
+                        self.applied.put(("signals", [
+                            (signal, token, self.retrying("a schema change signal", self.replica.converge, signal.stream,
+                                                          signal.tx_id, signal.changes))
+                            for signal, token in work]))
+                    continue
                 if kind == "snapshot":
                     finish()
                     with self.lock:

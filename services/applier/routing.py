@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError
 from mallard.core.arrow_rows import snapshot_table, transport_schema
 from mallard.core.changes import Decoder, PoisonMessage, split_envelope
 from mallard.core.cut import Cut
+from mallard.core.schema_signal import SchemaSignal, schema_signal
 from mallard.core.snapshots import SnapshotFrame, SnapshotTracker, decode_columns, frame_schema
 from mallard.core.transactions import TransactionAssembler
 from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotFailed, is_arrow_rows, read_arrow_rows,
@@ -37,8 +38,11 @@ def _tx_of_poison(raw: bytes) -> tuple[int, int] | None:
 class Router:
     def __init__(self, *, tx_topic: str, snapshot_topic: str, assembler: TransactionAssembler, decoder: Decoder,
                  snapshots: SnapshotTracker, snapshot_queue: SnapshotQueue, dead_letters: DeadLetterWriter,
-                 allowed: re.Pattern | None, log: Any, topic_streams: dict[str, set[str]] | None = None):
-        self.tx_topic, self.snapshot_topic = tx_topic, snapshot_topic
+                 allowed: re.Pattern | None, log: Any, topic_streams: dict[str, set[str]] | None = None,
+                 message_topic: str | None = None):
+        self.tx_topic, self.snapshot_topic, self.message_topic = tx_topic, snapshot_topic, message_topic
+        self.signals: list[tuple[SchemaSignal, int]] = []
+        """DDL signals routed and not yet handed to DuckDB, each with its offset's hold token."""
         self.assembler, self.decoder, self.snapshots = assembler, decoder, snapshots
         self.snapshot_queue, self.dead_letters, self.log = snapshot_queue, dead_letters, log
         self.allowed = allowed
@@ -64,6 +68,9 @@ class Router:
         tp = (topic, partition)
         if topic == self.snapshot_topic:
             self._route_snapshot(msg, tp)
+            return
+        if topic == self.message_topic:
+            self._route_logical_message(msg, tp, offset, value)
             return
         assembler = self.assembler
         try:
@@ -101,6 +108,25 @@ class Router:
                 assembler.add_event(None, position[0], position[1], tp, offset)
             else:
                 assembler.add_done(tp, offset)
+
+    def _route_logical_message(self, msg: Any, tp: tuple[str, int], offset: int, value: bytes | None) -> None:
+        """mallard's DDL signal: its stream is marked converging in DuckDB before its offset
+        may be committed (held until then). Any other logical decoding message (an
+        application's own) is not mallard's business."""
+        try:
+            signal = schema_signal(value) if value is not None else None
+        except PoisonMessage as e:
+            self.dead_letters.message(msg, str(e))
+            self.assembler.add_done(tp, offset)
+            return
+        if signal is None or not (self.allowed is None or self.allowed.fullmatch(signal.stream)):
+            self.assembler.add_done(tp, offset)
+            return
+        self.signals.append((signal, self.assembler.hold(tp, offset)))
+
+    def take_signals(self) -> list[tuple[SchemaSignal, int]]:
+        signals, self.signals = self.signals, []
+        return signals
 
     def _route_snapshot(self, msg: Any, tp: tuple[str, int]) -> None:
         offset = msg.offset()

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from mallard.config.connector import load_connector_config_file
 from mallard.core.changes import Decoder
-from mallard.core.connector import cdc_topic_pattern, transaction_topic
+from mallard.core.connector import cdc_topic_pattern, message_topic_pattern, transaction_topic
 from mallard.core.data_loss import detect
 from mallard.core.names import stream_of_include
 from mallard.core.snapshots import SnapshotTracker
@@ -81,6 +81,7 @@ class ApplierService(Service):
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
+        self.message_topic = f"{settings.topic_prefix}.message"
         self.decoder = Decoder()
         self.snapshots = SnapshotTracker()
         self.snapshot_queue = SnapshotQueue()
@@ -155,12 +156,13 @@ class ApplierService(Service):
         self.router = Router(tx_topic=self.tx_topic, snapshot_topic=s.snapshot_topic, assembler=self.assembler,
                              decoder=self.decoder, snapshots=self.snapshots, snapshot_queue=self.snapshot_queue,
                              dead_letters=self.dead_letters, allowed=self._configured_streams(), log=self.log,
-                             topic_streams=self._loss.topic_streams)
+                             topic_streams=self._loss.topic_streams, message_topic=self.message_topic)
         self._loss.configure(s.kafka_bootstrap_servers, s.consumer_group, s.topic_prefix, s.data_loss_check_interval_s,
                              self.log)
         self._loss.expect_streams(self._stream_list())
         consumer: ChangeSource = ports.change_source(self.offsets.on_commit)
-        consumer.subscribe([self.cdc_pattern, self.tx_topic], on_assign=self.flow.on_assign)
+        consumer.subscribe([self.cdc_pattern, self.tx_topic, message_topic_pattern(s.topic_prefix)],
+                           on_assign=self.flow.on_assign)
         # Snapshot batches are big and come in bursts of millions of rows: a consumer of their
         # own, with a small prefetch queue, keeps memory flat in the table's size (the CDC
         # consumer's big queue is what keeps CDC fast).
@@ -217,7 +219,9 @@ class ApplierService(Service):
                         route(msg)
                 elif not snapshot_messages:
                     clock.sleep(0.005)
-                if not pipeline.full():
+                if not pipeline.full() and self.router.signals:
+                    pipeline.put("signals", self.router.take_signals())
+                elif not pipeline.full():
                     # CDC and snapshot work take turns; each alone keeps its own order.
                     self._snapshot_turn = not self._snapshot_turn
                     ready = None if snapshot_queue and self._snapshot_turn \
@@ -330,6 +334,13 @@ class ApplierService(Service):
         any_applied = False
         for item in self.pipeline.done():
             any_applied = True
+            if not isinstance(item, Applied) and item[0] == "signals":
+                for signal, token, ask in item[1]:
+                    self.assembler.release(token)
+                    if ask:
+                        self._request_snapshot([signal.stream], "a schema change that may have rewritten existing "
+                                               f"rows without row events: {signal.changes}", full=True)
+                continue
             if not isinstance(item, Applied):
                 self.snapshot_accounting.account(item[1])
                 continue

@@ -203,3 +203,76 @@ def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_
         assert "added (in_stock)" in why and "email -> email_address" in why, why
     finally:
         replica.close()
+
+
+def test_a_ddl_signal_and_the_row_events_after_it_must_both_be_covered_to_converge(tmp_path):
+    """The signal and the table's row events come on different topics: neither says which
+    transaction committed later, so a snapshot ends the convergence only if its cut saw both."""
+    from datetime import datetime, timezone
+
+    from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.core.arrow_rows import snapshot_table
+    from mallard.core.cut import Cut
+    from mallard.core.merge import reduce
+    from mallard.core.snapshots import SnapshotFrame
+
+    v1 = _schema(("id", "int32"), ("email", "string"))
+    v2 = _schema(("id", "int32"), ("email", "string"), ("in_stock", "boolean"))
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+
+    def merge(snapshot_id, cut):
+        frame = SnapshotFrame(snapshot_id, "public.t", cut, v2, None, datetime.now(timezone.utc))
+        replica.begin_snapshot(frame)
+        replica.stage_rows(frame, snapshot_table(v2.types, [[1], ["a"], [True]]))
+        return replica.finish_snapshot(frame)
+
+    def converging():
+        return {t["stream"]: t for t in replica.table_report()}["public.t"]["converging"]
+
+    try:
+        txs = [_tx(0, 100, v1, [(1, "a")])]
+        replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+        assert replica.converge("public.nothing", 130, "column x added with a default") is False  # no table
+        assert replica.converge("public.t", 130, "column in_stock added with a default") is True  # ask
+        assert replica.converge("public.t", 131, "column in_stock added with a default") is False  # asked already
+        txs = [_tx(1, 120, v2, [(1, "a", True)])]  # committed after the DDL, whatever its xid
+        assert replica.apply(reduce(txs, replica.snapshot_cuts()), txs).needs_resnapshot == []
+        assert "in_stock" in converging()
+        assert merge("s1", Cut(125, 125)).resnapshot_again and converging()  # saw the row event, not the DDL
+        assert merge("s2", Cut(120, 132, frozenset({120}))).resnapshot_again and converging()  # the DDL only
+        assert not merge("s3", Cut(132, 132)).resnapshot_again and converging() is None
+    finally:
+        replica.close()
+
+
+def test_ddl_without_a_row_event_after_it_converges_by_its_own_signal(cdc_stack):
+    # Issue 18's demo: ADD COLUMN ... DEFAULT and RENAME COLUMN on a table nobody writes to
+    # afterwards. The event trigger's signal, in the DDL's transaction, is all the applier gets.
+    stack = cdc_stack
+    conn = psycopg2.connect(stack.dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE quiet (id integer PRIMARY KEY, email text, n integer)")
+    cur.execute("INSERT INTO quiet SELECT g, 'u' || g || '@example.com', g FROM generate_series(1, 500) g")
+    stack.wait_for("SELECT count(*) FROM quiet", [[500]])
+    # Neither changes a row: no signal, no re-snapshot.
+    cur.execute("ALTER TABLE quiet ADD CONSTRAINT quiet_n CHECK (n > 0), ALTER COLUMN n SET DEFAULT 7")
+    cur.execute("ALTER TABLE quiet ADD COLUMN in_stock boolean NOT NULL DEFAULT true")
+    stack.wait_for("SELECT count(*) FROM quiet WHERE in_stock", [[500]], timeout=120)
+    cur.execute("ALTER TABLE quiet RENAME COLUMN email TO email_address")
+    stack.wait_for("SELECT count(email_address) FROM quiet", [[500]], timeout=120)
+    deadline = time.monotonic() + 60
+    while converging_of(stack, "public.quiet") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert converging_of(stack, "public.quiet") is None
+    out = stack.mallard("verify", "--json", "public.quiet", check=False, timeout=240)
+    assert out.returncode == 0 and json.loads(out.stdout)["equal"] is True, out.stdout + out.stderr
+    snapshots = [line for line in (stack.home / "logs" / "applier.log").read_text().splitlines()
+                 if "public.quiet is converging" in line]
+    assert snapshots and not any("quiet_n" in line or "column n " in line for line in snapshots), snapshots
+    conn.close()
+
+
+def converging_of(stack, stream: str) -> str | None:
+    tables = {t["stream"]: t for t in stack.applier_state().get("tables") or []}
+    return (tables.get(stream) or {}).get("converging")

@@ -346,3 +346,49 @@ def test_a_snapshot_duckdb_refuses_is_abandoned_with_the_reason_and_the_other_st
     assert rows(store, "public.a") == source.expected["public.a"]
     assert rows(store, "public.b") == {i: f"t{i}" for i in range(5)}
     assert service.counts["snapshots_abandoned"] == 1 and service.counts["snapshots_merged"] == 1
+
+
+# -- the DDL signal -----------------------------------------------------------------------
+
+def test_a_ddl_signal_marks_its_stream_converging_and_its_offset_waits_for_duckdb(tmp_path):
+    """mallard's trigger says, on <prefix>.message, that a DDL rewrote rows without row events:
+    the stream is marked converging in DuckDB and a full snapshot asked for; the message's
+    offset is committed only after DuckDB has the mark. Other messages there: an application's
+    own (skipped), garbage (dead-lettered), a signal for a stream not replicated (skipped)."""
+    from tests.unit.test_schema_signal import message, signal
+
+    kafka, store = FakeKafka(), ReplicaStore()
+    source = Source(kafka)
+    source.transaction(("a", "c", 1, "x"))
+    topic = f"{PREFIX}.message"
+    kafka.produce(topic, None, message(b"audit", prefix="app-audit"))
+    kafka.produce(topic, None, b"garbage")
+    kafka.produce(topic, None, message(signal(table="a", changes="column a renamed to b")))
+    kafka.produce(topic, None, message(signal(table="not_replicated")))
+    asked, marked = threading.Event(), threading.Event()
+
+    class SlowReplica(FakeReplica):
+        def converge(self, stream: str, tx_id: int, reason: str) -> bool:
+            asked.set()
+            marked.wait(10)  # DuckDB is slow to take the mark
+            return super().converge(stream, tx_id, reason)
+
+    requests, dead = FakeTopic(), FakeTopic()
+    config = tmp_path / "replication.yaml"
+    config.write_text("streams:\n  public.a:\n    mode: full-refresh\n")
+    service = bootstrap(settings(tmp_path, replication_config=str(config)),
+                        **fake_ports(kafka, SlowReplica(store), snapshot_requests=requests, dead_letters=dead))
+    run = Running(service)
+    run.until(lambda: asked.is_set() and dead.sent)
+    time.sleep(1.5)  # offsets are committed every 0.5 s: the signal's is held, not the message before it
+    assert kafka.committed.get("mallard-applier", {}).get((topic, 0)) == 2
+    assert not [r for r in requests.sent if "rewritten" in r["reason"]]
+    marked.set()
+    run.until(lambda: kafka.committed.get("mallard-applier", {}).get((topic, 0)) == 4)
+    run.until(lambda: rows(store, "public.a") == {1: "x"})
+    run.stop()
+    assert store.converging == {"public.a": (751, "column a renamed to b")}
+    asked = [r for r in requests.sent if "rows without row events" in r["reason"]]
+    assert [(r["streams"], r["full"]) for r in asked] == [(["public.a"], True)]
+    assert "column a renamed to b" in asked[0]["reason"]
+    assert [(d["source_offset"], d["error"].split(":")[0]) for d in dead.sent] == [(1, "logical decoding message")]
