@@ -394,16 +394,29 @@ END"""
     ]
 
 
+def rewrite_trigger_statement() -> str:
+    tags = ", ".join(f"'{t}'" for t in REWRITE_TAGS)
+    return (f"CREATE EVENT TRIGGER {quote_ident(REWRITE_TRIGGER)} ON ddl_command_end WHEN TAG IN ({tags}) "
+            f"EXECUTE FUNCTION {quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}()")
+
+
 def ensure_rewrite_signal(admin_db_conn, publication: str, inserts_publication: str | None = None) -> None:
     """The rewrite signal's function (replaced each ``up``) and its trigger."""
-    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}"
     with admin_db_conn.cursor() as cur, _serialized(cur):
         for statement in rewrite_signal_statements(publication, inserts_publication):
             _run(cur, statement)
         if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", REWRITE_TRIGGER):
-            tags = ", ".join(f"'{t}'" for t in REWRITE_TAGS)
-            _run(cur, f"CREATE EVENT TRIGGER {quote_ident(REWRITE_TRIGGER)} ON ddl_command_end "
-                      f"WHEN TAG IN ({tags}) EXECUTE FUNCTION {function}()")
+            _run(cur, rewrite_trigger_statement())
+
+
+def rewrite_signal_script(publication: str) -> str:
+    """The same, as the docker-compose Postgres runs it at its first start
+    (docker/postgres/20-mallard-ddl-signal.sql, written by ``python -m mallard.stack.roles``)."""
+    statements = [*rewrite_signal_statements(publication), rewrite_trigger_statement()]
+    return ("-- Written by `python -m mallard.stack.roles` (mallard/stack/roles.py, rewrite_signal_statements):\n"
+            "-- the DDL event trigger of docs/applier.md, \"Schema changes\". Do not edit.\n"
+            + "".join(f"{s};\n" for s in statements))
+
 
 
 HEARTBEAT_SCHEMA, HEARTBEAT_TABLE = "_mallard", "heartbeat"  # not the owner's name: that schema would come first in its search_path
@@ -442,3 +455,14 @@ def ensure_heartbeat(admin_db_conn, roles: Roles) -> None:
         if not granted:
             for statement in grants:
                 _run(cur, statement)
+
+
+COMPOSE_PUBLICATION = "mallard_publication"
+"""The publication docker/postgres/10-mallard.sh creates."""
+
+if __name__ == "__main__":  # from a checkout: the compose Postgres' copy of the trigger
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "docker" / "postgres" / "20-mallard-ddl-signal.sql"
+    script.write_text(rewrite_signal_script(COMPOSE_PUBLICATION))
+    print(f"wrote {script}")

@@ -108,14 +108,22 @@ def test_postgres_has_logical_wal_a_wal_bound_and_the_demo_schema():
     mounts = {dst: (REPO_ROOT / src).resolve() for src, dst, *_ in
               (v.split(":") for v in pg["volumes"] if v.startswith("./"))}
     init = [src for dst, src in mounts.items() if dst.startswith("/docker-entrypoint-initdb.d/")]
-    assert [p.name for p in init] == ["10-mallard.sh"]
-    script = init[0].read_text()
+    assert sorted(p.name for p in init) == ["10-mallard.sh", "20-mallard-ddl-signal.sql"]
+    script = (REPO_ROOT / "docker" / "postgres" / "10-mallard.sh").read_text()
     shop = [dst for dst, src in mounts.items() if src == (REPO_ROOT / "demo" / "shop.sql").resolve()]
     assert shop and f"\\i {shop[0]}" in script
     assert "pg_isready -h 127.0.0.1" in pg["healthcheck"]["test"][1]
     env = SERVICES["applier"]["environment"]
     assert pg["environment"]["POSTGRES_DB"] == env["MALLARD_PG_DATABASE"]
     assert env["MALLARD_PG_HOST"] == "postgres"
+
+
+def test_the_compose_postgres_gets_the_ddl_signal_the_local_stack_installs():
+    from mallard.stack.roles import COMPOSE_PUBLICATION, rewrite_signal_script
+
+    assert f"CREATE PUBLICATION {COMPOSE_PUBLICATION} " in (REPO_ROOT / "docker" / "postgres" / "10-mallard.sh").read_text()
+    written = (REPO_ROOT / "docker" / "postgres" / "20-mallard-ddl-signal.sql").read_text()
+    assert written == rewrite_signal_script(COMPOSE_PUBLICATION), "stale: run python -m mallard.stack.roles"
 
 
 def test_each_part_connects_as_its_own_least_privileged_role():
