@@ -276,3 +276,37 @@ def test_ddl_without_a_row_event_after_it_converges_by_its_own_signal(cdc_stack)
 def converging_of(stack, stream: str) -> str | None:
     tables = {t["stream"]: t for t in stack.applier_state().get("tables") or []}
     return (tables.get(stream) or {}).get("converging")
+
+
+def test_the_trigger_signals_exactly_the_alter_tables_that_may_rewrite_rows(cdc_stack):
+    """What the trigger sends, read back from a slot of its own: one signal per ALTER TABLE
+    that may have changed existing rows, none for one that cannot."""
+    admin = psycopg2.connect(cdc_stack.role_dsn("admin"))
+    admin.autocommit = True
+    cur = admin.cursor()
+    cur.execute("CREATE TABLE signalled (id integer PRIMARY KEY, name text, qty integer)")
+    cur.execute("SELECT pg_create_logical_replication_slot('mallard_test_signals', 'test_decoding')")
+    try:
+        ddl = {
+            "ADD COLUMN note text": None,
+            "ADD COLUMN in_stock boolean NOT NULL DEFAULT true": "column in_stock added with a default",
+            "ADD COLUMN seen timestamptz DEFAULT clock_timestamp()": "column seen added with a default",
+            "ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY": "column n added with a default",
+            "ADD CONSTRAINT qty_positive CHECK (qty > 0)": None,
+            "ALTER COLUMN qty SET DEFAULT 1": None,
+            "ALTER COLUMN name SET NOT NULL": None,
+            "DROP COLUMN note": None,
+            "RENAME COLUMN name TO title": "column name renamed to title",
+            "ALTER COLUMN qty TYPE bigint": "column qty changed type to bigint",
+            "ALTER COLUMN qty TYPE numeric(12,2) USING qty / 2.0": "column qty changed type to numeric(12,2)",
+        }
+        for change in ddl:
+            cur.execute(f"ALTER TABLE signalled {change}")
+        cur.execute("SELECT data FROM pg_logical_slot_get_changes('mallard_test_signals', NULL, NULL) "
+                    "WHERE data LIKE 'message: transactional: 1 prefix: mallard.ddl%'")
+        sent = [json.loads(row[0].split("content:", 1)[1]) for row in cur.fetchall()]
+    finally:
+        cur.execute("SELECT pg_drop_replication_slot('mallard_test_signals')")
+        admin.close()
+    assert [(s["schema"], s["table"]) for s in sent] == [("public", "signalled")] * len(sent)
+    assert [s["changes"] for s in sent] == [why for why in ddl.values() if why]
