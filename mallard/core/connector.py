@@ -101,11 +101,16 @@ def transaction_topic(prefix: str) -> str:
     return f"{prefix}.transaction"
 
 
-def message_topic_pattern(prefix: str) -> str:
+def message_topic(prefix: str) -> str:
     """The topic of logical decoding messages (``pg_logical_emit_message``), where mallard's
-    DDL signal comes (schemas/ddl.py). A regex subscription: Debezium creates the topic with
-    its first message, and a subscription by name to a missing topic is an error."""
-    return "^" + re.escape(prefix) + r"\.message$"
+    DDL signal comes (schemas/ddl.py)."""
+    return f"{prefix}.message"
+
+
+def message_topic_pattern(prefix: str) -> str:
+    """``message_topic`` as a regex subscription: Debezium creates the topic with its first
+    message, and a subscription by name to a missing topic is an error."""
+    return "^" + re.escape(message_topic(prefix)) + "$"
 
 
 def cdc_topic_pattern(prefix: str) -> str:

@@ -226,6 +226,31 @@ def sync_publication_tables(admin_db_conn, publication: str, tables: list[str]) 
         return True
 
 
+def _publications_array(publication: str, inserts_publication: str | None) -> str:
+    """mallard's publications as a SQL text[] (the one for every change, and the inserts-only one)."""
+    from mallard.core.sql import quote_literal
+
+    publications = [publication, *([inserts_publication] if inserts_publication else [])]
+    return "ARRAY[" + ", ".join(quote_literal(p) for p in publications) + "]::text[]"
+
+
+def _event_trigger_statement(trigger: str, tags: Iterable[str], function: str) -> str:
+    listed = ", ".join(f"'{t}'" for t in tags)
+    return (f"CREATE EVENT TRIGGER {quote_ident(trigger)} ON ddl_command_end WHEN TAG IN ({listed}) "
+            f"EXECUTE FUNCTION {quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(function)}()")
+
+
+def _ensure_event_trigger(admin_db_conn, statements: list[str], trigger: str, tags: Iterable[str],
+                          function: str) -> None:
+    """Run ``statements`` (the trigger's function, replaced each ``up``), then create the
+    trigger if it is missing."""
+    with admin_db_conn.cursor() as cur, _serialized(cur):
+        for statement in statements:
+            _run(cur, statement)
+        if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", trigger):
+            _run(cur, _event_trigger_statement(trigger, tags, function))
+
+
 CAPTURE_TRIGGER = "mallard_capture_new_tables"
 CAPTURE_FUNCTION = "capture_new_table"
 CAPTURE_TAGS = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE")
@@ -250,8 +275,7 @@ def capture_trigger_statements(publication: str, streams: list[str], inserts_pub
                 f"ARRAY[{', '.join(quote_literal(b) for _, b in parsed)}]::text[])")
 
     wanted, full_tables = pairs(streams), pairs(list(full))
-    publications = [publication, *([inserts_publication] if inserts_publication else [])]
-    listed = "ARRAY[" + ", ".join(quote_literal(p) for p in publications) + "]::text[]"
+    listed = _publications_array(publication, inserts_publication)
     inserts = quote_literal(inserts_publication) if inserts_publication else "NULL"
     function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
     body = f"""
@@ -299,14 +323,8 @@ END"""
 def ensure_capture_trigger(admin_db_conn, publication: str, streams: list[str], inserts_publication: str | None = None,
                            full: list[str] = ()) -> None:
     """The function (replaced each ``up``: the streams may have changed) and its trigger."""
-    function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(CAPTURE_FUNCTION)}"
-    with admin_db_conn.cursor() as cur, _serialized(cur):
-        for statement in capture_trigger_statements(publication, streams, inserts_publication, full):
-            _run(cur, statement)
-        if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", CAPTURE_TRIGGER):
-            tags = ", ".join(f"'{t}'" for t in CAPTURE_TAGS)
-            _run(cur, f"CREATE EVENT TRIGGER {quote_ident(CAPTURE_TRIGGER)} ON ddl_command_end "
-                      f"WHEN TAG IN ({tags}) EXECUTE FUNCTION {function}()")
+    _ensure_event_trigger(admin_db_conn, capture_trigger_statements(publication, streams, inserts_publication, full),
+                          CAPTURE_TRIGGER, CAPTURE_TAGS, CAPTURE_FUNCTION)
 
 
 REWRITE_TRIGGER = "mallard_signal_rewrites"  # after the capture trigger (triggers fire in name order)
@@ -328,8 +346,7 @@ def rewrite_signal_statements(publication: str, inserts_publication: str | None 
     from mallard.core.sql import quote_literal
     from mallard.schemas.ddl import DDL_SIGNAL_PREFIX
 
-    publications = [publication, *([inserts_publication] if inserts_publication else [])]
-    listed = "ARRAY[" + ", ".join(quote_literal(p) for p in publications) + "]::text[]"
+    listed = _publications_array(publication, inserts_publication)
     seen = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(COLUMNS_SEEN)}"
     function = f"{quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}"
     body = f"""
@@ -394,25 +411,17 @@ END"""
     ]
 
 
-def rewrite_trigger_statement() -> str:
-    tags = ", ".join(f"'{t}'" for t in REWRITE_TAGS)
-    return (f"CREATE EVENT TRIGGER {quote_ident(REWRITE_TRIGGER)} ON ddl_command_end WHEN TAG IN ({tags}) "
-            f"EXECUTE FUNCTION {quote_ident(HEARTBEAT_SCHEMA)}.{quote_ident(REWRITE_FUNCTION)}()")
-
-
 def ensure_rewrite_signal(admin_db_conn, publication: str, inserts_publication: str | None = None) -> None:
     """The rewrite signal's function (replaced each ``up``) and its trigger."""
-    with admin_db_conn.cursor() as cur, _serialized(cur):
-        for statement in rewrite_signal_statements(publication, inserts_publication):
-            _run(cur, statement)
-        if not _true(cur, "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %s)", REWRITE_TRIGGER):
-            _run(cur, rewrite_trigger_statement())
+    _ensure_event_trigger(admin_db_conn, rewrite_signal_statements(publication, inserts_publication),
+                          REWRITE_TRIGGER, REWRITE_TAGS, REWRITE_FUNCTION)
 
 
 def rewrite_signal_script(publication: str) -> str:
     """The same, as the docker-compose Postgres runs it at its first start
     (docker/postgres/20-mallard-ddl-signal.sql, written by ``python -m mallard.stack.roles``)."""
-    statements = [*rewrite_signal_statements(publication), rewrite_trigger_statement()]
+    statements = [*rewrite_signal_statements(publication),
+                  _event_trigger_statement(REWRITE_TRIGGER, REWRITE_TAGS, REWRITE_FUNCTION)]
     return ("-- Written by `python -m mallard.stack.roles` (mallard/stack/roles.py, rewrite_signal_statements):\n"
             "-- the DDL event trigger of docs/applier.md, \"Schema changes\". Do not edit.\n"
             + "".join(f"{s};\n" for s in statements))

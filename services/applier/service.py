@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from mallard.config.connector import load_connector_config_file
 from mallard.core.changes import Decoder
-from mallard.core.connector import cdc_topic_pattern, message_topic_pattern, transaction_topic
+from mallard.core.connector import cdc_topic_pattern, message_topic, message_topic_pattern, transaction_topic
 from mallard.core.data_loss import detect
 from mallard.core.names import stream_of_include
 from mallard.core.snapshots import SnapshotTracker
@@ -81,7 +81,7 @@ class ApplierService(Service):
         self.assembler: TransactionAssembler | None = None
         self.tx_topic = transaction_topic(settings.topic_prefix)
         self.cdc_pattern = cdc_topic_pattern(settings.topic_prefix)
-        self.message_topic = f"{settings.topic_prefix}.message"
+        self.message_topic = message_topic(settings.topic_prefix)
         self.decoder = Decoder()
         self.snapshots = SnapshotTracker()
         self.snapshot_queue = SnapshotQueue()

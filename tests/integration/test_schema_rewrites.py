@@ -21,9 +21,9 @@ ROWS = 100_000
 STREAM = "public.ddl_items"
 
 
-def converging(stack) -> str | None:
+def converging(stack, stream: str = STREAM) -> str | None:
     tables = {t["stream"]: t for t in stack.applier_state().get("tables") or []}
-    return (tables.get(STREAM) or {}).get("converging")
+    return (tables.get(stream) or {}).get("converging")
 
 
 def writer(dsn: str, stop: threading.Event, done: list[int]) -> None:
@@ -262,9 +262,9 @@ def test_ddl_without_a_row_event_after_it_converges_by_its_own_signal(cdc_stack)
     cur.execute("ALTER TABLE quiet RENAME COLUMN email TO email_address")
     stack.wait_for("SELECT count(email_address) FROM quiet", [[500]], timeout=120)
     deadline = time.monotonic() + 60
-    while converging_of(stack, "public.quiet") and time.monotonic() < deadline:
+    while converging(stack, "public.quiet") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert converging_of(stack, "public.quiet") is None
+    assert converging(stack, "public.quiet") is None
     out = stack.mallard("verify", "--json", "public.quiet", check=False, timeout=240)
     assert out.returncode == 0 and json.loads(out.stdout)["equal"] is True, out.stdout + out.stderr
     snapshots = [line for line in (stack.home / "logs" / "applier.log").read_text().splitlines()
@@ -272,10 +272,6 @@ def test_ddl_without_a_row_event_after_it_converges_by_its_own_signal(cdc_stack)
     assert snapshots and not any("quiet_n" in line or "column n " in line for line in snapshots), snapshots
     conn.close()
 
-
-def converging_of(stack, stream: str) -> str | None:
-    tables = {t["stream"]: t for t in stack.applier_state().get("tables") or []}
-    return (tables.get(stream) or {}).get("converging")
 
 
 def test_the_trigger_signals_exactly_the_alter_tables_that_may_rewrite_rows(cdc_stack):
