@@ -85,23 +85,29 @@ class CdcApply:
         stats = ApplyStats(transactions=len(transactions), dead=sum(t.dead for t in transactions))
         now = datetime.now(timezone.utc)
         script = Script()
+        # Every table is created or altered first (those statements run now, on their own), and
+        # only then are the rows written: a step before a rename in the batch is then written
+        # under the names its columns have now (TableState.aliases).
+        tables = []
         for step in steps:
             for stream, changes in step.items():
                 state = self.ensure_table(changes.schema, changes.last_tx_id)
-                stats.events += changes.events
-                stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
-                stats.covered += changes.covered
                 if state.status == ABSENT and changes.truncated:
                     state.truncated_tx_id = changes.truncated_tx_id
                     self.tables[stream] = state
                     script.add(save_table_sql(state))
-                if state.status != OK:
-                    stats.skipped += changes.events
-                    if state.status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
-                        state.held_back_tx_id = changes.last_tx_id
-                        script.add(save_table_sql(state))
-                    continue
-                add_table_changes(script, state, changes, now, stats)
+                tables.append((stream, changes, state, state.status))
+        for stream, changes, state, status in tables:
+            stats.events += changes.events
+            stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
+            stats.covered += changes.covered
+            if status != OK:
+                stats.skipped += changes.events
+                if status == NEEDS_RESNAPSHOT and changes.last_tx_id is not None:
+                    state.held_back_tx_id = changes.last_tx_id
+                    script.add(save_table_sql(state))
+                continue
+            add_table_changes(script, state, changes, now, stats)
         if transactions:
             add_progress(script, transactions, stats.events if progress_events is None else progress_events, now)
         stats.needs_resnapshot, self.needing_resnapshot = self.needing_resnapshot, []

@@ -183,6 +183,33 @@ def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the
         replica.close()
 
 
+def test_rows_written_before_a_rename_go_in_under_the_new_name_when_one_batch_holds_both(tmp_path):
+    """Under a backlog, one batch holds transactions from before a rename and after it. The
+    table is altered when the batch is prepared, before any of its rows are written, so the
+    earlier rows must go in under the column's name now (DuckDB: "Referenced update column
+    email not found"). The same holds once the layout is renamed twice, and in a later batch."""
+    from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.core.merge import reduce
+
+    v1 = _schema(("id", "int32"), ("email", "string"), ("n", "int32"))
+    v2 = _schema(("id", "int32"), ("email_address", "string"), ("n", "int32"))
+    v3 = _schema(("id", "int32"), ("mail", "string"), ("n", "int32"), ("email", "string"))
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
+
+    def apply(txs):
+        return replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+
+    try:
+        apply([_tx(0, 100, v1, [(1, "a", 1), (2, "b", 2)])])
+        apply([_tx(1, 101, v1, [(1, "a2", 10)]), _tx(2, 102, v2, [(2, "b2", 20)])])
+        # a layout renamed twice, and a new column under the first name, then the old layout again
+        apply([_tx(4, 104, v1, [(3, "c", 30)]), _tx(5, 105, v3, [(4, "d", 4, "new")])])
+        rows = replica.con.execute("SELECT id, mail, n, email FROM main.t ORDER BY id").fetchall()
+        assert rows == [(1, "a2", 10, None), (2, "b2", 20, None), (3, "c", 30, None), (4, "d", 4, "new")], rows
+    finally:
+        replica.close()
+
+
 def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_path):
     """DDLs that land between a stream's row events arrive as several schema changes: the
     converging reason names them all, whichever order the events came in."""
