@@ -30,7 +30,7 @@ from mallard.core.replica_sql import (ABSENT, META_COLUMNS, NEEDS_RESNAPSHOT, OK
 
 class DuckDBReplica(Bookkeeping, CdcApply, SnapshotMerge, ReadCopy, ConfinedQuery):
     def __init__(self, path: str, memory_limit: str | None = None, targets: dict[str, str] | None = None,
-                 threads: int = 0, checkpoint_threshold: str | None = None, snapshot_merge: str = "rewrite"):
+                 threads: int = 0, checkpoint_threshold: str | None = None, snapshot_merge: str = "swap"):
         self.path = path
         self.merge_by_swap = snapshot_merge == "swap"
         self.targets = targets or {}

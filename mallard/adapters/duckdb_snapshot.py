@@ -326,21 +326,27 @@ class SnapshotMerge:
             f"SELECT count(*) FROM {target} t WHERE NOT {newer} AND NOT EXISTS "
             f"(SELECT 1 FROM {staging} x WHERE {key_match})").fetchone()[0]
         kept = self.con.execute(f"SELECT count(*) FROM {target} t WHERE {newer}").fetchone()[0]
+        # Swapped first, fixed up after, under the table's own name: DuckDB up to 2.0 logs a
+        # delete or update made before a table's rename, in the same transaction, under the new
+        # name, and its WAL then fails to replay ("Conflict on tuple deletion"), or replays into
+        # the wrong table (duckdb/duckdb#22124; docs/applier.md).
+        replaced = f"{target_schema(target)}.{q(STAGING_PREFIX + frame.snapshot_id + ':replaced')}"
+        self.con.execute(f"ALTER TABLE {target} RENAME TO {target_table(replaced)}")
+        self.con.execute(f"ALTER TABLE {staging} RENAME TO {target_table(target)}")
         # Deleted after the cut (and not written again since): the snapshot's row is gone.
         # Keys CDC wrote again are left to the upsert: DuckDB refuses a key deleted and
         # inserted again in one transaction.
-        self.con.execute(f"""DELETE FROM {staging} x
+        self.con.execute(f"""DELETE FROM {target} x
             WHERE EXISTS (SELECT 1 FROM {tombstones_name(state.stream)} d
                           WHERE {tomb_match} AND NOT {covered_sql(cut, 'd._mallard_tx_id')})
-              AND NOT EXISTS (SELECT 1 FROM {target} t WHERE {key_match} AND {newer})""")
+              AND NOT EXISTS (SELECT 1 FROM {replaced} t WHERE {key_match} AND {newer})""")
         if kept:  # written after the cut: CDC's row wins over the snapshot's
             updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
-            self.con.execute(f"""INSERT INTO {staging} ({', '.join(names)})
-                SELECT {', '.join(f't.{c}' for c in names)} FROM {target} t WHERE {newer}
+            self.con.execute(f"""INSERT INTO {target} ({', '.join(names)})
+                SELECT {', '.join(f't.{c}' for c in names)} FROM {replaced} t WHERE {newer}
                 ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}""")
-        result.applied = self.con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0] - kept
-        self.con.execute(f"DROP TABLE {target}")
-        self.con.execute(f"ALTER TABLE {staging} RENAME TO {target_table(target)}")
+        result.applied = self.con.execute(f"SELECT count(*) FROM {target}").fetchone()[0] - kept
+        self.con.execute(f"DROP TABLE {replaced}")
         return True
 
     def _rebuild_keyless(self, state: TableState, frame: SnapshotFrame, result: SnapshotResult) -> None:

@@ -46,12 +46,10 @@ class ApplierSettings(ServiceSettings, PostgresSettings):
         "from one DuckDB row group (122,880 rows) on, DuckDB writes them to the file directly instead of "
         "through its WAL, at half the cost.")
     snapshot_merge: Literal["swap", "rewrite"] = Field(
-        "rewrite", description="How a full snapshot of a table with a primary key is merged at its end. swap: staged "
-        "under its key as it arrives, then fixed up with what CDC wrote after the cut and swapped in, in time "
+        "swap", description="How a full snapshot of a table with a primary key is merged at its end. swap: staged "
+        "under its key as it arrives, swapped in, then fixed up with what CDC wrote after the cut, in time "
         "proportional to those changes (CDC waits little). rewrite: the table rewritten from the staged rows in one "
-        "step at the end (CDC waits for all of it). rewrite is the default: with swap, a crash right after a merge "
-        "left a WAL that DuckDB 1.5.5 could not replay ('Conflict on tuple deletion', tests/integration/test_torture.py "
-        "with the 256MB checkpoint_threshold), so swap is not safe yet.")
+        "step at the end (CDC waits for all of it; the older way, kept to compare).")
     duckdb_memory_limit: str = Field("300MB", description="DuckDB's memory limit (its page cache, indexes included: they are evicted and reloaded as needed): keeps the applier's memory flat in the replica's size.")
     duckdb_checkpoint_threshold: str = Field(
         "256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B$",

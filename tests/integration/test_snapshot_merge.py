@@ -253,3 +253,39 @@ def test_a_snapshot_duckdb_refuses_raises_a_terminal_error_and_phases_are_record
                                    ).fetchall() == [("abandoned", "DuckDB refused it while staging")]
     finally:
         replica.close()
+
+
+@pytest.mark.parametrize("snapshot_merge", ["swap", "rewrite"])
+def test_a_crash_right_after_a_merge_replays_to_the_merged_table(tmp_path, snapshot_merge):
+    """The DuckDB file and WAL as a crash right after the merge leaves them (copied while the
+    replica is open, nothing checkpointed) open to the merged table. DuckDB up to 2.0 logs a
+    delete or update made before a table's rename, in the same transaction, under the new
+    name (duckdb/duckdb#22124): a swap that fixed the staging table up before renaming it left
+    a WAL that failed to replay ("Conflict on tuple deletion") or replayed into another table."""
+    import shutil
+
+    import duckdb
+
+    replica = DuckDBReplica(str(tmp_path / "r.duckdb"), checkpoint_threshold="1GB", snapshot_merge=snapshot_merge)
+    try:
+        keys = range(2000)
+        merge_snapshot(replica, "s0", Cut(100, 100), {k: 0 for k in keys})
+        # After the next snapshot's cut (110): deletes, updates and inserts, some of keys it holds.
+        writes = [("d", k, 0) for k in range(0, 600, 3)] + [("u", k, 7) for k in range(1, 900, 3)] \
+            + [("u", k, 9) for k in range(2000, 2100)]
+        apply_cdc(replica, [transaction(0, 120, writes)])
+        merge_snapshot(replica, "s1", Cut(110, 110), {k: 1 for k in keys})
+        expected = replica_rows(replica)
+        assert expected == {**{k: 1 for k in keys if not (k < 600 and k % 3 == 0)},
+                            **{k: 7 for k in range(1, 900, 3)}, **{k: 9 for k in range(2000, 2100)}}
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for name in ("r.duckdb", "r.duckdb.wal"):
+            shutil.copy(tmp_path / name, crashed / name)
+    finally:
+        replica.close()
+    con = duckdb.connect(str(crashed / "r.duckdb"))
+    try:
+        assert dict(con.execute("SELECT id, v FROM t").fetchall()) == expected
+    finally:
+        con.close()
