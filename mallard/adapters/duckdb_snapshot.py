@@ -326,7 +326,7 @@ class SnapshotMerge:
             f"SELECT count(*) FROM {target} t WHERE NOT {newer} AND NOT EXISTS "
             f"(SELECT 1 FROM {staging} x WHERE {key_match})").fetchone()[0]
         kept = self.con.execute(f"SELECT count(*) FROM {target} t WHERE {newer}").fetchone()[0]
-        # Swapped first, fixed up after, under the table's own name: DuckDB up to 2.0 logs a
+        # Swapped first, fixed up after, under the table's own name: DuckDB before 2.0.1 logs a
         # delete or update made before a table's rename, in the same transaction, under the new
         # name, and its WAL then fails to replay ("Conflict on tuple deletion"), or replays into
         # the wrong table (duckdb/duckdb#22124; docs/applier.md).

@@ -258,7 +258,7 @@ def test_a_snapshot_duckdb_refuses_raises_a_terminal_error_and_phases_are_record
 @pytest.mark.parametrize("snapshot_merge", ["swap", "rewrite"])
 def test_a_crash_right_after_a_merge_replays_to_the_merged_table(tmp_path, snapshot_merge):
     """The DuckDB file and WAL as a crash right after the merge leaves them (copied while the
-    replica is open, nothing checkpointed) open to the merged table. DuckDB up to 2.0 logs a
+    replica is open, nothing checkpointed) open to the merged table. DuckDB before 2.0.1 logs a
     delete or update made before a table's rename, in the same transaction, under the new
     name (duckdb/duckdb#22124): a swap that fixed the staging table up before renaming it left
     a WAL that failed to replay ("Conflict on tuple deletion") or replayed into another table."""
