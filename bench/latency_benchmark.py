@@ -322,13 +322,16 @@ def print_table(rows: list[dict]) -> None:
 
 
 def on_pgbench_stack(prefix: str, start_timeout: int, body: Callable[[Stack], int],
-                     keep_logs: str | None = None) -> int:
+                     keep_logs: str | None = None, settings: list[str] = ()) -> int:
     """``body`` on a local stack in a temporary home, its connector capturing pgbench's
     tables and the probe; torn down (logs copied to ``keep_logs`` first) also on SIGTERM."""
     signal.signal(signal.SIGTERM, on_signal)
     home = Path(tempfile.mkdtemp(prefix=prefix))
     home.chmod(0o755)
     stack = Stack(home, start_timeout)
+    for setting in settings:  # NAME=VALUE: a mallard setting of this stack (MALLARD_JVM_OPTS=...)
+        name, _, value = setting.partition("=")
+        stack.env[name] = value
     connector = json.loads(Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).read_text())
     connector["config"]["table.include.list"] = ",".join(f"public.{t}" for t in [*PGBENCH, PROBE])
     Path(stack.env["MALLARD_CONNECTOR_CONFIG"]).write_text(json.dumps(connector, indent=2))
@@ -354,8 +357,11 @@ def main() -> int:
     parser.add_argument("--catch-up-timeout", type=float, default=600)
     parser.add_argument("--start-timeout", type=int, default=240)
     parser.add_argument("--keep-logs", help="copy the stack's logs to this folder before tearing it down")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the stack, e.g. MALLARD_JVM_OPTS='-XX:-UseG1GC -XX:+UseSerialGC' (repeatable)")
     args = parser.parse_args()
-    return on_pgbench_stack("mallard-latency-", args.start_timeout, lambda stack: run(args, stack), args.keep_logs)
+    return on_pgbench_stack("mallard-latency-", args.start_timeout, lambda stack: run(args, stack), args.keep_logs,
+                            args.set)
 
 if __name__ == "__main__":
     sys.exit(main())
