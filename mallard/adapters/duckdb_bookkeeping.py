@@ -161,8 +161,6 @@ class Bookkeeping:
                     state.columns = [(new if c == old else c, t) for c, t in state.columns]
                     state.unknown = [new if c == old else c for c in state.unknown]
                     log.info("%s: renamed column %s -> %s", schema.stream, old, new)
-                if change.rename:
-                    self._alias_earlier_layouts(state, dict(change.rename))
                 for name, old, new in change.widen:
                     for table in (target, *keyless_log):
                         self.con.execute(f"ALTER TABLE {table} ALTER COLUMN {q(name)} TYPE {new}")
@@ -181,17 +179,6 @@ class Bookkeeping:
         if state.status == OK:
             state.fingerprints.add(fingerprint)
         return state
-
-    @staticmethod
-    def _alias_earlier_layouts(state: TableState, renamed: dict[str, str]) -> None:
-        """Every layout seen before ``renamed`` (old -> new) names those columns by their new
-        names from now on (TableState.aliases)."""
-        for fingerprint in state.fingerprints:
-            earlier = state.aliases.get(fingerprint, {})
-            now = {name: renamed.get(current, current) for name, current in earlier.items()}
-            for old, new in renamed.items():
-                now.setdefault(old, new)
-            state.aliases[fingerprint] = now
 
     def _refuse_reserved(self, schema: TableSchema, state: TableState | None, clash: list[str]) -> TableState:
         """A source column named like mallard's own (``_mallard_position``...): the table cannot

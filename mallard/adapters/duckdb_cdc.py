@@ -4,6 +4,7 @@ one DuckDB transaction (mallard/adapters/duckdb_writer.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from mallard.adapters.duckdb_errors import translate
@@ -86,18 +87,23 @@ class CdcApply:
         now = datetime.now(timezone.utc)
         script = Script()
         # Every table is created or altered first (those statements run now, on their own), and
-        # only then are the rows written: a step before a rename in the batch is then written
-        # under the names its columns have now (TableState.aliases).
+        # only then are the rows written: the rows of a step before a column's rename in the
+        # same batch are written under the name the column has now.
         tables = []
         for step in steps:
             for stream, changes in step.items():
+                before = self.tables.get(stream)
+                names = [c for c, _ in before.columns] if before is not None else []
                 state = self.ensure_table(changes.schema, changes.last_tx_id)
                 if state.status == ABSENT and changes.truncated:
                     state.truncated_tx_id = changes.truncated_tx_id
                     self.tables[stream] = state
                     script.add(save_table_sql(state))
-                tables.append((stream, changes, state, state.status))
-        for stream, changes, state, status in tables:
+                # A rename keeps the column's place (schema_diff.renames).
+                renamed = {old: new for old, (new, _) in zip(names, state.columns) if old != new} \
+                    if state is before else {}
+                tables.append((stream, changes, state, state.status, renamed))
+        for i, (stream, changes, state, status, _) in enumerate(tables):
             stats.events += changes.events
             stats.events_by_stream[stream] = stats.events_by_stream.get(stream, 0) + changes.events
             stats.covered += changes.covered
@@ -107,6 +113,12 @@ class CdcApply:
                     state.held_back_tx_id = changes.last_tx_id
                     script.add(save_table_sql(state))
                 continue
+            columns = changes.schema.columns
+            for later, _, _, _, renamed in tables[i + 1:]:
+                if later == stream and renamed:
+                    columns = tuple(renamed.get(c, c) for c in columns)
+            if columns != changes.schema.columns:
+                changes = replace(changes, schema=replace(changes.schema, columns=columns))
             add_table_changes(script, state, changes, now, stats)
         if transactions:
             add_progress(script, transactions, stats.events if progress_events is None else progress_events, now)

@@ -21,7 +21,7 @@ Naming convention (docs/applier.md):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
@@ -147,10 +147,6 @@ class TableState:
     dropped: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     fingerprints: set[str] = field(default_factory=set)
-    aliases: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Per layout (fingerprint) seen before a rename: its column names -> the names now. A
-    batch's schema changes run when it is prepared, before its rows are written, so rows of an
-    earlier layout in the same batch go in under the names their columns have now."""
     snapshot_cut: Cut | None = None
     """Cut of the last full snapshot merged: CDC events it covers are older than the table."""
     truncated_tx_id: int | None = None
@@ -293,10 +289,6 @@ def add_progress(script: Script, transactions: list[Transaction], events: int, n
 def add_table_changes(script: Script, state: TableState, changes: TableChanges, now: datetime,
                       stats: ApplyStats) -> None:
     """One table's share of a batch: a truncate, then one upsert and one delete, set-based."""
-    aliases = state.aliases.get(changes.schema.fingerprint)
-    if aliases:
-        renamed = replace(changes.schema, columns=tuple(aliases.get(c, c) for c in changes.schema.columns))
-        changes = replace(changes, schema=renamed)
     target, schema = state.target, changes.schema
     if changes.truncated:
         script.add(f"DELETE FROM {target}")
