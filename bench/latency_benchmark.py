@@ -230,34 +230,29 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     wait_until("the probe's first snapshot", lambda: rows(f"SELECT count(*) FROM {PROBE}") == [[1]], 600, every=2)
     wait_until("pgbench_accounts' first snapshot",
                lambda: rows("SELECT count(*) FROM pgbench_accounts") == [[args.scale * 100_000]], 900, every=2)
-    # Warm-up: pgbench_history's CDC topic is created by its first insert, and the applier's
-    # subscription finds it at its next metadata refresh (then the group rebalances): a few
-    # seconds in which no transaction touching it can be applied. Once per new table, so
-    # before the first rate, not inside it.
-    subprocess.run([str(PG_BIN / "pgbench"), "-n", "-t", "25", "-c", "4", "-j", "2", *conn_args, db], env=env,
-                   check=True, capture_output=True, timeout=600)
-    conn = psycopg2.connect(owner_dsn)
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pgbench_history")
-        history = cur.fetchone()[0]
-    conn.close()
-    wait_until("the warm-up's pgbench_history rows in DuckDB",
-               lambda: rows("SELECT count(*) FROM pgbench_history") == [[history]], 300, every=1)
-    if args.warmup_seconds:
-        # The JVMs (Connect's Debezium task, the broker) compile their hot paths in the first
-        # tens of seconds of load: measured, that is a stall of the first rate's Kafka path
-        # (commit -> Kafka p99 4 s at 500 tps), not a property of any rate. A production
-        # stack has run for long; this one is loaded at a low rate first.
-        subprocess.run([str(PG_BIN / "pgbench"), "-n", "-R", "300", "-T", str(args.warmup_seconds), "-c", "4",
-                        "-j", "2", *conn_args, db], env=env, check=True, capture_output=True,
-                       timeout=args.warmup_seconds + 600)
+    def pgbench_applied(what: str, *options: str) -> None:
+        """Run pgbench with ``options``, then wait until its pgbench_history rows are in DuckDB."""
+        subprocess.run([str(PG_BIN / "pgbench"), "-n", *options, "-c", "4", "-j", "2", *conn_args, db], env=env,
+                       check=True, capture_output=True, timeout=args.warmup_seconds + 600)
         conn = psycopg2.connect(owner_dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pgbench_history")
             history = cur.fetchone()[0]
         conn.close()
-        wait_until("the JVM warm-up's pgbench_history rows in DuckDB",
+        wait_until(f"the {what}'s pgbench_history rows in DuckDB",
                    lambda: rows("SELECT count(*) FROM pgbench_history") == [[history]], 600, every=1)
+
+    # Warm-up: pgbench_history's CDC topic is created by its first insert, and the applier's
+    # subscription finds it at its next metadata refresh (then the group rebalances): a few
+    # seconds in which no transaction touching it can be applied. Once per new table, so
+    # before the first rate, not inside it.
+    pgbench_applied("warm-up", "-t", "25")
+    if args.warmup_seconds:
+        # The JVMs (Connect's Debezium task, the broker) compile their hot paths in the first
+        # tens of seconds of load: measured, that is a stall of the first rate's Kafka path
+        # (commit -> Kafka p99 4 s at 500 tps), not a property of any rate. A production
+        # stack has run for long; this one is loaded at a low rate first.
+        pgbench_applied("JVM warm-up", "-R", "300", "-T", str(args.warmup_seconds))
     print("first snapshots merged, warmed up; every rate below runs", args.seconds, "s with 4 clients")
 
     rows, ok, seq = [], True, 0
