@@ -161,6 +161,8 @@ class Bookkeeping:
                     state.columns = [(new if c == old else c, t) for c, t in state.columns]
                     state.unknown = [new if c == old else c for c in state.unknown]
                     log.info("%s: renamed column %s -> %s", schema.stream, old, new)
+                if change.rename:  # an earlier layout seen again (a column renamed back) is compared anew
+                    state.fingerprints.clear()
                 for name, old, new in change.widen:
                     for table in (target, *keyless_log):
                         self.con.execute(f"ALTER TABLE {table} ALTER COLUMN {q(name)} TYPE {new}")

@@ -240,6 +240,27 @@ def test_a_column_replaced_comes_back_to_the_first_layout_and_is_written_as_it_i
             replica.close()
 
 
+def test_a_column_renamed_back_is_renamed_back_in_the_replica(tmp_path):
+    """a -> b, then b -> a: the first layout again, which the applier has seen before; the
+    replica follows (it once wrote to ``a`` while DuckDB called it ``b``)."""
+    from mallard.adapters.duckdb_replica import DuckDBReplica
+    from mallard.core.merge import reduce
+
+    v1 = _schema(("id", "int32"), ("a", "string"))
+    v2 = _schema(("id", "int32"), ("b", "string"))
+    for together in (False, True):
+        replica = DuckDBReplica(str(tmp_path / f"r{together}.duckdb"))
+        try:
+            txs = [_tx(0, 100, v1, [(1, "one")]), _tx(1, 101, v2, [(2, "two")]), _tx(2, 102, v1, [(3, "three")])]
+            for batch in ([txs] if together else [[tx] for tx in txs]):
+                replica.apply(reduce(batch, replica.snapshot_cuts()), batch)
+            rows = replica.con.execute("SELECT id, a FROM main.t ORDER BY id").fetchall()
+            assert rows == [(1, "one"), (2, "two"), (3, "three")], (together, rows)
+            assert [c for c, _ in replica.tables["public.t"].columns] == ["id", "a"]
+        finally:
+            replica.close()
+
+
 def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_path):
     """DDLs that land between a stream's row events arrive as several schema changes: the
     converging reason names them all, whichever order the events came in."""
