@@ -126,20 +126,23 @@ def _tx(n: int, xid: int, schema, rows: list[tuple]):
     return Transaction(xid, 1000 + n, 0, events)
 
 
+def _apply(replica, txs):
+    """Whole transactions into the replica, as the applier's pipeline applies a batch."""
+    from mallard.core.merge import reduce
+
+    return replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+
+
 def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the_change_is_merged(tmp_path):
     from datetime import datetime, timezone
 
     from mallard.adapters.duckdb_replica import DuckDBReplica
     from mallard.core.arrow_rows import snapshot_table
     from mallard.core.cut import Cut
-    from mallard.core.merge import reduce
     from mallard.core.snapshots import SnapshotFrame
 
     v1 = _schema(("id", "int32"), ("email", "string"), ("price", "int32"), ("note", "string"))
     v2 = _schema(("id", "int32"), ("email_address", "string"), ("price", "int64"), ("in_stock", "boolean"))
-
-    def apply(replica, txs):
-        return replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
 
     def merge(replica, snapshot_id, cut, rows):
         frame = SnapshotFrame(snapshot_id, "public.t", cut, v2, None, datetime.now(timezone.utc))
@@ -152,10 +155,10 @@ def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the
 
     replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
     try:
-        assert apply(replica, [_tx(1, 100, v1, [(i, f"u{i}", i, f"n{i}") for i in (1, 2, 3)])]).needs_resnapshot == []
+        assert _apply(replica, [_tx(1, 100, v1, [(i, f"u{i}", i, f"n{i}") for i in (1, 2, 3)])]).needs_resnapshot == []
         # Postgres: ADD COLUMN in_stock ... DEFAULT true, RENAME email, price TYPE bigint USING price * 10,
         # DROP note — then one row written.
-        stats = apply(replica, [_tx(2, 105, v2, [(1, "u1", 10, True)])])
+        stats = _apply(replica, [_tx(2, 105, v2, [(1, "u1", 10, True)])])
         assert stats.needs_resnapshot == ["public.t"]  # the applier asks for the snapshot
         why = state(replica)["converging"]
         assert "in_stock" in why and "email -> email_address" in why and "price" in why
@@ -163,7 +166,7 @@ def test_the_replica_renames_in_place_and_converges_when_a_snapshot_that_saw_the
         rows = replica.con.execute("SELECT id, email_address, price, note, in_stock FROM main.t ORDER BY id").fetchall()
         assert rows == [(1, "u1", 10, "n1", True), (2, "u2", 2, "n2", None), (3, "u3", 3, "n3", None)]
         # More events of the new schema: no second request while one is out.
-        assert apply(replica, [_tx(3, 106, v2, [(2, "u2", 20, True)])]).needs_resnapshot == []
+        assert _apply(replica, [_tx(3, 106, v2, [(2, "u2", 20, True)])]).needs_resnapshot == []
 
         now = [(1, "u1", 10, True), (2, "u2", 20, True), (3, "u3", 30, True)]
         early = merge(replica, "s-early", Cut(104, 104), now)  # taken before the change: not enough
@@ -191,7 +194,6 @@ def test_rows_written_before_a_rename_go_in_under_the_new_name_when_one_batch_ho
     that comes back later (a column replaced: renamed aside, added anew, the old one dropped)
     is written as it is now."""
     from mallard.adapters.duckdb_replica import DuckDBReplica
-    from mallard.core.merge import reduce
 
     v1 = _schema(("id", "int32"), ("email", "string"), ("n", "int32"))
     v2 = _schema(("id", "int32"), ("email_address", "string"), ("n", "int32"))
@@ -199,19 +201,16 @@ def test_rows_written_before_a_rename_go_in_under_the_new_name_when_one_batch_ho
     v4 = _schema(("id", "int32"), ("n", "int32"), ("email", "string"))  # mail dropped
     replica = DuckDBReplica(str(tmp_path / "r.duckdb"))
 
-    def apply(txs):
-        return replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
-
     def rows():
         return replica.con.execute("SELECT id, mail, n, email FROM main.t ORDER BY id").fetchall()
 
     try:
-        apply([_tx(0, 100, v1, [(1, "a", 1), (2, "b", 2)])])
-        apply([_tx(1, 101, v1, [(1, "a2", 10)]), _tx(2, 102, v2, [(2, "b2", 20)]),
+        _apply(replica, [_tx(0, 100, v1, [(1, "a", 1), (2, "b", 2)])])
+        _apply(replica, [_tx(1, 101, v1, [(1, "a2", 10)]), _tx(2, 102, v2, [(2, "b2", 20)]),
                _tx(3, 103, v2, [(3, "c", 3)]), _tx(4, 104, v3, [(4, "d", 4, "new")])])
         assert rows() == [(1, "a2", 10, None), (2, "b2", 20, None), (3, "c", 3, None), (4, "d", 4, "new")]
-        apply([_tx(5, 105, v4, [(5, 5, "e")])])
-        apply([_tx(6, 106, v4, [(4, 40, "new2")])])
+        _apply(replica, [_tx(5, 105, v4, [(5, 5, "e")])])
+        _apply(replica, [_tx(6, 106, v4, [(4, 40, "new2")])])
         assert rows()[3:] == [(4, "d", 40, "new2"), (5, None, 5, "e")]
     finally:
         replica.close()
@@ -222,7 +221,6 @@ def test_a_column_replaced_comes_back_to_the_first_layout_and_is_written_as_it_i
     last layout is the first one again (the same fingerprint); its rows go to the new column,
     in one batch with the rest or in batches apart."""
     from mallard.adapters.duckdb_replica import DuckDBReplica
-    from mallard.core.merge import reduce
 
     v1 = _schema(("id", "int32"), ("a", "string"))
     v2 = _schema(("id", "int32"), ("a_old", "string"))
@@ -233,7 +231,7 @@ def test_a_column_replaced_comes_back_to_the_first_layout_and_is_written_as_it_i
             txs = [_tx(0, 100, v1, [(1, "one")]), _tx(1, 101, v2, [(2, "two")]),
                    _tx(2, 102, v3, [(3, "three", "new3")]), _tx(3, 103, v1, [(4, "new4")])]
             for batch in ([txs] if together else [[tx] for tx in txs]):
-                replica.apply(reduce(batch, replica.snapshot_cuts()), batch)
+                _apply(replica, batch)
             rows = replica.con.execute("SELECT id, a_old, a FROM main.t ORDER BY id").fetchall()
             assert rows == [(1, "one", None), (2, "two", None), (3, "three", "new3"), (4, None, "new4")], (together, rows)
         finally:
@@ -244,7 +242,6 @@ def test_a_column_renamed_back_is_renamed_back_in_the_replica(tmp_path):
     """a -> b, then b -> a: the first layout again, which the applier has seen before; the
     replica follows (it once wrote to ``a`` while DuckDB called it ``b``)."""
     from mallard.adapters.duckdb_replica import DuckDBReplica
-    from mallard.core.merge import reduce
 
     v1 = _schema(("id", "int32"), ("a", "string"))
     v2 = _schema(("id", "int32"), ("b", "string"))
@@ -253,7 +250,7 @@ def test_a_column_renamed_back_is_renamed_back_in_the_replica(tmp_path):
         try:
             txs = [_tx(0, 100, v1, [(1, "one")]), _tx(1, 101, v2, [(2, "two")]), _tx(2, 102, v1, [(3, "three")])]
             for batch in ([txs] if together else [[tx] for tx in txs]):
-                replica.apply(reduce(batch, replica.snapshot_cuts()), batch)
+                _apply(replica, batch)
             rows = replica.con.execute("SELECT id, a FROM main.t ORDER BY id").fetchall()
             assert rows == [(1, "one"), (2, "two"), (3, "three")], (together, rows)
             assert [c for c, _ in replica.tables["public.t"].columns] == ["id", "a"]
@@ -265,7 +262,6 @@ def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_
     """DDLs that land between a stream's row events arrive as several schema changes: the
     converging reason names them all, whichever order the events came in."""
     from mallard.adapters.duckdb_replica import DuckDBReplica
-    from mallard.core.merge import reduce
 
     v1 = _schema(("id", "int32"), ("email", "string"))
     v2 = _schema(("id", "int32"), ("email", "string"), ("in_stock", "boolean"))
@@ -275,7 +271,7 @@ def test_each_schema_change_seen_while_converging_stays_named_in_the_reason(tmp_
         asked = []
         for n, (schema, row) in enumerate([(v1, (1, "a")), (v2, (1, "a", True)), (v3, (1, "a", True))]):
             txs = [_tx(n, 100 + n, schema, [row])]
-            asked += replica.apply(reduce(txs, replica.snapshot_cuts()), txs).needs_resnapshot
+            asked += _apply(replica, txs).needs_resnapshot
         assert asked == ["public.t"]  # one request out, for all of it
         why = {t["stream"]: t for t in replica.table_report()}["public.t"]["converging"]
         assert "added (in_stock)" in why and "email -> email_address" in why, why
@@ -291,7 +287,6 @@ def test_a_ddl_signal_and_the_row_events_after_it_must_both_be_covered_to_conver
     from mallard.adapters.duckdb_replica import DuckDBReplica
     from mallard.core.arrow_rows import snapshot_table
     from mallard.core.cut import Cut
-    from mallard.core.merge import reduce
     from mallard.core.snapshots import SnapshotFrame
 
     v1 = _schema(("id", "int32"), ("email", "string"))
@@ -309,12 +304,12 @@ def test_a_ddl_signal_and_the_row_events_after_it_must_both_be_covered_to_conver
 
     try:
         txs = [_tx(0, 100, v1, [(1, "a")])]
-        replica.apply(reduce(txs, replica.snapshot_cuts()), txs)
+        _apply(replica, txs)
         assert replica.converge("public.nothing", 130, "column x added with a default") is False  # no table
         assert replica.converge("public.t", 130, "column in_stock added with a default") is True  # ask
         assert replica.converge("public.t", 131, "column in_stock added with a default") is False  # asked already
         txs = [_tx(1, 120, v2, [(1, "a", True)])]  # committed after the DDL, whatever its xid
-        assert replica.apply(reduce(txs, replica.snapshot_cuts()), txs).needs_resnapshot == []
+        assert _apply(replica, txs).needs_resnapshot == []
         assert "in_stock" in converging()
         assert merge("s1", Cut(125, 125)).resnapshot_again and converging()  # saw the row event, not the DDL
         assert merge("s2", Cut(120, 132, frozenset({120}))).resnapshot_again and converging()  # the DDL only
