@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.error
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -230,6 +230,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
     wait_until("the probe's first snapshot", lambda: rows(f"SELECT count(*) FROM {PROBE}") == [[1]], 600, every=2)
     wait_until("pgbench_accounts' first snapshot",
                lambda: rows("SELECT count(*) FROM pgbench_accounts") == [[args.scale * 100_000]], 900, every=2)
+
     def pgbench_applied(what: str, *options: str) -> None:
         """Run pgbench with ``options``, then wait until its pgbench_history rows are in DuckDB."""
         subprocess.run([str(PG_BIN / "pgbench"), "-n", *options, "-c", "4", "-j", "2", *conn_args, db], env=env,
@@ -317,7 +318,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def on_pgbench_stack(prefix: str, start_timeout: int, body: Callable[[Stack], int],
-                     keep_logs: str | None = None, settings: list[str] = ()) -> int:
+                     keep_logs: str | None = None, settings: Iterable[str] = ()) -> int:
     """``body`` on a local stack in a temporary home, its connector capturing pgbench's
     tables and the probe; torn down (logs copied to ``keep_logs`` first) also on SIGTERM."""
     signal.signal(signal.SIGTERM, on_signal)
