@@ -6,6 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Three workers: the integration tests mostly wait on their stacks (start-ups, polling),
 # so 3 fit 2 cores; a file stays on one worker. MALLARD_TEST_WORKERS=0: serial.
-# --no-loadscope-reorder: files are handed out in the order tests/conftest.py gives them (by
-# default xdist sorts them by their number of tests).
-exec .venv/bin/python -m pytest -n "${MALLARD_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=25 "$@"
+exec .venv/bin/python -m pytest -n "${MALLARD_TEST_WORKERS:-3}" --dist loadfile --durations=25 "$@"
