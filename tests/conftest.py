@@ -44,8 +44,8 @@ def pytest_collection_modifyitems(config, items):
     """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, and
     the files are handed out in this order. Files on a shared stack go first: those on the
     CDC stack, then on both, then on the demo stack; then the others, slowest first. A
-    worker stops its shared stacks when it comes to the others (an idle stack's JVMs cost
-    CPU the suite lacks). (Not ``loadgroup``: with pytest 9.2 it ignores
+    worker stops a shared stack as soon as it runs a file that does not use it (an idle
+    stack's JVMs cost CPU the suite lacks). (Not ``loadgroup``: with pytest 9.2 it ignores
     xdist_group marks, pytest-xdist issue 1386.)"""
     uses: dict[str, set[str]] = {}
     for item in items:
@@ -61,12 +61,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    # A worker is handed files in the order above: once it runs one on no shared stack, no
-    # file on one is left for it. (Stopping a stack between two that use it cost more in
-    # starts than its idling saved.)
-    if not _uses.get(_file(item)):
-        while _running:
-            _running.popitem()[1].teardown()
+    for name in [n for n in _running if n not in _uses.get(_file(item), ())]:
+        _running.pop(name).teardown()
 
 
 def pytest_sessionfinish(session):
