@@ -28,53 +28,17 @@ SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema
               "test_hostile_events.py", "test_applier_crash.py", "test_keyless_merge.py",
               "test_snapshot_merge.py", "test_hostile_query.py", "test_keyless.py", "test_durability.py",
               "test_kafka_security.py")
-SHARED = ("cdc_stack", "stack")
-"""The stacks that tests only read or add tables to, shared by the files a worker runs."""
-_uses: dict[str, frozenset[str]] = {}
-"""Per file: the shared stacks its tests use."""
-_running: dict[str, "Stack"] = {}
-"""The shared stacks running in this worker."""
-
-
-def _file(item) -> str:
-    return item.nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, and
-    the files are handed out in this order. Files on a shared stack go first: those on the
-    CDC stack, then on both, then on the demo stack; then the others, slowest first. A
-    worker stops a shared stack as soon as it runs a file that does not use it (an idle
-    stack's JVMs cost CPU the suite lacks). (Not ``loadgroup``: with pytest 9.2 it ignores
+    """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, so
+    its module fixtures (a stack of its own) start once. The slowest files go first (the
+    order is the same in every worker). (Not ``loadgroup``: with pytest 9.2 it ignores
     xdist_group marks, pytest-xdist issue 1386.)"""
-    uses: dict[str, set[str]] = {}
-    for item in items:
-        uses.setdefault(_file(item), set()).update(set(item.fixturenames) & set(SHARED))
-    _uses.update({f: frozenset(u) for f, u in uses.items()})
-
-    def rank(item) -> tuple[int, int]:
-        used, name = _uses[_file(item)], _file(item).rsplit("/", 1)[-1]
-        group = {frozenset({"cdc_stack"}): 0, frozenset(SHARED): 1, frozenset({"stack"}): 2}.get(used, 3)
-        return group, SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+    def rank(item) -> int:
+        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
     items.sort(key=rank)  # stable: a file's tests keep their order
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    for name in [n for n in _running if n not in _uses.get(_file(item), ())]:
-        _running.pop(name).teardown()
-
-
-def pytest_sessionfinish(session):
-    while _running:
-        _running.popitem()[1].teardown()
-
-
-def _shared_stack(name: str, make) -> "Stack":
-    """The worker's running stack ``name``, started by ``make`` (which returns it up) if none is."""
-    if name not in _running:
-        _running[name] = make()
-    return _running[name]
 
 
 PORT_VARIABLES = (
@@ -193,21 +157,16 @@ def make_stack():
         s.teardown()
 
 
-def _demo_stack() -> Stack:
+@pytest.fixture(scope="session")
+def stack():
+    """One running local stack for the integration tests that only read or add data."""
     # A password of its own, so a test can prove it never reaches a log.
     s = Stack(new_home(), MALLARD_PG_PASSWORD=f"pw-{secrets.token_hex(8)}")
     try:
         s.mallard("stack", "up")
-    except BaseException:
+        yield s
+    finally:
         s.teardown()
-        raise
-    return s
-
-
-@pytest.fixture(scope="module")
-def stack():
-    """One running local stack (the demo) for the integration tests that only read or add data."""
-    return _shared_stack("stack", _demo_stack)
 
 
 def all_tables_connector_config(folder: Path) -> Path:
@@ -230,28 +189,18 @@ def up_capturing_every_table(stack: Stack) -> Stack:
     return stack
 
 
-def _stack_capturing_every_table() -> Stack:
-    """A running stack whose Debezium captures every table."""
+def running_stack_capturing_every_table():
+    """A running stack whose Debezium captures every table, torn down after (a fixture's body)."""
     home = new_home()
     s = Stack(home, MALLARD_CONNECTOR_CONFIG=str(all_tables_connector_config(home)), MALLARD_TOPIC_REFRESH_MS="1000")
     try:
         s.mallard("stack", "up")
-    except BaseException:
-        s.teardown()
-        raise
-    return s
-
-
-def running_stack_capturing_every_table():
-    """A running stack whose Debezium captures every table, torn down after (a fixture's body)."""
-    s = _stack_capturing_every_table()
-    try:
         yield s
     finally:
         s.teardown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cdc_stack():
     """A running stack whose Debezium captures every table, for the applier tests."""
-    return _shared_stack("cdc_stack", _stack_capturing_every_table)
+    yield from running_stack_capturing_every_table()

@@ -25,7 +25,7 @@ from tests.integration.test_applier_types import COLUMNS, ROWS
 
 
 @pytest.fixture(scope="module")
-def encoding_stack():
+def cdc_stack():
     """A stack of this module's own, capturing every table: its edge-value tables (a new CDC
     topic each, whose events are dead-lettered on purpose) stay off the session's stack, where
     they have held later transactions up (an open bug: see docs/limits.md)."""
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.integration
 TYPES = {c: t for c, t in COLUMNS.items() if c != "c_point"}  # unknown types are kept as text, not mapped
 
 
-def test_snapshot_and_cdc_encode_every_supported_type_alike(encoding_stack):
-    conn = psycopg2.connect(encoding_stack.dsn)
+def test_snapshot_and_cdc_encode_every_supported_type_alike(cdc_stack):
+    conn = psycopg2.connect(cdc_stack.dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DO $$ BEGIN CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); "
@@ -57,7 +57,7 @@ def test_snapshot_and_cdc_encode_every_supported_type_alike(encoding_stack):
     conn.close()
 
     topic = "mallard.public.snap_types"
-    consumer = Consumer({"bootstrap.servers": encoding_stack.bootstrap_servers, "group.id": "enc", "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": cdc_stack.bootstrap_servers, "group.id": "enc", "enable.auto.commit": False})
     decoder, cdc = Decoder(), {}
     deadline = time.monotonic() + 90
     while topic not in consumer.list_topics(timeout=5).topics:
@@ -138,11 +138,11 @@ def edge_tables(cur, prefix: str):
         yield pg_type, table
 
 
-def test_postgres_encodes_edge_values_as_the_python_encoder_does(encoding_stack):
+def test_postgres_encodes_edge_values_as_the_python_encoder_does(cdc_stack):
     """The snapshotter's SQL encoding gives the same JSON value as encode() at every edge:
     numeric byte lengths and the 127-bit limit (beyond it, the marked Python fallback), negative
     and millisecond times, long bytea, control characters, special floats, nested arrays."""
-    conn = psycopg2.connect(encoding_stack.dsn)
+    conn = psycopg2.connect(cdc_stack.dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         for pg_type, table in edge_tables(cur, "snap_edges"):
@@ -195,11 +195,11 @@ def _alike(v):
     return "NaN" if isinstance(v, float) and v != v else (v, str(v))  # -0.0 == 0.0: compare the text too
 
 
-def test_arrow_rows_hold_what_the_json_path_decodes_for_every_type_and_edge(encoding_stack):
+def test_arrow_rows_hold_what_the_json_path_decodes_for_every_type_and_edge(cdc_stack):
     """The snapshotter's Arrow rows (COPY CSV parsed by Arrow) are, value for value and type
     for type, what the applier decodes from the JSON encoding (itself checked against
     Debezium above); a value the JSON path refuses, the Arrow path refuses too."""
-    conn = psycopg2.connect(encoding_stack.dsn)
+    conn = psycopg2.connect(cdc_stack.dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DO $$ BEGIN CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); "
