@@ -32,8 +32,9 @@ SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema
 
 def pytest_collection_modifyitems(config, items):
     """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, so
-    its module fixtures (a stack of its own) start once. The slowest files go first (the
-    order is the same in every worker). (Not ``loadgroup``: with pytest 9.2 it ignores
+    its module fixtures (a stack of its own) start once. xdist hands the files out by their
+    number of tests (its default --loadscope-reorder), so this order only breaks ties; the
+    order itself, tried (bench/RESULTS.md, 2026-12-04), made the suite slower. (Not ``loadgroup``: with pytest 9.2 it ignores
     xdist_group marks, pytest-xdist issue 1386.)"""
     def rank(item) -> int:
         name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
