@@ -20,8 +20,8 @@ from mallard.stack.processes import free_ports
 import pytest
 
 
-# The longest files (minutes of a serial run), started first so that no worker is left
-# with one of them at the end while the others idle. A new file runs after these.
+# The longest files (minutes of a serial run), first among files with as many tests (see
+# pytest_collection_modifyitems). A new file runs after these.
 SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema_rewrites.py",
               "test_config_apply.py", "test_stack.py", "test_check.py", "test_monitoring.py", "test_torture.py",
               "test_verify.py", "test_operating.py", "test_incremental.py", "test_faults.py",
@@ -33,9 +33,9 @@ SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema
 def pytest_collection_modifyitems(config, items):
     """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, so
     its module fixtures (a stack of its own) start once. xdist hands the files out by their
-    number of tests (its default --loadscope-reorder), so this order only breaks ties; the
-    order itself, tried (bench/RESULTS.md, 2026-12-04), made the suite slower. (Not ``loadgroup``: with pytest 9.2 it ignores
-    xdist_group marks, pytest-xdist issue 1386.)"""
+    number of tests (its default --loadscope-reorder), so this order only breaks ties;
+    imposed instead, it made the suite slower (bench/RESULTS.md, 2026-12-04). (Not
+    ``loadgroup``: with pytest 9.2 it ignores xdist_group marks, pytest-xdist issue 1386.)"""
     def rank(item) -> int:
         name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
