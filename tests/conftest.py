@@ -120,9 +120,11 @@ class Stack:
         raise AssertionError(f"timed out waiting for {sql!r} to give {expected}; last: {rows}\n{self.log_tails()}")
 
     def log_tails(self, lines: int = 25) -> str:
-        """The end of the applier's log and Connect's warnings: what CI shows of a timeout."""
+        """The end of the applier's and the snapshotter's logs and Connect's warnings: what CI
+        shows of a timeout."""
         out = []
-        for name, keep in (("applier", lambda l: True), ("connect", lambda l: " WARN " in l or " ERROR " in l)):
+        for name, keep in (("applier", lambda l: True), ("snapshotter", lambda l: True),
+                           ("connect", lambda l: " WARN " in l or " ERROR " in l)):
             path = self.home / "logs" / f"{name}.log"
             if path.exists():
                 tail = [l for l in path.read_text(errors="replace").splitlines() if keep(l)][-lines:]

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 import psycopg2
+from confluent_kafka import KafkaException, TopicPartition
 
 from mallard.adapters import postgres
 from mallard.config.connector import load_connector_config_file
@@ -220,6 +221,11 @@ class SnapshotterService(Service):
         """The snapshot whose begin the request being served has published."""
         self.served: set[str] = set()
         """Scheduled request ids served by this process: a fire published twice is snapshotted once."""
+        self.served_through: dict[tuple[str, int], int] = {}
+        """(topic, partition) -> the last control message served and not committed yet: read
+        again after a failed commit (the group dropped this process and took it back), skipped."""
+        self.uncommitted = False
+        """The last commit failed: it is tried again until it succeeds."""
         self._duration = self.metrics.histogram("mallard_snapshot_duration_seconds", "Time to read and publish one "
                                                 "snapshot (cut to end message in Kafka).", SNAPSHOT_BUCKETS)
         self.metrics.on_scrape(self._metric_families)
@@ -308,8 +314,11 @@ class SnapshotterService(Service):
                     self._take_waiting()
                 first = consumer.poll(0.5)  # returns with the first request (consume() waits out its timeout)
                 if first is None:
+                    if self.uncommitted:
+                        self._commit(consumer)
                     continue
-                messages = [m for m in [first, *consumer.consume(num_messages=100, timeout=0.05)] if not m.error()]
+                messages = [m for m in [first, *consumer.consume(num_messages=100, timeout=0.05)]
+                            if not m.error() and m.offset() > self.served_through.get((m.topic(), m.partition()), -1)]
                 if not messages:
                     continue
                 refused: list[Refusal] = []
@@ -320,10 +329,31 @@ class SnapshotterService(Service):
                     if not self._serve(stream, request):
                         return
                 # Only now, every snapshot's end (or failure) being in Kafka, are the requests done.
-                consumer.commit(asynchronous=False)
+                for m in messages:
+                    self.served_through[(m.topic(), m.partition())] = m.offset()
+                self._commit(consumer)
         finally:
             self.ready = False
             consumer.close()
+
+    def _commit(self, consumer: Any) -> None:
+        """Commit the requests served. A commit fails when the group dropped this process
+        (stalled past its session: a starved CPU, a stopped process); that is transient:
+        the group takes it back, the requests read again are skipped, and the commit is
+        tried again. Another snapshotter given them meanwhile serves them again: a
+        snapshot more, never one fewer."""
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self.served_through.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            if not self.uncommitted:
+                self.log.warning("requests served, but their commit failed (tried again): %s", e.args[0])
+            self.uncommitted = True
+            return
+        if self.uncommitted:
+            self.log.info("requests served committed")
+        self.uncommitted = False
+        self.served_through.clear()
 
     def _serve(self, stream: str, request: ResnapshotRequest) -> bool:
         """Snapshot one stream for a request; False when the service is stopping."""

@@ -273,3 +273,51 @@ def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(cdc_
     assert begin.snapshot_id != killed_id
     assert end.row_count == 1_500_000 == sum(len(b.rows) for b in batches)
     assert [b.batch for b in batches] == list(range(1, len(batches) + 1))
+
+
+def test_a_snapshotter_paused_beyond_its_group_session_serves_the_next_requests(cdc_stack):
+    """A snapshotter stalled longer than its consumer session (6 s: a SIGSTOP here, a starved
+    CPU or a swapped-out process in the field) is dropped from its group; the commit after its
+    snapshot then fails. That is transient: the service goes on and serves the next request."""
+    import os
+    import signal
+
+    stack = cdc_stack
+    with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS paused_orders")
+        cur.execute("CREATE UNLOGGED TABLE paused_orders (id bigint PRIMARY KEY, note text)")  # UNLOGGED: see above
+        cur.execute("INSERT INTO paused_orders SELECT g, md5(g::text) FROM generate_series(1, 300000) g")
+        cur.execute("CREATE TABLE after_pause (id int PRIMARY KEY)")
+        cur.execute("INSERT INTO after_pause VALUES (1)")
+    pid = stack.status()["components"]["snapshotter"]["pid"]
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-pause", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("mallard.snapshots", 0, 0)])
+    _, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
+    consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
+    requested_at = request(stack, "public.paused_orders", "--reason", "pause test")
+    paused, deadline = False, time.monotonic() + 120
+    try:
+        while not paused and time.monotonic() < deadline:  # pause once the first rows are out
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error() and msg.key() == b"public.paused_orders":
+                if isinstance(parse(msg.value()), (SnapshotRows, SnapshotEnd)):
+                    os.kill(pid, signal.SIGSTOP)
+                    paused = True
+    finally:
+        consumer.close()
+    assert paused
+    try:
+        time.sleep(12)  # twice the session timeout: the broker drops the member
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, _, end = read_snapshot(stack, "public.paused_orders", requested_at, timeout=180)
+    assert end.row_count == 300_000
+    requested_at = request(stack, "public.after_pause", "--reason", "after the pause")
+    try:
+        _, _, end = read_snapshot(stack, "public.after_pause", requested_at, timeout=120)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{stack.log_tails()}") from None
+    assert end.row_count == 1
+    assert stack.status()["components"]["snapshotter"]["pid"] == pid  # the same process: it never stopped
+    log = (stack.home / "logs" / "snapshotter.log").read_text()
+    assert "Traceback" not in log, log[-3000:]

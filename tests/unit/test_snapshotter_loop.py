@@ -77,3 +77,43 @@ def test_bootstrap_refuses_a_port_that_does_not_exist():
 
     with pytest.raises(TypeError, match="no such port: kafka"):
         bootstrap(SnapshotterSettings(health_port=0), kafka=object())
+
+
+def test_a_commit_refused_after_the_group_dropped_the_snapshotter_is_transient():
+    """A snapshotter stalled past its session is dropped from its group: the commit of the
+    requests it served fails, and the group hands their partition back from the old offset.
+    The service goes on: it skips what it served, commits it later, and serves the next."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    kafka = FakeKafka()
+    for topic in (CONTROL, SNAPSHOTS, DEAD):
+        kafka.create(topic)
+    kafka.produce(CONTROL, b"r1", request("r1", ["public.not_replicated"]))
+    refusals = []
+
+    def drop_once(offsets):
+        if not refusals:
+            refusals.append(offsets)
+            consumer.rebalance()  # read again from the committed offset, as after a rejoin
+            raise KafkaException(KafkaError(KafkaError._ASSIGNMENT_LOST))
+
+    consumer = kafka.consumer("mallard-snapshotter")
+    consumer.before_commit = drop_once
+    service = bootstrap(SnapshotterSettings(health_port=0, replication_config=""), prepare_topics=lambda stopping: None,
+                        control_source=consumer, snapshot_writer=FakeProducer(kafka), source=no_source)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while kafka.committed.get("mallard-snapshotter", {}).get((CONTROL, 0)) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refusals and kafka.committed["mallard-snapshotter"][(CONTROL, 0)] == 1
+        kafka.produce(CONTROL, b"r2", request("r2", ["public.not_replicated_either"]))
+        while kafka.committed["mallard-snapshotter"][(CONTROL, 0)] != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert thread.is_alive() and kafka.committed["mallard-snapshotter"][(CONTROL, 0)] == 2
+    finally:
+        service.stop()
+        thread.join(10)
+    assert [m["request_id"] for m in messages(kafka, SNAPSHOTS) if m.get("kind") == "failed"] == ["r1", "r2"]
+    assert len(messages(kafka, DEAD)) == 2  # r1 refused once, not again after the rebalance
