@@ -19,6 +19,12 @@ from mallard.stack.processes import free_ports
 
 import pytest
 
+from tests import xdist_units
+
+
+def pytest_configure(config):
+    xdist_units.register(config)
+
 
 # The longest files (minutes of a serial run), first among files with as many tests (see
 # pytest_collection_modifyitems). A new file runs after these.
@@ -34,12 +40,14 @@ def pytest_collection_modifyitems(config, items):
     """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, so
     its module fixtures (a stack of its own) start once. xdist hands the files out by their
     number of tests (its default --loadscope-reorder), so this order only breaks ties;
-    imposed instead, it made the suite slower (bench/RESULTS.md, 2026-12-04). (Not
+    imposed instead, it made the suite slower (bench/RESULTS.md, 2026-12-04). The tests on a
+    session stack are one unit of work, whatever their file (tests/xdist_units.py). (Not
     ``loadgroup``: with pytest 9.2 it ignores xdist_group marks, pytest-xdist issue 1386.)"""
     def rank(item) -> int:
         name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
     items.sort(key=rank)  # stable: a file's tests keep their order
+    xdist_units.write_units(config, items)
 
 
 PORT_VARIABLES = (

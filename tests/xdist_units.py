@@ -1,0 +1,122 @@
+"""How the suite's tests are handed to xdist's workers (scripts/test.sh: ``--dist loadfile``).
+
+``loadfile`` keeps a file on one worker, so a file's module fixtures (a stack of its own)
+start once. But the session stacks (``stack``, ``cdc_stack``) are per worker: with tests
+using them in many files, every worker started both and kept them idling to the end, each
+stack's JVMs taking CPU the suite lacks (bench/RESULTS.md). Here the tests on one session
+stack are one unit of work, given to one worker, so each session stack starts once.
+
+Each worker writes which unit each of its tests belongs to (it knows their fixtures);
+the controller hands out xdist's own ``LoadFileScheduling``'s work with each test named
+``<unit>::<test>``, so that its units are ours. Only xdist's public surface is used: the
+``pytest_configure_node`` and ``pytest_xdist_make_scheduler`` hooks, the ``Scheduling``
+protocol, and ``LoadFileScheduling`` through that protocol.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARED_STACKS = ("cdc_stack", "stack")
+"""Session fixtures: each test using one runs in that fixture's unit (cdc_stack first, for a
+test using both)."""
+
+UNITS_KEY = "mallard_units_folder"
+
+
+def unit_of(item: pytest.Item) -> str:
+    for name in SHARED_STACKS:
+        if name in item.fixturenames:
+            return f"session {name}"
+    return item.nodeid.split("::", 1)[0]
+
+
+def write_units(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker: which unit each collected test belongs to, for the controller."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or UNITS_KEY not in workerinput:
+        return
+    path = Path(workerinput[UNITS_KEY]) / f"{workerinput['workerid']}.json"
+    path.write_text(json.dumps({item.nodeid: unit_of(item) for item in items}))
+
+
+class UnitScheduling:
+    """``LoadFileScheduling`` over tests named ``<unit>::<nodeid>``: its files are our units."""
+
+    def __init__(self, inner: Any, folder: Path):
+        self.inner, self.folder = inner, folder
+        self.named: dict[str, str] = {}
+
+    @property
+    def nodes(self) -> list[Any]:
+        return self.inner.nodes
+
+    @property
+    def collection_is_completed(self) -> bool:
+        return self.inner.collection_is_completed
+
+    @property
+    def tests_finished(self) -> bool:
+        return self.inner.tests_finished
+
+    @property
+    def has_pending(self) -> bool:
+        return self.inner.has_pending
+
+    def add_node(self, node: Any) -> None:
+        self.inner.add_node(node)
+
+    def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
+        path = self.folder / f"{node.workerinput['workerid']}.json"
+        units = json.loads(path.read_text()) if path.exists() else {}
+        for nodeid in collection:  # a test the worker did not write down keeps its file's unit
+            self.named[nodeid] = f"{units.get(nodeid) or nodeid.split('::', 1)[0]}::{nodeid}"
+        self.inner.add_node_collection(node, [self.named[nodeid] for nodeid in collection])
+
+    def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+        self.inner.mark_test_complete(node, item_index, duration)
+
+    def mark_test_pending(self, item: str) -> None:
+        self.inner.mark_test_pending(self.named.get(item, item))
+
+    def remove_pending_tests_from_node(self, node: Any, indices: Sequence[int]) -> None:
+        self.inner.remove_pending_tests_from_node(node, indices)
+
+    def remove_node(self, node: Any) -> str | None:
+        crashed = self.inner.remove_node(node)
+        return crashed.split("::", 1)[1] if crashed else crashed
+
+    def schedule(self) -> None:
+        self.inner.schedule()
+
+
+class SharedStackUnits:
+    """The controller's side, registered only where xdist runs with ``--dist loadfile``."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mallard-xdist-units-"))
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[UNITS_KEY] = str(self.folder)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        from xdist.scheduler import LoadFileScheduling
+
+        return UnitScheduling(LoadFileScheduling(config, log), self.folder)
+
+    def pytest_unconfigure(self) -> None:
+        for path in self.folder.glob("*.json"):
+            path.unlink()
+        self.folder.rmdir()
+
+
+def register(config: pytest.Config) -> None:
+    if (config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+            and config.getoption("dist", "no") == "loadfile" and config.getoption("numprocesses", None)):
+        config.pluginmanager.register(SharedStackUnits(), "mallard-shared-stack-units")
