@@ -30,8 +30,10 @@ UNITS_KEY = "mallard_units_folder"
 
 
 def unit_of(item: pytest.Item) -> str:
+    module = getattr(item, "module", None)
     for name in SHARED_STACKS:
-        if name in item.fixturenames:
+        # A module may define a stack of its own under the same name: that one is its file's.
+        if name in getattr(item, "fixturenames", ()) and not hasattr(module, name):
             return f"session {name}"
     return item.nodeid.split("::", 1)[0]
 
