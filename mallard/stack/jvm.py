@@ -174,6 +174,9 @@ logger.apache.name = org.apache.kafka
 logger.apache.level = {quiet}
 logger.reflections.name = org.reflections
 logger.reflections.level = error
+# Debezium's own metrics: under load it warns once per event that their queue is full.
+logger.measurements.name = io.debezium.metrics.stats.MeasurementCollector
+logger.measurements.level = error
 """
 
 
