@@ -144,6 +144,8 @@ class Stack:
         return f"127.0.0.1:{self.ports['MALLARD_KAFKA_PORT']}"
 
     def teardown(self) -> None:
+        if not self.folder.exists():
+            return  # torn down already (a session stack, once its tests are done)
         self.mallard("stack", "down", "--purge", check=False, timeout=120)
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -168,11 +170,23 @@ def make_stack():
         s.teardown()
 
 
+SESSION_STACKS: dict[str, Stack] = {}
+"""The running session stacks by fixture name: stopped as soon as their last test is done."""
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    for name in xdist_units.session_units_done(item, nextitem):
+        if name in SESSION_STACKS:
+            SESSION_STACKS.pop(name).teardown()  # idle until the worker's end, its JVMs took CPU
+
+
 @pytest.fixture(scope="session")
 def stack():
     """One running local stack for the integration tests that only read or add data."""
     # A password of its own, so a test can prove it never reaches a log.
     s = Stack(new_home(), MALLARD_PG_PASSWORD=f"pw-{secrets.token_hex(8)}")
+    SESSION_STACKS["stack"] = s
     try:
         s.mallard("stack", "up")
         yield s
@@ -214,4 +228,6 @@ def running_stack_capturing_every_table():
 @pytest.fixture(scope="session")
 def cdc_stack():
     """A running stack whose Debezium captures every table, for the applier tests."""
-    yield from running_stack_capturing_every_table()
+    for s in running_stack_capturing_every_table():
+        SESSION_STACKS["cdc_stack"] = s
+        yield s

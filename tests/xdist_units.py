@@ -47,6 +47,16 @@ def write_units(config: pytest.Config, items: list[pytest.Item]) -> None:
     path.write_text(json.dumps({item.nodeid: unit_of(item) for item in items}))
 
 
+def session_units_done(item: pytest.Item, nextitem: pytest.Item | None) -> list[str]:
+    """On a worker handed units: the session stacks whose unit ``item`` ended (their tests
+    run together, so none comes after). Elsewhere (serial runs): none, the stacks stay up."""
+    workerinput = getattr(item.config, "workerinput", None)
+    unit = unit_of(item)
+    if workerinput is None or UNITS_KEY not in workerinput or nextitem is None or unit_of(nextitem) == unit:
+        return []
+    return [name for name in SHARED_STACKS if unit == f"session {name}"]
+
+
 class UnitScheduling:
     """``LoadFileScheduling`` over tests named ``<unit>::<nodeid>``: its files are our units."""
 
