@@ -4,7 +4,8 @@
 start once. But the session stacks (``stack``, ``cdc_stack``) are per worker: with tests
 using them in many files, every worker started both and kept them idling to the end, each
 stack's JVMs taking CPU the suite lacks (bench/RESULTS.md). Here the tests on one session
-stack are one unit of work, given to one worker, so each session stack starts once.
+stack are one unit of work, given to one worker, so each session stack starts once; and as
+they run together, the stack stops after the unit's last test (tests/conftest.py).
 
 Each worker writes which unit each of its tests belongs to (it knows their fixtures);
 the controller hands out xdist's own ``LoadFileScheduling``'s work with each test named
@@ -38,23 +39,24 @@ def unit_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
+def handed_units(config: pytest.Config) -> bool:
+    """This process is a worker the controller hands units to."""
+    return UNITS_KEY in getattr(config, "workerinput", {})
+
+
 def write_units(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On a worker: which unit each collected test belongs to, for the controller."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is None or UNITS_KEY not in workerinput:
-        return
-    path = Path(workerinput[UNITS_KEY]) / f"{workerinput['workerid']}.json"
-    path.write_text(json.dumps({item.nodeid: unit_of(item) for item in items}))
+    if handed_units(config):
+        path = Path(config.workerinput[UNITS_KEY]) / f"{config.workerinput['workerid']}.json"
+        path.write_text(json.dumps({item.nodeid: unit_of(item) for item in items}))
 
 
 def session_units_done(item: pytest.Item, nextitem: pytest.Item | None) -> list[str]:
     """On a worker handed units: the session stacks whose unit ``item`` ended (their tests
     run together, so none comes after). Elsewhere (serial runs): none, the stacks stay up."""
-    workerinput = getattr(item.config, "workerinput", None)
-    unit = unit_of(item)
-    if workerinput is None or UNITS_KEY not in workerinput or nextitem is None or unit_of(nextitem) == unit:
+    if not handed_units(item.config) or nextitem is None or unit_of(nextitem) == unit_of(item):
         return []
-    return [name for name in SHARED_STACKS if unit == f"session {name}"]
+    return [name for name in SHARED_STACKS if unit_of(item) == f"session {name}"]
 
 
 class UnitScheduling:
