@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from datetime import datetime, timezone
 
@@ -9,6 +11,7 @@ import psycopg2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from mallard.adapters import kafka
 from mallard.core.cut import Cut
 from mallard.core.pgtypes import column_type
 from mallard.schemas.snapshot import (SnapshotBegin, SnapshotEnd, SnapshotRows, is_arrow_rows, read_arrow_rows,
@@ -233,11 +236,34 @@ def test_bad_requests_are_refused_by_name_and_the_service_goes_on(cdc_stack):
     assert state["state"] == "running"
 
 
+def signal_once_rows_are_out(stack, stream: str, sig: int, end_too: bool = False) -> tuple[datetime, str, int]:
+    """Request a snapshot of ``stream`` and send the snapshotter ``sig`` once its first rows are
+    in Kafka (or its end, with ``end_too``; else that end fails the test): (when it was
+    requested, the snapshot's id, the snapshotter's pid)."""
+    pid = stack.status()["components"]["snapshotter"]["pid"]
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-signal",
+                         "enable.auto.commit": False})
+    _, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
+    consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
+    requested_at = request(stack, stream, "--reason", f"signal {sig}")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() or msg.key() != stream.encode():
+                continue
+            m = parse(msg.value())
+            assert end_too or not isinstance(m, SnapshotEnd), "the snapshot finished before the signal"
+            if isinstance(m, (SnapshotRows, SnapshotEnd)):
+                os.kill(pid, sig)
+                return requested_at, m.snapshot_id, pid
+    finally:
+        consumer.close()
+    raise AssertionError(f"no rows of a snapshot of {stream} within 120 s")
+
+
 def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(cdc_stack):
     stack = cdc_stack  # capturing every table: big_orders may be asked for
-    import os
-    import signal
-
     with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS big_orders")
         # UNLOGGED: never decoded from the WAL. The snapshotter reads it as any table, but the
@@ -249,25 +275,7 @@ def test_a_snapshotter_killed_mid_snapshot_redoes_the_request_after_restart(cdc_
         cur.execute("INSERT INTO big_orders SELECT g, g / 100.0, md5(g::text), now() FROM generate_series(1, 1500000) g")
     with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
         cur.execute("ANALYZE big_orders")
-    pid = stack.status()["components"]["snapshotter"]["pid"]
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-kill", "enable.auto.commit": False})
-    consumer.assign([TopicPartition("mallard.snapshots", 0, 0)])
-    low, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
-    consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
-    requested_at = request(stack, "public.big_orders", "--reason", "kill test")
-    killed_id, deadline = None, time.monotonic() + 120
-    try:
-        while killed_id is None and time.monotonic() < deadline:  # kill once the first rows are out
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error() and msg.key() == b"public.big_orders":
-                m = parse(msg.value())
-                if isinstance(m, SnapshotRows):
-                    os.kill(pid, signal.SIGKILL)
-                    killed_id = m.snapshot_id
-                assert not isinstance(m, SnapshotEnd), "the snapshot finished before it could be killed"
-    finally:
-        consumer.close()
-    assert killed_id
+    requested_at, killed_id, _ = signal_once_rows_are_out(stack, "public.big_orders", signal.SIGKILL)
     stack.mallard("stack", "up")  # restarts the dead snapshotter; the request was not committed
     begin, batches, end = read_snapshot(stack, "public.big_orders", requested_at, timeout=180)
     assert begin.snapshot_id != killed_id
@@ -279,9 +287,6 @@ def test_a_snapshotter_paused_beyond_its_group_session_serves_the_next_requests(
     """A snapshotter stalled longer than its consumer session (6 s: a SIGSTOP here, a starved
     CPU or a swapped-out process in the field) is dropped from its group; the commit after its
     snapshot then fails. That is transient: the service goes on and serves the next request."""
-    import os
-    import signal
-
     stack = cdc_stack
     with psycopg2.connect(stack.dsn) as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS paused_orders")
@@ -289,25 +294,13 @@ def test_a_snapshotter_paused_beyond_its_group_session_serves_the_next_requests(
         cur.execute("INSERT INTO paused_orders SELECT g, md5(g::text) FROM generate_series(1, 300000) g")
         cur.execute("CREATE TABLE after_pause (id int PRIMARY KEY)")
         cur.execute("INSERT INTO after_pause VALUES (1)")
-    pid = stack.status()["components"]["snapshotter"]["pid"]
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap_servers, "group.id": "snap-pause", "enable.auto.commit": False})
-    consumer.assign([TopicPartition("mallard.snapshots", 0, 0)])
-    _, high = consumer.get_watermark_offsets(TopicPartition("mallard.snapshots", 0), timeout=10)
-    consumer.assign([TopicPartition("mallard.snapshots", 0, high)])
-    requested_at = request(stack, "public.paused_orders", "--reason", "pause test")
-    paused, deadline = False, time.monotonic() + 120
-    try:
-        while not paused and time.monotonic() < deadline:  # pause once the first rows are out
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error() and msg.key() == b"public.paused_orders":
-                if isinstance(parse(msg.value()), (SnapshotRows, SnapshotEnd)):
-                    os.kill(pid, signal.SIGSTOP)
-                    paused = True
-    finally:
-        consumer.close()
-    assert paused
-    try:
-        time.sleep(12)  # twice the session timeout: the broker drops the member
+    requested_at, _, pid = signal_once_rows_are_out(stack, "public.paused_orders", signal.SIGSTOP, end_too=True)
+    try:  # until the broker drops the stopped member (its 6 s session ends)
+        admin = kafka.admin_client(stack.bootstrap_servers)
+        deadline = time.monotonic() + 60
+        while admin.describe_consumer_groups(["mallard-snapshotter"])["mallard-snapshotter"].result(10).members:
+            assert time.monotonic() < deadline, "the stopped snapshotter was never dropped from its group"
+            time.sleep(0.5)
     finally:
         os.kill(pid, signal.SIGCONT)
     _, _, end = read_snapshot(stack, "public.paused_orders", requested_at, timeout=180)
