@@ -26,27 +26,13 @@ def pytest_configure(config):
     xdist_units.register(config)
 
 
-# The longest files (minutes of a serial run), first among files with as many tests (see
-# pytest_collection_modifyitems). A new file runs after these.
-SLOW_FIRST = ("test_applier_types.py", "test_large_transaction.py", "test_schema_rewrites.py",
-              "test_config_apply.py", "test_stack.py", "test_check.py", "test_monitoring.py", "test_torture.py",
-              "test_verify.py", "test_operating.py", "test_incremental.py", "test_faults.py",
-              "test_hostile_events.py", "test_applier_crash.py", "test_keyless_merge.py",
-              "test_snapshot_merge.py", "test_hostile_query.py", "test_keyless.py", "test_durability.py",
-              "test_kafka_security.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a file runs on one worker, so
-    its module fixtures (a stack of its own) start once. xdist hands the files out by their
-    number of tests (its default --loadscope-reorder), so this order only breaks ties;
-    imposed instead, it made the suite slower (bench/RESULTS.md, 2026-12-04). The tests on a
-    session stack are one unit of work, whatever their file (tests/xdist_units.py). (Not
-    ``loadgroup``: with pytest 9.2 it ignores xdist_group marks, pytest-xdist issue 1386.)"""
-    def rank(item) -> int:
-        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-    items.sort(key=rank)  # stable: a file's tests keep their order
+    """Under xdist (scripts/test.sh: ``-n 3 --dist loadfile``) a unit of work runs on one
+    worker: a file, so its module fixtures (a stack of its own) start once, or all the tests
+    on a session stack, whatever their file (tests/xdist_units.py). The longest units go
+    first. (Not ``loadgroup``: with pytest 9.2 it ignores xdist_group marks, pytest-xdist
+    issue 1386.)"""
+    xdist_units.longest_first(items)
     xdist_units.write_units(config, items)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,27 @@ test using both)."""
 
 UNITS_KEY = "mallard_units_folder"
 
+EXPECTED_S = {
+    "session cdc_stack": 200, "session stack": 190,
+    "tests/integration/test_large_transaction.py": 160, "tests/integration/test_torture.py": 100,
+    "tests/integration/test_verify.py": 80, "tests/integration/test_operating.py": 80,
+    "tests/integration/test_stack.py": 75, "tests/integration/test_incremental.py": 65,
+    "tests/integration/test_faults.py": 60, "tests/integration/test_monitoring.py": 60,
+    "tests/integration/test_check.py": 55, "tests/integration/test_keyless.py": 50,
+    "tests/integration/test_config_apply.py": 50, "tests/integration/test_hostile_events.py": 50,
+    "tests/integration/test_snapshot_merge.py": 50, "tests/integration/test_applier_crash.py": 45,
+    "tests/integration/test_kafka_security.py": 45, "tests/integration/test_cdc_to_kafka.py": 35,
+    "tests/integration/test_keyless_merge.py": 35, "tests/integration/test_durability.py": 30,
+    "tests/unit/test_typed_decoding.py": 20, "tests/unit/test_logs.py": 15,
+}
+"""A unit's seconds on a worker, from a run of the suite (2026-12-04, ``--durations=0``).
+Rough, and only an order: the longest units are handed out first, so that no worker is
+left alone with one at the end while the short ones fill in around them."""
+UNLISTED_INTEGRATION_S = 20.0
+"""A unit not listed, under tests/integration/: a stack's start, a few polls."""
+UNLISTED_TEST_S = 0.05
+"""Per test, in a unit not listed elsewhere: the pure tests."""
+
 
 def unit_of(item: pytest.Item) -> str:
     module = getattr(item, "module", None)
@@ -37,6 +59,23 @@ def unit_of(item: pytest.Item) -> str:
         if name in getattr(item, "fixturenames", ()) and not hasattr(module, name):
             return f"session {name}"
     return item.nodeid.split("::", 1)[0]
+
+
+def expected_s(unit: str, tests: int) -> float:
+    if unit in EXPECTED_S:
+        return EXPECTED_S[unit]
+    return UNLISTED_INTEGRATION_S if unit.startswith("tests/integration/") else UNLISTED_TEST_S * tests
+
+
+def longest_first(items: list[pytest.Item]) -> None:
+    """Sort ``items`` in place: units by their expected time, longest first; a unit's tests
+    together, in their order. (xdist keeps it: ``register`` turns its reorder off.)"""
+    units = [unit_of(item) for item in items]
+    tests, first = Counter(units), {}
+    for i, unit in enumerate(units):
+        first.setdefault(unit, i)
+    order = sorted(range(len(items)), key=lambda i: (-expected_s(units[i], tests[units[i]]), first[units[i]], i))
+    items[:] = [items[i] for i in order]
 
 
 def handed_units(config: pytest.Config) -> bool:
@@ -134,3 +173,6 @@ def register(config: pytest.Config) -> None:
     if (config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
             and config.getoption("dist", "no") == "loadfile" and config.getoption("numprocesses", None)):
         config.pluginmanager.register(SharedStackUnits(), "mallard-shared-stack-units")
+        # xdist would hand the units out by their number of tests (--loadscope-reorder),
+        # not in the order longest_first gave them.
+        config.option.loadscopereorder = False
