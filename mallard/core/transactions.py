@@ -495,6 +495,16 @@ class TransactionAssembler:
     def waiting_transactions(self) -> int:
         return len(self._ends)
 
+    def events_without_end(self, older_than_s: float) -> int:
+        """Events held in memory for transactions whose END has not come and whose first
+        event came over ``older_than_s`` ago: a forged transaction id's (kept until
+        ``give_up_after_s``), or a transaction still being read. Safe to call from another
+        thread: it reads a copy of the transactions held."""
+        first_seen, ended, now = self._first_seen, self._ended, self._now
+        return sum(len(slot) for tx_id, slot in list(self._events.items())
+                   if type(slot) is dict and tx_id not in ended
+                   and now - first_seen.get(tx_id, now) > older_than_s)
+
     # -- bounds against hostile input -----------------------------------------------
 
     def _plausible(self, end: TransactionMarker) -> bool:

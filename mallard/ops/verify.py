@@ -276,17 +276,23 @@ def catch_up(conn: Any, applier: ApplierReplica, slot: str, target: int, timeout
         if applied >= target:
             return CatchUp(True, f"the applier applied up to LSN {progress['commit_lsn']}")
         received = received_position(conn, slot)
-        counters = tuple(state.get(c) for c in _COUNTERS)
+        # Events held count as moving while their number changes; once it has stood still,
+        # those of a transaction whose END has not come for a minute are not waited for.
+        counters = tuple(state.get(c) for c in (*_COUNTERS, "buffered_events"))
+        held = (state.get("buffered_events") or 0) - (state.get("events_without_end") or 0)
         staging = applier.run("SELECT count(*) FROM _mallard.snapshots WHERE status = 'staging'")[0][0]
-        busy = state.get("buffered_events") or state.get("waiting_transactions") or staging or not state.get("ready")
+        busy = held > 0 or state.get("waiting_transactions") or staging or not state.get("ready")
         now = time.monotonic()
         moving = counters != last
         last = counters
         if received is not None and received >= target and not busy and not moving:
             quiet_since = quiet_since or now
             if now - quiet_since >= quiet_s:
+                orphans = state.get("events_without_end") or 0
                 return CatchUp(True, "Debezium has received the WAL past it and the applier is idle"
-                               + (f" (applied up to LSN {progress['commit_lsn']})" if progress else ""))
+                               + (f" (applied up to LSN {progress['commit_lsn']})" if progress else "")
+                               + (f"; {orphans} event(s) held for a transaction whose END has not come "
+                                  "for over a minute were not waited for" if orphans else ""))
         else:
             quiet_since = None
         if now > deadline:

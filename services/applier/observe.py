@@ -18,6 +18,9 @@ def state(svc: Any, service_state: dict[str, Any]) -> dict[str, Any]:
     if svc.assembler is not None:
         base["buffered_events"] = svc.assembler.buffered_events
         base["waiting_transactions"] = svc.assembler.waiting_transactions
+        # What verify need not wait for: events of a transaction whose END has not come for
+        # a minute (a forged transaction id keeps its one event until it expires).
+        base["events_without_end"] = svc.assembler.events_without_end(svc.assembler.stuck_after_s)
         base["transactions_expired"] = svc.assembler.transactions_expired
         base["markers_refused"] = svc.assembler.markers_refused
         base["held_bytes"] = svc.assembler.held_bytes

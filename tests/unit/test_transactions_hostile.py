@@ -247,3 +247,24 @@ def test_what_came_before_the_first_tick_waits_from_that_tick_not_from_clock_zer
     a.add_event(event(9, 1, PARTS[0], 1), 9, 1, PARTS[0], 1)
     a.tick(boot + GIVE_UP + 1)
     assert [r.event.tx_id for r in a.drain_refused()] == [9]
+
+
+def test_events_whose_end_has_not_come_for_a_while_are_counted_apart():
+    """What verify need not wait for: a forged transaction id's event, held until it expires."""
+    clock, source = Clock(), [10_000]
+    a = assembler(clock, source)
+    a.add_event(None, 4_000_000_000, 1, PARTS[0], 0)  # dead-lettered, forged: no END will come
+    clock.now = 1.0
+    a.tick(clock.now)
+    a.add_event(event(7, 1, PARTS[1], 0), 7, 1, PARTS[1], 0)  # a real one, its END to come
+    a.add_event(event(8, 1, PARTS[1], 1), 8, 1, PARTS[1], 1)
+    a.add_marker(TransactionMarker(*TX, 0, "END", 8, 9000, 2, 0))  # ended, an event still to come
+    assert a.buffered_events == 3 and a.events_without_end(STUCK) == 0  # nothing held long yet
+    clock.now = STUCK + 0.5
+    a.tick(clock.now)
+    assert a.events_without_end(STUCK) == 1  # the forged one only: transaction 7 is younger
+    clock.now = STUCK + 1.5
+    a.tick(clock.now)
+    assert a.events_without_end(STUCK) == 2  # 7 too; 8 has its END, so it is waited for
+    a.add_marker(TransactionMarker(*TX, 1, "END", 7, 8000, 1, 0))
+    assert a.events_without_end(STUCK) == 1
