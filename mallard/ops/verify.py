@@ -277,7 +277,7 @@ def catch_up(conn: Any, applier: ApplierReplica, slot: str, target: int, timeout
             return CatchUp(True, f"the applier applied up to LSN {progress['commit_lsn']}")
         received = received_position(conn, slot)
         # Events held count as moving while their number changes; once it has stood still,
-        # those of a transaction whose END has not come for a minute are not waited for.
+        # those of a transaction whose END has not come for tx_stuck_after_s are not waited for.
         counters = tuple(state.get(c) for c in (*_COUNTERS, "buffered_events"))
         held = (state.get("buffered_events") or 0) - (state.get("events_without_end") or 0)
         staging = applier.run("SELECT count(*) FROM _mallard.snapshots WHERE status = 'staging'")[0][0]
@@ -292,7 +292,7 @@ def catch_up(conn: Any, applier: ApplierReplica, slot: str, target: int, timeout
                 return CatchUp(True, "Debezium has received the WAL past it and the applier is idle"
                                + (f" (applied up to LSN {progress['commit_lsn']})" if progress else "")
                                + (f"; {orphans} event(s) held for a transaction whose END has not come "
-                                  "for over a minute were not waited for" if orphans else ""))
+                                  "(past the applier's MALLARD_TX_STUCK_AFTER_S) were not waited for" if orphans else ""))
         else:
             quiet_since = None
         if now > deadline:

@@ -27,7 +27,7 @@ APPLIER_OVERHEAD_MB = 160
 """What the applier holds besides the events it waits on, measured from before the big
 transaction, whatever the transaction's size: the Kafka client's prefetch (FETCH_QUEUE_MB),
 a chunk of the transaction (max_batch_events, 50,000) as Python objects and Arrow, and the
-interpreter's arenas. Measured +81 to +104 MB alone on the machine at 2M rows, +156 MB with
+interpreter's arenas. Measured +70 to +108 MB alone on the machine at 2M rows, +156 MB with
 the 64 MB default prefetch in a run of the suite, where the applier was starved."""
 WRITER_OVERHEAD_MB = 250
 """The DuckDB writer: DuckDB's memory limit is for its buffer pool; a chunk's Arrow tables

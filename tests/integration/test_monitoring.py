@@ -144,8 +144,8 @@ def test_prometheus_scrapes_the_stack_and_the_shipped_alerts_fire(make_stack, pr
         assert not prom.firing(quiet), quiet  # a healthy stack
 
     # Raise the replication delay past the alert's threshold: the applier frozen (SIGSTOP, as a
-    # stalled VM or disk would) while Postgres commits; thawed, it applies commits more than a
-    # minute old and measures that. While frozen it does not answer /metrics: service down.
+    # stalled VM or disk would) while Postgres commits; thawed, it applies commits older than
+    # the threshold and measures that. While frozen it does not answer /metrics: service down.
     pid = stack.status()["components"]["applier"]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
