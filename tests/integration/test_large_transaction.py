@@ -45,8 +45,9 @@ def vm_hwm_kb(pid: int) -> int:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
-def descendants(pid: int) -> list[int]:
-    """The applier's children and theirs: the fork server, and the DuckDB writer it forked."""
+def descendants(*roots: int) -> list[int]:
+    """The processes below ``roots`` (the applier's: the fork server, and the DuckDB writer it
+    forked), from one read of /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -54,7 +55,7 @@ def descendants(pid: int) -> list[int]:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    found, frontier = [], [pid]
+    found, frontier = [], list(roots)
     while frontier:
         p = frontier.pop()
         children = [c for c, pp in parents.items() if pp == p]
@@ -67,14 +68,13 @@ def yield_cpu(stack) -> None:
     """Nice every process of ``stack``, every thread of each (niceness is per thread on
     Linux; threads started later inherit it): the suite's other tests share the 2 cores with
     this one's minutes of Debezium and the applier, and their polls should not starve."""
-    for component in stack.status()["components"].values():
-        if component.get("pid"):
-            for pid in [component["pid"], *descendants(component["pid"])]:
-                for task in Path(f"/proc/{pid}/task").glob("*"):
-                    try:
-                        os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+    components = [c["pid"] for c in stack.status()["components"].values() if c.get("pid")]
+    for pid in [*components, *descendants(*components)]:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), 10)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def peaks_mb(applier: int) -> tuple[float, float]:
